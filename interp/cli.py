@@ -1,0 +1,68 @@
+"""Command line: ``interp run`` (the main job), ``interp cache``; also ``python -m interp``.
+
+Each command is a thin shell over library functions; expected mistakes print one line.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import SECTIONS, RunConfig
+from .cli_args import add_config_args, config_from_args
+from .errors import InterpError
+
+
+def _run_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=help)
+    p.add_argument("--run-dir", type=Path, default=Path("runs/demo"), help="Run directory (default: runs/demo)")
+    p.add_argument("--overwrite", action="store_true", help="Delete the run directory and start again")
+    p.add_argument("--quiet", action="store_true", help="No progress bars")
+    for title, cls in SECTIONS.items():
+        add_config_args(p, cls, title)
+    return p
+
+
+def _config(ns: argparse.Namespace) -> RunConfig:
+    return RunConfig(**{title: config_from_args(cls, ns) for title, cls in SECTIONS.items()})
+
+
+def _print_summary(summary: dict, run_dir: Path) -> None:
+    for name, s in summary.get("coders", {}).items():
+        print(
+            f"{name}: {s['kind']}, {s['num_latents']} latents, {s['num_tokens']:,} tokens, "
+            f"mean L0 {s['mean_l0']:.1f}, dead {100 * s['dead_fraction']:.1f}%"
+        )
+    sae = summary.get("default_sae")
+    if sae:
+        print(
+            f"default SAE at {sae['hookpoint']}: held-out FVU {sae['heldout_fvu']:.3f}, "
+            f"dead latents {100 * sae['heldout_dead_fraction']:.1f}%"
+        )
+    print(f"results: {run_dir.resolve()}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``interp`` argument parser with all subcommands."""
+    parser = argparse.ArgumentParser(prog="interp", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub, "run", "The main job: every pipeline stage, in order, into one run directory.")
+    _run_parser(sub, "cache", "Cache sparse latent activations over a corpus (resumable).")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``interp`` command."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ns = build_parser().parse_args(argv)
+    from . import run as pipeline
+
+    try:
+        cfg = _config(ns)
+        stage = pipeline.run if ns.command == "run" else pipeline.run_cache
+        summary = stage(cfg, ns.run_dir, overwrite=ns.overwrite, progress=not ns.quiet)
+    except InterpError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _print_summary(summary, ns.run_dir)
+    return 0

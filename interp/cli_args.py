@@ -1,0 +1,36 @@
+"""argparse flags generated from the config dataclasses: one field, one flag, its docstring as help."""
+
+import argparse
+import typing
+from dataclasses import MISSING, fields
+
+from simple_parsing.docstring import get_attribute_docstring
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls, group_title: str | None = None) -> None:
+    """Add one flag per field of dataclass ``cls`` to ``parser``; defaults come from the class."""
+    group = parser.add_argument_group(group_title or cls.__name__, (cls.__doc__ or "").strip())
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        doc = get_attribute_docstring(cls, f.name).docstring_below or ""
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        kwargs: dict = {"dest": f.name, "default": default, "help": f"{doc} (default: {default})"}
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(hint) is list:
+            kwargs.update(nargs="+", type=args[0])
+        else:
+            base = next((a for a in args if a is not type(None)), hint) if args else hint
+            kwargs["type"] = base
+        group.add_argument(_flag(f.name), **kwargs)
+
+
+def config_from_args(cls, ns: argparse.Namespace):
+    """Build dataclass ``cls`` from the flags ``add_config_args`` added."""
+    return cls(**{f.name: getattr(ns, f.name) for f in fields(cls)})

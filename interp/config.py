@@ -1,0 +1,137 @@
+"""Configuration dataclasses, one per stage; ``RunConfig`` holds them all.
+
+Every field has a one-line docstring under it: the CLI builds its flags and help from
+these, so a new option is one line in one place.
+"""
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class ModelConfig:
+    """Which subject model to load, and how."""
+
+    model: str = "embedded"
+    """Hugging Face id, local folder, a .gguf file, or 'embedded' (SmolLM2-135M-Instruct)."""
+
+    gguf_file: str | None = None
+    """GGUF file name inside the model folder or repo, when the model is stored as GGUF."""
+
+    dtype: str = "auto"
+    """Weight dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, float16 or bfloat16."""
+
+    quantization: str = "none"
+    """Quantize the subject model with bitsandbytes on CUDA: none, 8bit or 4bit."""
+
+    device_map: str | None = None
+    """accelerate device map; None means 'auto' on CUDA and the CPU otherwise."""
+
+    trust_remote_code: bool = False
+    """Run model code from the Hub. Off by default: only enable for repositories you trust."""
+
+
+@dataclass
+class CorpusConfig:
+    """The text the latents are cached over."""
+
+    corpus: str = "builtin"
+    """'builtin' (Shakespeare + Python docs, offline), a Hub dataset id, or a local folder/file."""
+
+    corpus_config: str | None = None
+    """Dataset configuration name for Hub datasets that have several."""
+
+    corpus_split: str = "train"
+    """Dataset split to read."""
+
+    text_column: str = "text"
+    """Column holding the text."""
+
+    streaming: bool = False
+    """Stream a Hub dataset instead of downloading it whole."""
+
+    ctx_len: int = 64
+    """Tokens per window (the peer uses 256 for real runs)."""
+
+    num_tokens: int = 100_000
+    """Tokens to cache in total (rounded down to whole windows)."""
+
+    add_bos: bool = True
+    """Start every window with the tokenizer's BOS token."""
+
+    shuffle_seed: int = 0
+    """Seed for shuffling documents before they are cut into windows."""
+
+
+@dataclass
+class CoderConfig:
+    """Which sparse coders to cache, given as specs ``KIND[:SOURCE][@HOOKPOINT]``."""
+
+    coders: list[str] = field(default_factory=lambda: ["default"])
+    """Coder specs, e.g. sparsify:EleutherAI/sae-x@layers.6, saelens:DIR, gemmascope:DIR@model.layers.6, neurons@model.layers.6.mlp, topk-neurons@model.layers.6.mlp, default (train a TopK SAE)."""
+
+    neuron_k: int = 32
+    """k for top-k sparsified neurons."""
+
+
+@dataclass
+class TrainConfig:
+    """The small TopK SAE that the default run trains with eai-sparsify."""
+
+    train_hookpoint: str = "model.layers.6"
+    """Module whose output the default SAE reads."""
+
+    expansion_factor: int = 8
+    """Latents per input dimension."""
+
+    k: int = 32
+    """Active latents per token."""
+
+    train_tokens: int = 200_000
+    """Tokens to train on (the corpus continues past the cached windows)."""
+
+    train_batch_size: int = 16
+    """Windows per training step."""
+
+    train_seed: int = 0
+    """Seed for the SAE's initialisation."""
+
+
+@dataclass
+class CacheConfig:
+    """How the latent cache runs."""
+
+    batch_size: int = 16
+    """Windows per forward pass."""
+
+    shard_windows: int = 256
+    """Windows per shard file; a multiple of batch_size keeps batches identical on resume."""
+
+
+@dataclass
+class RunConfig:
+    """Everything that produced a run directory; saved as its config.json."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    coders: CoderConfig = field(default_factory=CoderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict of every section."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        """Rebuild from ``to_dict`` output; unknown sections or keys are ignored."""
+        kwargs = {}
+        for f in fields(cls):
+            section = f.default_factory()  # type: ignore[misc]
+            known = {g.name for g in fields(section)}
+            values = {k: v for k, v in data.get(f.name, {}).items() if k in known}
+            kwargs[f.name] = type(section)(**values)
+        return cls(**kwargs)
+
+
+SECTIONS = {f.name: f.default_factory().__class__ for f in fields(RunConfig)}  # type: ignore[misc]
+"""Section name -> config class, in pipeline order."""
