@@ -6,6 +6,7 @@ module names such as ``model.layers.6`` or ``model.layers.6.mlp``.
 """
 
 import difflib
+import json
 import importlib.util
 import os
 import re
@@ -13,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_model
 from torch import nn
 
-from .atomic import write_atomic
 from .config import ModelConfig
 from .errors import ModelLoadError, UnknownHookpointError
 
@@ -74,7 +75,12 @@ def embedded_model_dir() -> Path:
     )
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     staging = target.with_name(target.name + f".tmp{os.getpid()}")
-    model.save_pretrained(staging, safe_serialization=True)
+    staging.mkdir(parents=True, exist_ok=True)
+    # save_pretrained refuses GGUF-loaded models; the weights are plain float32 after loading.
+    save_model(model, str(staging / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    (staging / "config.json").write_text(json.dumps(config, indent=2))
     tokenizer.save_pretrained(staging)
     try:
         staging.rename(target)

@@ -110,6 +110,7 @@ def resolve_coders(cfg: RunConfig, lm: LoadedModel, run_dir: Path, windows: Wind
                 report = train_default_sae(lm, windows.train, windows.heldout, out, cfg.train)
                 log.info("default SAE: held-out FVU %.3f, dead %.1f%%", report["heldout_fvu"], 100 * report["heldout_dead_fraction"])
             coder = load_sparsify(str(out), resolve_hookpoint(lm.model, cfg.train.train_hookpoint))
+            coder.source = "default"  # not the absolute path: the run directory may move
         else:
             coder = load_coder(spec, lm.model, neuron_k=cfg.coders.neuron_k)
         coders[_coder_name(coder, spec, set(coders))] = coder.to(lm.device)
