@@ -57,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     from . import run as pipeline
 
+    if ns.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
     try:
         cfg = _config(ns)
         stage = pipeline.run if ns.command == "run" else pipeline.run_cache

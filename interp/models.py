@@ -102,13 +102,13 @@ def _resolve_dtype(name: str, cuda: bool) -> torch.dtype:
         ) from None
 
 
-def quantization_config(kind: str, compute_dtype: torch.dtype):
+def quantization_config(kind: str, compute_dtype: torch.dtype, cuda: bool):
     """The bitsandbytes config for ``kind`` ('none', '8bit', '4bit'); None for 'none'."""
     if kind == "none":
         return None
     if kind not in ("8bit", "4bit"):
         raise ModelLoadError(f"Unknown quantization {kind!r}: use none, 8bit or 4bit.")
-    if not torch.cuda.is_available():
+    if not cuda:
         raise ModelLoadError(
             f"{kind} quantization needs CUDA (bitsandbytes); this machine has none. "
             "Use --quantization none."
@@ -126,7 +126,7 @@ def model_load_kwargs(cfg: ModelConfig, cuda: bool) -> dict:
     """Keyword arguments for ``from_pretrained`` that follow from ``cfg`` and the hardware."""
     dtype = _resolve_dtype(cfg.dtype, cuda)
     kwargs: dict = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
-    quant = quantization_config(cfg.quantization, dtype)
+    quant = quantization_config(cfg.quantization, dtype, cuda)
     if quant is not None:
         kwargs["quantization_config"] = quant
     device_map = cfg.device_map or ("auto" if cuda else None)

@@ -1,0 +1,58 @@
+"""The main job and the CLI on the embedded default: files, summary, resume, one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from interp.cli import main
+
+SMALL = ["--num-tokens", "2048", "--ctx-len", "32", "--shard-windows", "16", "--batch-size", "8", "--quiet"]
+
+
+@pytest.mark.slow
+def test_run_trains_the_default_sae_caches_and_summarises(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = ["run", "--run-dir", str(run_dir), *SMALL, "--train-tokens", "4096", "--expansion-factor", "4",
+            "--coders", "default", "topk-neurons@model.layers.6.mlp"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "default SAE at model.layers.6: held-out FVU" in out and str(run_dir) in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    sae = summary["coders"]["model.layers.6"]
+    assert sae["num_latents"] == 576 * 4 and sae["mean_l0"] == 32.0 and sae["num_tokens"] == 2048
+    assert 0 < summary["default_sae"]["heldout_fvu"] < 1
+    neurons = summary["coders"]["model.layers.6.mlp.topk-neurons"]
+    assert neurons["num_latents"] == 1536 and neurons["mean_l0"] <= 32
+    assert (run_dir / "coders" / "model.layers.6" / "sae.safetensors").is_file()
+    assert json.loads((run_dir / "config.json").read_text())["corpus"]["num_tokens"] == 2048
+    shards = sorted(p.name for p in (run_dir / "cache" / "model.layers.6").glob("shard-*.safetensors"))
+    assert shards == [f"shard-0000{i}.safetensors" for i in range(4)]
+
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert main(args) == 0  # a finished run resumes to the same files
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.slow
+def test_expected_mistakes_print_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["cache", "--run-dir", str(tmp_path / "a"), *SMALL, "--coders", "neurons@model.layers.60.mlp"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: Unknown hookpoint 'model.layers.60.mlp'") and "\n" not in err
+    assert "model.layers.{0..29}.mlp" in err
+
+    assert main(["cache", "--run-dir", str(tmp_path / "b"), *SMALL, "--coders", "neurons@model.layers.1.mlp"]) == 0
+    capsys.readouterr()
+    assert main(["cache", "--run-dir", str(tmp_path / "b"), *SMALL, "--num-tokens", "4096", "--coders", "neurons@model.layers.1.mlp"]) == 2
+    err = capsys.readouterr().err
+    assert "corpus.num_tokens: 2048 -> 4096" in err and "--overwrite" in err
+    assert (tmp_path / "b" / "cache" / "model.layers.1.mlp.neurons" / "stats.json").is_file()  # nothing lost
+
+    assert main(["cache", "--run-dir", str(tmp_path / "c"), *SMALL, "--coders", "saelens:/no/such/sae"]) == 2
+    assert "Coder source not found" in capsys.readouterr().err
+
+
+def test_python_dash_m_interp_shows_help():
+    out = subprocess.run([sys.executable, "-m", "interp", "run", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--num-tokens" in out and "Tokens to cache in total" in out
