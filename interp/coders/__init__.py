@@ -11,7 +11,7 @@ from torch import nn
 from ..errors import CoderFormatError
 from ..models import resolve_hookpoint
 from .base import Latents, SparseCoder
-from .dense import load_gemmascope, load_saelens
+from .dense import load_gemmascope, load_saelens, tl_site
 from .neurons import load_neurons
 from .sparsify_coder import load_sparsify
 
@@ -51,5 +51,8 @@ def load_coder(spec: CoderSpec, model: nn.Module, *, neuron_k: int = 32) -> Spar
     if spec.kind not in FILE_KINDS:
         raise CoderFormatError(f"Coder kind {spec.kind!r} is not loaded from files.")
     coder = FILE_KINDS[spec.kind](spec.source, spec.hookpoint)
+    site = tl_site(model, coder.hookpoint)
+    if site is not None:
+        coder.hookpoint, coder.reads = site
     coder.hookpoint = resolve_hookpoint(model, coder.hookpoint)
     return coder

@@ -14,6 +14,8 @@ from torch import nn
 
 from ..errors import CoderFormatError
 from ..hooks import Reads
+from ..hooks import Site
+from ..models import layer_hookpoints
 from .base import Latents, SparseCoder, active_rows
 from .source import fetch
 
@@ -88,23 +90,43 @@ class DenseEncoderCoder(SparseCoder):
         return {**super().describe(), "activation": self.activation, "k": self.k}
 
 
-TL_HOOKS = {
-    "hook_resid_post": ("model.layers.{}", "output"),
-    "hook_resid_pre": ("model.layers.{}", "input"),
-    "hook_mlp_out": ("model.layers.{}.mlp", "output"),
-    "hook_mlp_in": ("model.layers.{}.mlp", "input"),
-    "hook_attn_out": ("model.layers.{}.self_attn", "output"),
+TL_SIDES: dict[str, Reads] = {
+    "hook_resid_pre": "input",
+    "hook_resid_post": "output",
+    "hook_attn_out": "output",
+    "hook_mlp_in": "input",
+    "hook_mlp_out": "output",
 }
-"""TransformerLens hook names (used by SAELens) -> Hugging Face module and side."""
+"""TransformerLens hook names (used by SAELens) that map onto Hugging Face modules, and the side read."""
 
 
-def translate_tl_hook(name: str) -> tuple[str, Reads] | None:
-    """``blocks.6.hook_resid_post`` -> (``model.layers.6``, 'output'); None if not a known name."""
-    m = re.fullmatch(r"blocks\.(\d+)\.(hook_\w+)", name)
-    if not m or m.group(2) not in TL_HOOKS:
+def _tl_parts(name: str) -> tuple[int, str] | None:
+    m = re.fullmatch(r"blocks\.(\d+)\.(hook_\w+)", name or "")
+    return (int(m.group(1)), m.group(2)) if m and m.group(2) in TL_SIDES else None
+
+
+def tl_site(model: nn.Module, name: str) -> Site | None:
+    """The module and side of ``model`` that TransformerLens hook ``name`` reads; None if not one.
+
+    Gemma 2/3 blocks normalise attention and MLP outputs before adding them to the residual
+    stream; TransformerLens' ``hook_*_out`` read after those norms, and ``hook_mlp_in`` reads
+    before the pre-MLP norm.
+    """
+    parts = _tl_parts(name)
+    if parts is None:
         return None
-    module, reads = TL_HOOKS[m.group(2)]
-    return module.format(m.group(1)), reads  # type: ignore[return-value]
+    layer, hook = parts
+    block_name = layer_hookpoints(model)[layer]
+    block = model.get_submodule(block_name)
+    gemma_style = hasattr(block, "pre_feedforward_layernorm")
+    module = {
+        "hook_resid_pre": block_name,
+        "hook_resid_post": block_name,
+        "hook_attn_out": f"{block_name}.post_attention_layernorm" if gemma_style else f"{block_name}.self_attn",
+        "hook_mlp_in": f"{block_name}.pre_feedforward_layernorm" if gemma_style else f"{block_name}.post_attention_layernorm",
+        "hook_mlp_out": f"{block_name}.post_feedforward_layernorm" if gemma_style else f"{block_name}.mlp",
+    }[hook]
+    return Site(module, TL_SIDES[hook])
 
 
 def _saelens_activation(cfg: dict) -> tuple[str, int | None]:
@@ -137,15 +159,13 @@ def load_saelens(source: str, hookpoint: str | None = None) -> DenseEncoderCoder
     if "log_threshold" in w and "threshold" not in w:
         w["threshold"] = w["log_threshold"].exp()
     activation, k = _saelens_activation(cfg)
-    reads: Reads = "output"
     tl_name = cfg.get("hook_name") or (cfg.get("metadata") or {}).get("hook_name")
-    translated = translate_tl_hook(tl_name) if tl_name else None
-    if hookpoint is None:
-        if translated is None:
-            raise CoderFormatError(f"Cannot map SAELens hook {tl_name!r} to a module; give it as saelens:{source}@MODULE.")
-        hookpoint, reads = translated
-    elif translated is not None:
-        reads = translated[1]
+    parts = _tl_parts(tl_name)
+    if hookpoint is None and parts is None:
+        raise CoderFormatError(f"Cannot map SAELens hook {tl_name!r} to a module; give it as saelens:{source}@MODULE.")
+    reads: Reads = TL_SIDES[parts[1]] if parts else "output"
+    # A TransformerLens name stays as the hookpoint until load_coder resolves it against the model.
+    hookpoint = hookpoint or tl_name
     missing = {"W_enc", "b_enc", "W_dec", "b_dec"} - set(w)
     if missing:
         raise CoderFormatError(f"SAELens weights at {folder} lack {', '.join(sorted(missing))}.")
@@ -158,16 +178,22 @@ def load_saelens(source: str, hookpoint: str | None = None) -> DenseEncoderCoder
 
 
 def _gemmascope_hookpoint(path: str) -> tuple[str, Reads] | None:
-    """Guess the module from a Gemma Scope path such as ``gemma-scope-2b-pt-mlp/layer_12/...``."""
-    m = re.search(r"layer_(\d+)", path)
-    if not m:
+    """Guess the site from a Gemma Scope path such as ``gemma-scope-2b-pt-mlp/layer_12/...``.
+
+    The layer is the last ``layer_N`` folder; the release folder says residual, MLP or attention.
+    Attention SAEs read the concatenated heads (``hook_z``): the input of ``o_proj``.
+    """
+    parts = re.split(r"[/\\]", path)
+    layers = [int(m.group(1)) for p in parts if (m := re.fullmatch(r"layer_(\d+)", p))]
+    if not layers:
         return None
-    layer = m.group(1)
-    if "-mlp" in path:
-        return f"model.layers.{layer}.mlp", "output"
-    if "-att" in path:
-        return f"model.layers.{layer}.self_attn", "output"
-    return f"model.layers.{layer}", "output"
+    layer = layers[-1]
+    release = next((p for p in reversed(parts) if "gemma-scope" in p), "")
+    if release.endswith("-mlp"):
+        return f"blocks.{layer}.hook_mlp_out", "output"
+    if release.endswith("-att"):
+        return f"model.layers.{layer}.self_attn.o_proj", "input"
+    return f"blocks.{layer}.hook_resid_post", "output"
 
 
 def load_gemmascope(source: str, hookpoint: str | None = None) -> DenseEncoderCoder:

@@ -51,10 +51,9 @@ class SparsifyCoder(SparseCoder):
 
 def _candidates(hookpoint: str) -> list[str]:
     """Folder names sparsify may have used for ``hookpoint`` (it names them relative to the base model)."""
-    names = [hookpoint]
     if hookpoint.startswith("model."):
-        names.append(hookpoint.removeprefix("model."))
-    return names
+        return [hookpoint, hookpoint.removeprefix("model.")]
+    return [hookpoint, f"model.{hookpoint}"]
 
 
 def load_sparsify(source: str, hookpoint: str | None = None) -> SparsifyCoder:
@@ -63,7 +62,9 @@ def load_sparsify(source: str, hookpoint: str | None = None) -> SparsifyCoder:
     >>> load_sparsify("EleutherAI/sae-llama-3-8b-32x", "layers.10")
     >>> load_sparsify("runs/demo/coders/model.layers.6")
     """
-    root = fetch(source, _candidates(hookpoint)[-1] if hookpoint and not Path(source).exists() else None)
+    # Hub repos name their folders relative to the base model (layers.6)
+    hub_folder = hookpoint.removeprefix("model.") if hookpoint and not Path(source).exists() else None
+    root = fetch(source, hub_folder)
     folder = root
     if not (root / "cfg.json").is_file():
         subs = [root / name for name in _candidates(hookpoint or "") if (root / name / "cfg.json").is_file()]

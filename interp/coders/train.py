@@ -51,10 +51,20 @@ class Truncated(nn.Module):
         capture(self.inner, [Site(self.stop_at)], lambda: self.inner(input_ids=input_ids, use_cache=False))
 
 
+def special_tokens(tokenizer) -> list[int]:
+    """BOS/EOS ids: attention sinks with residual norms ~8x the rest, left out of training and FVU."""
+    return sorted({t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id) if t is not None})
+
+
 def heldout_quality(coder: SparsifyCoder, lm: LoadedModel, windows: torch.Tensor) -> tuple[float, float]:
-    """Fraction of variance unexplained and fraction of never-firing latents on ``windows``."""
-    x = capture_tokens(lm.model, windows.long().to(lm.device), [coder.site])[coder.site]
-    x = x.flatten(0, 1).float()
+    """Fraction of variance unexplained and fraction of never-firing latents on ``windows``.
+
+    Special tokens are left out, as in training: their huge norms would dominate the variance.
+    """
+    ids = windows.long().to(lm.device)
+    x = capture_tokens(lm.model, ids, [coder.site])[coder.site]
+    keep = ~torch.isin(ids, torch.tensor(special_tokens(lm.tokenizer), device=ids.device))
+    x = x[keep].float()
     with torch.inference_mode():
         fvu = (x - coder.reconstruct(x)).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
         _, indices = coder.encode(x)
@@ -82,13 +92,16 @@ def train_default_sae(
     train_cfg = SparsifyTrainConfig(
         SaeConfig(expansion_factor=cfg.expansion_factor, k=cfg.k),
         batch_size=cfg.train_batch_size,
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        lr_warmup_steps=0,
         hookpoints=[base_name],
         init_seeds=[cfg.train_seed],
         log_to_wandb=False,
         save_dir=str(scratch),
         run_name="sae",
         save_every=10**9,
-        dead_feature_threshold=len(windows) * windows.shape[1] // 4,
+        exclude_tokens=special_tokens(lm.tokenizer),
     )
     data = Dataset.from_dict({"input_ids": windows.long().tolist()}).with_format("torch")
     torch.manual_seed(cfg.train_seed)
