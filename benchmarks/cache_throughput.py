@@ -222,11 +222,11 @@ def print_scaling(layer: int, results: list[Result]) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", type=int, nargs="+", default=[6, 29], help="SAE layers to compare (default: 6 29)")
-    p.add_argument("--tokens", type=int, default=4096, help="tokens cached per side and layer (default: 4096)")
+    p.add_argument("--tokens", type=int, default=16_384, help="tokens cached per side and layer (default: 16384)")
     p.add_argument("--ctx-len", type=int, default=64, help="tokens per window (default: 64; delphi uses 256)")
     p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass, both sides (default: 16)")
-    p.add_argument("--shard-windows", type=int, default=64,
-                   help="windows per shard of our cache (default: 64, below the project's 256 so that the default run spans shards)")
+    p.add_argument("--shard-windows", type=int, default=CacheConfig.shard_windows,
+                   help=f"windows per shard of our cache (default: {CacheConfig.shard_windows})")
     p.add_argument("--n-splits", type=int, default=5, help="files delphi splits each cache into (default: 5)")
     p.add_argument("--scale", type=int, default=4,
                    help="also run ours at this many times --tokens on the first layer, to show flat memory (default: 4; 1 skips)")

@@ -114,6 +114,44 @@ class CacheConfig:
 
 
 @dataclass
+class RecordsConfig:
+    """How each latent's examples and statistics are drawn from the cache."""
+
+    example_len: int = 32
+    """Tokens per example; cache windows are cut into examples of this length (the peer uses 32)."""
+
+    n_train: int = 20
+    """Activating examples shown to the explainer."""
+
+    train_sampling: str = "top"
+    """top: the highest-activating examples; quantiles: spread evenly over activation quantiles."""
+
+    n_test: int = 20
+    """Held-out activating examples for scorers, over activation quantiles, never shown to the explainer."""
+
+    n_quantiles: int = 10
+    """Activation quantiles the test (and quantile-sampled train) examples are spread over."""
+
+    n_negatives: int = 20
+    """Random examples where the latent does not fire."""
+
+    n_hard_negatives: int = 10
+    """Examples that contain the latent's top tokens but where it does not fire."""
+
+    min_examples: int = 10
+    """Latents with fewer activating examples are marked rare and not explained (the peer: 200 at 10M tokens)."""
+
+    skip_bos: bool = True
+    """Ignore activations on BOS tokens: attention sinks that many latents fire on regardless of text."""
+
+    n_logit_tokens: int = 10
+    """Promoted and suppressed tokens listed per latent (decoder direction through the unembedding)."""
+
+    records_seed: int = 0
+    """Seed for sampling examples; each latent draws from its own stream."""
+
+
+@dataclass
 class RunConfig:
     """Everything that produced a run directory; saved as its config.json."""
 
@@ -122,6 +160,7 @@ class RunConfig:
     coders: CoderConfig = field(default_factory=CoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    records: RecordsConfig = field(default_factory=RecordsConfig)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict of every section."""

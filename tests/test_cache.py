@@ -20,10 +20,10 @@ CTX = 16
 CFG = CacheConfig(batch_size=4, shard_windows=8)
 
 
-def random_sae(d_in: int, hookpoint: str, seed: int = 0, k: int = 6) -> SparsifyCoder:
+def random_sae(d_in: int, hookpoint: str, seed: int = 0, k: int = 6, bias_std: float = 0.1) -> SparsifyCoder:
     torch.manual_seed(seed)
     sae = SparsifyModule(d_in, SaeConfig(expansion_factor=4, k=k))
-    sae.encoder.bias.data.normal_(0, 0.1)
+    sae.encoder.bias.data.normal_(0, bias_std)
     return SparsifyCoder(sae.requires_grad_(False), hookpoint=hookpoint, source="random")
 
 
