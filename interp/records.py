@@ -103,17 +103,25 @@ class CacheView:
         """Tokens in the cache."""
         return self.tokens.numel()
 
-    def triples(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(global token, latent, activation) of latents in ``[start, stop)``, from every shard."""
+    def triples(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(global token, latent, activation) of the sorted ``latents``, from every shard, sorted by latent."""
+        latents = latents.to(torch.int32)
         tok, lat, act = [], [], []
         for meta, t in iter_shards(self.coder_dir):
-            lo, hi = torch.searchsorted(t.latent, torch.tensor([start, stop], dtype=torch.int32)).tolist()
-            tok.append(t.token[lo:hi].long() + meta.first_window * meta.ctx_len)
-            lat.append(t.latent[lo:hi].long())
-            act.append(t.activation[lo:hi])
+            lo = torch.searchsorted(t.latent, latents)
+            hi = torch.searchsorted(t.latent, latents + 1)
+            lengths = hi - lo
+            # every index in the slices [lo, hi), without a Python loop over latents
+            starts = torch.repeat_interleave(lo - torch.cumsum(lengths, 0) + lengths, lengths)
+            idx = starts + torch.arange(int(lengths.sum()))
+            tok.append(t.token[idx].long() + meta.first_window * meta.ctx_len)
+            lat.append(t.latent[idx].long())
+            act.append(t.activation[idx])
         if not tok:
             return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), torch.empty(0)
-        return torch.cat(tok), torch.cat(lat), torch.cat(act)
+        tok, lat, act = torch.cat(tok), torch.cat(lat), torch.cat(act)
+        order = torch.argsort(lat, stable=True)  # shards are each sorted; their concatenation is not
+        return tok[order], lat[order], act[order]
 
 
 def _histogram(acts: torch.Tensor, top: float) -> list[int]:
@@ -182,21 +190,19 @@ class RecordBuilder:
             [(int(i), float(-v)) for v, i in zip(down.values, down.indices)],
         )
 
-    def build(self, coder: str, start: int, stop: int) -> Iterator[LatentRecord]:
-        """Records for latents ``start..stop-1`` of ``coder``, in order."""
-        tok, lat, act = self.view.triples(start, stop)
+    def build(self, coder: str, latents: list[int]) -> Iterator[LatentRecord]:
+        """Records for ``latents`` of ``coder``, in increasing latent order."""
+        wanted = torch.tensor(sorted(set(latents)), dtype=torch.long)
+        tok, lat, act = self.view.triples(wanted)
         if self.view.bos_token_id is not None and self.cfg.skip_bos:
             keep = self.view.tokens.flatten()[tok] != self.view.bos_token_id
             tok, lat, act = tok[keep], lat[keep], act[keep]
         example, offset = self._example_of(tok)
         keep = example >= 0
         example, offset, lat, act = example[keep], offset[keep], lat[keep], act[keep]
-        order = torch.argsort(lat, stable=True)  # shards are each sorted; their concatenation is not
-        example, offset, lat, act = example[order], offset[order], lat[order], act[order]
-        bounds = torch.searchsorted(lat, torch.arange(start, stop + 1))
-        for i, latent in enumerate(range(start, stop)):
-            lo, hi = bounds[i], bounds[i + 1]
-            yield self._record(coder, latent, example[lo:hi], offset[lo:hi], act[lo:hi])
+        lo, hi = torch.searchsorted(lat, wanted), torch.searchsorted(lat, wanted + 1)
+        for latent, a, b in zip(wanted.tolist(), lo.tolist(), hi.tolist()):
+            yield self._record(coder, latent, example[a:b], offset[a:b], act[a:b])
 
     def _record(self, coder: str, latent: int, example: torch.Tensor, offset: torch.Tensor, act: torch.Tensor) -> LatentRecord:
         cfg = self.cfg

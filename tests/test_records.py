@@ -40,7 +40,7 @@ def per_example_max(dense: torch.Tensor, latent: int) -> torch.Tensor:
 def test_top_examples_are_the_top_and_stats_match(setup):
     sae, windows, dense, view = setup
     builder = RecordBuilder(view, RecordsConfig(example_len=E, n_train=5, n_test=6, min_examples=1))
-    records = list(builder.build("sae", 0, sae.num_latents))
+    records = list(builder.build("sae", range(sae.num_latents)))
     assert [r.latent for r in records] == list(range(sae.num_latents))
     checked = 0
     for r in records:
@@ -65,7 +65,7 @@ def test_train_and_test_are_disjoint_and_test_spans_quantiles(setup):
     sae, _, dense, view = setup
     for sampling in ("top", "quantiles"):
         cfg = RecordsConfig(example_len=E, n_train=6, n_test=10, n_quantiles=5, train_sampling=sampling, min_examples=1)
-        for r in RecordBuilder(view, cfg).build("sae", 0, sae.num_latents):
+        for r in RecordBuilder(view, cfg).build("sae", range(sae.num_latents)):
             train, test = {ex.index for ex in r.train}, {ex.index for ex in r.test}
             assert not train & test
             if r.stats.num_examples >= 16:
@@ -79,7 +79,7 @@ def test_negatives_never_activate_and_hard_negatives_share_peak_tokens(setup):
     sae, _, dense, view = setup
     cfg = RecordsConfig(example_len=E, n_train=5, n_negatives=7, n_hard_negatives=4, min_examples=1)
     seen_hard = 0
-    for r in RecordBuilder(view, cfg).build("sae", 0, sae.num_latents):
+    for r in RecordBuilder(view, cfg).build("sae", range(sae.num_latents)):
         if r.status == "dead":
             continue
         ref = per_example_max(dense, r.latent)
@@ -95,7 +95,7 @@ def test_negatives_never_activate_and_hard_negatives_share_peak_tokens(setup):
 
 def test_rare_and_dead_latents_are_reported_not_crashed(setup):
     sae, _, dense, view = setup
-    records = list(RecordBuilder(view, RecordsConfig(example_len=E, min_examples=10)).build("sae", 0, sae.num_latents))
+    records = list(RecordBuilder(view, RecordsConfig(example_len=E, min_examples=10)).build("sae", range(sae.num_latents)))
     by_status = {s: [r for r in records if r.status == s] for s in ("ok", "rare", "dead")}
     assert [r.latent for r in by_status["dead"]][:1] == [0]
     assert by_status["rare"] and by_status["ok"]
@@ -107,9 +107,19 @@ def test_promoted_tokens_follow_the_decoder_through_the_unembedding(tiny_lm, set
     sae, _, _, view = setup
     lens = logit_lens(tiny_lm.model, sae.decoder_weight())
     builder = RecordBuilder(view, RecordsConfig(example_len=E, n_logit_tokens=5), sae.decoder_weight(), lens)
-    r = next(builder.build("sae", 3, 4))
+    r = next(builder.build("sae", [3]))
     head = tiny_lm.model.lm_head.weight
     logits = head @ (sae.decoder_weight()[3] * tiny_lm.model.model.norm.weight)
     assert [t for t, _ in r.promoted] == logits.topk(5).indices.tolist()
     assert [t for t, _ in r.suppressed] == (-logits).topk(5).indices.tolist()
     assert logit_lens(tiny_lm.model, torch.zeros(4, 7)) is None  # not in the residual stream
+
+
+def test_any_latent_selection_gives_the_same_records_as_the_full_range(setup):
+    sae, _, _, view = setup
+    builder = RecordBuilder(view, RecordsConfig(example_len=E, min_examples=1))
+    full = {r.latent: r for r in builder.build("sae", range(sae.num_latents))}
+    picked = [77, 3, 40, 41, 127]
+    assert [r.latent for r in builder.build("sae", picked)] == sorted(picked)
+    for r in builder.build("sae", picked):
+        assert r == full[r.latent]

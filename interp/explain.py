@@ -1,0 +1,220 @@
+"""Explainers: turn a latent record into a one-sentence explanation.
+
+LLM explainers (prompts in ``interp/prompts/``):
+  default      activating examples with the firing tokens marked <<like this>>
+  activations  the same, plus the strongest tokens with activations scaled 0-10
+  contrastive  activating examples beside hard negatives that contain the same tokens
+  logits       the same examples, plus the tokens the latent promotes and suppresses
+The ``tokens`` explainer needs no LLM: it lists the tokens the latent fires on most, so the
+pipeline runs end to end without a model and scorers have a floor to beat.
+"""
+
+import hashlib
+import json
+import re
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
+
+from .llm.base import Completion, GenerationParams, LLMClient, Prompt
+from .prompts import render
+from .records import Example, LatentRecord
+
+LLM_EXPLAINERS = ("default", "activations", "contrastive", "logits")
+EXPLAINERS = (*LLM_EXPLAINERS, "tokens")
+MARKER = re.compile(r"\[?\s*explanation\s*\]?\s*:", re.IGNORECASE)
+ARTEFACTS = re.compile(r"<\|[^|>]*\|>|</?s>|^(assistant|answer)\s*:?\s*", re.IGNORECASE)
+MAX_WORDS = 40
+
+
+class TokenText:
+    """Token id -> its text, decoded one token at a time and remembered."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._text: dict[int, str] = {}
+
+    def __call__(self, ids: list[int]) -> list[str]:
+        missing = [i for i in dict.fromkeys(ids) if i not in self._text]
+        if missing:
+            for i, text in zip(missing, self.tokenizer.batch_decode([[i] for i in missing])):
+                self._text[i] = text
+        return [self._text[i] for i in ids]
+
+
+def highlight(pieces: list[str], acts: list[float]) -> str:
+    """Join token texts, wrapping each run of active tokens in << >>."""
+    out, inside = [], False
+    for piece, act in zip(pieces, acts):
+        if act > 0 and not inside:
+            lead = len(piece) - len(piece.lstrip())
+            out.append(piece[:lead] + "<<" + piece[lead:])
+            inside = True
+        elif act <= 0 and inside:
+            out.append(">>" + piece)
+            inside = False
+        else:
+            out.append(piece)
+    return "".join(out) + (">>" if inside else "")
+
+
+def _examples_block(examples: list[Example], text: TokenText, marked: bool = True) -> str:
+    lines = []
+    for i, ex in enumerate(examples, 1):
+        pieces = text(ex.tokens)
+        body = highlight(pieces, ex.acts) if marked else "".join(pieces)
+        lines.append(f"Example {i}: {body.strip()}".replace("\n", " "))
+    return "\n".join(lines)
+
+
+def _activations_block(examples: list[Example], text: TokenText, limit: int = 20) -> str:
+    top = max((ex.max_act for ex in examples), default=0.0) or 1.0
+    pairs = sorted(
+        ((a, t) for ex in examples for t, a in zip(ex.tokens, ex.acts) if a > 0), reverse=True
+    )[:limit]
+    return ", ".join(f"{text([t])[0].strip()!r} ({round(10 * a / top)})" for a, t in pairs)
+
+
+def _token_list(pairs: list[tuple[int, float]], text: TokenText) -> str:
+    return ", ".join(repr(s.strip()) for s in text([t for t, _ in pairs])) or "(none)"
+
+
+def explain_prompt(record: LatentRecord, explainer: str, text: TokenText) -> Prompt:
+    """The chat prompt that asks an LLM to explain ``record`` in the style of ``explainer``."""
+    examples = _examples_block(record.train, text)
+    values = {"examples": examples}
+    if explainer == "activations":
+        values["activations"] = _activations_block(record.train, text)
+    elif explainer == "contrastive":
+        values["negatives"] = _examples_block(record.hard_negatives or record.negatives, text, marked=False)
+    elif explainer == "logits":
+        values["promoted"] = _token_list(record.promoted, text)
+        values["suppressed"] = _token_list(record.suppressed, text)
+    elif explainer != "default":
+        raise ValueError(f"{explainer!r} is not an LLM explainer; use one of {', '.join(LLM_EXPLAINERS)}")
+    return (
+        {"role": "system", "content": render("explain_system")},
+        {"role": "user", "content": render(f"explain_{explainer}", **values)},
+    )
+
+
+def parse_explanation(reply: str) -> str | None:
+    """The explanation in an LLM reply, or None when there is none to find.
+
+    Takes the text after the last ``[EXPLANATION]:`` marker (or the last non-empty line when
+    there is no marker), and strips chat artefacts, markdown and stray quotes.
+    """
+    text = ARTEFACTS.sub("", reply or "").strip()
+    parts = MARKER.split(text)
+    candidate = parts[-1] if len(parts) > 1 else text
+    lines = [l.strip() for l in candidate.splitlines() if l.strip()]
+    if not lines:
+        return None
+    line = lines[0] if len(parts) > 1 else lines[-1]
+    line = ARTEFACTS.sub("", line).strip().lstrip(">").strip()
+    if line.startswith("<") and line.endswith(">"):
+        line = line[1:-1]
+    line = line.strip("*_`# ").strip("\"'“”‘’ ").strip()
+    return line or None
+
+
+def flag(explanation: str) -> str | None:
+    """Why an explanation is not worth scoring (empty, no words, too long, the template echoed), or None."""
+    if not explanation or not re.search(r"[A-Za-z]{2,}", explanation):
+        return "no words"
+    if len(explanation.split()) > MAX_WORDS:
+        return f"longer than {MAX_WORDS} words"
+    if "your one-sentence explanation" in explanation.lower():
+        return "echoes the prompt template"
+    return None
+
+
+def token_list_explanation(record: LatentRecord, text: TokenText, n: int = 5) -> str:
+    """The baseline explanation: the tokens the latent fires on most often in its train examples."""
+    counts = Counter(t for ex in record.train for t, a in zip(ex.tokens, ex.acts) if a > 0)
+    words = [w.strip() or repr(w) for w in text([t for t, _ in counts.most_common(n)])]
+    return "The tokens " + ", ".join(f'"{w}"' for w in words) if words else "(no activating tokens)"
+
+
+@dataclass
+class Explanation:
+    """One explainer's result for one latent; a line of ``explanations.jsonl``."""
+
+    coder: str
+    latent: int
+    explainer: str
+    explanation: str | None
+    status: str
+    """ok, flagged (not worth scoring: see ``note``), failed (no parsable reply), dead or rare."""
+    note: str | None = None
+    raw: str | None = None
+    """The last raw reply, kept when parsing failed or the explanation was flagged."""
+    attempts: int = 0
+    model: str | None = None
+    params: dict | None = None
+    prompt_sha: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def prompt_sha(prompt: Prompt) -> str:
+    """A short hash identifying a prompt's exact text."""
+    return hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _judge(reply: Completion) -> tuple[str | None, str, str | None]:
+    if reply.error:
+        return None, "failed", reply.error
+    parsed = parse_explanation(reply.text)
+    if parsed is None:
+        return None, "failed", "no explanation found in the reply"
+    reason = flag(parsed)
+    return parsed, ("flagged" if reason else "ok"), reason
+
+
+def explain_batch(
+    records: list[LatentRecord],
+    explainer: str,
+    text: TokenText,
+    client: LLMClient | None,
+    params: GenerationParams,
+    max_retries: int = 2,
+) -> list[Explanation]:
+    """Explain ``records`` together: one batched ``generate`` per attempt, retrying only the failures.
+
+    Retries sample (temperature 0.7, a new seed) since a greedy retry would repeat the reply.
+    """
+    start = time.perf_counter()
+    out: list[Explanation] = []
+    todo: list[int] = []
+    for r in records:
+        if r.status != "ok":
+            out.append(Explanation(r.coder, r.latent, explainer, None, r.status))
+        elif explainer == "tokens":
+            out.append(Explanation(r.coder, r.latent, explainer, token_list_explanation(r, text), "ok"))
+        else:
+            out.append(Explanation(r.coder, r.latent, explainer, None, "failed", model=client.model, params=params.to_dict()))
+            todo.append(len(out) - 1)
+    prompts = {i: explain_prompt(records[i], explainer, text) for i in todo}
+    for attempt in range(1 + max_retries):
+        if not todo:
+            break
+        p = params if attempt == 0 else replace(params, temperature=0.7, seed=params.seed + attempt)
+        replies = client.generate([prompts[i] for i in todo], p)
+        still = []
+        for i, reply in zip(todo, replies):
+            parsed, status, note = _judge(reply)
+            e = out[i]
+            e.explanation, e.status, e.note, e.attempts = parsed, status, note, attempt + 1
+            e.prompt_sha, e.params = prompt_sha(prompts[i]), p.to_dict()
+            e.raw = reply.text if status != "ok" else None
+            if status == "failed":
+                still.append(i)
+        todo = still
+    elapsed = (time.perf_counter() - start) / max(len(records), 1)
+    for e in out:
+        e.seconds = elapsed
+    return out

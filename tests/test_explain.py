@@ -1,0 +1,80 @@
+"""Explanation prompts, parsing and the LLM-free baseline."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from interp.explain import (
+    EXPLAINERS, LLM_EXPLAINERS, TokenText, explain_prompt, flag, highlight, parse_explanation, token_list_explanation,
+)
+from interp.records import Example, LatentRecord, LatentStats
+
+
+def record(tokenizer, texts: list[tuple[str, str]], **extra) -> LatentRecord:
+    """A record whose train examples fire exactly on the marked word of each (text, word) pair."""
+    train = []
+    for i, (text, word) in enumerate(texts):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        pieces = tokenizer.batch_decode([[t] for t in ids])
+        acts = [3.0 if p.strip() == word else 0.0 for p in pieces]
+        assert any(acts), (text, word, pieces)
+        train.append(Example(ids, acts, i))
+    stats = LatentStats(count=len(train), frequency=0.01, max=3.0, mean=3.0, histogram=[0] * 20, num_examples=len(train))
+    return LatentRecord("sae", 7, "ok", stats, train=train, **extra)
+
+
+def test_highlight_marks_runs_of_active_tokens():
+    assert highlight([" The", " big", " cat", " sat"], [0, 1, 2, 0]) == " The <<big cat>> sat"
+    assert highlight(["a", "b"], [1, 1]) == "<<ab>>"
+
+
+@pytest.mark.parametrize("explainer", LLM_EXPLAINERS)
+def test_every_llm_explainer_builds_a_chat_prompt_with_marked_examples(explainer, smollm_tokenizer):
+    neg = Example(smollm_tokenizer("A dog barked.", add_special_tokens=False)["input_ids"], [0.0] * 4, 9)
+    r = record(smollm_tokenizer, [("The cat sat on the mat.", "cat"), ("My cat is old.", "cat")],
+               hard_negatives=[neg], promoted=[(smollm_tokenizer(" purr", add_special_tokens=False)["input_ids"][0], 2.0)], suppressed=[])
+    system, user = explain_prompt(r, explainer, TokenText(smollm_tokenizer))
+    assert system["role"] == "system" and "[EXPLANATION]:" in system["content"]
+    assert "Example 1: The <<cat>> sat on the mat." in user["content"]
+    assert "Example 2: My <<cat>> is old." in user["content"]
+    extra = {"activations": "'cat' (10)", "contrastive": "A dog barked.", "logits": "more likely to say: 'p", "default": ""}[explainer]
+    assert extra in user["content"]
+    assert "${" not in user["content"]
+
+
+@pytest.mark.parametrize(
+    "reply, want",
+    [
+        ("Some thinking.\n[EXPLANATION]: The word \"cat\" and other pets.", 'The word "cat" and other pets.'),
+        ("[explanation]:  **Mentions of cats**<|im_end|>", "Mentions of cats"),
+        ("Explanation: 'kings and queens'\nMore text", "kings and queens"),
+        ("Cats.\n\nReferences to felines", "References to felines"),
+        ("assistant: [EXPLANATION]: <numbers in code>", "numbers in code"),
+        ("", None),
+        ("[EXPLANATION]:   ", None),
+    ],
+)
+def test_parse_explanation_finds_the_final_answer(reply, want):
+    assert parse_explanation(reply) == want
+
+
+@given(st.text(max_size=400))
+@settings(max_examples=300, deadline=None)
+def test_parsing_any_reply_never_crashes(reply):
+    parsed = parse_explanation(reply)
+    assert parsed is None or (isinstance(parsed, str) and parsed == parsed.strip() and parsed)
+    if parsed is not None:
+        flag(parsed)
+
+
+def test_flag_catches_empty_long_and_echoed_explanations():
+    assert flag("123 456") == "no words"
+    assert "longer than" in flag("word " * 60)
+    assert flag("<your one-sentence explanation>") == "echoes the prompt template"
+    assert flag("Mentions of cats") is None
+
+
+def test_token_list_baseline_needs_no_llm(smollm_tokenizer):
+    r = record(smollm_tokenizer, [("The cat sat.", "cat"), ("A cat ran.", "cat"), ("The dog ran.", "dog")])
+    assert token_list_explanation(r, TokenText(smollm_tokenizer)) == 'The tokens "cat", "dog"'
+    assert "tokens" in EXPLAINERS
