@@ -1,4 +1,4 @@
-"""Command line: ``interp run`` (the main job), ``interp cache``; also ``python -m interp``.
+"""Command line: ``interp run`` (the main job), ``interp cache``, ``interp explain``; also ``python -m interp``.
 
 Each command is a thin shell over library functions; expected mistakes print one line.
 """
@@ -39,6 +39,14 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
             f"default SAE at {sae['hookpoint']}: held-out FVU {sae['heldout_fvu']:.3f}, "
             f"dead latents {100 * sae['heldout_dead_fraction']:.1f}%"
         )
+    counts = summary.get("explanations")
+    if counts:
+        print(f"explanations ({summary['explainer']}): " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+        from .jsonl import read_jsonl
+
+        rows = [r for r in read_jsonl(run_dir / "explanations.jsonl") if r["status"] == "ok"]
+        for r in rows[:5]:
+            print(f"  {r['coder']} #{r['latent']}: {r['explanation']}")
     print(f"results: {run_dir.resolve()}")
 
 
@@ -48,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub, "run", "The main job: every pipeline stage, in order, into one run directory.")
     _run_parser(sub, "cache", "Cache sparse latent activations over a corpus (resumable).")
+    _run_parser(sub, "explain", "Explain latents of a cached run with an LLM (resumable).")
     return parser
 
 
@@ -64,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = _config(ns)
-        stage = pipeline.run if ns.command == "run" else pipeline.run_cache
-        summary = stage(cfg, ns.run_dir, overwrite=ns.overwrite, progress=not ns.quiet)
+        if ns.command == "explain":
+            summary = pipeline.run_explain(cfg, ns.run_dir, progress=not ns.quiet)
+        else:
+            stage = pipeline.run if ns.command == "run" else pipeline.run_cache
+            summary = stage(cfg, ns.run_dir, overwrite=ns.overwrite, progress=not ns.quiet)
     except InterpError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -152,6 +152,38 @@ class RecordsConfig:
 
 
 @dataclass
+class ExplainConfig:
+    """Which latents to explain, how, and with which LLM."""
+
+    explainer: str = "default"
+    """default, activations, contrastive, logits (LLM explainers) or tokens (no LLM)."""
+
+    llm: str = "local"
+    """'local' (the embedded SmolLM2), 'local:<hub id or folder>', or an OpenAI-compatible base URL (http://host:port/v1)."""
+
+    llm_model: str | None = None
+    """Model name to request from an OpenAI-compatible server."""
+
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the server's API key (never written anywhere)."""
+
+    latents: str = "sample:24"
+    """Latents to explain: all, sample:N (random latents that fire), a range 0-99, or a list 1,5,9."""
+
+    explain_batch: int = 8
+    """Latents per batched LLM call (local) or in flight together (server)."""
+
+    max_new_tokens: int = 40
+    """Most tokens per explanation reply."""
+
+    max_retries: int = 2
+    """Extra attempts for replies that cannot be parsed."""
+
+    concurrency: int = 8
+    """Requests in flight at once to an OpenAI-compatible server."""
+
+
+@dataclass
 class RunConfig:
     """Everything that produced a run directory; saved as its config.json."""
 
@@ -161,6 +193,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     records: RecordsConfig = field(default_factory=RecordsConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict of every section."""
@@ -177,6 +210,9 @@ class RunConfig:
             kwargs[f.name] = type(section)(**values)
         return cls(**kwargs)
 
+
+CACHE_SECTIONS = ("model", "corpus", "coders", "train", "cache")
+"""Sections that decide what is cached; a run directory refuses a change to any of them."""
 
 SECTIONS = {f.name: f.default_factory().__class__ for f in fields(RunConfig)}  # type: ignore[misc]
 """Section name -> config class, in pipeline order."""

@@ -25,6 +25,7 @@ EXPLAINERS = (*LLM_EXPLAINERS, "tokens")
 MARKER = re.compile(r"\[?\s*explanation\s*\]?\s*:", re.IGNORECASE)
 ARTEFACTS = re.compile(r"<\|[^|>]*\|>|</?s>|^(assistant|answer)\s*:?\s*", re.IGNORECASE)
 MAX_WORDS = 40
+QUOTES = "\"'“”‘’"
 
 
 class TokenText:
@@ -92,6 +93,7 @@ def explain_prompt(record: LatentRecord, explainer: str, text: TokenText) -> Pro
         values["suppressed"] = _token_list(record.suppressed, text)
     elif explainer != "default":
         raise ValueError(f"{explainer!r} is not an LLM explainer; use one of {', '.join(LLM_EXPLAINERS)}")
+    # No worked example: SmolLM2-135M copied one verbatim for 8 latents of 8.
     return (
         {"role": "system", "content": render("explain_system")},
         {"role": "user", "content": render(f"explain_{explainer}", **values)},
@@ -101,8 +103,9 @@ def explain_prompt(record: LatentRecord, explainer: str, text: TokenText) -> Pro
 def parse_explanation(reply: str) -> str | None:
     """The explanation in an LLM reply, or None when there is none to find.
 
-    Takes the text after the last ``[EXPLANATION]:`` marker (or the last non-empty line when
-    there is no marker), and strips chat artefacts, markdown and stray quotes.
+    Takes the first line after the last ``[EXPLANATION]:`` marker, or, when there is no marker
+    (small models often forget it), the first sentence of the reply; then strips chat
+    artefacts, markdown and stray quotes.
     """
     text = ARTEFACTS.sub("", reply or "").strip()
     parts = MARKER.split(text)
@@ -110,11 +113,13 @@ def parse_explanation(reply: str) -> str | None:
     lines = [l.strip() for l in candidate.splitlines() if l.strip()]
     if not lines:
         return None
-    line = lines[0] if len(parts) > 1 else lines[-1]
+    line = lines[0] if len(parts) > 1 else re.split(r"(?<=[a-z0-9\)\"'])\. ", lines[0])[0]
     line = ARTEFACTS.sub("", line).strip().lstrip(">").strip()
     if line.startswith("<") and line.endswith(">"):
         line = line[1:-1]
-    line = line.strip("*_`# ").strip("\"'“”‘’ ").strip()
+    line = line.strip("*_`# ")
+    while len(line) >= 2 and line[0] in QUOTES and line[-1] in QUOTES:
+        line = line[1:-1].strip()
     return line or None
 
 
@@ -124,8 +129,9 @@ def flag(explanation: str) -> str | None:
         return "no words"
     if len(explanation.split()) > MAX_WORDS:
         return f"longer than {MAX_WORDS} words"
-    if "your one-sentence explanation" in explanation.lower():
-        return "echoes the prompt template"
+    lowered = explanation.lower().rstrip(".")
+    if "your one-sentence explanation" in lowered or (len(lowered) > 20 and lowered in render("explain_system").lower()):
+        return "echoes the prompt"
     return None
 
 

@@ -5,30 +5,43 @@ Run directory::
     config.json      the RunConfig that produced it (a different config is refused)
     coders/          the default SAE, when the run trained one (sparsify format + train.json)
     cache/           see interp.cache
-    summary.json     coder statistics and the default SAE's quality
+    explanations.jsonl
+                     one line per (coder, latent, explainer), appended as they arrive
+    llm_cache.jsonl  LLM responses keyed by (model, prompt, parameters): a re-run costs nothing
+    summary.json     coder statistics, the default SAE's quality, explanation counts
 """
 
 import json
 import logging
+import random
 import shutil
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from .atomic import write_json_atomic
-from .cache import build_cache, finalize_stats
+from .cache import TOKENS_FILE, build_cache, finalize_stats
 from .coders import CoderSpec, SparseCoder, load_coder
 from .coders.train import load_train_report, train_default_sae
 from .coders.sparsify_coder import load_sparsify
-from .config import RunConfig
+from .config import CACHE_SECTIONS, RunConfig
 from .corpus import corpus_windows
-from .errors import RunConfigMismatchError
+from .errors import InterpError, RunConfigMismatchError
+from .explain import TokenText, explain_batch
 from .hooks import site_widths
-from .models import LoadedModel, load_model, resolve_hookpoint
+from .jsonl import append_jsonl, read_jsonl
+from .llm import GenerationParams, LLMClient, make_client
+from .models import EMBEDDED, LoadedModel, load_model, resolve_hookpoint
+from .records import CacheView, RecordBuilder, logit_lens
 
 log = logging.getLogger(__name__)
 
+EXPLANATIONS = "explanations.jsonl"
+LLM_CACHE = "llm_cache.jsonl"
 HELDOUT_WINDOWS = 16
 """Windows kept apart from training to measure the default SAE's quality."""
 
@@ -50,16 +63,17 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, *, overwrite: bool = False) -
     path = run_dir / "config.json"
     if overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
+    new = cfg.to_dict()
     if path.is_file():
         old = RunConfig.from_dict(json.loads(path.read_text())).to_dict()
-        changes = _diff(old, cfg.to_dict())
+        changes = _diff({k: old[k] for k in CACHE_SECTIONS}, {k: new[k] for k in CACHE_SECTIONS})
         if changes:
             raise RunConfigMismatchError(
-                f"{run_dir} was made with a different configuration ({'; '.join(changes)}). "
+                f"{run_dir} was cached with a different configuration ({'; '.join(changes)}). "
                 "Use another --run-dir, or --overwrite to start it again."
             )
-    else:
-        write_json_atomic(path, cfg.to_dict())
+    # Later stages may change their settings; each output line records what produced it.
+    write_json_atomic(path, new)
     return run_dir
 
 
@@ -147,6 +161,86 @@ def run_cache(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, progres
     return summary
 
 
+def select_latents(spec: str, count: torch.Tensor, *, min_count: int, seed: int) -> list[int]:
+    """Latent indices for ``spec``: all, sample:N (among latents firing at least ``min_count`` times), A-B, or A,B,C."""
+    n = len(count)
+    try:
+        if spec == "all":
+            return list(range(n))
+        if spec.startswith("sample:"):
+            alive = torch.nonzero(count >= min_count).flatten().tolist()
+            k = min(int(spec.split(":", 1)[1]), len(alive))
+            return sorted(random.Random(seed).sample(alive, k))
+        if "-" in spec:
+            a, b = (int(x) for x in spec.split("-", 1))
+            chosen = list(range(a, b + 1))
+        else:
+            chosen = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise InterpError(f"Cannot read latent selection {spec!r}: use all, sample:N, A-B or A,B,C.") from None
+    bad = [i for i in chosen if not 0 <= i < n]
+    if bad:
+        raise InterpError(f"Latents {bad[:5]} do not exist: this coder has {n} latents (0-{n - 1}).")
+    return chosen
+
+
+def _client(cfg: RunConfig, run_dir: Path, lm: LoadedModel) -> LLMClient | None:
+    e = cfg.explain
+    if e.explainer == "tokens":
+        return None
+    if e.llm == "local" or e.llm.startswith("local:"):
+        same = e.llm == "local" and cfg.model.model == EMBEDDED and cfg.model.quantization == "none"
+        options = {"batch_size": e.explain_batch, **({"lm": lm} if same else {})}
+    else:
+        options = {"concurrency": e.concurrency, "api_key_env": e.api_key_env}
+    return make_client(e.llm, e.llm_model, cache_path=run_dir / LLM_CACHE, **options)
+
+
+def _done(path: Path, explainer: str) -> set[tuple[str, int]]:
+    return {(r["coder"], r["latent"]) for r in read_jsonl(path) if r.get("explainer") == explainer and r.get("status") != "failed"}
+
+
+def run_explain(cfg: RunConfig, run_dir: Path, *, client: LLMClient | None = None, progress: bool = True) -> dict:
+    """Stage 2-3: build records and explain the selected latents, appending to explanations.jsonl.
+
+    Resumable: latents already explained (or found dead or rare) by this explainer are skipped;
+    failures are tried again.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "cache" / TOKENS_FILE).is_file():
+        raise InterpError(f"{run_dir} has no cache yet: run `interp cache --run-dir {run_dir}` first.")
+    lm = load_model(cfg.model)
+    coders = resolve_coders(cfg, lm, run_dir, Windows(cache=None))
+    client = client or _client(cfg, run_dir, lm)
+    text = TokenText(lm.tokenizer)
+    params = GenerationParams(max_tokens=cfg.explain.max_new_tokens)
+    out_path = run_dir / EXPLANATIONS
+    done = _done(out_path, cfg.explain.explainer)
+    jobs = []
+    for name, coder in coders.items():
+        view = CacheView.open(run_dir / "cache", name, bos_token_id=lm.tokenizer.bos_token_id)
+        chosen = select_latents(cfg.explain.latents, view.count, min_count=cfg.records.min_examples, seed=cfg.records.records_seed)
+        todo = [i for i in chosen if (name, i) not in done]
+        jobs.append((name, coder, view, todo))
+    bar = tqdm(total=sum(len(j[3]) for j in jobs), unit="latent", desc=f"explaining ({cfg.explain.explainer})", disable=not progress)
+    start = time.perf_counter()
+    for name, coder, view, todo in jobs:
+        decoder = coder.decoder_weight().detach()
+        builder = RecordBuilder(view, cfg.records, decoder, logit_lens(lm.model, decoder))
+        for i in range(0, len(todo), cfg.explain.explain_batch):
+            records = list(builder.build(name, todo[i : i + cfg.explain.explain_batch]))
+            results = explain_batch(records, cfg.explain.explainer, text, client, params, cfg.explain.max_retries)
+            append_jsonl(out_path, [r.to_dict() for r in results])
+            bar.update(len(records))
+            bar.set_postfix(per_min=f"{60 * bar.n / (time.perf_counter() - start):.1f}")
+    bar.close()
+    rows = [r for r in read_jsonl(out_path) if r.get("explainer") == cfg.explain.explainer]
+    return {"explanations": dict(Counter(r["status"] for r in rows)), "explainer": cfg.explain.explainer}
+
+
 def run(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, progress: bool = True) -> dict:
     """The main job: every stage that exists, in order, into ``run_dir``."""
-    return run_cache(cfg, run_dir, overwrite=overwrite, progress=progress)
+    summary = run_cache(cfg, run_dir, overwrite=overwrite, progress=progress)
+    summary.update(run_explain(cfg, run_dir, progress=progress))
+    write_json_atomic(Path(run_dir) / "summary.json", summary)
+    return summary

@@ -48,7 +48,8 @@ def test_every_llm_explainer_builds_a_chat_prompt_with_marked_examples(explainer
         ("Some thinking.\n[EXPLANATION]: The word \"cat\" and other pets.", 'The word "cat" and other pets.'),
         ("[explanation]:  **Mentions of cats**<|im_end|>", "Mentions of cats"),
         ("Explanation: 'kings and queens'\nMore text", "kings and queens"),
-        ("Cats.\n\nReferences to felines", "References to felines"),
+        ("References to felines. They include cats.\nMore", "References to felines"),
+        ("The word \"tell\". It detects speech", 'The word "tell"'),
         ("assistant: [EXPLANATION]: <numbers in code>", "numbers in code"),
         ("", None),
         ("[EXPLANATION]:   ", None),
@@ -70,7 +71,8 @@ def test_parsing_any_reply_never_crashes(reply):
 def test_flag_catches_empty_long_and_echoed_explanations():
     assert flag("123 456") == "no words"
     assert "longer than" in flag("word " * 60)
-    assert flag("<your one-sentence explanation>") == "echoes the prompt template"
+    assert flag("<your one-sentence explanation>") == "echoes the prompt"
+    assert flag("You are a meticulous AI researcher studying one feature of a language model's neurons.") == "echoes the prompt"
     assert flag("Mentions of cats") is None
 
 

@@ -1,0 +1,131 @@
+"""A response cache in front of any LLM client, so an interrupted or repeated run pays once.
+
+Each successful response is one line of an append-only JSONL file, keyed by the sha256 of
+``[method, model, prompt, params or answers]``. Lines are flushed and fsynced once per batch;
+a crash can only tear the last line, which is dropped (with a warning) when the file is
+next opened. Failed requests are not stored, so a re-run retries exactly those.
+"""
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .base import Completion, GenerationParams, LLMClient, Prompt
+from .errors import LLMError
+
+log = logging.getLogger(__name__)
+
+
+def cache_key(method: str, model: str, prompt: Prompt, extra: Any) -> str:
+    """The cache key of one request: sha256 of its canonical JSON."""
+    text = json.dumps([method, model, list(prompt), extra], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class CachedClient:
+    """Wraps ``client``; answers from ``path`` when it can and sends only the rest.
+
+    Not safe to share between threads or processes writing the same file.
+    """
+
+    def __init__(self, client: LLMClient, path: str | Path):
+        self.client = client
+        self.model = client.model
+        self.path = Path(path)
+        self._store: dict[str, Any] = _load(self.path)
+
+    def __repr__(self) -> str:
+        return f"CachedClient({self.client!r}, path={str(self.path)!r})"
+
+    def __len__(self) -> int:
+        """Responses stored."""
+        return len(self._store)
+
+    def generate(self, prompts: list[Prompt], params: GenerationParams) -> list[Completion]:
+        """``client.generate`` for the prompts not cached yet; failed completions are not stored."""
+        return self._through(
+            "generate",
+            prompts,
+            params.to_dict(),
+            lambda todo: self.client.generate(todo, params),
+            to_json=lambda c: None if c.error else asdict(c),
+            from_json=lambda v: Completion(**v),
+        )
+
+    def answer_logprobs(self, prompts: list[Prompt], answers: list[str]) -> list[dict[str, float]]:
+        """``client.answer_logprobs`` for the prompts not cached yet; empty (failed) dicts are not stored.
+
+        ``-inf`` is stored as ``null`` to keep the file strict JSON.
+        """
+        return self._through(
+            "answer_logprobs",
+            prompts,
+            list(answers),
+            lambda todo: self.client.answer_logprobs(todo, answers),
+            to_json=lambda d: {a: None if v == -math.inf else v for a, v in d.items()} or None,
+            from_json=lambda v: {a: -math.inf if lp is None else lp for a, lp in v.items()},
+        )
+
+    def _through(
+        self,
+        method: str,
+        prompts: list[Prompt],
+        extra: Any,
+        call: Callable[[list[Prompt]], list],
+        to_json: Callable[[Any], Any],
+        from_json: Callable[[Any], Any],
+    ) -> list:
+        """Answer each prompt from the store or, once per distinct key, from ``call``.
+
+        ``to_json`` returns None for a response that must not be stored (a failure).
+        """
+        keys = [cache_key(method, self.model, p, extra) for p in prompts]
+        todo = {k: p for k, p in zip(keys, prompts) if k not in self._store}
+        fresh = dict(zip(todo, call(list(todo.values())))) if todo else {}
+        lines = []
+        for key, response in fresh.items():
+            value = to_json(response)
+            if value is not None:
+                self._store[key] = value
+                lines.append(json.dumps({"key": key, "method": method, "value": value}) + "\n")
+        _append(self.path, lines)
+        return [from_json(self._store[k]) if k in self._store else fresh[k] for k in keys]
+
+
+def _append(path: Path, lines: list[str]) -> None:
+    if not lines:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.writelines(lines)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _load(path: Path) -> dict[str, Any]:
+    """Key -> stored value; a torn last line (no newline) is cut off the file with a warning."""
+    if not path.is_file():
+        return {}
+    data = path.read_bytes()
+    complete = data.rfind(b"\n") + 1
+    if complete < len(data):
+        log.warning("Dropping a torn last line of the response cache %s (an interrupted write).", path)
+        with open(path, "r+b") as f:
+            f.truncate(complete)
+    store = {}
+    for number, line in enumerate(data[:complete].splitlines(), start=1):
+        try:
+            record = json.loads(line)
+            store[record["key"]] = record["value"]
+        except (ValueError, KeyError, TypeError):
+            raise LLMError(
+                f"Response cache {path} line {number} is not a cache record; "
+                "delete the file to start the cache afresh."
+            ) from None
+    return store

@@ -1,0 +1,351 @@
+"""LLM clients: the HTTP client against a real local server, the response cache, the local model."""
+
+import copy
+import json
+import math
+import random
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from interp.llm import (
+    CachedClient,
+    Completion,
+    GenerationParams,
+    LLMError,
+    OpenAIClient,
+    TransformersClient,
+    make_client,
+)
+
+SECRET = "sk-test-5ecret-do-not-leak"
+TOP = [(" Yes", -0.2), ("Yes", -1.9), ("No", -2.3), ("\n", -4.0)]
+"""The first-token alternatives the fake server reports, best first."""
+
+
+def user(text: str) -> tuple[dict[str, str], ...]:
+    return ({"role": "user", "content": text},)
+
+
+class FakeOpenAI(ThreadingHTTPServer):
+    """An OpenAI-compatible server on 127.0.0.1 that can be told how to misbehave.
+
+    ``script`` holds behaviours for the next requests, consumed one per request: "500", "429",
+    "400" (echoes the Authorization header back, as careless servers do), "truncated" (a 200
+    with half a JSON body) and "sleep" (answers after ``sleep`` seconds). Prompts listed in
+    ``fail_contents`` always get a 500. ``logprob_shape`` is "chat" (OpenAI/vLLM),
+    "completions" (the legacy ``/v1/completions`` shape) or "none".
+    """
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.base_url = f"http://127.0.0.1:{self.server_address[1]}/v1"
+        self.script: list[str] = []
+        self.fail_contents: set[str] = set()
+        self.logprob_shape = "chat"
+        self.sleep = 0.5
+        self.jitter = 0.0
+        self.requests: list[dict] = []
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
+
+    def handle_error(self, request, client_address):
+        """A client that gave up (timeout) leaves a broken pipe behind: expected, not a failure."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FakeOpenAI
+
+    def log_message(self, *args):
+        """Keep the test output clean."""
+
+    def do_POST(self):
+        s = self.server
+        raw = self.rfile.read(int(self.headers["Content-Length"]))
+        with s.lock:
+            s.requests.append({"path": self.path, "headers": dict(self.headers), "body": raw.decode()})
+            s.in_flight += 1
+            s.max_in_flight = max(s.max_in_flight, s.in_flight)
+            behaviour = s.script.pop(0) if s.script else "ok"
+        try:
+            self._answer(s, json.loads(raw), behaviour)
+        finally:
+            with s.lock:
+                s.in_flight -= 1
+
+    def _answer(self, s: FakeOpenAI, body: dict, behaviour: str):
+        content = body["messages"][-1]["content"]
+        time.sleep(random.Random(content).random() * s.jitter)
+        if self.path != "/v1/chat/completions":
+            return self._send(404, {"error": "not found"})
+        if behaviour in ("500", "429") or content in s.fail_contents:
+            return self._send(429 if behaviour == "429" else 500, {"error": "try again"})
+        if behaviour == "400":
+            return self._send(400, {"error": f"bad key {self.headers.get('Authorization')}"})
+        if behaviour == "truncated":
+            return self._send(200, '{"choices": [{"mess')
+        if behaviour == "sleep":
+            time.sleep(s.sleep)
+        reply = {
+            "choices": [{"message": {"role": "assistant", "content": f"echo: {content}"}}],
+            "usage": {"prompt_tokens": len(content.split()), "completion_tokens": 2},
+        }
+        if body.get("logprobs") and s.logprob_shape == "chat":
+            top = [{"token": t, "logprob": lp} for t, lp in TOP[: body["top_logprobs"]]]
+            reply["choices"][0]["logprobs"] = {"content": [{**top[0], "top_logprobs": top}]}
+        elif body.get("logprobs") and s.logprob_shape == "completions":
+            reply["choices"][0]["logprobs"] = {"tokens": [TOP[0][0]], "top_logprobs": [dict(TOP)]}
+        self._send(200, reply)
+
+    def _send(self, status: int, payload):
+        data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def server():
+    srv = FakeOpenAI()
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def client(srv: FakeOpenAI, **kw) -> OpenAIClient:
+    options = {"concurrency": 4, "timeout": 5, "max_retries": 3, "backoff": 0.01, **kw}
+    return OpenAIClient(srv.base_url, "fake-model", **options)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- OpenAIClient ------------------------------------------------------------------------
+
+
+def test_replies_come_back_in_order_with_bounded_concurrency(server):
+    server.jitter = 0.05
+    prompts = [user(f"prompt number {i}") for i in range(24)]
+    params = GenerationParams(max_tokens=7, temperature=0.5, top_p=0.9, seed=3)
+    replies = client(server).generate(prompts, params)
+    assert [r.text for r in replies] == [f"echo: prompt number {i}" for i in range(24)]
+    assert all(r.error is None and r.prompt_tokens == 3 and r.completion_tokens == 2 for r in replies)
+    assert 2 <= server.max_in_flight <= 4
+    sent = json.loads(server.requests[0]["body"])
+    assert sent["model"] == "fake-model" and sent["messages"][0]["role"] == "user"
+    assert (sent["max_tokens"], sent["temperature"], sent["top_p"], sent["seed"]) == (7, 0.5, 0.9, 3)
+
+
+@pytest.mark.parametrize("failures", [["500", "500"], ["429"], ["truncated"], ["sleep"]])
+def test_transient_failures_are_retried(server, failures):
+    server.script = list(failures)
+    [reply] = client(server, timeout=0.25).generate([user("hi")], GenerationParams())
+    assert reply == Completion(text="echo: hi", prompt_tokens=1, completion_tokens=2)
+    assert len(server.requests) == len(failures) + 1
+
+
+def test_failure_after_retries_is_recorded_not_raised(server):
+    server.fail_contents = {"bad"}
+    good, bad = client(server, max_retries=2).generate([user("good"), user("bad")], GenerationParams())
+    assert good.text == "echo: good" and good.error is None
+    assert bad.text == "" and "HTTP 500" in bad.error and "3 tries" in bad.error
+    assert sum('"bad"' in r["body"] for r in server.requests) == 3
+
+
+def test_a_client_error_is_not_retried(server):
+    server.script = ["400"]
+    [reply] = client(server).generate([user("hi")], GenerationParams())
+    assert reply.error.startswith("HTTP 400") and len(server.requests) == 1
+
+
+def test_a_down_server_raises_quickly():
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    down = OpenAIClient(url, "m", concurrency=4, max_retries=2, backoff=0.01)
+    start = time.monotonic()
+    with pytest.raises(LLMError, match=f"cannot reach {url}: is the server running"):
+        down.generate([user(str(i)) for i in range(50)], GenerationParams())
+    with pytest.raises(LLMError, match="cannot reach"):
+        down.answer_logprobs([user("q")], ["Yes"])
+    assert time.monotonic() - start < 3
+    assert down.generate([], GenerationParams()) == []
+
+
+def test_the_api_key_travels_only_in_the_authorization_header(server, monkeypatch):
+    monkeypatch.setenv("TEST_LLM_KEY", SECRET)
+    keyed = client(server, api_key_env="TEST_LLM_KEY")
+    server.script = ["400"]
+    [rejected] = keyed.generate([user("hi")], GenerationParams())
+    [accepted] = keyed.generate([user("hi")], GenerationParams())
+    assert accepted.error is None and "Bearer ***" in rejected.error and SECRET not in rejected.error
+    for request in server.requests:
+        headers = {k.lower(): v for k, v in request["headers"].items()}
+        assert headers.pop("authorization") == f"Bearer {SECRET}"
+        assert SECRET not in request["body"] + request["path"] + json.dumps(headers)
+    assert SECRET not in repr(keyed) + str(keyed) + keyed.model + json.dumps(vars(keyed), default=str)
+    down = OpenAIClient(f"http://127.0.0.1:{free_port()}/v1", "m", api_key_env="TEST_LLM_KEY", max_retries=0)
+    with pytest.raises(LLMError) as e:
+        down.generate([user("hi")], GenerationParams())
+    assert SECRET not in str(e.value)
+    monkeypatch.delenv("TEST_LLM_KEY")
+    keyed.generate([user("hi")], GenerationParams())
+    assert "authorization" not in {k.lower() for k in server.requests[-1]["headers"]}
+
+
+@pytest.mark.parametrize("shape", ["chat", "completions"])
+def test_answer_logprobs_are_read_from_the_top_alternatives(server, shape):
+    server.logprob_shape = shape
+    [scores] = client(server).answer_logprobs([user("Is it?")], ["Yes", "No", "Maybe"])
+    assert scores == {"Yes": -0.2, "No": -2.3, "Maybe": -math.inf}
+    sent = json.loads(server.requests[0]["body"])
+    assert (sent["max_tokens"], sent["logprobs"], sent["top_logprobs"]) == (1, True, 20)
+
+
+def test_log_prob_mode_needs_a_server_with_logprobs(server):
+    server.logprob_shape = "none"
+    with pytest.raises(LLMError, match="needs a server that returns logprobs"):
+        client(server).answer_logprobs([user("Is it?")], ["Yes", "No"])
+
+
+def test_a_failed_logprob_request_gives_an_empty_dict(server):
+    server.fail_contents = {"bad"}
+    good, bad = client(server, max_retries=0).answer_logprobs([user("good"), user("bad")], ["Yes"])
+    assert good == {"Yes": -0.2} and bad == {}
+
+
+# --- CachedClient ------------------------------------------------------------------------
+
+
+def test_cache_sends_only_uncached_prompts_and_retries_failures(server, tmp_path):
+    path = tmp_path / "responses.jsonl"
+    prompts = [user("a"), user("b"), user("c"), user("a")]
+    params = GenerationParams(max_tokens=5)
+    server.fail_contents = {"b"}
+    first = CachedClient(client(server, max_retries=0), path).generate(prompts, params)
+    assert [r.text for r in first] == ["echo: a", "", "echo: c", "echo: a"] and first[1].error
+    assert len(server.requests) == 3
+
+    server.fail_contents = set()
+    second = CachedClient(client(server), path).generate(prompts, params)
+    assert [r.text for r in second] == ["echo: a", "echo: b", "echo: c", "echo: a"]
+    assert len(server.requests) == 4 and '"b"' in server.requests[-1]["body"]
+
+    cached = CachedClient(client(server), path)
+    assert cached.generate(prompts, params) == second
+    assert cached.generate(prompts, GenerationParams(max_tokens=6))[0].text == "echo: a"
+    assert len(server.requests) == 4 + 3
+
+    scores = cached.answer_logprobs(prompts[:1], ["Yes", "Maybe"])
+    assert CachedClient(client(server), path).answer_logprobs(prompts[:1], ["Yes", "Maybe"]) == scores
+    assert scores == [{"Yes": -0.2, "Maybe": -math.inf}] and len(server.requests) == 8
+    assert all(json.loads(line) for line in path.read_text().splitlines())
+
+
+def test_a_torn_last_line_is_dropped_with_a_warning(server, tmp_path, caplog):
+    path = tmp_path / "responses.jsonl"
+    CachedClient(client(server), path).generate([user("a"), user("b")], GenerationParams())
+    with open(path, "a") as f:
+        f.write('{"key": "12ab", "method": "gen')
+    reloaded = CachedClient(client(server), path)
+    assert len(reloaded) == 2 and "torn last line" in caplog.text
+    assert path.read_text().endswith("}\n") and len(path.read_text().splitlines()) == 2
+    reloaded.generate([user("c")], GenerationParams())
+    caplog.clear()
+    assert len(CachedClient(client(server), path)) == 3 and not caplog.text
+
+
+def test_a_corrupt_cache_line_is_an_error(tmp_path, server):
+    path = tmp_path / "responses.jsonl"
+    path.write_text("not json\n")
+    with pytest.raises(LLMError, match="line 1 is not a cache record"):
+        CachedClient(client(server), path)
+
+
+# --- make_client -------------------------------------------------------------------------
+
+
+def test_make_client_reads_specs(server, tmp_path, smollm):
+    http = make_client(server.base_url, "fake-model", concurrency=2)
+    assert isinstance(http, OpenAIClient) and http.concurrency == 2 and http.model == "fake-model"
+    cached = make_client(server.base_url, "fake-model", cache_path=tmp_path / "c.jsonl")
+    assert isinstance(cached, CachedClient) and cached.model == "fake-model"
+    local = make_client("local", lm=smollm)
+    assert isinstance(local, TransformersClient) and local.model == "embedded"
+    with pytest.raises(LLMError, match="needs a model name"):
+        make_client(server.base_url)
+    with pytest.raises(LLMError, match="Unknown LLM client"):
+        make_client("ollama")
+
+
+# --- TransformersClient ------------------------------------------------------------------
+
+QUESTIONS = [
+    "Answer with Yes or No only. Is Paris the capital of France?",
+    "Is fire cold? Answer Yes or No.",
+    "Hi",
+]
+EASY = [QUESTIONS[0], "Is fire cold? Reply with one word: Yes or No."]
+"""Questions where SmolLM2-135M starts its reply with Yes or No (right or wrong: it says No to Paris)."""
+
+
+@pytest.fixture
+def one_thread():
+    """Run torch on one thread: on a busy 2-core machine two threads thrash (20 s instead of 1 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_batched_greedy_generation_equals_one_at_a_time(smollm, one_thread):
+    if smollm.model.dtype != torch.float32:
+        pytest.skip("padding changes low-precision (CUDA bfloat16) logits enough to flip a greedy token")
+    local = TransformersClient(lm=smollm, batch_size=3)
+    prompts = [user(q) for q in QUESTIONS]
+    params = GenerationParams(max_tokens=6)
+    batched = local.generate(prompts, params)
+    assert batched == [local.generate([p], params)[0] for p in prompts]
+    assert len({r.prompt_tokens for r in batched}) == 3
+    assert all(r.text and 0 < r.completion_tokens <= 6 for r in batched)
+
+
+@pytest.mark.slow
+def test_seeded_sampling_is_reproducible(smollm, one_thread):
+    local = TransformersClient(lm=smollm)
+    params = GenerationParams(max_tokens=4, temperature=1.0, seed=7)
+    prompts = [user(q) for q in QUESTIONS[:2]]
+    assert local.generate(prompts, params) == local.generate(prompts, params)
+
+
+@pytest.mark.slow
+def test_answer_logprobs_rank_answers_as_greedy_generation_does(smollm, one_thread):
+    local = TransformersClient(lm=smollm)
+    prompts = [user(q) for q in EASY]
+    batched = local.answer_logprobs(prompts, ["Yes", "No", ""])
+    replies = local.generate(prompts, GenerationParams(max_tokens=2))
+    for scores, reply, prompt in zip(batched, replies, prompts):
+        assert max(scores, key=scores.get) == reply.text.split()[0].strip(".,!")
+        assert scores[""] == -math.inf and -5 < max(scores.values()) < 0
+        [alone] = local.answer_logprobs([prompt], ["Yes", "No", ""])
+        assert alone == pytest.approx(scores, abs=1e-4 if smollm.model.dtype == torch.float32 else 0.1)
+
+
+def test_prompts_without_a_chat_template_are_rendered_as_role_lines(tiny_lm):
+    tokenizer = copy.deepcopy(tiny_lm.tokenizer)
+    tokenizer.chat_template = None
+    local = TransformersClient(lm=type(tiny_lm)(tiny_lm.model, tokenizer, "plain"))
+    prompt = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"})
+    assert tokenizer.decode(local.render(prompt)) == "system: Be brief.\nuser: Hi\nassistant:"
+    [reply] = local.generate([prompt], GenerationParams(max_tokens=3))
+    assert reply.error is None and reply.completion_tokens <= 3
