@@ -4,6 +4,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from openai_server import serving
+
 from interp.config import ModelConfig
 from interp.models import LoadedModel, embedded_model_dir, load_model
 
@@ -34,3 +36,12 @@ def tiny_lm(smollm_tokenizer) -> LoadedModel:
 def smollm() -> LoadedModel:
     """The embedded SmolLM2-135M-Instruct; converted from GGUF on first use, then cached."""
     return load_model(ModelConfig())
+
+
+@pytest.fixture
+def server():
+    """A real OpenAI-compatible server on 127.0.0.1 for the duration of one test."""
+    srv = serving()
+    yield srv
+    srv.shutdown()
+    srv.server_close()

@@ -56,3 +56,58 @@ def test_expected_mistakes_print_one_line_and_exit_2(tmp_path, capsys):
 def test_python_dash_m_interp_shows_help():
     out = subprocess.run([sys.executable, "-m", "interp", "run", "--help"], capture_output=True, text=True, check=True).stdout
     assert "--num-tokens" in out and "Tokens to cache in total" in out
+
+
+def first_marked_span(content: str) -> str:
+    """What a diligent explainer would say: the first marked token of the last example."""
+    return content.rsplit("Example 1:", 1)[1].split("<<", 1)[1].split(">>", 1)[0]
+
+
+@pytest.mark.slow
+def test_explain_over_an_openai_server_resumes_and_records_failures(tmp_path, server, capsys):
+    run_dir = str(tmp_path / "run")
+    base = ["--run-dir", run_dir, *SMALL, "--coders", "topk-neurons@model.layers.3.mlp"]
+    assert main(["cache", *base]) == 0
+    server.reply = lambda content: f"Thinking...\n[EXPLANATION]: The token \"{first_marked_span(content)}\""
+    server.fail_contents = set()
+    llm = ["--llm", server.base_url, "--llm-model", "scripted-model", "--latents", "sample:6"]
+    assert main(["explain", *base, *llm]) == 0
+    rows = [json.loads(l) for l in (tmp_path / "run" / "explanations.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"ok"}
+    assert all(r["explanation"].startswith('The token "') and r["model"] == "scripted-model" for r in rows)
+    sent = len(server.requests)
+    assert main(["explain", *base, *llm]) == 0  # done: nothing is asked again
+    assert len(server.requests) == sent
+    assert main(["explain", *base, *llm[:-1], "sample:9"]) == 0  # three more, and only three
+    assert len(server.requests) == sent + 3
+
+    server.script = ["400"] * 1000  # the server refuses everything: failures are recorded, the run goes on
+    before = len(rows) + 3
+    assert main(["explain", *base, *llm[:-1], "0-20", "--max-retries", "1"]) == 0
+    new = [json.loads(l) for l in (tmp_path / "run" / "explanations.jsonl").read_text().splitlines()][before:]
+    asked = [r for r in new if r["status"] not in ("dead", "rare")]
+    assert asked and all(r["status"] == "failed" and "400" in r["note"] and r["attempts"] == 2 for r in asked)
+
+    server.script = []  # the server recovers: a resumed run fills in exactly the failures
+    assert main(["explain", *base, *llm[:-1], "0-20"]) == 0
+    rows = [json.loads(l) for l in (tmp_path / "run" / "explanations.jsonl").read_text().splitlines()]
+    refilled = rows[before + len(new):]
+    assert sorted(r["latent"] for r in refilled) == sorted(r["latent"] for r in asked)
+    assert {r["status"] for r in refilled} == {"ok"}
+
+
+@pytest.mark.slow
+def test_explain_with_the_embedded_llm_and_the_token_baseline(tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    base = ["--run-dir", run_dir, *SMALL, "--coders", "topk-neurons@model.layers.3.mlp", "--latents", "sample:2"]
+    assert main(["run", *base, "--explainer", "tokens"]) == 0
+    assert "explanations (tokens): 2 ok" in capsys.readouterr().out
+    assert main(["explain", *base, "--max-new-tokens", "12", "--explain-batch", "2"]) == 0
+    rows = [json.loads(l) for l in (tmp_path / "run" / "explanations.jsonl").read_text().splitlines()]
+    assert [r["explainer"] for r in rows] == ["tokens", "tokens", "default", "default"]
+    llm_rows = rows[2:]
+    assert {r["latent"] for r in llm_rows} == {r["latent"] for r in rows[:2]}
+    assert all(r["model"] == "embedded" and r["attempts"] >= 1 for r in llm_rows)
+    assert all(r["status"] in ("ok", "flagged", "failed") for r in llm_rows)
+    cache_lines = (tmp_path / "run" / "llm_cache.jsonl").read_text().splitlines()
+    assert len(cache_lines) >= 2

@@ -5,7 +5,6 @@ Their activations are sparse after the nonlinearity; ``encode`` keeps only the a
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import torch

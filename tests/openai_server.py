@@ -1,0 +1,97 @@
+"""A real OpenAI-compatible HTTP server on 127.0.0.1 for tests, scriptable to misbehave."""
+
+import json
+import random
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+TOP = [(" Yes", -0.2), ("Yes", -1.9), ("No", -2.3), ("\n", -4.0)]
+"""The first-token alternatives the server reports, best first."""
+
+
+class ScriptedServer(ThreadingHTTPServer):
+    """An OpenAI-compatible server on 127.0.0.1 that can be told how to misbehave.
+
+    ``script`` holds behaviours for the next requests, consumed one per request: "500", "429",
+    "400" (echoes the Authorization header back, as careless servers do), "truncated" (a 200
+    with half a JSON body) and "sleep" (answers after ``sleep`` seconds). Prompts listed in
+    ``fail_contents`` always get a 500. ``logprob_shape`` is "chat" (OpenAI/vLLM),
+    "completions" (the legacy ``/v1/completions`` shape) or "none".
+    """
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.base_url = f"http://127.0.0.1:{self.server_address[1]}/v1"
+        self.script: list[str] = []
+        self.fail_contents: set[str] = set()
+        self.logprob_shape = "chat"
+        self.sleep = 0.5
+        self.jitter = 0.0
+        self.requests: list[dict] = []
+        self.reply = lambda content: f"echo: {content}"
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
+
+    def handle_error(self, request, client_address):
+        """A client that gave up (timeout) leaves a broken pipe behind: expected, not a failure."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ScriptedServer
+
+    def log_message(self, *args):
+        """Keep the test output clean."""
+
+    def do_POST(self):
+        s = self.server
+        raw = self.rfile.read(int(self.headers["Content-Length"]))
+        with s.lock:
+            s.requests.append({"path": self.path, "headers": dict(self.headers), "body": raw.decode()})
+            s.in_flight += 1
+            s.max_in_flight = max(s.max_in_flight, s.in_flight)
+            behaviour = s.script.pop(0) if s.script else "ok"
+        try:
+            self._answer(s, json.loads(raw), behaviour)
+        finally:
+            with s.lock:
+                s.in_flight -= 1
+
+    def _answer(self, s: ScriptedServer, body: dict, behaviour: str):
+        content = body["messages"][-1]["content"]
+        time.sleep(random.Random(content).random() * s.jitter)
+        if self.path != "/v1/chat/completions":
+            return self._send(404, {"error": "not found"})
+        if behaviour in ("500", "429") or content in s.fail_contents:
+            return self._send(429 if behaviour == "429" else 500, {"error": "try again"})
+        if behaviour == "400":
+            return self._send(400, {"error": f"bad key {self.headers.get('Authorization')}"})
+        if behaviour == "truncated":
+            return self._send(200, '{"choices": [{"mess')
+        if behaviour == "sleep":
+            time.sleep(s.sleep)
+        reply = {
+            "choices": [{"message": {"role": "assistant", "content": s.reply(content)}}],
+            "usage": {"prompt_tokens": len(content.split()), "completion_tokens": 2},
+        }
+        if body.get("logprobs") and s.logprob_shape == "chat":
+            top = [{"token": t, "logprob": lp} for t, lp in TOP[: body["top_logprobs"]]]
+            reply["choices"][0]["logprobs"] = {"content": [{**top[0], "top_logprobs": top}]}
+        elif body.get("logprobs") and s.logprob_shape == "completions":
+            reply["choices"][0]["logprobs"] = {"tokens": [TOP[0][0]], "top_logprobs": [dict(TOP)]}
+        self._send(200, reply)
+
+    def _send(self, status: int, payload):
+        data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def serving() -> ScriptedServer:
+    """Start a ScriptedServer on a free port in a background thread."""
+    srv = ScriptedServer()
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return srv
