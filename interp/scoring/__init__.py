@@ -1,0 +1,1 @@
+"""Scoring explanations: metrics now; the scorers build on them."""
