@@ -30,6 +30,7 @@ class ScriptedServer(ThreadingHTTPServer):
         self.jitter = 0.0
         self.requests: list[dict] = []
         self.reply = lambda content: f"echo: {content}"
+        self.top = lambda content: TOP
         self.in_flight = self.max_in_flight = 0
         self.lock = threading.Lock()
 
@@ -75,10 +76,11 @@ class _Handler(BaseHTTPRequestHandler):
             "usage": {"prompt_tokens": len(content.split()), "completion_tokens": 2},
         }
         if body.get("logprobs") and s.logprob_shape == "chat":
-            top = [{"token": t, "logprob": lp} for t, lp in TOP[: body["top_logprobs"]]]
+            top = [{"token": t, "logprob": lp} for t, lp in s.top(content)[: body["top_logprobs"]]]
             reply["choices"][0]["logprobs"] = {"content": [{**top[0], "top_logprobs": top}]}
         elif body.get("logprobs") and s.logprob_shape == "completions":
-            reply["choices"][0]["logprobs"] = {"tokens": [TOP[0][0]], "top_logprobs": [dict(TOP)]}
+            ranked = s.top(content)
+            reply["choices"][0]["logprobs"] = {"tokens": [ranked[0][0]], "top_logprobs": [dict(ranked)]}
         self._send(200, reply)
 
     def _send(self, status: int, payload):

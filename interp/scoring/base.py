@@ -1,0 +1,65 @@
+"""What every scorer takes and returns.
+
+A scorer judges an explanation against a latent's held-out examples: the test set (activating,
+over quantiles) and the negatives (random and hard). It scores many latents per call so that
+LLM and embedding work can be batched across them.
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+
+from ..records import Example, LatentRecord
+
+
+@dataclass
+class ScoredExample:
+    """One held-out example and what the scorer made of it."""
+
+    index: int
+    """The example's index in the cache (see ``records.Example.index``)."""
+    label: bool
+    """Does the latent fire in this example (or, for fuzzing, is this highlight the true one)?"""
+    prediction: bool | None
+    """The scorer's call; None when its reply could not be parsed."""
+    score: float | None
+    """A continuous score where the scorer has one (similarity, log-odds); None otherwise."""
+    kind: str
+    """test, negative or hard_negative."""
+    quantile: int | None = None
+
+
+@dataclass
+class ScoreResult:
+    """A scorer's verdict on one explanation of one latent; a line of ``scores.jsonl``."""
+
+    scorer: str
+    coder: str
+    latent: int
+    explainer: str
+    baseline: bool
+    """True when the explanation scored is another latent's (the random-explanation baseline)."""
+    explanation: str
+    metrics: dict
+    examples: list[ScoredExample]
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def labelled_examples(record: LatentRecord) -> list[tuple[Example, bool, str, int | None]]:
+    """(example, fires?, kind, quantile) for every held-out example of ``record``."""
+    out = [(ex, True, "test", q) for ex, q in zip(record.test, record.test_quantiles)]
+    out += [(ex, False, "negative", None) for ex in record.negatives]
+    out += [(ex, False, "hard_negative", None) for ex in record.hard_negatives]
+    return out
+
+
+class Scorer(ABC):
+    """Judges explanations against held-out examples."""
+
+    name: str
+
+    @abstractmethod
+    def score(self, items: list[tuple[LatentRecord, str]]) -> list[tuple[dict, list[ScoredExample]]]:
+        """(metrics, per-example outcomes) for each (record, explanation), in order."""

@@ -1,0 +1,126 @@
+"""Scorers on planted records whose meaning is known: cats fire the latent, money does not."""
+
+import re
+
+import pytest
+
+from interp.llm import OpenAIClient
+from interp.records import Example, LatentRecord, LatentStats
+from interp.scoring.classify import DetectionScorer, FuzzingScorer, parse_labels
+from interp.scoring.embedding import EmbeddingScorer
+
+CAT_TEXTS = [
+    "The cat slept on the warm windowsill all afternoon.",
+    "Her cat chased a ball of yarn across the floor.",
+    "The cat purred loudly when we stroked its fur.",
+    "A stray cat meowed outside the door at night.",
+    "The young cat drank milk from a small saucer.",
+    "Our old cat likes to hunt mice in the garden.",
+]
+MONEY_TEXTS = [
+    "The bank raised interest rates by half a percent.",
+    "Stock prices fell sharply after the earnings report.",
+    "She paid the invoice with a credit card yesterday.",
+    "The budget deficit grew to three billion dollars.",
+    "Investors bought government bonds for safety.",
+    "The loan must be repaid within five years.",
+]
+CAT_WORDS = {"cat", "kitten"}
+
+
+def example(tokenizer, text: str, index: int) -> Example:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    pieces = tokenizer.batch_decode([[t] for t in ids])
+    acts = [2.0 if p.strip().lower() in CAT_WORDS else 0.0 for p in pieces]
+    return Example(ids, acts, index)
+
+
+@pytest.fixture
+def cat_record(smollm_tokenizer) -> LatentRecord:
+    test = [example(smollm_tokenizer, t, i) for i, t in enumerate(CAT_TEXTS)]
+    assert all(ex.max_act > 0 for ex in test)
+    negatives = [example(smollm_tokenizer, t, 100 + i) for i, t in enumerate(MONEY_TEXTS)]
+    stats = LatentStats(count=8, frequency=0.1, max=2.0, mean=2.0, histogram=[0] * 20, num_examples=6)
+    return LatentRecord("sae", 5, "ok", stats, test=test, test_quantiles=[0, 0, 1, 1, 2, 2], negatives=negatives)
+
+
+def keyword(content: str) -> str:
+    return re.search(r"Explanation: (.*)", content).group(1).split()[-1].lower()
+
+
+def judge_texts(content: str) -> str:
+    """A diligent scorer: a text shows the feature if it contains the explanation's key word."""
+    word = keyword(content)
+    texts = re.findall(r"Text \d+: (.*)", content)
+    return "Here you go: [" + ", ".join("1" if word in t.lower() else "0" for t in texts) + "]"
+
+
+def judge_one(content: str) -> list[tuple[str, float]]:
+    word = keyword(content)
+    text = re.search(r"Text: (.*)", content).group(1).lower()
+    return [("1", -0.1), ("0", -2.5)] if word in text else [("0", -0.2), ("1", -3.0)]
+
+
+def judge_marks(content: str) -> str:
+    word = keyword(content)
+    texts = re.findall(r"Text \d+: (.*)", content)
+    marked = [" ".join(re.findall(r"<<(.*?)>>", t)).lower() for t in texts]
+    return "[" + ", ".join("1" if word in m else "0" for m in marked) + "]"
+
+
+def scripted(server) -> OpenAIClient:
+    return OpenAIClient(server.base_url, "scripted-model", concurrency=4, timeout=5, max_retries=1, backoff=0.01)
+
+
+def test_parse_labels_reads_the_last_list_or_bare_digits():
+    assert parse_labels("Sure! [1, 0, 1]", 3) == [True, False, True]
+    assert parse_labels("[0, 0] no wait [1,1]", 2) == [True, True]
+    assert parse_labels("1 0 1 1", 4) == [True, False, True, True]
+    assert parse_labels("[1, 0]", 3) is None
+    assert parse_labels("[1, 2, 0]", 3) is None
+    assert parse_labels("", 1) is None
+
+
+def test_detection_generative_separates_a_true_from_a_random_explanation(server, cat_record, smollm_tokenizer):
+    server.reply = judge_texts
+    scorer = DetectionScorer(scripted(server), smollm_tokenizer, batch_size=5)
+    (true, outcomes), (wrong, _) = scorer.score([(cat_record, "Mentions of a cat"), (cat_record, "Words about the weather")])
+    assert true["accuracy"] == 1.0 and true["balanced_accuracy"] == 1.0 and true["failed"] == 0
+    assert wrong["balanced_accuracy"] == 0.5 and wrong["recall"] == 0.0
+    assert len(outcomes) == 12 and {o.kind for o in outcomes} == {"test", "negative"}
+    assert len(server.requests) == 2 * 3  # 12 texts, 5 per prompt
+    assert scorer.name == "detection"
+
+
+def test_logprob_mode_agrees_with_generative_on_easy_cases_and_gives_auroc(server, cat_record, smollm_tokenizer):
+    server.reply, server.top = judge_texts, judge_one
+    gen = DetectionScorer(scripted(server), smollm_tokenizer, mode="generative").score([(cat_record, "A cat")])[0]
+    lp = DetectionScorer(scripted(server), smollm_tokenizer, mode="logprob").score([(cat_record, "A cat")])[0]
+    assert [o.prediction for o in sorted(gen[1], key=lambda o: o.index)] == [o.prediction for o in sorted(lp[1], key=lambda o: o.index)]
+    assert lp[0]["auroc"] == 1.0 and gen[0]["auroc"] is None
+    assert all(o.score is not None for o in lp[1])
+
+
+def test_unparsable_replies_are_failures_not_wrong_answers(server, cat_record, smollm_tokenizer):
+    server.reply = lambda content: "I am not sure what you mean."
+    metrics, outcomes = DetectionScorer(scripted(server), smollm_tokenizer).score([(cat_record, "A cat")])[0]
+    assert metrics["failed"] == 12 and metrics["accuracy"] is None
+    assert all(o.prediction is None for o in outcomes)
+
+
+def test_fuzzing_rewards_true_highlights_only(server, cat_record, smollm_tokenizer):
+    server.reply = judge_marks
+    scorer = FuzzingScorer(scripted(server), smollm_tokenizer, batch_size=4)
+    metrics, outcomes = scorer.score([(cat_record, "The word cat")])[0]
+    assert sum(o.label for o in outcomes) == 3  # half of the six activating texts keep their true marks
+    assert metrics["recall"] == 1.0 and metrics["precision"] == 1.0
+    texts = [r["body"] for r in server.requests]
+    assert all("<<" in t for t in texts)
+
+
+def test_embedding_scorer_ranks_cat_texts_above_money_for_a_cat_explanation(cat_record, smollm_tokenizer):
+    scorer = EmbeddingScorer(smollm_tokenizer)
+    (true, outcomes), (wrong, _) = scorer.score([(cat_record, "cats and kittens"), (cat_record, "banking and finance")])
+    assert true["auroc"] == 1.0 and wrong["auroc"] < 0.2
+    assert (true["positives"], true["negatives"]) == (6, 6)
+    assert all(-1.0 <= o.score <= 1.0 for o in outcomes)
