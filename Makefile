@@ -25,5 +25,8 @@ test: install
 	$(PY) -m pytest -q
 
 bench: install
+	# the peer, without vLLM/faiss: only what its cache import path needs
 	$(PY) -m pip install -q --no-deps eai-delphi
+	$(PY) -m pip install -q orjson jaxtyping blobfile asyncer
 	$(PY) benchmarks/cache_throughput.py
+	$(PY) benchmarks/explain_throughput.py

@@ -27,6 +27,10 @@ def _config(ns: argparse.Namespace) -> RunConfig:
     return RunConfig(**{title: config_from_args(cls, ns) for title, cls in SECTIONS.items()})
 
 
+def _fmt(value: float | None) -> str:
+    return "  n/a" if value is None else f"{value:.3f}"
+
+
 def _print_summary(summary: dict, run_dir: Path) -> None:
     for name, s in summary.get("coders", {}).items():
         print(
@@ -47,6 +51,11 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
         rows = [r for r in read_jsonl(run_dir / "explanations.jsonl") if r["status"] == "ok"]
         for r in rows[:5]:
             print(f"  {r['coder']} #{r['latent']}: {r['explanation']}")
+    for coder, scorers in summary.get("scores", {}).items():
+        print(f"scores for {coder} (mean over latents; random explanation in brackets):")
+        for scorer, e in scorers.items():
+            mean, base = e["explanation"]["mean"], e["baseline"]["mean"]
+            print(f"  {scorer:<20} {e['metric']:<18} {_fmt(mean)}  [{_fmt(base)}]  n={e['explanation']['n']}")
     print(f"results: {run_dir.resolve()}")
 
 
@@ -57,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_parser(sub, "run", "The main job: every pipeline stage, in order, into one run directory.")
     _run_parser(sub, "cache", "Cache sparse latent activations over a corpus (resumable).")
     _run_parser(sub, "explain", "Explain latents of a cached run with an LLM (resumable).")
+    _run_parser(sub, "score", "Score a run's explanations against held-out examples and a random baseline (resumable).")
+    _run_parser(sub, "summary", "Print the summary of a run's scores (and rewrite its plots).")
     return parser
 
 
@@ -75,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = _config(ns)
         if ns.command == "explain":
             summary = pipeline.run_explain(cfg, ns.run_dir, progress=not ns.quiet)
+        elif ns.command == "score":
+            summary = pipeline.run_score(cfg, ns.run_dir, progress=not ns.quiet)
+        elif ns.command == "summary":
+            summary = pipeline.summarize_run(ns.run_dir)
         else:
             stage = pipeline.run if ns.command == "run" else pipeline.run_cache
             summary = stage(cfg, ns.run_dir, overwrite=ns.overwrite, progress=not ns.quiet)

@@ -132,7 +132,7 @@ class RecordsConfig:
     n_quantiles: int = 10
     """Activation quantiles the test (and quantile-sampled train) examples are spread over."""
 
-    n_negatives: int = 20
+    n_negatives: int = 10
     """Random examples where the latent does not fire."""
 
     n_hard_negatives: int = 10
@@ -167,7 +167,7 @@ class ExplainConfig:
     api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the server's API key (never written anywhere)."""
 
-    latents: str = "sample:24"
+    latents: str = "sample:12"
     """Latents to explain: all, sample:N (random latents that fire), a range 0-99, or a list 1,5,9."""
 
     explain_batch: int = 8
@@ -184,6 +184,26 @@ class ExplainConfig:
 
 
 @dataclass
+class ScoreConfig:
+    """Which scorers judge the explanations, and how."""
+
+    scorers: list[str] = field(default_factory=lambda: ["embedding", "detection"])
+    """Scorers to run: embedding, detection, fuzzing."""
+
+    score_mode: str = "logprob"
+    """logprob (one forward pass per text, gives AUROC) or generative (parse a list of 0/1 per prompt)."""
+
+    texts_per_prompt: int = 5
+    """Texts per prompt in generative mode (more is cheaper but leaks between texts)."""
+
+    baseline: bool = True
+    """Also score a random explanation (another latent's) on the same examples."""
+
+    embedder: str | None = None
+    """Sentence-transformers model for the embedding scorer; None is the embedded all-MiniLM-L6-v2."""
+
+
+@dataclass
 class RunConfig:
     """Everything that produced a run directory; saved as its config.json."""
 
@@ -194,6 +214,7 @@ class RunConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     records: RecordsConfig = field(default_factory=RecordsConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict of every section."""

@@ -144,6 +144,13 @@ def _spread(indices: np.ndarray, n: int, n_quantiles: int, rng) -> tuple[list[in
     return chosen, quantile
 
 
+def _train_share(available: int, n_train: int, n_test: int) -> int:
+    """Train examples to take: ``n_train`` when there are enough, else a proportional share, so the test set is never empty."""
+    if available >= n_train + n_test or available < 2:
+        return min(n_train, available)
+    return max(1, min(n_train, available * n_train // (n_train + n_test)))
+
+
 class RecordBuilder:
     """Builds ``LatentRecord``s from a ``CacheView``; one instance serves many latent ranges."""
 
@@ -231,10 +238,11 @@ class RecordBuilder:
 
         by_strength = torch.argsort(maxima, descending=True, stable=True).numpy()
         record.top = [make(j) for j in by_strength[:TOP_EXAMPLES]]
+        n_train = _train_share(len(ids), cfg.n_train, cfg.n_test)
         if cfg.train_sampling == "top":
-            train = by_strength[: cfg.n_train].tolist()
+            train = by_strength[:n_train].tolist()
         else:
-            train, _ = _spread(by_strength[::-1].copy(), cfg.n_train, cfg.n_quantiles, rng)
+            train, _ = _spread(by_strength[::-1].copy(), n_train, cfg.n_quantiles, rng)
         taken = set(train)
         rest = np.array([j for j in by_strength[::-1] if j not in taken], dtype=np.int64)
         test, quantiles = _spread(rest, cfg.n_test, cfg.n_quantiles, rng)

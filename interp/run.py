@@ -8,6 +8,8 @@ Run directory::
     explanations.jsonl
                      one line per (coder, latent, explainer), appended as they arrive
     llm_cache.jsonl  LLM responses keyed by (model, prompt, parameters): a re-run costs nothing
+    scores.jsonl     one line per (scorer, coder, latent, explainer, baseline): metrics and per-example outcomes
+    plots/           score histograms, explanation against the random baseline
     summary.json     coder statistics, the default SAE's quality, explanation counts
 """
 
@@ -37,10 +39,16 @@ from .jsonl import append_jsonl, read_jsonl
 from .llm import GenerationParams, LLMClient, make_client
 from .models import EMBEDDED, LoadedModel, load_model, resolve_hookpoint
 from .records import CacheView, RecordBuilder, logit_lens
+from .scoring.base import Scorer, ScoreResult
+from .scoring.classify import MODES, DetectionScorer, FuzzingScorer
+from .scoring.embedding import EmbeddingScorer, load_embedder
+from .scoring.results import load_scores, plot_scores, summarize_scores
 
 log = logging.getLogger(__name__)
 
 EXPLANATIONS = "explanations.jsonl"
+SCORES = "scores.jsonl"
+CLASSIFIERS = {"detection": DetectionScorer, "fuzzing": FuzzingScorer}
 LLM_CACHE = "llm_cache.jsonl"
 HELDOUT_WINDOWS = 16
 """Windows kept apart from training to measure the default SAE's quality."""
@@ -184,10 +192,8 @@ def select_latents(spec: str, count: torch.Tensor, *, min_count: int, seed: int)
     return chosen
 
 
-def _client(cfg: RunConfig, run_dir: Path, lm: LoadedModel) -> LLMClient | None:
+def _client(cfg: RunConfig, run_dir: Path, lm: LoadedModel) -> LLMClient:
     e = cfg.explain
-    if e.explainer == "tokens":
-        return None
     if e.llm == "local" or e.llm.startswith("local:"):
         same = e.llm == "local" and cfg.model.model == EMBEDDED and cfg.model.quantization == "none"
         options = {"batch_size": e.explain_batch, **({"lm": lm} if same else {})}
@@ -211,7 +217,7 @@ def run_explain(cfg: RunConfig, run_dir: Path, *, client: LLMClient | None = Non
         raise InterpError(f"{run_dir} has no cache yet: run `interp cache --run-dir {run_dir}` first.")
     lm = load_model(cfg.model)
     coders = resolve_coders(cfg, lm, run_dir, Windows(cache=None))
-    client = client or _client(cfg, run_dir, lm)
+    client = client or (None if cfg.explain.explainer == "tokens" else _client(cfg, run_dir, lm))
     text = TokenText(lm.tokenizer)
     params = GenerationParams(max_tokens=cfg.explain.max_new_tokens)
     out_path = run_dir / EXPLANATIONS
@@ -238,9 +244,91 @@ def run_explain(cfg: RunConfig, run_dir: Path, *, client: LLMClient | None = Non
     return {"explanations": dict(Counter(r["status"] for r in rows)), "explainer": cfg.explain.explainer}
 
 
+def make_scorers(cfg: RunConfig, client: LLMClient | None, tokenizer) -> list[Scorer]:
+    """The scorers ``cfg.score`` names, sharing one LLM client."""
+    s = cfg.score
+    scorers: list[Scorer] = []
+    for name in s.scorers:
+        if name == "embedding":
+            scorers.append(EmbeddingScorer(tokenizer, load_embedder(s.embedder)))
+        elif name in CLASSIFIERS:
+            if s.score_mode not in MODES:
+                raise InterpError(f"Unknown --score-mode {s.score_mode!r}: use {' or '.join(MODES)}.")
+            scorers.append(CLASSIFIERS[name](client, tokenizer, mode=s.score_mode, batch_size=s.texts_per_prompt))
+        else:
+            raise InterpError(f"Unknown scorer {name!r}: use embedding, {', '.join(CLASSIFIERS)}.")
+    return scorers
+
+
+def _baseline_explanations(rows: list[dict], seed: int) -> dict[tuple[str, int], str]:
+    """Each latent's random explanation: another latent's, by a seeded derangement."""
+    if len(rows) < 2:
+        return {}
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    shifted = order[1:] + order[:1]
+    return {(rows[i]["coder"], rows[i]["latent"]): rows[j]["explanation"] for i, j in zip(order, shifted)}
+
+
+def run_score(cfg: RunConfig, run_dir: Path, *, client: LLMClient | None = None, progress: bool = True) -> dict:
+    """Stage 4: score the explanations of ``cfg.explain.explainer`` (and a random baseline), append to scores.jsonl.
+
+    Resumable: (scorer, coder, latent, explainer, baseline) already scored are skipped.
+    """
+    run_dir = Path(run_dir)
+    explainer = cfg.explain.explainer
+    explained = [r for r in read_jsonl(run_dir / EXPLANATIONS) if r["explainer"] == explainer and r["status"] == "ok"]
+    explained = list({(r["coder"], r["latent"]): r for r in explained}.values())
+    if not explained:
+        raise InterpError(f"No usable {explainer!r} explanations in {run_dir}: run `interp explain` first.")
+    lm = load_model(cfg.model)
+    coders = resolve_coders(cfg, lm, run_dir, Windows(cache=None))
+    needs_llm = any(name in CLASSIFIERS for name in cfg.score.scorers)
+    client = client or (_client(cfg, run_dir, lm) if needs_llm else None)
+    scorers = make_scorers(cfg, client, lm.tokenizer)
+    baseline = _baseline_explanations(explained, cfg.records.records_seed) if cfg.score.baseline else {}
+    out_path = run_dir / SCORES
+    done = {(r["scorer"], r["coder"], r["latent"], r["explainer"], r["baseline"]) for r in read_jsonl(out_path)}
+    bar = tqdm(total=len(explained) * len(scorers), unit="score", desc="scoring", disable=not progress)
+    for name, coder in coders.items():
+        rows = [r for r in explained if r["coder"] == name]
+        if not rows:
+            continue
+        view = CacheView.open(run_dir / "cache", name, bos_token_id=lm.tokenizer.bos_token_id)
+        records = {r.latent: r for r in RecordBuilder(view, cfg.records).build(name, [r["latent"] for r in rows])}
+        for scorer in scorers:
+            jobs = []
+            for r in rows:
+                for is_baseline, text in ((False, r["explanation"]), (True, baseline.get((name, r["latent"])))):
+                    if text is not None and (scorer.name, name, r["latent"], explainer, is_baseline) not in done:
+                        jobs.append((r["latent"], is_baseline, text))
+            for i in range(0, len(jobs), cfg.explain.explain_batch):
+                chunk = jobs[i : i + cfg.explain.explain_batch]
+                results = scorer.score([(records[latent], text) for latent, _, text in chunk])
+                append_jsonl(out_path, [
+                    ScoreResult(scorer.name, name, latent, explainer, is_baseline, text, metrics, outcomes).to_dict()
+                    for (latent, is_baseline, text), (metrics, outcomes) in zip(chunk, results)
+                ])
+                bar.update(sum(not b for _, b, _ in chunk))
+    bar.close()
+    summary = summarize_scores(load_scores(run_dir))
+    plot_scores(summary, run_dir / "plots")
+    return {"scores": summary}
+
+
+def summarize_run(run_dir: Path) -> dict:
+    """The score summary of ``run_dir`` (plots rewritten), without loading any model."""
+    summary = summarize_scores(load_scores(run_dir))
+    if not summary:
+        raise InterpError(f"No scores in {run_dir}: run `interp score --run-dir {run_dir}` first.")
+    plot_scores(summary, Path(run_dir) / "plots")
+    return {"scores": summary}
+
+
 def run(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, progress: bool = True) -> dict:
     """The main job: every stage that exists, in order, into ``run_dir``."""
     summary = run_cache(cfg, run_dir, overwrite=overwrite, progress=progress)
     summary.update(run_explain(cfg, run_dir, progress=progress))
+    summary.update(run_score(cfg, run_dir, progress=progress))
     write_json_atomic(Path(run_dir) / "summary.json", summary)
     return summary

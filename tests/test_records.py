@@ -123,3 +123,12 @@ def test_any_latent_selection_gives_the_same_records_as_the_full_range(setup):
     assert [r.latent for r in builder.build("sae", picked)] == sorted(picked)
     for r in builder.build("sae", picked):
         assert r == full[r.latent]
+
+
+def test_few_activating_examples_are_shared_between_train_and_test(setup):
+    sae, _, _, view = setup
+    cfg = RecordsConfig(example_len=E, n_train=20, n_test=20, min_examples=1)
+    for r in RecordBuilder(view, cfg).build("sae", range(sae.num_latents)):
+        n = r.stats.num_examples
+        if 2 <= n < 40:
+            assert len(r.train) == max(1, n // 2) and len(r.test) == min(20, n - len(r.train)) and r.test

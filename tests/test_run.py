@@ -1,6 +1,7 @@
 """The main job and the CLI on the embedded default: files, summary, resume, one-line errors."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -15,7 +16,8 @@ SMALL = ["--num-tokens", "2048", "--ctx-len", "32", "--shard-windows", "16", "--
 def test_run_trains_the_default_sae_caches_and_summarises(tmp_path, capsys):
     run_dir = tmp_path / "run"
     args = ["run", "--run-dir", str(run_dir), *SMALL, "--train-tokens", "4096", "--expansion-factor", "4",
-            "--coders", "default", "topk-neurons@model.layers.6.mlp"]
+            "--coders", "default", "topk-neurons@model.layers.6.mlp",
+            "--explainer", "tokens", "--scorers", "embedding", "--latents", "sample:2"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "default SAE at model.layers.6: held-out FVU" in out and str(run_dir) in out
@@ -111,3 +113,30 @@ def test_explain_with_the_embedded_llm_and_the_token_baseline(tmp_path, capsys):
     assert all(r["status"] in ("ok", "flagged", "failed") for r in llm_rows)
     cache_lines = (tmp_path / "run" / "llm_cache.jsonl").read_text().splitlines()
     assert len(cache_lines) >= 2
+
+
+@pytest.mark.slow
+def test_score_stage_appends_resumes_and_summarises_against_the_baseline(tmp_path, server, capsys):
+    run_dir = tmp_path / "run"
+    base = ["--run-dir", str(run_dir), *SMALL, "--coders", "topk-neurons@model.layers.3.mlp", "--latents", "sample:4"]
+    assert main(["run", *base, "--explainer", "tokens", "--scorers", "embedding"]) == 0
+    out = capsys.readouterr().out
+    assert "embedding" in out and "auroc" in out
+    rows = [json.loads(l) for l in (run_dir / "scores.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and sum(r["baseline"] for r in rows) == 4
+    explanations = {r["latent"]: r["explanation"] for r in rows if not r["baseline"]}
+    for r in rows:
+        if r["baseline"]:  # another latent's explanation, on this latent's examples
+            assert r["explanation"] in explanations.values() and r["explanation"] != explanations[r["latent"]]
+    assert all(len(r["examples"]) >= 10 for r in rows)
+    assert (run_dir / "plots" / "scores_model.layers.3.mlp.topk-neurons_embedding.png").stat().st_size > 1000
+
+    server.reply = lambda content: "[" + ", ".join("0" for _ in re.findall(r"Text \d+:", content)) + "]"
+    llm = ["--llm", server.base_url, "--llm-model", "scripted-model", "--explainer", "tokens"]
+    assert main(["score", *base, *llm, "--scorers", "embedding", "detection", "--score-mode", "generative"]) == 0
+    rows = [json.loads(l) for l in (run_dir / "scores.jsonl").read_text().splitlines()]
+    assert len(rows) == 16  # embedding was done already: only detection ran
+    detection = [r for r in rows if r["scorer"] == "detection"]
+    assert all(r["metrics"]["recall"] == 0.0 and r["metrics"]["failed"] == 0 for r in detection)
+    assert main(["summary", *base]) == 0
+    assert "detection            balanced_accuracy  0.500  [0.500]  n=4" in capsys.readouterr().out
