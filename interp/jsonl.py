@@ -9,6 +9,20 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+def drop_torn_tail(path: Path) -> None:
+    """Cut a torn last line (no final newline: an interrupted write) off ``path``, so appends start clean."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        data = f.read()
+        log.warning("%s: dropped a torn last line (an interrupted write); it will be redone", path)
+        f.truncate(data.rfind(b"\n") + 1)
+
+
 def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     """Append ``rows`` as JSON lines and sync them to disk before returning."""
     path = Path(path)
@@ -16,6 +30,7 @@ def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     if not text:
         return
+    drop_torn_tail(path)
     with open(path, "a", encoding="utf-8") as f:
         f.write(text)
         f.flush()

@@ -80,3 +80,4 @@ def test_token_list_baseline_needs_no_llm(smollm_tokenizer):
     r = record(smollm_tokenizer, [("The cat sat.", "cat"), ("A cat ran.", "cat"), ("The dog ran.", "dog")])
     assert token_list_explanation(r, TokenText(smollm_tokenizer)) == 'The tokens "cat", "dog"'
     assert "tokens" in EXPLAINERS
+

@@ -10,12 +10,12 @@ import hashlib
 import json
 import logging
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..jsonl import append_jsonl, drop_torn_tail
 from .base import Completion, GenerationParams, LLMClient, Prompt
 from .errors import LLMError
 
@@ -93,33 +93,18 @@ class CachedClient:
             value = to_json(response)
             if value is not None:
                 self._store[key] = value
-                lines.append(json.dumps({"key": key, "method": method, "value": value}) + "\n")
-        _append(self.path, lines)
+                lines.append({"key": key, "method": method, "value": value})
+        append_jsonl(self.path, lines)
         return [from_json(self._store[k]) if k in self._store else fresh[k] for k in keys]
-
-
-def _append(path: Path, lines: list[str]) -> None:
-    if not lines:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.writelines(lines)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _load(path: Path) -> dict[str, Any]:
     """Key -> stored value; a torn last line (no newline) is cut off the file with a warning."""
     if not path.is_file():
         return {}
-    data = path.read_bytes()
-    complete = data.rfind(b"\n") + 1
-    if complete < len(data):
-        log.warning("Dropping a torn last line of the response cache %s (an interrupted write).", path)
-        with open(path, "r+b") as f:
-            f.truncate(complete)
+    drop_torn_tail(path)
     store = {}
-    for number, line in enumerate(data[:complete].splitlines(), start=1):
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
         try:
             record = json.loads(line)
             store[record["key"]] = record["value"]
