@@ -51,8 +51,8 @@ class EmbeddingScorer(Scorer):
         queries = [explanation for _, explanation in items]
         docs = [self._texts(record) for record, _ in items]
         flat = [t for texts in docs for t in texts]
-        q = self.embedder.encode(queries, batch_size=self.batch_size, normalize_embeddings=True, convert_to_tensor=True)
-        d = self.embedder.encode(flat, batch_size=self.batch_size, normalize_embeddings=True, convert_to_tensor=True)
+        q = self.embedder.encode(queries, batch_size=self.batch_size, normalize_embeddings=True, convert_to_tensor=True, show_progress_bar=False)
+        d = self.embedder.encode(flat, batch_size=self.batch_size, normalize_embeddings=True, convert_to_tensor=True, show_progress_bar=False)
         out, start = [], 0
         for i, (record, _) in enumerate(items):
             sims = (d[start : start + len(docs[i])] @ q[i]).tolist()
