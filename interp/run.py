@@ -19,7 +19,7 @@ import random
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -148,7 +148,10 @@ def run_cache(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, progres
 
     state = PartialState()
     run_dir = prepare_run_dir(run_dir, cfg, overwrite=overwrite) if state.is_main_process else Path(run_dir)
-    lm = load_model(cfg.model)
+    model_cfg = cfg.model
+    if state.num_processes > 1 and model_cfg.device_map is None:  # one whole copy per process, on its own device
+        model_cfg = replace(model_cfg, device_map=str(state.device))
+    lm = load_model(model_cfg)
     train = "default" in cfg.coders.coders
     windows = make_windows(cfg, lm, train=train)
     with state.main_process_first():  # the default SAE is trained once, by the main process
