@@ -42,6 +42,7 @@ from .records import CacheView, RecordBuilder, logit_lens
 from .scoring.base import Scorer, ScoreResult
 from .scoring.classify import MODES, DetectionScorer, FuzzingScorer
 from .scoring.embedding import EmbeddingScorer, load_embedder
+from .scoring.surprisal import SurprisalScorer
 from .scoring.results import load_scores, plot_scores, summarize_scores
 
 log = logging.getLogger(__name__)
@@ -247,19 +248,22 @@ def run_explain(cfg: RunConfig, run_dir: Path, *, client: LLMClient | None = Non
     return {"explanations": dict(Counter(r["status"] for r in rows)), "explainer": cfg.explain.explainer}
 
 
-def make_scorers(cfg: RunConfig, client: LLMClient | None, tokenizer) -> list[Scorer]:
-    """The scorers ``cfg.score`` names, sharing one LLM client."""
+def make_scorers(cfg: RunConfig, client: LLMClient | None, lm: LoadedModel) -> list[Scorer]:
+    """The scorers ``cfg.score`` names, sharing one LLM client; surprisal reads the subject model as its base LM."""
     s = cfg.score
+    tokenizer = lm.tokenizer
     scorers: list[Scorer] = []
     for name in s.scorers:
         if name == "embedding":
             scorers.append(EmbeddingScorer(tokenizer, load_embedder(s.embedder)))
+        elif name == "surprisal":
+            scorers.append(SurprisalScorer(lm, batch_size=s.texts_per_prompt * 4))
         elif name in CLASSIFIERS:
             if s.score_mode not in MODES:
                 raise InterpError(f"Unknown --score-mode {s.score_mode!r}: use {' or '.join(MODES)}.")
             scorers.append(CLASSIFIERS[name](client, tokenizer, mode=s.score_mode, batch_size=s.texts_per_prompt))
         else:
-            raise InterpError(f"Unknown scorer {name!r}: use embedding, {', '.join(CLASSIFIERS)}.")
+            raise InterpError(f"Unknown scorer {name!r}: use embedding, surprisal, {', '.join(CLASSIFIERS)}.")
     return scorers
 
 
@@ -288,7 +292,7 @@ def run_score(cfg: RunConfig, run_dir: Path, *, client: LLMClient | None = None,
     coders = resolve_coders(cfg, lm, run_dir, Windows(cache=None))
     needs_llm = any(name in CLASSIFIERS for name in cfg.score.scorers)
     client = client or (_client(cfg, run_dir, lm) if needs_llm else None)
-    scorers = make_scorers(cfg, client, lm.tokenizer)
+    scorers = make_scorers(cfg, client, lm)
     baseline = _baseline_explanations(explained, cfg.records.records_seed) if cfg.score.baseline else {}
     out_path = run_dir / SCORES
     done = {(r["scorer"], r["coder"], r["latent"], r["explainer"], r["baseline"]) for r in read_jsonl(out_path)}

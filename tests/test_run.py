@@ -133,9 +133,11 @@ def test_score_stage_appends_resumes_and_summarises_against_the_baseline(tmp_pat
 
     server.reply = lambda content: "[" + ", ".join("0" for _ in re.findall(r"Text \d+:", content)) + "]"
     llm = ["--llm", server.base_url, "--llm-model", "scripted-model", "--explainer", "tokens"]
-    assert main(["score", *base, *llm, "--scorers", "embedding", "detection", "--score-mode", "generative"]) == 0
+    scorers = ["--scorers", "embedding", "detection", "surprisal", "--score-mode", "generative"]
+    assert main(["score", *base, *llm, *scorers]) == 0
     rows = [json.loads(l) for l in (run_dir / "scores.jsonl").read_text().splitlines()]
-    assert len(rows) == 16  # embedding was done already: only detection ran
+    assert len(rows) == 24  # embedding was done already: only detection and surprisal ran
+    assert {r["scorer"] for r in rows[8:]} == {"detection", "surprisal"}
     detection = [r for r in rows if r["scorer"] == "detection"]
     assert all(r["metrics"]["recall"] == 0.0 and r["metrics"]["failed"] == 0 for r in detection)
     assert main(["summary", *base]) == 0

@@ -3,6 +3,7 @@
 import re
 
 import pytest
+import torch
 
 from interp.llm import OpenAIClient
 from interp.records import Example, LatentRecord, LatentStats
@@ -124,3 +125,20 @@ def test_embedding_scorer_ranks_cat_texts_above_money_for_a_cat_explanation(cat_
     assert true["auroc"] == 1.0 and wrong["auroc"] < 0.2
     assert (true["positives"], true["negatives"]) == (6, 6)
     assert all(-1.0 <= o.score <= 1.0 for o in outcomes)
+
+
+@pytest.mark.slow
+def test_surprisal_favours_the_true_explanation(cat_record, smollm):
+    from interp.scoring.surprisal import SurprisalScorer
+
+    scorer = SurprisalScorer(smollm)
+    (true, outcomes), (wrong, _) = scorer.score([(cat_record, "cats"), (cat_record, "banking and finance")])
+    assert true["auroc"] > 0.8 and wrong["auroc"] < 0.2
+    assert len(outcomes) == 12 and all(o.score is not None for o in outcomes)
+    # the loss is transformers' own loss on the example's tokens, the prefix masked out
+    prefix, body = scorer._prefix("About cats:"), cat_record.test[0].tokens
+    ids = torch.tensor([prefix + body])
+    labels = ids.clone()
+    labels[0, : len(prefix)] = -100
+    want = float(smollm.model(input_ids=ids, labels=labels).loss)
+    assert scorer.losses([prefix, prefix[:2]], [body, body[:3]])[0] == pytest.approx(want, rel=1e-4)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..jsonl import read_jsonl
 
-MAIN_METRIC = {"embedding": "auroc", "detection": "balanced_accuracy", "fuzzing": "balanced_accuracy"}
+MAIN_METRIC = {"embedding": "auroc", "surprisal": "auroc", "detection": "balanced_accuracy", "fuzzing": "balanced_accuracy"}
 """The one number each scorer is summarised by; log-prob variants use AUROC."""
 
 
