@@ -188,13 +188,13 @@ class ScoreConfig:
     """Which scorers judge the explanations, and how."""
 
     scorers: list[str] = field(default_factory=lambda: ["embedding", "detection"])
-    """Scorers to run: embedding, surprisal, detection, fuzzing."""
+    """Scorers to run: embedding, surprisal, detection, fuzzing, intruder."""
 
     score_mode: str = "logprob"
     """logprob (one forward pass per text, gives AUROC) or generative (parse a list of 0/1 per prompt)."""
 
     texts_per_prompt: int = 5
-    """Texts per prompt in generative mode (more is cheaper but leaks between texts)."""
+    """Texts per prompt in generative mode (more is cheaper but leaks between texts); the intruder's group size."""
 
     baseline: bool = True
     """Also score a random explanation (another latent's) on the same examples."""

@@ -42,6 +42,7 @@ from .records import CacheView, RecordBuilder, logit_lens
 from .scoring.base import Scorer, ScoreResult
 from .scoring.classify import MODES, DetectionScorer, FuzzingScorer
 from .scoring.embedding import EmbeddingScorer, load_embedder
+from .scoring.intruder import IntruderScorer
 from .scoring.surprisal import SurprisalScorer
 from .scoring.results import load_scores, plot_scores, summarize_scores
 
@@ -256,6 +257,8 @@ def make_scorers(cfg: RunConfig, client: LLMClient | None, lm: LoadedModel) -> l
     for name in s.scorers:
         if name == "embedding":
             scorers.append(EmbeddingScorer(tokenizer, load_embedder(s.embedder)))
+        elif name == "intruder":
+            scorers.append(IntruderScorer(client, tokenizer, mode=s.score_mode, group_size=s.texts_per_prompt))
         elif name == "surprisal":
             scorers.append(SurprisalScorer(lm, batch_size=s.texts_per_prompt * 4))
         elif name in CLASSIFIERS:
@@ -263,7 +266,7 @@ def make_scorers(cfg: RunConfig, client: LLMClient | None, lm: LoadedModel) -> l
                 raise InterpError(f"Unknown --score-mode {s.score_mode!r}: use {' or '.join(MODES)}.")
             scorers.append(CLASSIFIERS[name](client, tokenizer, mode=s.score_mode, batch_size=s.texts_per_prompt))
         else:
-            raise InterpError(f"Unknown scorer {name!r}: use embedding, surprisal, {', '.join(CLASSIFIERS)}.")
+            raise InterpError(f"Unknown scorer {name!r}: use embedding, surprisal, intruder, {', '.join(CLASSIFIERS)}.")
     return scorers
 
 
@@ -290,7 +293,7 @@ def run_score(cfg: RunConfig, run_dir: Path, *, client: LLMClient | None = None,
         raise InterpError(f"No usable {explainer!r} explanations in {run_dir}: run `interp explain` first.")
     lm = load_model(cfg.model)
     coders = resolve_coders(cfg, lm, run_dir, Windows(cache=None))
-    needs_llm = any(name in CLASSIFIERS for name in cfg.score.scorers)
+    needs_llm = any(name in CLASSIFIERS or name == "intruder" for name in cfg.score.scorers)
     client = client or (_client(cfg, run_dir, lm) if needs_llm else None)
     scorers = make_scorers(cfg, client, lm)
     baseline = _baseline_explanations(explained, cfg.records.records_seed) if cfg.score.baseline else {}

@@ -142,3 +142,26 @@ def test_surprisal_favours_the_true_explanation(cat_record, smollm):
     labels[0, : len(prefix)] = -100
     want = float(smollm.model(input_ids=ids, labels=labels).loss)
     assert scorer.losses([prefix, prefix[:2]], [body, body[:3]])[0] == pytest.approx(want, rel=1e-4)
+
+
+def judge_intruder(content: str) -> str:
+    word = keyword(content)
+    texts = re.findall(r"Text \d+: (.*)", content)
+    odd = [i for i, t in enumerate(texts, 1) if word not in t.lower()]
+    return f"The intruder is text {odd[0]}."
+
+
+def test_intruder_finds_the_odd_text_with_the_true_explanation_only(server, cat_record, smollm_tokenizer):
+    from interp.scoring.intruder import IntruderScorer, parse_choice
+
+    assert parse_choice("Text 3, no wait, 2", 5) == 1 and parse_choice("none", 5) is None and parse_choice("7", 5) is None
+    server.reply = judge_intruder
+    scorer = IntruderScorer(scripted(server), smollm_tokenizer, group_size=3)
+    (true, outcomes), (wrong, _) = scorer.score([(cat_record, "A cat"), (cat_record, "The weather")])
+    assert true == {"accuracy": 1.0, "groups": 3, "failed": 0, "chance": 1 / 3}
+    assert wrong["accuracy"] < 1.0  # every text lacks "weather": the judge always answers text 1
+    assert {o.index for o in outcomes} <= {ex.index for ex in cat_record.negatives}
+
+    server.top = lambda content: [(str(int(judge_intruder(content).split()[-1][:-1])), -0.1), ("1", -3.0)]
+    lp = IntruderScorer(scripted(server), smollm_tokenizer, mode="logprob", group_size=3)
+    assert lp.score([(cat_record, "A cat")])[0][0]["accuracy"] == 1.0 and lp.name == "intruder-logprob"

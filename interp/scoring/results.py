@@ -5,13 +5,16 @@ from pathlib import Path
 
 from ..jsonl import read_jsonl
 
-MAIN_METRIC = {"embedding": "auroc", "surprisal": "auroc", "detection": "balanced_accuracy", "fuzzing": "balanced_accuracy"}
+MAIN_METRIC = {"embedding": "auroc", "surprisal": "auroc", "intruder": "accuracy", "detection": "balanced_accuracy", "fuzzing": "balanced_accuracy"}
 """The one number each scorer is summarised by; log-prob variants use AUROC."""
 
 
 def main_metric(scorer: str) -> str:
     """The metric that summarises ``scorer`` (e.g. ``detection-logprob`` -> auroc)."""
-    return "auroc" if scorer.endswith("-logprob") else MAIN_METRIC[scorer]
+    base = scorer.removesuffix("-logprob")
+    if base == "intruder":
+        return "accuracy"
+    return "auroc" if scorer.endswith("-logprob") else MAIN_METRIC[base]
 
 
 def _describe(values: list[float]) -> dict:
