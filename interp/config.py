@@ -188,7 +188,7 @@ class ScoreConfig:
     """Which scorers judge the explanations, and how."""
 
     scorers: list[str] = field(default_factory=lambda: ["embedding", "detection"])
-    """Scorers to run: embedding, surprisal, detection, fuzzing, intruder."""
+    """Scorers to run: embedding, surprisal, detection, fuzzing, intruder, simulation."""
 
     score_mode: str = "logprob"
     """logprob (one forward pass per text, gives AUROC) or generative (parse a list of 0/1 per prompt)."""

@@ -93,24 +93,73 @@ class TransformersClient:
         """
         candidates = {a: self._first_tokens(a) for a in answers}
         ids = [self.render(p) for p in prompts]
-        keep_last = (
-            {"logits_to_keep": 1}
-            if "logits_to_keep" in inspect.signature(self.lm.model.forward).parameters
-            else {}
-        )
         out: list[dict[str, float] | None] = [None] * len(prompts)
         for chunk in self._chunks(ids):
             input_ids, mask, positions = self._left_pad([ids[i] for i in chunk])
-            logits = self.lm.model(
-                input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False, **keep_last
-            ).logits[:, -1]
-            logprobs = logits.float().log_softmax(-1).cpu()
+            logprobs = self._logits_at(input_ids, mask, positions, [input_ids.shape[1] - 1])[:, 0].log_softmax(-1)
             for row, i in enumerate(chunk):
                 out[i] = {
                     a: max((logprobs[row, t].item() for t in tokens), default=-math.inf)
                     for a, tokens in candidates.items()
                 }
         return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def reply_logprobs(
+        self, prompts: list[Prompt], replies: list[list[str]], answers: list[str]
+    ) -> list[list[dict[str, float]]]:
+        """Teacher-force each reply (a list of segments) and read the answers' log-probs after every segment.
+
+        For prompt ``i`` the assistant's reply is ``"".join(replies[i])``; entry ``j`` of the
+        result is the log-prob of each answer's first token as the token right after segment
+        ``j``. One forward pass per chunk reads them all (the simulation scorer's expected
+        activations, read "all at once" as in OpenAI's method). Segments are tokenized one by
+        one, so a segment boundary is always a token boundary.
+        """
+        candidates = {a: self._first_tokens(a) for a in answers}
+        rows, slots = [], []
+        for prompt, segments in zip(prompts, replies):
+            ids, ends = self.render(prompt), []
+            for segment in segments:
+                ids = ids + self.lm.tokenizer.encode(segment, add_special_tokens=False)
+                ends.append(len(ids) - 1)
+            rows.append(ids)
+            slots.append(ends)
+        out: list[list[dict[str, float]] | None] = [None] * len(prompts)
+        # Logits only at the slots: [rows, slots, vocab] stays small where [rows, tokens, vocab] would not.
+        for chunk in self._chunks(rows, max(1, self.batch_size // 4)):
+            input_ids, mask, positions = self._left_pad([rows[i] for i in chunk])
+            width = input_ids.shape[1]
+            keep = sorted({width - len(rows[i]) + e for i in chunk for e in slots[i]})
+            column = {p: k for k, p in enumerate(keep)}
+            logprobs = self._logits_at(input_ids, mask, positions, keep).log_softmax(-1)
+            for row, i in enumerate(chunk):
+                shift = width - len(rows[i])
+                out[i] = [
+                    {
+                        a: max((logprobs[row, column[shift + e], t].item() for t in tokens), default=-math.inf)
+                        for a, tokens in candidates.items()
+                    }
+                    for e in slots[i]
+                ]
+        return out  # type: ignore[return-value]
+
+    def _logits_at(self, input_ids, mask, positions, keep: list[int]) -> torch.Tensor:
+        """Float32 logits ``[rows, len(keep), vocab]`` at positions ``keep``, on the CPU.
+
+        Where the model's forward takes ``logits_to_keep``, only those positions go through the
+        unembedding.
+        """
+        forward = self.lm.model.forward
+        if "logits_to_keep" in inspect.signature(forward).parameters:
+            kept = {"logits_to_keep": torch.tensor(keep, device=input_ids.device)}
+            index = slice(None)
+        else:
+            kept, index = {}, keep
+        logits = self.lm.model(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False, **kept
+        ).logits
+        return logits[:, index].float().cpu()
 
     def _first_tokens(self, answer: str) -> set[int]:
         """First non-blank token of ``answer`` and of `` answer``."""
@@ -123,11 +172,12 @@ class TransformersClient:
                     break
         return firsts
 
-    def _chunks(self, ids: list[list[int]]) -> Iterator[list[int]]:
-        """Indices into ``ids``, longest prompts first, ``batch_size`` at a time."""
+    def _chunks(self, ids: list[list[int]], size: int | None = None) -> Iterator[list[int]]:
+        """Indices into ``ids``, longest prompts first, ``size`` (default ``batch_size``) at a time."""
+        size = size or self.batch_size
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        for start in range(0, len(order), self.batch_size):
-            yield order[start : start + self.batch_size]
+        for start in range(0, len(order), size):
+            yield order[start : start + size]
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Input ids, attention mask and position ids (0 at each row's first real token)."""

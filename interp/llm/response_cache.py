@@ -72,6 +72,25 @@ class CachedClient:
             from_json=lambda v: {a: -math.inf if lp is None else lp for a, lp in v.items()},
         )
 
+    def reply_logprobs(
+        self, prompts: list[Prompt], replies: list[list[str]], answers: list[str]
+    ) -> list[list[dict[str, float]]]:
+        """``client.reply_logprobs`` (local clients only) for the (prompt, reply) pairs not cached yet.
+
+        The reply is keyed as a last assistant message holding its segments as a JSON list.
+        """
+        keyed = [p + ({"role": "assistant", "content": json.dumps(r)},) for p, r in zip(prompts, replies)]
+        return self._through(
+            "reply_logprobs",
+            keyed,
+            list(answers),
+            lambda todo: self.client.reply_logprobs(
+                [p[:-1] for p in todo], [json.loads(p[-1]["content"]) for p in todo], answers
+            ),
+            to_json=lambda slots: [{a: None if v == -math.inf else v for a, v in d.items()} for d in slots],
+            from_json=lambda v: [{a: -math.inf if lp is None else lp for a, lp in d.items()} for d in v],
+        )
+
     def _through(
         self,
         method: str,

@@ -26,6 +26,8 @@ class ScoredExample:
     kind: str
     """test, negative or hard_negative."""
     quantile: int | None = None
+    values: list[float] | None = None
+    """Per-token predictions, for scorers that make them (simulation)."""
 
 
 @dataclass

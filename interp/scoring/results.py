@@ -5,16 +5,19 @@ from pathlib import Path
 
 from ..jsonl import read_jsonl
 
-MAIN_METRIC = {"embedding": "auroc", "surprisal": "auroc", "intruder": "accuracy", "detection": "balanced_accuracy", "fuzzing": "balanced_accuracy"}
-"""The one number each scorer is summarised by; log-prob variants use AUROC."""
+MAIN_METRIC = {
+    "embedding": "auroc", "surprisal": "auroc", "intruder": "accuracy", "simulation": "correlation",
+    "detection": "balanced_accuracy", "fuzzing": "balanced_accuracy",
+}
+"""The one number each scorer is summarised by; log-prob variants of the classifiers use AUROC."""
 
 
 def main_metric(scorer: str) -> str:
     """The metric that summarises ``scorer`` (e.g. ``detection-logprob`` -> auroc)."""
     base = scorer.removesuffix("-logprob")
-    if base == "intruder":
-        return "accuracy"
-    return "auroc" if scorer.endswith("-logprob") else MAIN_METRIC[base]
+    if base in ("detection", "fuzzing") and scorer.endswith("-logprob"):
+        return "auroc"
+    return MAIN_METRIC.get(base, "auroc")
 
 
 def _describe(values: list[float]) -> dict:
