@@ -1,0 +1,312 @@
+"""A run directory as a Hugging Face dataset: one row per explained latent, one config per coder.
+
+Each row holds what a reader needs without re-running anything: which model, hookpoint and
+coder, the latent's explanations (with explainer and LLM), every scorer's metrics beside the
+random-explanation baseline, firing statistics, the top examples (tokens and activations) and
+the tokens the latent promotes and suppresses. ``FEATURES`` is the schema; ``SCHEMA_VERSION``
+changes whenever a column is added, removed or changes meaning. The README documents it.
+
+On disk (and on the Hub) each config is one Parquet file, ``data/<coder>/train-00000-of-00001.parquet``.
+"""
+
+import json
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple
+
+import datasets
+from datasets import Dataset, Features, List, Value
+from tqdm.auto import tqdm
+
+from interp.atomic import write_atomic
+from interp.config import ModelConfig, RunConfig
+from interp.errors import InterpError
+from interp.explain import TokenText
+from interp.jsonl import read_jsonl
+from interp.models import EMBEDDED, LoadedModel, load_model
+from interp.records import CacheView, LatentRecord, RecordBuilder, logit_lens
+from interp.run import EXPLANATIONS, SCORES, Windows, resolve_coders
+from interp.scoring.results import main_metric
+
+SCHEMA_VERSION = "interp-explanations/1"
+"""Name and major version of the row schema below."""
+
+EMBEDDED_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The Hub id of the embedded subject model (shipped as a Q4_1 GGUF)."""
+
+DATA_DIR = "data"
+SPLIT = "train"
+RECORD_CHUNK = 1024
+"""Latents whose records are built per pass over the shards."""
+
+INT_METRICS = ("n", "positives", "negatives", "failed", "groups")
+FLOAT_METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "auroc", "chance", "correlation", "spearman")
+"""Metrics with a column of their own; any other metric a scorer reports goes to ``other_metrics`` (JSON)."""
+
+_TOKEN = {"token": Value("string"), "token_id": Value("int64"), "logit": Value("float32")}
+_METRICS = {**{k: Value("int64") for k in INT_METRICS}, **{k: Value("float64") for k in FLOAT_METRICS}}
+
+FEATURES = Features({
+    "schema_version": Value("string"),
+    "model": Value("string"),
+    "hookpoint": Value("string"),
+    "coder": Value("string"),
+    "coder_kind": Value("string"),
+    "coder_source": Value("string"),
+    "latent": Value("int64"),
+    "status": Value("string"),
+    "explanation": Value("string"),
+    "explainer": Value("string"),
+    "explanations": List({
+        "explainer": Value("string"),
+        "explanation": Value("string"),
+        "status": Value("string"),
+        "llm": Value("string"),
+        "note": Value("string"),
+    }),
+    "scores": List({
+        "scorer": Value("string"),
+        "explainer": Value("string"),
+        "metric": Value("string"),
+        "value": Value("float64"),
+        "baseline_value": Value("float64"),
+        "baseline_explanation": Value("string"),
+        "metrics": _METRICS,
+        "other_metrics": Value("string"),
+    }),
+    "count": Value("int64"),
+    "frequency": Value("float64"),
+    "max_activation": Value("float32"),
+    "mean_activation": Value("float32"),
+    "num_examples": Value("int64"),
+    "top_examples": List({
+        "index": Value("int64"),
+        "tokens": List(Value("string")),
+        "token_ids": List(Value("int32")),
+        "activations": List(Value("float32")),
+    }),
+    "promoted_tokens": List(_TOKEN),
+    "suppressed_tokens": List(_TOKEN),
+})
+"""The row schema of every config (see the README's "Publishing" section)."""
+
+
+class PublishError(InterpError):
+    """A run directory that cannot be published, or a Hub that refuses it."""
+
+
+class RunData(NamedTuple):
+    """What publishing reads from a run directory, read once."""
+
+    run_dir: Path
+    config: RunConfig
+    explanations: list[dict]
+    """The latest line of ``explanations.jsonl`` for each (coder, latent, explainer)."""
+    scores: list[dict]
+    """The latest line of ``scores.jsonl`` for each (scorer, coder, latent, explainer, baseline)."""
+    coders: dict[str, dict]
+    """Coder name -> its ``cache/<coder>/coder.json``, for the coders that have explanations."""
+    stats: dict[str, dict]
+    """Coder name -> its ``cache/<coder>/stats.json`` (tokens, mean L0, dead fraction)."""
+    summary: dict
+    """``summary.json`` (the default SAE's held-out quality, when the run trained one), or {}."""
+
+
+def _latest(rows: list[dict], key: tuple[str, ...]) -> list[dict]:
+    """The last row for each key, in first-seen order: a retried explanation replaces its failure."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        out[tuple(r[k] for k in key)] = r
+    return list(out.values())
+
+
+def read_run(run_dir: str | Path) -> RunData:
+    """Read a run directory's config, explanations, scores and coder descriptions."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise PublishError(f"{run_dir} is not a run directory (no config.json): run `interp run --run-dir {run_dir}` first.")
+    explanations = _latest(read_jsonl(run_dir / EXPLANATIONS), ("coder", "latent", "explainer"))
+    if not explanations:
+        raise PublishError(f"{run_dir} has no explanations to publish: run `interp explain --run-dir {run_dir}` first.")
+    scores = _latest(read_jsonl(run_dir / SCORES), ("scorer", "coder", "latent", "explainer", "baseline"))
+    coders, stats = {}, {}
+    for name in dict.fromkeys(r["coder"] for r in explanations):
+        for kind, out in (("coder", coders), ("stats", stats)):
+            path = run_dir / "cache" / name / f"{kind}.json"
+            if not path.is_file():
+                raise PublishError(f"{path} is missing: the cache of coder {name!r} is incomplete; resume it with `interp cache`.")
+            out[name] = json.loads(path.read_text())
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    config = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    return RunData(run_dir, config, explanations, scores, coders, stats, summary)
+
+
+def model_id(cfg: ModelConfig) -> str:
+    """The subject model as others can find it: the Hub id of the embedded model, else what the run was given."""
+    return EMBEDDED_ID if cfg.model == EMBEDDED else cfg.model
+
+
+def _metric_columns(metrics: dict) -> tuple[dict, str]:
+    typed = {k: None if metrics.get(k) is None else int(metrics[k]) for k in INT_METRICS}
+    typed.update({k: None if metrics.get(k) is None else float(metrics[k]) for k in FLOAT_METRICS})
+    other = {k: v for k, v in metrics.items() if k not in typed}
+    return typed, json.dumps(other, sort_keys=True)
+
+
+def score_entries(rows: list[dict]) -> list[dict]:
+    """One entry per (scorer, explainer) of one latent: its metrics beside the random baseline's."""
+    pairs: dict[tuple[str, str], dict[bool, dict]] = {}
+    for r in rows:
+        pairs.setdefault((r["scorer"], r["explainer"]), {})[r["baseline"]] = r
+    out = []
+    for (scorer, explainer), pair in sorted(pairs.items()):
+        metric = main_metric(scorer)
+        true, base = pair.get(False), pair.get(True)
+        metrics, other = _metric_columns(true["metrics"] if true else {})
+        out.append({
+            "scorer": scorer,
+            "explainer": explainer,
+            "metric": metric,
+            "value": true["metrics"].get(metric) if true else None,
+            "baseline_value": base["metrics"].get(metric) if base else None,
+            "baseline_explanation": base["explanation"] if base else None,
+            "metrics": metrics,
+            "other_metrics": other,
+        })
+    return out
+
+
+def _tokens(pairs: list[tuple[int, float]], text: TokenText) -> list[dict]:
+    pieces = text([i for i, _ in pairs])
+    return [{"token": p, "token_id": i, "logit": v} for p, (i, v) in zip(pieces, pairs)]
+
+
+def latent_row(
+    record: LatentRecord, coder: dict, model: str, explanations: list[dict], scores: list[dict], primary: str, text: TokenText
+) -> dict:
+    """The dataset row of one latent from its record, its explanation lines and its score lines."""
+    chosen = next((r for r in explanations if r["explainer"] == primary and r["status"] == "ok"), None)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": model,
+        "hookpoint": coder["hookpoint"],
+        "coder": record.coder,
+        "coder_kind": coder["kind"],
+        "coder_source": coder["source"],
+        "latent": record.latent,
+        "status": record.status,
+        "explanation": chosen["explanation"] if chosen else None,
+        "explainer": primary if chosen else None,
+        "explanations": [
+            {"explainer": r["explainer"], "explanation": r["explanation"], "status": r["status"], "llm": r.get("model"), "note": r.get("note")}
+            for r in sorted(explanations, key=lambda r: r["explainer"])
+        ],
+        "scores": score_entries(scores),
+        "count": record.stats.count,
+        "frequency": record.stats.frequency,
+        "max_activation": record.stats.max,
+        "mean_activation": record.stats.mean,
+        "num_examples": record.stats.num_examples,
+        "top_examples": [
+            {"index": ex.index, "tokens": text(ex.tokens), "token_ids": ex.tokens, "activations": ex.acts} for ex in record.top
+        ],
+        "promoted_tokens": _tokens(record.promoted, text),
+        "suppressed_tokens": _tokens(record.suppressed, text),
+    }
+
+
+def rows_per_config(run: RunData) -> dict[str, int]:
+    """Config (coder) name -> rows it has: one per latent with an explanation line, whatever its status."""
+    return {name: len({r["latent"] for r in run.explanations if r["coder"] == name}) for name in run.coders}
+
+
+def _group(rows: list[dict], coder: str) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    for r in rows:
+        if r["coder"] == coder:
+            out.setdefault(r["latent"], []).append(r)
+    return out
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def build_dataset(
+    run: RunData | str | Path, *, lm: LoadedModel | None = None, limit: int | None = None, progress: bool = True
+) -> dict[str, Dataset]:
+    """Config (coder) name -> a ``Dataset`` with one row per explained latent, in latent order.
+
+    Loads the subject model (for the tokenizer and the unembedding that gives promoted tokens)
+    unless ``lm`` is given; ``limit`` keeps the first latents of each coder (for a preview).
+
+    >>> tables = build_dataset("runs/demo")
+    >>> tables["model.layers.6"][0]["explanation"]
+    """
+    run = run if isinstance(run, RunData) else read_run(run)
+    cfg = run.config
+    lm = lm or load_model(cfg.model)
+    loaded = resolve_coders(cfg, lm, run.run_dir, Windows(cache=None))
+    missing = sorted(set(run.coders) - set(loaded))
+    if missing:
+        raise PublishError(f"Coders {missing} have explanations but are not in {run.run_dir / 'config.json'}.")
+    text = TokenText(lm.tokenizer)
+    model = model_id(cfg.model)
+    tables = {}
+    for name, info in run.coders.items():
+        explanations, scores = _group(run.explanations, name), _group(run.scores, name)
+        latents = sorted(explanations)[:limit]
+        decoder = loaded[name].decoder_weight().detach()
+        view = CacheView.open(run.run_dir / "cache", name, bos_token_id=lm.tokenizer.bos_token_id)
+        builder = RecordBuilder(view, cfg.records, decoder, logit_lens(lm.model, decoder))
+        rows = []
+        with tqdm(total=len(latents), desc=f"dataset rows ({name})", unit="latent", disable=not progress) as bar:
+            for chunk in _chunks(latents, RECORD_CHUNK):
+                for record in builder.build(name, chunk):
+                    rows.append(latent_row(
+                        record, info, model, explanations[record.latent], scores.get(record.latent, []), cfg.explain.explainer, text
+                    ))
+                bar.update(len(chunk))
+        tables[name] = Dataset.from_list(rows, features=FEATURES)
+    return tables
+
+
+def data_file(config: str) -> str:
+    """Where a config's rows live inside the dataset folder (and the Hub repo)."""
+    return f"{DATA_DIR}/{config}/{SPLIT}-00000-of-00001.parquet"
+
+
+@contextmanager
+def _progress_bars(show: bool) -> Iterator[None]:
+    """datasets' progress bars on or off for a block, as they were before afterwards."""
+    was = datasets.is_progress_bar_enabled()
+    (datasets.enable_progress_bars if show else datasets.disable_progress_bars)()
+    try:
+        yield
+    finally:
+        (datasets.enable_progress_bars if was else datasets.disable_progress_bars)()
+
+
+def save_dataset(tables: dict[str, Dataset], out_dir: str | Path, *, progress: bool = True) -> list[str]:
+    """Write each config as Parquet under ``out_dir`` (atomically); return the paths written, relative.
+
+    Config folders under ``data/`` that ``tables`` no longer has are removed, so the folder
+    holds exactly this dataset.
+    """
+    out_dir = Path(out_dir)
+    written = []
+    with _progress_bars(progress):
+        for name, table in tables.items():
+            rel = data_file(name)
+            write_atomic(out_dir / rel, lambda p, t=table: t.to_parquet(str(p)))
+            written.append(rel)
+    for stale in [p for p in (out_dir / DATA_DIR).iterdir() if p.name not in tables]:
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
+    return written
