@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 RUN_DIR ?= runs/demo
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench app chromium
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -21,8 +21,16 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/interp run --run-dir $(RUN_DIR)
 
-test: install
+# The app's browser test drives Debian's chromium through Playwright (no browser download);
+# where apt cannot install it, that one test is skipped.
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium) || echo "no chromium: the app's browser test will be skipped"
+
+test: install chromium
 	$(PY) -m pytest -q
+
+app: install
+	$(VENV)/bin/interp app $(RUN_DIR)
 
 bench: install
 	# the peer, without vLLM/faiss: only what its cache import path needs

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -31,11 +32,13 @@ from .atomic import write_atomic, write_json_atomic
 from .coders import SparseCoder
 from .config import CacheConfig
 from .errors import CacheCorruptError, RunConfigMismatchError
+from .jsonl import read_json
 from .hooks import capture_tokens
 from .models import LoadedModel
 
 FORMAT = "interp-cache/1"
 TOKENS_FILE = "tokens.safetensors"
+RESUME = "resume the cache with `interp cache` to rebuild it"
 
 
 class Triples(NamedTuple):
@@ -83,7 +86,7 @@ def read_meta(coder_dir: Path, index: int) -> ShardMeta | None:
         return None
     try:
         return ShardMeta(**json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as e:
+    except (ValueError, TypeError) as e:  # not JSON, not UTF-8, not an object with the right fields
         raise CacheCorruptError(f"Shard sidecar {path} is unreadable ({e}); delete it to recompute the shard.") from e
 
 
@@ -103,10 +106,22 @@ def verify_shard(coder_dir: Path, index: int) -> ShardMeta:
     return meta
 
 
+def load_tensors(path: Path, names: tuple[str, ...], hint: str = RESUME) -> dict[str, torch.Tensor]:
+    """The safetensors file ``path``, holding at least ``names``; a ``CacheCorruptError`` naming it (and ``hint``) if not."""
+    try:
+        tensors = load_file(path)
+    except (OSError, SafetensorError) as e:
+        raise CacheCorruptError(f"{path} cannot be read ({e}); {hint}.") from e
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise CacheCorruptError(f"{path} lacks the tensors {', '.join(missing)}; {hint}.")
+    return tensors
+
+
 def read_shard(coder_dir: Path, index: int) -> tuple[ShardMeta, Triples]:
     """Verify and load shard ``index``."""
     meta = verify_shard(coder_dir, index)
-    t = load_file(shard_file(coder_dir, index))
+    t = load_tensors(shard_file(coder_dir, index), Triples._fields)
     return meta, Triples(t["token"], t["latent"], t["activation"])
 
 
@@ -115,7 +130,7 @@ def _shard_done(coder_dir: Path, index: int) -> bool:
         verify_shard(coder_dir, index)
         return True
     except CacheCorruptError as e:
-        if read_meta(coder_dir, index) is not None:
+        if _meta_file(coder_dir, index).is_file():  # it was finished once: say why it is redone
             tqdm.write(f"recomputing damaged shard: {e}")
         return False
 
@@ -147,8 +162,12 @@ def to_triples(latents, ctx_len: int, first_token: int) -> Triples:
 
 def _check_tokens(cache_dir: Path, windows: torch.Tensor) -> None:
     path = cache_dir / TOKENS_FILE
-    if path.is_file():
-        old = load_file(path)["tokens"]
+    try:
+        old = load_tensors(path, ("tokens",))["tokens"] if path.is_file() else None
+    except CacheCorruptError as e:  # the windows are cut again on every run: write them anew
+        tqdm.write(f"rewriting the token windows: {e}")
+        old = None
+    if old is not None:
         if old.shape != windows.shape or not torch.equal(old, windows):
             raise RunConfigMismatchError(
                 f"{path} holds different token windows than this run would cache; use a new run directory or --overwrite."
@@ -161,7 +180,7 @@ def _check_coder(coder_dir: Path, coder: SparseCoder) -> None:
     path = coder_dir / "coder.json"
     desc = coder.describe()
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = read_json(path, hint="delete it if this cache was made with the same coder, or start again with --overwrite")
         if old != desc:
             raise RunConfigMismatchError(
                 f"{coder_dir} was cached with a different coder ({old}); use a new run directory or --overwrite."
@@ -276,4 +295,4 @@ def load_stats(coder_dir: Path) -> dict[str, torch.Tensor]:
     path = Path(coder_dir) / "stats.safetensors"
     if not path.is_file():
         raise CacheCorruptError(f"{path} is missing: the cache did not finish. Resume it with `interp cache`.")
-    return load_file(path)
+    return load_tensors(path, ("count", "max", "sum"))

@@ -46,17 +46,182 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     counts = summary.get("explanations")
     if counts:
         print(f"explanations ({summary['explainer']}): " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
-        from .jsonl import read_jsonl
+        from .explain import EXPLANATION_KEY
+        from .jsonl import latest_rows, read_jsonl
 
-        rows = [r for r in read_jsonl(run_dir / "explanations.jsonl") if r["status"] == "ok"]
-        for r in rows[:5]:
-            print(f"  {r['coder']} #{r['latent']}: {r['explanation']}")
+        rows = latest_rows(read_jsonl(run_dir / "explanations.jsonl"), EXPLANATION_KEY)
+        ok = [r for r in rows if r["explainer"] == summary["explainer"] and r.get("status") == "ok"]
+        for r in ok[:5]:
+            print(f"  {r['coder']} #{r['latent']}: {r.get('explanation')}")
     for coder, scorers in summary.get("scores", {}).items():
         print(f"scores for {coder} (mean over latents; random explanation in brackets):")
         for scorer, e in scorers.items():
             mean, base = e["explanation"]["mean"], e["baseline"]["mean"]
             print(f"  {scorer:<20} {e['metric']:<18} {_fmt(mean)}  [{_fmt(base)}]  n={e['explanation']['n']}")
     print(f"results: {run_dir.resolve()}")
+
+
+def _compare_parser(sub) -> None:
+    from .compare import DEFAULT_MAX_LATENTS
+
+    help = "Compare two coders by meaning: Hungarian matching of their explanations (and decoder directions) against a shuffled baseline."
+    p = sub.add_parser("compare", help=help, description=help)
+    p.add_argument("a", metavar="RUN_A[:CODER]", help="A run directory, and which of its coders (e.g. runs/demo:model.layers.6)")
+    p.add_argument("b", metavar="RUN_B[:CODER]", help="Another coder: of the same run or of another one")
+    p.add_argument("--explainer", default=None, help="Whose explanations to compare (default: the only explainer each coder has)")
+    p.add_argument("--max-latents", type=int, default=DEFAULT_MAX_LATENTS, help=f"Compare at most this many latents per coder, a seeded sample (default: {DEFAULT_MAX_LATENTS})")
+    p.add_argument("--seed", type=int, default=0, help="Seed of the latent sample and the shuffled baseline (default: 0)")
+    p.add_argument("--embedder", default=None, help="Sentence-transformers model (default: the embedded all-MiniLM-L6-v2)")
+    p.add_argument("--no-decoders", dest="decoders", action="store_false", help="Skip decoder matching (it loads the runs' model and coders)")
+    p.add_argument("--top", type=int, default=10, help="Best and worst matched pairs to print (default: 10)")
+    p.add_argument("--out", type=Path, default=None, help="Output folder (default: RUN_A/compare/CODER_A--CODER_B)")
+    p.add_argument("--quiet", action="store_true", help="No progress bars")
+
+
+def _compare(ns: argparse.Namespace) -> int:
+    from .compare.report import compare_sides, default_out_dir, format_report, write_comparison
+    from .compare.sides import load_side
+
+    try:
+        if ns.max_latents < 1:
+            raise InterpError("--max-latents must be at least 1.")
+        a, b = load_side(ns.a, ns.explainer), load_side(ns.b, ns.explainer)
+        comparison = compare_sides(a, b, embedder_name=ns.embedder, decoders=ns.decoders, max_latents=ns.max_latents,
+                                   seed=ns.seed, progress=not ns.quiet)
+        paths = write_comparison(comparison, ns.out or default_out_dir(a, b))
+    except InterpError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_report(comparison.report, top=ns.top))
+    print("results: " + ", ".join(str(p.resolve()) for p in paths))
+    return 0
+
+
+def _publish_parser(sub) -> None:
+    help = "Publish a run's explanations as a Hugging Face dataset (Parquet + dataset card), in one commit."
+    p = sub.add_parser("publish", help=help, description=help)
+    p.add_argument("run_dir", metavar="RUN", type=Path, help="The run directory to publish")
+    p.add_argument("repo", metavar="REPO", help="Dataset repository on the Hub (owner/name); created if missing, updated if not")
+    p.add_argument("--private", action="store_true", help="Create the repository private (an existing public one is refused)")
+    p.add_argument("--token-env", default="HF_TOKEN", help="Environment variable holding the Hub token (default: HF_TOKEN; else the huggingface_hub login)")
+    p.add_argument("--out", type=Path, default=None, help="Where to write the dataset folder (default: RUN/publish)")
+    p.add_argument("--dry-run", action="store_true", help="Only write the folder; upload nothing")
+    p.add_argument("--license", default="cc-by-4.0", help="License in the dataset card (default: cc-by-4.0)")
+    p.add_argument("--quiet", action="store_true", help="No progress bars")
+
+
+def _publish(ns: argparse.Namespace) -> int:
+    from publish.hub import publish_run  # publish is the last stage: the core never imports it up front
+
+    try:
+        result = publish_run(ns.run_dir, ns.repo, token_env=ns.token_env, private=ns.private, out_dir=ns.out,
+                             dry_run=ns.dry_run, license=ns.license, progress=not ns.quiet)
+    except InterpError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = ", ".join(f"{name}: {n} rows" for name, n in result.rows.items())
+    print(f"dataset folder: {result.folder.resolve()} ({rows})")
+    if result.commit_oid is None:
+        print(f"dry run: nothing uploaded; `interp publish {ns.run_dir} {ns.repo}` would push it to {result.url}")
+    else:
+        visibility = "private" if result.private else "public"
+        print(f"published to {result.url} ({visibility}), commit {result.commit_url}")
+    return 0
+
+
+def _steer_parser(sub) -> None:
+    from .config import ModelConfig
+    from .steer import MODES
+
+    help = "Steer one latent while the model continues prompts: clean and steered continuations side by side."
+    p = sub.add_parser("steer", help=help, description=help)
+    p.add_argument("prompts", nargs="+", metavar="PROMPT", help="Text for the model to continue")
+    p.add_argument("--latent", type=int, required=True, help="The latent to steer")
+    p.add_argument("--hookpoint", default=None, help="Which coder: its hookpoint, MLP module or name (default: the only one)")
+    p.add_argument("--mode", choices=MODES, default="add", help="add a strength, clamp to it, or ablate to zero (default: add)")
+    p.add_argument("--strength", type=float, default=None, help="add: amount added to the latent; clamp: value it is set to")
+    p.add_argument("--target-kl", type=float, default=None, help="Instead of --strength: the strength whose next-token KL is this many nats")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="Tokens to generate per continuation (default: 32)")
+    p.add_argument("--top-tokens", type=int, default=8, help="Next tokens listed whose probability rose most (default: 8)")
+    p.add_argument("--run-dir", type=Path, default=Path("runs/demo"), help="Run whose model and coders to use (default: runs/demo)")
+    p.add_argument("--coders", nargs="+", default=None, help="Coder specs (KIND[:SOURCE][@HOOKPOINT]) instead of a run's; the model comes from --model")
+    p.add_argument("--neuron-k", type=int, default=32, help="k for top-k sparsified neurons (with --coders)")
+    p.add_argument("--quiet", action="store_true", help="No progress bars")
+    add_config_args(p, ModelConfig, "model (with --coders; a run directory uses its own)")
+
+
+def _columns(left: str, right: str, width: int) -> list[str]:
+    import textwrap
+
+    a, b = textwrap.wrap(left, width) or [""], textwrap.wrap(right, width) or [""]
+    a, b = a + [""] * (len(b) - len(a)), b + [""] * (len(a) - len(b))
+    return [f"{x:<{width}} | {y}" for x, y in zip(a, b)]
+
+
+def _steer(ns: argparse.Namespace) -> int:
+    import shutil
+
+    from . import run as pipeline
+    from .config import CoderConfig, ModelConfig
+    from .steer import generate_side_by_side, pick_coder
+
+    try:
+        if ns.coders:
+            cfg, run_dir = RunConfig(model=config_from_args(ModelConfig, ns), coders=CoderConfig(ns.coders, ns.neuron_k)), None
+        else:
+            cfg, run_dir = pipeline.load_run_config(ns.run_dir), ns.run_dir
+        lm, coders = pipeline.open_coders(cfg, run_dir)
+        name, coder = pick_coder(coders, ns.hookpoint, lm.model)
+        results = [
+            generate_side_by_side(lm, coder, prompt, ns.latent, mode=ns.mode, strength=ns.strength, target_kl=ns.target_kl,
+                                  max_new_tokens=ns.max_new_tokens, top_k=ns.top_tokens)
+            for prompt in ns.prompts
+        ]
+    except InterpError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    width = max(20, (shutil.get_terminal_size((100, 20)).columns - 3) // 2)
+    for prompt, r in zip(ns.prompts, results):
+        how = "ablate" if ns.mode == "ablate" else f"{ns.mode} {r.strength:.4g}"
+        print(f"{name} latent {ns.latent}: {how}, next-token KL {r.kl:.4g} nats")
+        print(f"prompt: {prompt}")
+        print("\n".join(_columns("clean", "steered", width) + ["-" * width + "-+-" + "-" * width] + _columns(r.clean, r.steered, width)))
+        rises = ", ".join(f"{c.token!r} {c.clean:.3f}->{c.steered:.3f}" for c in r.top_token_changes)
+        print(f"more likely next: {rises or '(none)'}\n")
+    return 0
+
+
+def _app_parser(sub) -> None:
+    from dataclasses import fields
+
+    from .app.config import AppConfig
+
+    help = "Serve the Gradio app over a run directory: explore, explain, score, intervene, publish."
+    p = sub.add_parser("app", help=help, description=help + " Settings also come from INTERP_* environment variables.")
+    p.add_argument("run", metavar="RUN_DIR", nargs="?", default=None, help="Run directory to open first, inside the workspace (default: runs/demo)")
+    p.add_argument("--quiet", action="store_true", help="No progress bars in the console (the page still shows progress)")
+    add_config_args(p, AppConfig, "app")
+    p.set_defaults(**{f.name: None for f in fields(AppConfig)})  # unset flags fall back to the environment
+
+
+def _app(ns: argparse.Namespace) -> int:
+    from dataclasses import fields, replace
+
+    from .app.config import AppConfig, config_from_env
+
+    try:
+        given = {f.name: getattr(ns, f.name) for f in fields(AppConfig) if getattr(ns, f.name) is not None}
+        config = replace(config_from_env(), **given, **({"run_dir": ns.run} if ns.run else {}))
+        try:
+            from .app import launch
+            import gradio  # noqa: F401  (the app's one optional dependency)
+        except ImportError:
+            raise InterpError("The app needs Gradio: pip install 'interp[app]'.") from None
+        launch(config)
+    except InterpError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     _run_parser(sub, "explain", "Explain latents of a cached run with an LLM (resumable).")
     _run_parser(sub, "score", "Score a run's explanations against held-out examples and a random baseline (resumable).")
     _run_parser(sub, "summary", "Print the summary of a run's scores (and rewrite its plots).")
+    _run_parser(sub, "validate", "Check the scorers on planted latents of known meaning: true explanation vs a random one.")
+    _compare_parser(sub)
+    _publish_parser(sub)
+    _steer_parser(sub)
+    _app_parser(sub)
     return parser
 
 
@@ -81,6 +251,14 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    if ns.command == "compare":
+        return _compare(ns)
+    if ns.command == "publish":
+        return _publish(ns)
+    if ns.command == "steer":
+        return _steer(ns)
+    if ns.command == "app":
+        return _app(ns)
 
     try:
         cfg = _config(ns)
@@ -90,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
             summary = pipeline.run_score(cfg, ns.run_dir, progress=not ns.quiet)
         elif ns.command == "summary":
             summary = pipeline.summarize_run(ns.run_dir)
+        elif ns.command == "validate":
+            from .validate import format_validation, run_validation
+
+            print(format_validation(run_validation(cfg, progress=not ns.quiet)))
+            return 0
         else:
             stage = pipeline.run if ns.command == "run" else pipeline.run_cache
             summary = stage(cfg, ns.run_dir, overwrite=ns.overwrite, progress=not ns.quiet)

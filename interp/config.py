@@ -4,7 +4,13 @@ Every field has a one-line docstring under it: the CLI builds its flags and help
 these, so a new option is one line in one place.
 """
 
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import ConfigError
+from .jsonl import read_json
 
 
 @dataclass
@@ -156,7 +162,7 @@ class ExplainConfig:
     """Which latents to explain, how, and with which LLM."""
 
     explainer: str = "default"
-    """default, activations, contrastive, logits (LLM explainers) or tokens (no LLM)."""
+    """default, activations, contrastive, logits, intervention (LLM explainers) or tokens (no LLM)."""
 
     llm: str = "local"
     """'local' (the embedded SmolLM2), 'local:<hub id or folder>', or an OpenAI-compatible base URL (http://host:port/v1)."""
@@ -188,7 +194,7 @@ class ScoreConfig:
     """Which scorers judge the explanations, and how."""
 
     scorers: list[str] = field(default_factory=lambda: ["embedding", "detection"])
-    """Scorers to run: embedding, surprisal, detection, fuzzing, intruder, simulation."""
+    """Scorers to run: embedding, surprisal, detection, fuzzing, intruder, simulation, intervention."""
 
     score_mode: str = "logprob"
     """logprob (one forward pass per text, gives AUROC) or generative (parse a list of 0/1 per prompt)."""
@@ -204,6 +210,26 @@ class ScoreConfig:
 
 
 @dataclass
+class InterveneConfig:
+    """How latents are steered for the intervention explainer and scorer."""
+
+    target_kl: float = 1.0
+    """KL divergence (nats) of the next-token distribution that each latent's steering strength is calibrated to."""
+
+    steer_prompts: str | None = None
+    """Text file of prompts to steer from, one per line; None uses the builtin neutral prompts."""
+
+    num_steer_prompts: int = 8
+    """Prompts used (the first N)."""
+
+    steer_new_tokens: int = 16
+    """Tokens the intervention scorer generates after each prompt, with and without steering."""
+
+    steer_top_tokens: int = 5
+    """Most-promoted next tokens per prompt shown to the intervention explainer."""
+
+
+@dataclass
 class RunConfig:
     """Everything that produced a run directory; saved as its config.json."""
 
@@ -215,21 +241,97 @@ class RunConfig:
     records: RecordsConfig = field(default_factory=RecordsConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    intervene: InterveneConfig = field(default_factory=InterveneConfig)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict of every section."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RunConfig":
-        """Rebuild from ``to_dict`` output; unknown sections or keys are ignored."""
+    def from_dict(cls, data: dict, source: str = "config") -> "RunConfig":
+        """Rebuild from ``to_dict`` output; unknown sections or keys are ignored.
+
+        A value of the wrong type (a config.json edited by hand) raises ``ConfigError`` naming
+        ``source`` and the field, rather than failing later, far from the cause.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source} must hold a JSON object of sections, not {type(data).__name__}.")
         kwargs = {}
         for f in fields(cls):
-            section = f.default_factory()  # type: ignore[misc]
-            known = {g.name for g in fields(section)}
-            values = {k: v for k, v in data.get(f.name, {}).items() if k in known}
-            kwargs[f.name] = type(section)(**values)
+            section_cls = type(f.default_factory())  # type: ignore[misc]
+            given = data.get(f.name, {})
+            if not isinstance(given, dict):
+                raise ConfigError(f"{source}: section {f.name!r} must be a JSON object, not {type(given).__name__}.")
+            hints = typing.get_type_hints(section_cls)
+            values = {}
+            for g in fields(section_cls):
+                if g.name in given:
+                    if not _fits(given[g.name], hints[g.name]):
+                        raise ConfigError(f"{source}: {f.name}.{g.name} must be {_describe(hints[g.name])}, not {given[g.name]!r}.")
+                    values[g.name] = given[g.name]
+            kwargs[f.name] = section_cls(**values)
         return cls(**kwargs)
+
+
+def _fits(value, hint) -> bool:
+    """Whether a JSON value fits a config field's type (an int is a float; a bool is not a number)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return isinstance(value, list) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"a list of {_describe(typing.get_args(hint)[0]).removeprefix('a ')}s"
+    return {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, hint.__name__)
+
+
+MINIMUM = {
+    "corpus.ctx_len": 1, "corpus.num_tokens": 1, "coders.neuron_k": 1,
+    "train.expansion_factor": 1, "train.k": 1, "train.train_tokens": 0, "train.train_batch_size": 1,
+    "cache.batch_size": 1, "cache.shard_windows": 1,
+    "records.example_len": 1, "records.n_train": 1, "records.n_test": 0, "records.n_quantiles": 1,
+    "records.n_negatives": 0, "records.n_hard_negatives": 0, "records.min_examples": 0, "records.n_logit_tokens": 0,
+    "explain.explain_batch": 1, "explain.max_new_tokens": 1, "explain.max_retries": 0, "explain.concurrency": 1,
+    "score.texts_per_prompt": 1,
+    "intervene.num_steer_prompts": 1, "intervene.steer_new_tokens": 1, "intervene.steer_top_tokens": 1,
+}
+"""The smallest sensible value of each numeric setting (a count, a size); below it a stage would fail or do nothing."""
+
+POSITIVE = ("train.lr", "intervene.target_kl")
+"""Settings that must be greater than zero when given."""
+
+
+def check_config(cfg: RunConfig) -> None:
+    """Raise ``ConfigError`` listing every setting out of range, before any work starts."""
+    values = {f"{section}.{key}": v for section, fields_ in cfg.to_dict().items() for key, v in fields_.items()}
+    problems = [f"{_label(name)} must be at least {low}, not {values[name]}" for name, low in MINIMUM.items() if values[name] < low]
+    problems += [f"{_label(name)} must be greater than 0, not {values[name]}" for name in POSITIVE if values[name] is not None and values[name] <= 0]
+    if cfg.records.example_len > cfg.corpus.ctx_len:
+        problems.append(f"{_label('records.example_len')} must not exceed {_label('corpus.ctx_len')} ({cfg.records.example_len} > {cfg.corpus.ctx_len})")
+    if problems:
+        raise ConfigError("Settings out of range: " + "; ".join(problems) + ".")
+
+
+def _label(name: str) -> str:
+    """A setting as config.json and the command line name it: ``corpus.ctx_len (--ctx-len)``."""
+    return f"{name} (--{name.split('.')[1].replace('_', '-')})"
+
+
+def read_config_file(path: str | Path) -> RunConfig:
+    """The RunConfig saved at ``path`` (a run directory's config.json), checked field by field."""
+    data = read_json(path, hint="fix it, or start the run again with --overwrite")
+    return RunConfig.from_dict(data, source=str(path))
 
 
 CACHE_SECTIONS = ("model", "corpus", "coders", "train", "cache")

@@ -57,14 +57,16 @@ def _local_documents(path: Path, text_column: str) -> Iterator[str]:
         if f.suffix in (".txt", ".md"):
             yield f.read_text(encoding="utf-8", errors="replace")
         elif f.suffix in (".jsonl", ".json"):
-            for i, line in enumerate(f.read_text(encoding="utf-8").splitlines()):
+            for i, line in enumerate(f.read_text(encoding="utf-8", errors="replace").splitlines()):
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
-                    yield row[text_column]
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    text = json.loads(line)[text_column]
+                except (json.JSONDecodeError, KeyError, TypeError, IndexError) as e:
                     raise CorpusError(f"{f}:{i + 1}: expected a JSON object with a {text_column!r} field ({e}).") from e
+                if not isinstance(text, str):
+                    raise CorpusError(f"{f}:{i + 1}: the {text_column!r} field holds {text!r:.40}, not text.")
+                yield text
         elif f.suffix == ".parquet":
             import datasets
 
@@ -79,7 +81,10 @@ def _column(ds, column: str, name: str) -> Iterator[str]:
     if column not in names:
         raise CorpusError(f"Dataset {name} has no column {column!r}; its columns are {names}. Use --text-column.")
     for row in ds:
-        yield row[column]
+        text = row[column]
+        if text is not None and not isinstance(text, str):
+            raise CorpusError(f"Column {column!r} of {name} holds {type(text).__name__} values, not text. Use --text-column.")
+        yield text or ""
 
 
 def _hub_documents(cfg: CorpusConfig) -> Iterator[str]:

@@ -38,3 +38,11 @@ class CacheCorruptError(InterpError, OSError):
 
 class RunConfigMismatchError(InterpError, ValueError):
     """A run directory that was made with a different configuration."""
+
+
+class CorruptFileError(InterpError, ValueError):
+    """A file of a run directory that cannot be read or does not hold what it should."""
+
+
+class ConfigError(InterpError, ValueError):
+    """A configuration value of the wrong type or out of range (a config.json edited by hand, a bad flag)."""

@@ -5,6 +5,8 @@ LLM explainers (prompts in ``interp/prompts/``):
   activations  the same, plus the strongest tokens with activations scaled 0-10
   contrastive  activating examples beside hard negatives that contain the same tokens
   logits       the same examples, plus the tokens the latent promotes and suppresses
+  intervention no examples: the next tokens that steering the latent made more likely after
+               a few prompts (``steer.latent_effects``), for latents whose meaning is in their output
 The ``tokens`` explainer needs no LLM: it lists the tokens the latent fires on most, so the
 pipeline runs end to end without a model and scorers have a floor to beat.
 """
@@ -19,13 +21,19 @@ from dataclasses import asdict, dataclass, replace
 from .llm.base import Completion, GenerationParams, LLMClient, Prompt
 from .prompts import render
 from .records import Example, LatentRecord
+from .steer import PromptEffect
 
 LLM_EXPLAINERS = ("default", "activations", "contrastive", "logits")
-EXPLAINERS = (*LLM_EXPLAINERS, "tokens")
+"""LLM explainers that read the latent's activating examples."""
+STEERING_EXPLAINERS = ("intervention",)
+"""LLM explainers that read what steering the latent does instead (they need the model and coder)."""
+EXPLAINERS = (*LLM_EXPLAINERS, *STEERING_EXPLAINERS, "tokens")
 MARKER = re.compile(r"\[?\s*explanation\s*\]?\s*:", re.IGNORECASE)
 ARTEFACTS = re.compile(r"<\|[^|>]*\|>|</?s>|^(assistant|answer)\s*:?\s*", re.IGNORECASE)
 MAX_WORDS = 40
 QUOTES = "\"'“”‘’"
+EXPLANATION_KEY = ("coder", "latent", "explainer")
+"""What identifies a line of explanations.jsonl; a later line with the same key replaces an earlier one."""
 
 
 class TokenText:
@@ -80,11 +88,28 @@ def _token_list(pairs: list[tuple[int, float]], text: TokenText) -> str:
     return ", ".join(repr(s.strip()) for s in text([t for t, _ in pairs])) or "(none)"
 
 
-def explain_prompt(record: LatentRecord, explainer: str, text: TokenText) -> Prompt:
-    """The chat prompt that asks an LLM to explain ``record`` in the style of ``explainer``."""
+def _effects_block(effects: list[PromptEffect]) -> str:
+    lines = []
+    for i, effect in enumerate(effects, 1):
+        rises = ", ".join(f"{c.token!r} (+{c.delta:.2f})" for c in effect.changes) or "(none)"
+        lines.append(f"Prompt {i}: {effect.prompt!r}\nMore likely next tokens: {rises}")
+    return "\n\n".join(lines)
+
+
+def explain_prompt(record: LatentRecord, explainer: str, text: TokenText, effects: list[PromptEffect] | None = None) -> Prompt:
+    """The chat prompt that asks an LLM to explain ``record`` in the style of ``explainer``.
+
+    The intervention explainer needs ``effects``: what steering the latent did after each prompt.
+    """
     examples = _examples_block(record.train, text)
     values = {"examples": examples}
-    if explainer == "activations":
+    system = "explain_system"
+    if explainer == "intervention":
+        if effects is None:
+            raise ValueError("The intervention explainer needs the latent's steering effects.")
+        values["effects"] = _effects_block(effects)
+        system = "explain_intervention_system"
+    elif explainer == "activations":
         values["activations"] = _activations_block(record.train, text)
     elif explainer == "contrastive":
         values["negatives"] = _examples_block(record.hard_negatives or record.negatives, text, marked=False)
@@ -92,10 +117,10 @@ def explain_prompt(record: LatentRecord, explainer: str, text: TokenText) -> Pro
         values["promoted"] = _token_list(record.promoted, text)
         values["suppressed"] = _token_list(record.suppressed, text)
     elif explainer != "default":
-        raise ValueError(f"{explainer!r} is not an LLM explainer; use one of {', '.join(LLM_EXPLAINERS)}")
+        raise ValueError(f"{explainer!r} is not an LLM explainer; use one of {', '.join(LLM_EXPLAINERS + STEERING_EXPLAINERS)}")
     # No worked example: SmolLM2-135M copied one verbatim for 8 latents of 8.
     return (
-        {"role": "system", "content": render("explain_system")},
+        {"role": "system", "content": render(system)},
         {"role": "user", "content": render(f"explain_{explainer}", **values)},
     )
 
@@ -188,8 +213,12 @@ def explain_batch(
     client: LLMClient | None,
     params: GenerationParams,
     max_retries: int = 2,
+    effects: list[list[PromptEffect] | None] | None = None,
 ) -> list[Explanation]:
     """Explain ``records`` together: one batched ``generate`` per attempt, retrying only the failures.
+
+    ``effects`` (one entry per record; the intervention explainer needs it) are passed to
+    ``explain_prompt``.
 
     Retries sample (temperature 0.7, a new seed) since a greedy retry would repeat the reply.
     """
@@ -204,7 +233,7 @@ def explain_batch(
         else:
             out.append(Explanation(r.coder, r.latent, explainer, None, "failed", model=client.model, params=params.to_dict()))
             todo.append(len(out) - 1)
-    prompts = {i: explain_prompt(records[i], explainer, text) for i in todo}
+    prompts = {i: explain_prompt(records[i], explainer, text, effects[i] if effects else None) for i in todo}
     for attempt in range(1 + max_retries):
         if not todo:
             break

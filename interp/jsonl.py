@@ -1,10 +1,14 @@
-"""Append-only JSONL: each write is whole lines, flushed and synced; a torn last line is dropped on read."""
+"""JSON on disk: append-only JSONL (whole lines, flushed and synced; a torn last line is dropped on
+read) and whole JSON files read with an error that names the file."""
 
 import json
 import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
+
+from .errors import CorruptFileError
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +42,51 @@ def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Every complete line of ``path`` (none if it does not exist); a torn final line is skipped with a warning."""
+    """Every complete line of ``path`` that holds a JSON object (none if the file does not exist).
+
+    A torn final line is skipped with a warning; so is any other line that is not a JSON object
+    (a hand edit gone wrong), naming its line number.
+    """
     path = Path(path)
     if not path.is_file():
         return []
     rows = []
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
+            row = None
             if i == len(lines) - 1:
                 log.warning("%s: dropped a torn last line (an interrupted write); it will be redone", path)
-            else:
-                log.warning("%s:%d: skipped an unreadable line", path, i + 1)
+                continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            log.warning("%s:%d: skipped a line that is not a JSON object", path, i + 1)
     return rows
+
+
+def latest_rows(rows: Iterable[dict], key: tuple[str, ...]) -> list[dict]:
+    """The last row for each ``key`` (in first-seen order): a redone result replaces the one it redid.
+
+    Rows lacking a key field (hand-edited) are skipped with a warning.
+    """
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        try:
+            out[tuple(r[k] for k in key)] = r
+        except (KeyError, TypeError):
+            log.warning("skipped a result line without the fields %s: %.80s", ", ".join(key), json.dumps(r))
+    return list(out.values())
+
+
+def read_json(path: str | Path, hint: str = "delete it to have it rebuilt, or restore it") -> Any:
+    """The JSON value in ``path``; a ``CorruptFileError`` naming the file (and what to do: ``hint``) if it cannot be read."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptFileError(f"{path} cannot be read ({type(e).__name__}: {e}); {hint}.") from e

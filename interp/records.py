@@ -9,17 +9,16 @@ random and hard non-activating examples, statistics and the tokens the latent pr
 Reading is per latent range: shards are sorted by latent, so a range is one slice per shard.
 """
 
-import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
-from .cache import TOKENS_FILE, iter_shards, load_stats
+from .cache import TOKENS_FILE, iter_shards, load_stats, load_tensors
 from .config import RecordsConfig
+from .jsonl import append_jsonl
 
 HISTOGRAM_BINS = 20
 TOP_EXAMPLES = 10
@@ -95,7 +94,7 @@ class CacheView:
         """Open ``cache_dir/coder`` (a finished cache)."""
         cache_dir = Path(cache_dir)
         stats = load_stats(cache_dir / coder)
-        tokens = load_file(cache_dir / TOKENS_FILE)["tokens"]
+        tokens = load_tensors(cache_dir / TOKENS_FILE, ("tokens",))["tokens"]
         return cls(cache_dir / coder, tokens, stats["count"], len(stats["count"]), bos_token_id)
 
     @property
@@ -301,7 +300,4 @@ def logit_lens(model, decoder: torch.Tensor):
 
 def save_records(path: Path, records: list[LatentRecord]) -> None:
     """Append records to a JSONL file (materialised records for inspection or other tools)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        for r in records:
-            f.write(json.dumps(r.to_dict()) + "\n")
+    append_jsonl(path, [r.to_dict() for r in records])

@@ -13,7 +13,6 @@ Run directory::
     summary.json     coder statistics, the default SAE's quality, explanation counts
 """
 
-import json
 import logging
 import random
 import shutil
@@ -25,26 +24,30 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import write_json_atomic
+from .atomic import remove_stale_temps, write_json_atomic
 from .cache import TOKENS_FILE, build_cache, finalize_stats
 from .coders import CoderSpec, SparseCoder, load_coder
 from .coders.train import load_train_report, train_default_sae
 from .coders.sparsify_coder import load_sparsify
-from .config import CACHE_SECTIONS, RunConfig
+from .config import CACHE_SECTIONS, RunConfig, check_config, read_config_file
 from .corpus import corpus_windows
 from .errors import InterpError, RunConfigMismatchError
-from .explain import TokenText, explain_batch
+from .explain import EXPLANATION_KEY, TokenText, explain_batch
 from .hooks import site_widths
-from .jsonl import append_jsonl, read_jsonl
+from .jsonl import append_jsonl, latest_rows, read_jsonl
 from .llm import GenerationParams, LLMClient, make_client
 from .models import EMBEDDED, LoadedModel, load_model, resolve_hookpoint
-from .records import CacheView, RecordBuilder, logit_lens
-from .scoring.base import Scorer, ScoreResult
+from .records import CacheView, LatentRecord, RecordBuilder, logit_lens
+from .steer import PromptEffect, latent_effects, load_steer_prompts
+from .scoring.base import SCORE_KEY, Scorer, ScoreResult
 from .scoring.classify import MODES, DetectionScorer, FuzzingScorer
 from .scoring.embedding import EmbeddingScorer, load_embedder
+from .scoring.intervention import InterventionScorer
 from .scoring.intruder import IntruderScorer
+from .scoring.simulation import SimulationScorer
 from .scoring.surprisal import SurprisalScorer
-from .scoring.results import load_scores, plot_scores, summarize_scores
+from .scoring.results import firing_frequencies, load_scores, plot_diagnostics, plot_scores, summarize_scores
+from .compare.plots import plot_coder_scores
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +76,10 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, *, overwrite: bool = False) -
     path = run_dir / "config.json"
     if overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
+    remove_stale_temps(run_dir)  # what a killed run was writing; its work is redone
     new = cfg.to_dict()
     if path.is_file():
-        old = RunConfig.from_dict(json.loads(path.read_text())).to_dict()
+        old = read_config_file(path).to_dict()
         changes = _diff({k: old[k] for k in CACHE_SECTIONS}, {k: new[k] for k in CACHE_SECTIONS})
         if changes:
             raise RunConfigMismatchError(
@@ -144,8 +148,25 @@ def resolve_coders(cfg: RunConfig, lm: LoadedModel, run_dir: Path, windows: Wind
     return coders
 
 
+def load_run_config(run_dir: Path) -> RunConfig:
+    """The RunConfig saved in ``run_dir``."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise InterpError(f"{run_dir} is not a run directory (no config.json): run `interp cache --run-dir {run_dir}` first.")
+    return read_config_file(path)
+
+
+def open_coders(cfg: RunConfig, run_dir: Path | None = None) -> tuple[LoadedModel, dict[str, SparseCoder]]:
+    """The subject model and the coders of ``cfg`` as they are, training and caching nothing (for steering and the app)."""
+    lm = load_model(cfg.model)
+    if "default" in cfg.coders.coders and (run_dir is None or load_train_report(default_coder_dir(run_dir, lm, cfg)) is None):
+        raise InterpError("The default SAE is not trained yet: run `interp cache` on this run directory first, or give --coders.")
+    return lm, resolve_coders(cfg, lm, Path(run_dir or "."), Windows(cache=None))
+
+
 def run_cache(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, progress: bool = True) -> dict:
     """Stage 1: load the model and coders, cache latents, write stats; returns the summary."""
+    check_config(cfg)
     from accelerate import PartialState
 
     state = PartialState()
@@ -182,7 +203,10 @@ def select_latents(spec: str, count: torch.Tensor, *, min_count: int, seed: int)
             return list(range(n))
         if spec.startswith("sample:"):
             alive = torch.nonzero(count >= min_count).flatten().tolist()
-            k = min(int(spec.split(":", 1)[1]), len(alive))
+            wanted = int(spec.split(":", 1)[1])
+            if wanted < 1:
+                raise ValueError(spec)
+            k = min(wanted, len(alive))
             return sorted(random.Random(seed).sample(alive, k))
         if "-" in spec:
             a, b = (int(x) for x in spec.split("-", 1))
@@ -190,25 +214,33 @@ def select_latents(spec: str, count: torch.Tensor, *, min_count: int, seed: int)
         else:
             chosen = [int(x) for x in spec.split(",") if x.strip()]
     except ValueError:
-        raise InterpError(f"Cannot read latent selection {spec!r}: use all, sample:N, A-B or A,B,C.") from None
+        raise InterpError(f"Cannot read latent selection {spec!r}: use all, sample:N (N >= 1), A-B or A,B,C.") from None
+    if not chosen:
+        raise InterpError(f"Latent selection {spec!r} selects no latents (a range A-B needs A <= B).")
     bad = [i for i in chosen if not 0 <= i < n]
     if bad:
         raise InterpError(f"Latents {bad[:5]} do not exist: this coder has {n} latents (0-{n - 1}).")
     return chosen
 
 
-def _client(cfg: RunConfig, run_dir: Path, lm: LoadedModel) -> LLMClient:
+def llm_client(cfg: RunConfig, lm: LoadedModel, cache_path: Path | None) -> LLMClient:
+    """The explainer/scorer LLM ``cfg.explain`` names; the subject model itself when it is the same model."""
     e = cfg.explain
     if e.llm == "local" or e.llm.startswith("local:"):
         same = e.llm == "local" and cfg.model.model == EMBEDDED and cfg.model.quantization == "none"
         options = {"batch_size": e.explain_batch, **({"lm": lm} if same else {})}
     else:
         options = {"concurrency": e.concurrency, "api_key_env": e.api_key_env}
-    return make_client(e.llm, e.llm_model, cache_path=run_dir / LLM_CACHE, **options)
+    return make_client(e.llm, e.llm_model, cache_path=cache_path, **options)
+
+
+def _explanations(path: Path, explainer: str) -> list[dict]:
+    """The latest line per latent of ``explainer`` in explanations.jsonl (a retried failure is replaced by its retry)."""
+    return [r for r in latest_rows(read_jsonl(path), EXPLANATION_KEY) if r["explainer"] == explainer]
 
 
 def _done(path: Path, explainer: str) -> set[tuple[str, int]]:
-    return {(r["coder"], r["latent"]) for r in read_jsonl(path) if r.get("explainer") == explainer and r.get("status") != "failed"}
+    return {(r["coder"], r["latent"]) for r in _explanations(path, explainer) if r.get("status") != "failed"}
 
 
 def run_explain(cfg: RunConfig, run_dir: Path, *, client: LLMClient | None = None, progress: bool = True) -> dict:
@@ -218,11 +250,13 @@ def run_explain(cfg: RunConfig, run_dir: Path, *, client: LLMClient | None = Non
     failures are tried again.
     """
     run_dir = Path(run_dir)
+    remove_stale_temps(run_dir)
+    check_config(cfg)
     if not (run_dir / "cache" / TOKENS_FILE).is_file():
         raise InterpError(f"{run_dir} has no cache yet: run `interp cache --run-dir {run_dir}` first.")
     lm = load_model(cfg.model)
     coders = resolve_coders(cfg, lm, run_dir, Windows(cache=None))
-    client = client or (None if cfg.explain.explainer == "tokens" else _client(cfg, run_dir, lm))
+    client = client or (None if cfg.explain.explainer == "tokens" else llm_client(cfg, lm, run_dir / LLM_CACHE))
     text = TokenText(lm.tokenizer)
     params = GenerationParams(max_tokens=cfg.explain.max_new_tokens)
     out_path = run_dir / EXPLANATIONS
@@ -240,17 +274,33 @@ def run_explain(cfg: RunConfig, run_dir: Path, *, client: LLMClient | None = Non
         builder = RecordBuilder(view, cfg.records, decoder, logit_lens(lm.model, decoder))
         for i in range(0, len(todo), cfg.explain.explain_batch):
             records = list(builder.build(name, todo[i : i + cfg.explain.explain_batch]))
-            results = explain_batch(records, cfg.explain.explainer, text, client, params, cfg.explain.max_retries)
+            effects = _intervention_effects(cfg, lm, coder, records) if cfg.explain.explainer == "intervention" else None
+            results = explain_batch(records, cfg.explain.explainer, text, client, params, cfg.explain.max_retries, effects)
             append_jsonl(out_path, [r.to_dict() for r in results])
             bar.update(len(records))
             bar.set_postfix(per_min=f"{60 * bar.n / (time.perf_counter() - start):.1f}")
     bar.close()
-    rows = [r for r in read_jsonl(out_path) if r.get("explainer") == cfg.explain.explainer]
-    return {"explanations": dict(Counter(r["status"] for r in rows)), "explainer": cfg.explain.explainer}
+    rows = _explanations(out_path, cfg.explain.explainer)
+    return {"explanations": dict(Counter(str(r.get("status")) for r in rows)), "explainer": cfg.explain.explainer}
 
 
-def make_scorers(cfg: RunConfig, client: LLMClient | None, lm: LoadedModel) -> list[Scorer]:
-    """The scorers ``cfg.score`` names, sharing one LLM client; surprisal reads the subject model as its base LM."""
+def _intervention_effects(cfg: RunConfig, lm: LoadedModel, coder: SparseCoder, records: list[LatentRecord]) -> list[list[PromptEffect] | None]:
+    """What steering each explainable latent (at the calibrated strength) does to the next token after the steering prompts."""
+    v = cfg.intervene
+    prompts = load_steer_prompts(v.steer_prompts, v.num_steer_prompts)
+    return [
+        latent_effects(lm, coder, r.latent, prompts, v.target_kl, v.steer_top_tokens)[1] if r.status == "ok" else None
+        for r in records
+    ]
+
+
+def needs_llm(scorers: list[str]) -> bool:
+    """Whether any of these scorers asks an LLM (the others need only the subject model or an embedder)."""
+    return any(name in CLASSIFIERS or name in ("intruder", "simulation") for name in scorers)
+
+
+def make_scorers(cfg: RunConfig, client: LLMClient | None, lm: LoadedModel, coders: dict[str, SparseCoder] | None = None) -> list[Scorer]:
+    """The scorers ``cfg.score`` names, sharing one LLM client; surprisal and intervention read the subject model (intervention steers ``coders``)."""
     s = cfg.score
     tokenizer = lm.tokenizer
     scorers: list[Scorer] = []
@@ -261,12 +311,19 @@ def make_scorers(cfg: RunConfig, client: LLMClient | None, lm: LoadedModel) -> l
             scorers.append(IntruderScorer(client, tokenizer, mode=s.score_mode, group_size=s.texts_per_prompt))
         elif name == "surprisal":
             scorers.append(SurprisalScorer(lm, batch_size=s.texts_per_prompt * 4))
+        elif name == "intervention":
+            v = cfg.intervene
+            prompts = load_steer_prompts(v.steer_prompts, v.num_steer_prompts)
+            scorers.append(InterventionScorer(lm, coders or {}, prompts, target_kl=v.target_kl, max_new_tokens=v.steer_new_tokens,
+                                              batch_size=s.texts_per_prompt * 4))
+        elif name == "simulation":
+            scorers.append(SimulationScorer(client, tokenizer, mode=s.score_mode))
         elif name in CLASSIFIERS:
             if s.score_mode not in MODES:
                 raise InterpError(f"Unknown --score-mode {s.score_mode!r}: use {' or '.join(MODES)}.")
             scorers.append(CLASSIFIERS[name](client, tokenizer, mode=s.score_mode, batch_size=s.texts_per_prompt))
         else:
-            raise InterpError(f"Unknown scorer {name!r}: use embedding, surprisal, intruder, {', '.join(CLASSIFIERS)}.")
+            raise InterpError(f"Unknown scorer {name!r}: use embedding, surprisal, intervention, intruder, simulation, {', '.join(CLASSIFIERS)}.")
     return scorers
 
 
@@ -283,22 +340,25 @@ def _baseline_explanations(rows: list[dict], seed: int) -> dict[tuple[str, int],
 def run_score(cfg: RunConfig, run_dir: Path, *, client: LLMClient | None = None, progress: bool = True) -> dict:
     """Stage 4: score the explanations of ``cfg.explain.explainer`` (and a random baseline), append to scores.jsonl.
 
-    Resumable: (scorer, coder, latent, explainer, baseline) already scored are skipped.
+    Resumable: (scorer, coder, latent, explainer, baseline) already scored are skipped, except
+    those with failed examples (an LLM request that failed): they are scored again, and the new
+    line, if it differs, replaces the old one. Replies already cached are not asked again.
     """
     run_dir = Path(run_dir)
+    remove_stale_temps(run_dir)
+    check_config(cfg)
     explainer = cfg.explain.explainer
-    explained = [r for r in read_jsonl(run_dir / EXPLANATIONS) if r["explainer"] == explainer and r["status"] == "ok"]
-    explained = list({(r["coder"], r["latent"]): r for r in explained}.values())
+    explained = [r for r in _explanations(run_dir / EXPLANATIONS, explainer) if r.get("status") == "ok" and isinstance(r.get("explanation"), str)]
     if not explained:
         raise InterpError(f"No usable {explainer!r} explanations in {run_dir}: run `interp explain` first.")
     lm = load_model(cfg.model)
     coders = resolve_coders(cfg, lm, run_dir, Windows(cache=None))
-    needs_llm = any(name in CLASSIFIERS or name == "intruder" for name in cfg.score.scorers)
-    client = client or (_client(cfg, run_dir, lm) if needs_llm else None)
-    scorers = make_scorers(cfg, client, lm)
+    client = client or (llm_client(cfg, lm, run_dir / LLM_CACHE) if needs_llm(cfg.score.scorers) else None)
+    scorers = make_scorers(cfg, client, lm, coders)
     baseline = _baseline_explanations(explained, cfg.records.records_seed) if cfg.score.baseline else {}
     out_path = run_dir / SCORES
-    done = {(r["scorer"], r["coder"], r["latent"], r["explainer"], r["baseline"]) for r in read_jsonl(out_path)}
+    previous = {tuple(r[k] for k in SCORE_KEY): r for r in latest_rows(read_jsonl(out_path), SCORE_KEY)}
+    done = {key for key, r in previous.items() if not _has_failures(r)}
     bar = tqdm(total=len(explained) * len(scorers), unit="score", desc="scoring", disable=not progress)
     for name, coder in coders.items():
         rows = [r for r in explained if r["coder"] == name]
@@ -315,23 +375,32 @@ def run_score(cfg: RunConfig, run_dir: Path, *, client: LLMClient | None = None,
             for i in range(0, len(jobs), cfg.explain.explain_batch):
                 chunk = jobs[i : i + cfg.explain.explain_batch]
                 results = scorer.score([(records[latent], text) for latent, _, text in chunk])
-                append_jsonl(out_path, [
+                new = [
                     ScoreResult(scorer.name, name, latent, explainer, is_baseline, text, metrics, outcomes).to_dict()
                     for (latent, is_baseline, text), (metrics, outcomes) in zip(chunk, results)
-                ])
+                ]
+                append_jsonl(out_path, [r for r in new if previous.get(tuple(r[k] for k in SCORE_KEY)) != r])
                 bar.update(sum(not b for _, b, _ in chunk))
     bar.close()
-    summary = summarize_scores(load_scores(run_dir))
-    plot_scores(summary, run_dir / "plots")
-    return {"scores": summary}
+    return summarize_run(run_dir)
+
+
+def _has_failures(row: dict) -> bool:
+    """Whether a score line has examples whose LLM reply failed or could not be read."""
+    metrics = row.get("metrics")
+    return isinstance(metrics, dict) and bool(metrics.get("failed"))
 
 
 def summarize_run(run_dir: Path) -> dict:
     """The score summary of ``run_dir`` (plots rewritten), without loading any model."""
-    summary = summarize_scores(load_scores(run_dir))
+    rows = load_scores(run_dir)
+    summary = summarize_scores(rows)
     if not summary:
         raise InterpError(f"No scores in {run_dir}: run `interp score --run-dir {run_dir}` first.")
-    plot_scores(summary, Path(run_dir) / "plots")
+    plots = Path(run_dir) / "plots"
+    plot_scores(summary, plots)
+    plot_diagnostics(rows, firing_frequencies(run_dir, set(summary)), plots)
+    plot_coder_scores(summary, plots)
     return {"scores": summary}
 
 

@@ -21,13 +21,13 @@ from datasets import Dataset, Features, List, Value
 from tqdm.auto import tqdm
 
 from interp.atomic import write_atomic
-from interp.config import ModelConfig, RunConfig
+from interp.config import ModelConfig, RunConfig, read_config_file
 from interp.errors import InterpError
 from interp.explain import TokenText
-from interp.jsonl import read_jsonl
+from interp.jsonl import latest_rows, read_json, read_jsonl
 from interp.models import EMBEDDED, LoadedModel, load_model
 from interp.records import CacheView, LatentRecord, RecordBuilder, logit_lens
-from interp.run import EXPLANATIONS, SCORES, Windows, resolve_coders
+from interp.run import EXPLANATION_KEY, EXPLANATIONS, SCORE_KEY, SCORES, Windows, resolve_coders
 from interp.scoring.results import main_metric
 
 SCHEMA_VERSION = "interp-explanations/1"
@@ -114,33 +114,25 @@ class RunData(NamedTuple):
     """``summary.json`` (the default SAE's held-out quality, when the run trained one), or {}."""
 
 
-def _latest(rows: list[dict], key: tuple[str, ...]) -> list[dict]:
-    """The last row for each key, in first-seen order: a retried explanation replaces its failure."""
-    out: dict[tuple, dict] = {}
-    for r in rows:
-        out[tuple(r[k] for k in key)] = r
-    return list(out.values())
-
-
 def read_run(run_dir: str | Path) -> RunData:
     """Read a run directory's config, explanations, scores and coder descriptions."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise PublishError(f"{run_dir} is not a run directory (no config.json): run `interp run --run-dir {run_dir}` first.")
-    explanations = _latest(read_jsonl(run_dir / EXPLANATIONS), ("coder", "latent", "explainer"))
+    explanations = latest_rows(read_jsonl(run_dir / EXPLANATIONS), EXPLANATION_KEY)
     if not explanations:
         raise PublishError(f"{run_dir} has no explanations to publish: run `interp explain --run-dir {run_dir}` first.")
-    scores = _latest(read_jsonl(run_dir / SCORES), ("scorer", "coder", "latent", "explainer", "baseline"))
+    scores = latest_rows(read_jsonl(run_dir / SCORES), SCORE_KEY)
     coders, stats = {}, {}
     for name in dict.fromkeys(r["coder"] for r in explanations):
         for kind, out in (("coder", coders), ("stats", stats)):
             path = run_dir / "cache" / name / f"{kind}.json"
             if not path.is_file():
                 raise PublishError(f"{path} is missing: the cache of coder {name!r} is incomplete; resume it with `interp cache`.")
-            out[name] = json.loads(path.read_text())
+            out[name] = read_json(path, hint="resume the cache with `interp cache` to rewrite it")
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    config = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    summary = read_json(summary_path) if summary_path.is_file() else {}
+    config = read_config_file(run_dir / "config.json")
     return RunData(run_dir, config, explanations, scores, coders, stats, summary)
 
 

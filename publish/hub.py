@@ -16,7 +16,7 @@ from typing import NamedTuple
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-from interp.atomic import write_atomic
+from interp.atomic import remove_stale_temps, write_atomic
 from interp.models import LoadedModel
 
 from .card import make_card
@@ -79,6 +79,7 @@ def write_folder(
     """Build the dataset of a run and write it with its card into ``out_dir`` (default ``<run dir>/publish``)."""
     run = run if isinstance(run, RunData) else read_run(run)
     out = Path(out_dir) if out_dir is not None else run.run_dir / FOLDER
+    remove_stale_temps(out)  # what an interrupted publish was writing
     tables = build_dataset(run, lm=lm, progress=progress)
     data_files = save_dataset(tables, out, progress=progress)
     card = make_card(run, repo_id=repo_id, license=license)

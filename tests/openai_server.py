@@ -2,6 +2,7 @@
 
 import json
 import random
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,11 +14,13 @@ TOP = [(" Yes", -0.2), ("Yes", -1.9), ("No", -2.3), ("\n", -4.0)]
 class ScriptedServer(ThreadingHTTPServer):
     """An OpenAI-compatible server on 127.0.0.1 that can be told how to misbehave.
 
-    ``script`` holds behaviours for the next requests, consumed one per request: "500", "429",
+    ``script`` holds behaviours for the next requests, consumed one per request: "ok", "500", "429",
     "400" (echoes the Authorization header back, as careless servers do), "truncated" (a 200
-    with half a JSON body) and "sleep" (answers after ``sleep`` seconds). Prompts listed in
-    ``fail_contents`` always get a 500. ``logprob_shape`` is "chat" (OpenAI/vLLM),
-    "completions" (the legacy ``/v1/completions`` shape) or "none".
+    with half a JSON body), "sleep" (answers after ``sleep`` seconds), "drop" (closes the
+    connection without answering) and "cut" (sends the headers and half the body, then closes).
+    Prompts listed in ``fail_contents`` always get a 500. ``logprob_shape`` is "chat" (OpenAI/vLLM),
+    "completions" (the legacy ``/v1/completions`` shape) or "none". ``body``, when set, gives
+    the raw text of a 200 reply instead (replies of any shape; None keeps the normal reply).
     """
 
     def __init__(self):
@@ -31,6 +34,7 @@ class ScriptedServer(ThreadingHTTPServer):
         self.requests: list[dict] = []
         self.reply = lambda content: f"echo: {content}"
         self.top = lambda content: TOP
+        self.body = None
         self.in_flight = self.max_in_flight = 0
         self.lock = threading.Lock()
 
@@ -69,8 +73,14 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(400, {"error": f"bad key {self.headers.get('Authorization')}"})
         if behaviour == "truncated":
             return self._send(200, '{"choices": [{"mess')
+        if behaviour == "drop":
+            self.close_connection = True
+            return self.connection.shutdown(socket.SHUT_RDWR)
         if behaviour == "sleep":
             time.sleep(s.sleep)
+        raw = s.body(content) if s.body is not None else None
+        if raw is not None:
+            return self._send(200, raw)
         reply = {
             "choices": [{"message": {"role": "assistant", "content": s.reply(content)}}],
             "usage": {"prompt_tokens": len(content.split()), "completion_tokens": 2},
@@ -81,14 +91,19 @@ class _Handler(BaseHTTPRequestHandler):
         elif body.get("logprobs") and s.logprob_shape == "completions":
             ranked = s.top(content)
             reply["choices"][0]["logprobs"] = {"tokens": [ranked[0][0]], "top_logprobs": [dict(ranked)]}
-        self._send(200, reply)
+        self._send(200, reply, cut=behaviour == "cut")
 
-    def _send(self, status: int, payload):
+    def _send(self, status: int, payload, cut: bool = False):
         data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        if cut:  # the connection dies halfway through the body
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return self.connection.shutdown(socket.SHUT_RDWR)
         self.wfile.write(data)
 
 

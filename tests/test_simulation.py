@@ -1,7 +1,6 @@
 """The simulation scorer: per-token predictions, pooled correlation, both modes, bad replies."""
 
 import math
-import re
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from hypothesis import strategies as st
 from interp.errors import InterpError
 from interp.llm import CachedClient, TransformersClient
 from interp.scoring.simulation import SimulationScorer, expected_value, parse_activations
-from test_scoring import CAT_WORDS, cat_record, keyword, scripted  # noqa: F401 (cat_record is a fixture)
+from test_scoring import cat_record, keyword, scripted  # noqa: F401 (cat_record is a fixture)
 
 
 def simulate_tokens(content: str) -> str:

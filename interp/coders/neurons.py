@@ -7,7 +7,7 @@ column of that projection, so neurons plug into every stage like an SAE would.
 import torch
 from torch import nn
 
-from ..errors import CoderFormatError
+from ..errors import CoderFormatError, CoderShapeError
 from ..models import resolve_hookpoint
 from .base import Latents, SparseCoder, active_rows
 
@@ -22,6 +22,8 @@ class NeuronCoder(SparseCoder):
         weight = projection.weight
         n = weight.shape[1] if isinstance(projection, nn.Linear) else weight.shape[0]
         super().__init__(hookpoint=hookpoint, reads="input", num_latents=n, d_in=n, source=source)
+        if k is not None and not 1 <= k <= n:
+            raise CoderShapeError(f"k={k} top neurons asked of {source}, which has {n}: use --neuron-k between 1 and {n}.")
         self.kind = "neurons" if k is None else "topk-neurons"
         self.k = k
         self._projection = [projection]  # a list keeps the model's weights out of this module's state

@@ -52,8 +52,8 @@ def post_json(
 ) -> Outcome:
     """POST ``payload`` as JSON and return ``parse(reply)``, retrying transient failures.
 
-    ``parse`` raising ValueError, KeyError, IndexError or TypeError marks the reply as malformed
-    (retried); any other exception from it propagates.
+    ``parse`` raising ValueError, KeyError, IndexError, TypeError or AttributeError (a reply of
+    the wrong shape) marks the reply as malformed (retried); any other exception from it propagates.
     """
     body = json.dumps(payload).encode()
     error, unreachable = "no try made", True
@@ -74,7 +74,7 @@ def post_json(
             unreachable = False
             try:
                 return Outcome(value=parse(json.loads(raw)))
-            except (ValueError, KeyError, IndexError, TypeError) as e:
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
                 error = f"malformed reply ({type(e).__name__}: {e})"
         if attempt < policy.max_retries:
             time.sleep(wait)

@@ -128,12 +128,17 @@ class OpenAIClient:
 
 
 def _parse_completion(body: dict) -> Completion:
-    message = body["choices"][0]["message"]
+    """The reply text: a string, or a list of content parts whose text parts are joined; usage when the server sends it."""
+    content = body["choices"][0]["message"].get("content") or ""
+    if isinstance(content, list):
+        content = "".join(part["text"] for part in content if part.get("type") == "text")
+    if not isinstance(content, str):
+        raise TypeError(f"message content is a {type(content).__name__}, not text")
     usage = body.get("usage") or {}
     return Completion(
-        text=message.get("content") or "",
-        prompt_tokens=int(usage.get("prompt_tokens", 0)),
-        completion_tokens=int(usage.get("completion_tokens", 0)),
+        text=content,
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
     )
 
 
@@ -147,10 +152,16 @@ def _parse_top_logprobs(body: dict) -> list[tuple[str, float]]:
     if logprobs.get("content"):
         first = logprobs["content"][0]
         entries = [first, *(first.get("top_logprobs") or [])]
-        return [(e["token"], float(e["logprob"])) for e in entries]
+        return [(_text(e["token"]), float(e["logprob"])) for e in entries]
     if logprobs.get("top_logprobs"):
-        return [(token, float(lp)) for token, lp in logprobs["top_logprobs"][0].items()]
+        return [(_text(token), float(lp)) for token, lp in logprobs["top_logprobs"][0].items()]
     raise LLMError(NO_LOGPROBS)
+
+
+def _text(token) -> str:
+    if not isinstance(token, str):
+        raise TypeError(f"a token is a {type(token).__name__}, not text")
+    return token
 
 
 def _match(alternatives: list[tuple[str, float]], answers: list[str]) -> dict[str, float]:

@@ -1,0 +1,78 @@
+"""What the app serves and where: read from the environment (a Space), overridden by the command line.
+
+Environment variables, each the upper-case field name with ``INTERP_`` in front
+(``INTERP_WORKSPACE``, ``INTERP_RUN_DIR``, ...). The host and port also fall back to Gradio's
+own ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``, which Hugging Face Spaces set.
+"""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from ..errors import InterpError
+
+ENV_PREFIX = "INTERP_"
+DEFAULT_RUN = "runs/demo"
+
+
+@dataclass
+class AppConfig:
+    """How the Gradio app is served."""
+
+    workspace: str = "."
+    """Folder the app reads and writes in; no path typed into the app may leave it."""
+
+    run_dir: str = DEFAULT_RUN
+    """Run directory opened first, relative to the workspace."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on (0.0.0.0 inside a container or a Space)."""
+
+    port: int = 7860
+    """Port to listen on."""
+
+    build_demo: bool = False
+    """Build the default run (the embedded model, about 6 minutes on 2 CPUs) when the first run directory is missing; on by default in a Space."""
+
+    env_token: bool = True
+    """Publish with $HF_TOKEN (or the huggingface_hub login) when no token is typed; off by default in a Space, where every visitor would publish with the owner's token."""
+
+    def __post_init__(self):
+        if not 0 < int(self.port) < 65536:
+            raise InterpError(f"Port {self.port} is not a TCP port (1-65535).")
+
+
+def _parse(text: str, kind: type):
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise InterpError(f"Cannot read {text!r} as yes or no: use 1/0, true/false, yes/no or on/off.")
+        return lowered in ("1", "true", "yes", "on")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise InterpError(f"Cannot read {text!r} as a whole number.") from None
+    return text
+
+
+def config_from_env(environ: Mapping[str, str] | None = None) -> AppConfig:
+    """An ``AppConfig`` from ``INTERP_*`` variables (and Gradio's host/port ones), defaults elsewhere.
+
+    >>> config_from_env({"INTERP_WORKSPACE": "/data", "SPACE_ID": "me/interp"}).build_demo
+    True
+    """
+    env = os.environ if environ is None else environ
+    on_space = bool(env.get("SPACE_ID"))
+    values: dict = {"build_demo": on_space, "env_token": not on_space}
+    fallback = {"host": "GRADIO_SERVER_NAME", "port": "GRADIO_SERVER_PORT"}
+    for f in fields(AppConfig):
+        name = ENV_PREFIX + f.name.upper()
+        text = env.get(name) or env.get(fallback.get(f.name, ""))
+        if text:
+            kind = type(f.default)
+            try:
+                values[f.name] = _parse(text, kind)
+            except InterpError as e:
+                raise InterpError(f"${name}: {e}") from None
+    return AppConfig(**values)

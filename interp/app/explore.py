@@ -1,0 +1,253 @@
+"""The Explore panel as plain functions: the latent table, one latent's record, and latents on typed text.
+
+Everything is read through the library: records from ``RecordBuilder``, frequencies and main
+metrics from ``scoring.results``, score entries (explanation beside its random baseline) as
+the published dataset has them.
+"""
+
+from typing import NamedTuple
+
+import torch
+from matplotlib.figure import Figure
+
+from ..errors import InterpError
+from ..hooks import capture_tokens
+from ..records import HISTOGRAM_BINS, LatentRecord
+from ..scoring.results import firing_frequencies, score_table, summarize_scores
+from .render import examples_html
+from .session import OpenRun
+
+MAX_TEXT_TOKENS = 256
+"""Longest text "test my text" reads: one forward pass, cheap enough to serve many users."""
+TEXT_LATENTS = 20
+SORTS = ("latent", "frequency")
+SCORE_SORT = "score: "
+LATENT_HEADERS = ["latent", "status", "explanation", "frequency"]
+"""The latent table's first columns; one column per scorer follows."""
+TOKEN_HEADERS = ["token", "token id", "logit"]
+EXPLANATION_HEADERS = ["explainer", "status", "explanation", "LLM", "note"]
+SCORE_HEADERS = ["scorer", "explainer", "metric", "explanation", "random explanation", "accuracy", "AUROC", "F1",
+                 "correlation", "examples", "failed"]
+TEXT_HEADERS = ["latent", "max activation", "tokens", "strongest on", "explanation"]
+
+
+class Table(NamedTuple):
+    """Column names and rows, for a Gradio Dataframe."""
+
+    headers: list[str]
+    rows: list[list]
+
+
+class LatentView(NamedTuple):
+    """What the Explore panel shows of one latent."""
+
+    record: LatentRecord
+    stats: str
+    """Markdown: status, count, frequency, max, mean, activating examples."""
+    histogram: Figure
+    top: str
+    """HTML of the top examples, activating tokens shaded by strength."""
+    quantiles: str
+    """HTML of the held-out examples, grouped by activation quantile."""
+    promoted: Table
+    suppressed: Table
+    explanations: Table
+    scores: Table
+
+
+class TextLatents(NamedTuple):
+    """Which latents fire on a text a user typed."""
+
+    highlight: str
+    """HTML of the text shaded by the chosen latent."""
+    latents: Table
+    """The latents that fire most on the text, strongest first, with their explanations."""
+
+
+def describe(run: OpenRun) -> str:
+    """Markdown overview of a run: model, corpus, coders, explanation counts, mean scores."""
+    cfg = run.cfg
+    lines = [f"**{run.name}** · model `{cfg.model.model}` · corpus `{cfg.corpus.corpus}`, "
+             f"{cfg.corpus.num_tokens:,} tokens in windows of {cfg.corpus.ctx_len}"]
+    coders = run.summary().get("coders", {})
+    for name in run.coder_names():
+        c = coders.get(name, {})
+        if c:
+            lines.append(f"- coder `{name}` ({c['kind']}): {c['num_latents']:,} latents, mean L0 {c['mean_l0']:.1f}, "
+                         f"dead {100 * c['dead_fraction']:.1f}%")
+        else:
+            lines.append(f"- coder `{name}`")
+    counts: dict[str, dict[str, int]] = {}
+    for r in run.explanations():
+        by_status = counts.setdefault(r["explainer"], {})
+        by_status[r["status"]] = by_status.get(r["status"], 0) + 1
+    for explainer, by_status in sorted(counts.items()):
+        lines.append(f"- explanations ({explainer}): " + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())))
+    if not counts:
+        lines.append("- no explanations yet: use the Explain tab")
+    for coder, scorers in summarize_scores(run.scores()).items():
+        for scorer, e in scorers.items():
+            mean, base = e["explanation"]["mean"], e["baseline"]["mean"]
+            shown = "n/a" if mean is None else f"{mean:.3f}"
+            lines.append(f"- {scorer} on `{coder}`: mean {e['metric']} {shown}"
+                         + (f" (random explanation {base:.3f})" if base is not None else "") + f", {e['explanation']['n']} latents")
+    return "\n".join(lines)
+
+
+def sort_choices(run: OpenRun) -> list[str]:
+    """Ways to sort the latent table: by latent, frequency, or any scorer's main metric."""
+    scorers = sorted({r["scorer"] for r in run.scores()})
+    return [*SORTS, *(SCORE_SORT + s for s in scorers)]
+
+
+def _best_explanation(lines: list[dict], preferred: str) -> str:
+    ok = [r for r in lines if r["status"] == "ok"]
+    chosen = next((r for r in ok if r["explainer"] == preferred), ok[0] if ok else None)
+    return chosen["explanation"] if chosen else ""
+
+
+def latent_table(run: OpenRun, coder: str, query: str = "", sort: str = "latent") -> Table:
+    """One row per explained latent of ``coder``: status, explanation, frequency and each scorer's main metric.
+
+    ``query`` keeps the latents one of whose explanations contains it (case-insensitive);
+    ``sort`` is one of ``sort_choices`` (frequency and scores sort strongest first).
+    """
+    if coder not in run.coder_names():
+        raise InterpError(f"The run {run.name} has no coder {coder!r}; its coders are {', '.join(run.coder_names())}.")
+    lines: dict[int, list[dict]] = {}
+    for r in run.explanations():
+        if r["coder"] == coder:
+            lines.setdefault(r["latent"], []).append(r)
+    needle = query.strip().lower()
+    if needle:
+        lines = {k: v for k, v in lines.items() if any(needle in (r["explanation"] or "").lower() for r in v)}
+    table = score_table(run.scores()).get(coder, {})
+    scorers = sorted(table)
+    freq = firing_frequencies(run.path, {coder})
+    rows = []
+    for latent, group in lines.items():
+        status = next((r["status"] for r in group if r["status"] == "ok"), group[-1]["status"])
+        rows.append([latent, status, _best_explanation(group, run.cfg.explain.explainer), freq.get((coder, latent), 0.0),
+                     *(table[s].get(latent) for s in scorers)])
+    if sort == "frequency":
+        rows.sort(key=lambda row: -row[3])
+    elif sort.startswith(SCORE_SORT) and sort[len(SCORE_SORT):] in scorers:
+        column = 4 + scorers.index(sort[len(SCORE_SORT):])
+        rows.sort(key=lambda row: (row[column] is None, -(row[column] or 0.0)))
+    elif sort == "latent":
+        rows.sort(key=lambda row: row[0])
+    else:
+        raise InterpError(f"Cannot sort by {sort!r}: use {', '.join(sort_choices(run))}.")
+    return Table([*LATENT_HEADERS, *scorers], rows)
+
+
+def _histogram(record: LatentRecord) -> Figure:
+    fig = Figure(figsize=(5, 2.6))
+    ax = fig.subplots()
+    width = record.stats.max / HISTOGRAM_BINS if record.stats.max > 0 else 1.0
+    ax.bar([width * (i + 0.5) for i in range(HISTOGRAM_BINS)], record.stats.histogram, width=width * 0.9, color="#ff7a00")
+    ax.set_xlabel("activation")
+    ax.set_ylabel("tokens")
+    ax.set_title(f"latent {record.latent} (BOS left out)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _stats(record: LatentRecord) -> str:
+    s = record.stats
+    return (
+        f"**{record.coder} — latent {record.latent}** · status **{record.status}**  \n"
+        f"fires on {s.count:,} tokens (frequency {s.frequency:.3%}) in {s.num_examples:,} examples · "
+        f"max {s.max:.4g} · mean {s.mean:.4g}"
+    )
+
+
+def _token_table(run: OpenRun, pairs: list[tuple[int, float]]) -> Table:
+    pieces = run.text()([i for i, _ in pairs])
+    return Table(TOKEN_HEADERS, [[p, i, v] for p, (i, v) in zip(pieces, pairs)])
+
+
+def _explanations(run: OpenRun, coder: str, latent: int) -> Table:
+    rows = [
+        [r["explainer"], r["status"], r["explanation"] or "", r.get("model") or "", r.get("note") or ""]
+        for r in run.explanations() if r["coder"] == coder and r["latent"] == latent
+    ]
+    return Table(EXPLANATION_HEADERS, rows)
+
+
+def _scores(run: OpenRun, coder: str, latent: int) -> Table:
+    from publish.dataset import score_entries  # the app is the last stage: it may read how publishing pairs scores
+
+    entries = score_entries([r for r in run.scores() if r["coder"] == coder and r["latent"] == latent])
+    rows = []
+    for e in entries:
+        m = e["metrics"]
+        rows.append([e["scorer"], e["explainer"], e["metric"], e["value"], e["baseline_value"],
+                     m["accuracy"], m["auroc"], m["f1"], m["correlation"], m["n"], m["failed"]])
+    return Table(SCORE_HEADERS, rows)
+
+
+def latent_view(run: OpenRun, coder: str, latent: int) -> LatentView:
+    """Statistics, histogram, top and quantile examples, logit tokens, explanations and scores of one latent."""
+    latent = int(latent)
+    num = run.coder(coder).num_latents
+    if not 0 <= latent < num:
+        raise InterpError(f"Latent {latent} does not exist: {coder} has {num} latents (0-{num - 1}).")
+    record = next(run.builder(coder).build(coder, [latent]))
+    text = run.text()
+    top = record.stats.max
+    top_html = examples_html(
+        [(f"#{i + 1} · max {ex.max_act:.3g}", text(ex.tokens), ex.acts) for i, ex in enumerate(record.top)], top,
+        empty=f"Latent {latent} never fires in the cached tokens." if record.status == "dead" else "No examples.",
+    )
+    quantiles = examples_html(
+        [(f"quantile {q} · max {ex.max_act:.3g}", text(ex.tokens), ex.acts)
+         for ex, q in sorted(zip(record.test, record.test_quantiles), key=lambda pair: -pair[1])],
+        top, empty="No held-out examples (the latent is dead or rare).",
+    )
+    return LatentView(
+        record, _stats(record), _histogram(record), top_html, quantiles,
+        _token_table(run, record.promoted), _token_table(run, record.suppressed),
+        _explanations(run, coder, latent), _scores(run, coder, latent),
+    )
+
+
+@torch.inference_mode()
+def text_latents(run: OpenRun, coder: str, text: str, latent: int | None = None) -> TextLatents:
+    """Run the model on ``text`` and list the latents of ``coder`` that fire on it; shade the text by ``latent``."""
+    lm, _ = run.model()
+    sparse = run.coder(coder)
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise InterpError("Type some text to see which latents fire on it.")
+    if len(ids) > MAX_TEXT_TOKENS:
+        raise InterpError(f"The text has {len(ids)} tokens; the limit is {MAX_TEXT_TOKENS}. Shorten it.")
+    bos = lm.tokenizer.bos_token_id
+    lead = [bos] if run.cfg.corpus.add_bos and bos is not None else []  # as the cached windows began
+    with run.lock:
+        acts = capture_tokens(lm.model, torch.tensor([lead + ids], device=lm.device), [sparse.site])[sparse.site]
+        code = sparse.encode(acts[0, len(lead):].to(sparse.device))
+    values, indices = code.acts.float().cpu(), code.indices.cpu()
+    best: dict[int, list] = {}
+    for position in range(len(ids)):
+        for value, index in zip(values[position].tolist(), indices[position].tolist()):
+            if value > 0:
+                entry = best.setdefault(index, [0.0, 0, position])
+                entry[1] += 1
+                if value > entry[0]:
+                    entry[0], entry[2] = value, position
+    pieces = run.text()(ids)
+    explained: dict[int, str] = {}
+    for r in run.explanations():
+        if r["coder"] == coder and r["status"] == "ok":
+            explained.setdefault(r["latent"], r["explanation"])
+    ranked = sorted(best.items(), key=lambda item: -item[1][0])[:TEXT_LATENTS]
+    rows = [[k, v, n, pieces[p], explained.get(k, "")] for k, (v, n, p) in ranked]
+    shade = latent if latent is not None else (ranked[0][0] if ranked else None)
+    per_token = [0.0] * len(ids)
+    if shade is not None:
+        match = (indices == int(shade)) & (values > 0)
+        per_token = (values * match).sum(-1).tolist()
+    caption = f"latent {shade}" if shade is not None else "no latent fires"
+    highlight = examples_html([(caption, pieces, per_token)], max(per_token, default=0.0))
+    return TextLatents(highlight, Table(TEXT_HEADERS, rows))

@@ -1,0 +1,176 @@
+"""The Explain and Score panels as plain functions over ``interp.run``: the same stages the CLI runs.
+
+The app changes only the explain and score settings of the run's saved configuration (which
+explainer, LLM, latents, scorers), never what was cached; results go to the run directory as
+``interp explain`` and ``interp score`` write them, so they resume and show up in the CLI too.
+"""
+
+from dataclasses import replace
+from typing import NamedTuple
+
+from ..cache import load_stats
+from ..config import RunConfig
+from ..errors import InterpError
+from ..run import run_explain, run_score, select_latents
+from ..scoring.results import main_metric, summarize_scores
+from .explore import Table
+from .session import OpenRun
+from .workspace import Workspace
+
+SCORERS = ("embedding", "surprisal", "detection", "fuzzing", "intruder", "simulation", "intervention")
+"""The scorers ``interp.run.make_scorers`` builds, offered in the Score panel."""
+BACKENDS = ("local", "url")
+"""An LLM run in this process, or an OpenAI-compatible server."""
+EXPLAINED_HEADERS = ["latent", "status", "explanation", "LLM", "note"]
+SUMMARY_HEADERS = ["scorer", "metric", "mean", "median", "random explanation (mean)", "margin", "latents"]
+OUTCOME_HEADERS = ["call", "kind", "quantile", "fires", "prediction", "score", "text"]
+
+
+def llm_spec(workspace: Workspace, backend: str, model: str = "", url: str = "", server_model: str = "") -> tuple[str, str | None]:
+    """``(llm, llm_model)`` for ``ExplainConfig`` from the panel's LLM choice.
+
+    ``local`` with no model is the embedded SmolLM2; a local model is a Hub id or a folder inside
+    the workspace (loaded without ``trust_remote_code``). ``url`` is an OpenAI-compatible base URL
+    with the model it serves; its key comes from the environment, never from the page.
+    """
+    if backend == "local":
+        return ("local:" + workspace.model_source(model) if model.strip() else "local"), None
+    if backend == "url":
+        url, server_model = url.strip(), server_model.strip()
+        if not url.startswith(("http://", "https://")):
+            raise InterpError(f"{url!r} is not an OpenAI-compatible base URL: give http(s)://host:port/v1.")
+        if not server_model:
+            raise InterpError("Name the model the server serves (e.g. Qwen/Qwen2.5-7B-Instruct).")
+        return url, server_model
+    raise InterpError(f"Unknown LLM backend {backend!r}: use {' or '.join(BACKENDS)}.")
+
+
+def _only(run: OpenRun, coder: str) -> RunConfig:
+    """The run's config narrowed to the coder called ``coder``, so a stage touches no other coder.
+
+    Coders are named in the order of their specs, with ``-2``, ``-3`` added to repeated names;
+    such a repeated coder keeps every spec (its name would change if it stood alone).
+    """
+    names = run.coder_names()
+    specs = run.cfg.coders.coders
+    if coder not in names:
+        raise InterpError(f"The run {run.name} has no finished coder {coder!r}; its coders are {', '.join(names)}.")
+    index = names.index(coder)
+    if len(names) != len(specs) or any(coder.startswith(other + "-") for other in names[:index]):
+        return run.cfg
+    return replace(run.cfg, coders=replace(run.cfg.coders, coders=[specs[index]]))
+
+
+def chosen_latents(run: OpenRun, coder: str, latents: str) -> list[int]:
+    """The latents of ``coder`` that ``latents`` (one number, all, sample:N, A-B, A,B,C) names, as ``interp explain`` picks them."""
+    count = load_stats(run.path / "cache" / coder)["count"]
+    r = run.cfg.records
+    return select_latents(latents.strip(), count, min_count=r.min_examples, seed=r.records_seed)
+
+
+def explain(run: OpenRun, coder: str, explainer: str, llm: str, llm_model: str | None, latents: str, *,
+            progress: bool = True) -> tuple[dict, Table]:
+    """Explain ``latents`` of ``coder`` with ``explainer`` (resumable: done ones are skipped); the counts and the rows."""
+    wanted = set(chosen_latents(run, coder, latents))
+    cfg = _only(run, coder)
+    cfg = replace(cfg, explain=replace(cfg.explain, explainer=explainer, llm=llm, llm_model=llm_model, latents=latents.strip()))
+    summary = run_explain(cfg, run.path, progress=progress)
+    rows = [
+        [r["latent"], r["status"], r["explanation"] or "", r.get("model") or "", r.get("note") or ""]
+        for r in run.explanations() if r["coder"] == coder and r["explainer"] == explainer and r["latent"] in wanted
+    ]
+    return summary, Table(EXPLAINED_HEADERS, sorted(rows))
+
+
+def score(run: OpenRun, coder: str, explainer: str, scorers: list[str], score_mode: str, llm: str, llm_model: str | None, *,
+          progress: bool = True) -> Table:
+    """Score ``explainer``'s explanations of ``coder`` (and their random baseline) with ``scorers``; the summary per scorer.
+
+    Resumable, as ``interp score``: explanations already scored by a scorer are skipped.
+    """
+    if not scorers:
+        raise InterpError("Choose at least one scorer.")
+    cfg = _only(run, coder)
+    cfg = replace(
+        cfg,
+        explain=replace(cfg.explain, explainer=explainer, llm=llm, llm_model=llm_model),
+        score=replace(cfg.score, scorers=list(scorers), score_mode=score_mode),
+    )
+    run_score(cfg, run.path, progress=progress)
+    return summary_table(summarize_scores([r for r in run.scores() if r["explainer"] == explainer]), coder)
+
+
+def summary_table(summary: dict, coder: str) -> Table:
+    """Per scorer of ``coder`` (from ``summarize_scores``): its main metric's mean and median against the random explanation's."""
+    rows = []
+    for scorer, e in summary.get(coder, {}).items():
+        rows.append([scorer, e["metric"], e["explanation"]["mean"], e["explanation"]["median"], e["baseline"]["mean"],
+                     e["margin"], e["explanation"]["n"]])
+    return Table(SUMMARY_HEADERS, rows)
+
+
+def plots(run: OpenRun, coder: str) -> list[tuple[str, str]]:
+    """(path, caption) of the run's summary plots that concern ``coder``, and the all-coder one."""
+    folder = run.path / "plots"
+    if not folder.is_dir():
+        return []
+    chosen = [p for p in sorted(folder.glob("*.png")) if coder in p.stem or p.stem == "scores_by_coder"]
+    return [(str(p), p.stem) for p in chosen]
+
+
+class Outcomes(NamedTuple):
+    """How one scorer judged each held-out example of one explanation."""
+
+    metrics: str
+    """Markdown: the explanation scored and its metrics."""
+    table: Table
+    right: int
+    wrong: int
+
+
+def _verdicts(examples: list[dict]) -> list[bool | None]:
+    """Right or wrong per example: the scorer's yes/no when it gave one, else its ranking.
+
+    Ranking scorers (embedding, surprisal, log-prob classifiers) give a score, no answer: the
+    examples ranked in the top P (P = the number of positive examples) count as called positive.
+    """
+    if any(e["prediction"] is not None for e in examples) or all(e["score"] is None for e in examples):
+        return [None if e["prediction"] is None else e["prediction"] == e["label"] for e in examples]
+    positives = sum(e["label"] for e in examples)
+    ranked = sorted((i for i, e in enumerate(examples) if e["score"] is not None), key=lambda i: -examples[i]["score"])
+    called = set(ranked[:positives])
+    return [None if e["score"] is None else (i in called) == e["label"] for i, e in enumerate(examples)]
+
+
+def outcomes(run: OpenRun, coder: str, latent: int, scorer: str, explainer: str) -> Outcomes:
+    """Each held-out example the scorer judged for the explanation of ``latent``: label, call, score, text."""
+    row = next((r for r in run.scores() if (r["coder"], r["latent"], r["scorer"], r["explainer"], r["baseline"])
+                == (coder, int(latent), scorer, explainer, False)), None)
+    if row is None:
+        raise InterpError(f"No {scorer} score of the {explainer} explanation of {coder} latent {latent}: score it first.")
+    examples = row["examples"]
+    builder = run.builder(coder)
+    text = run.text()
+    verdicts = _verdicts(examples)
+    rows = []
+    for e, verdict in zip(examples, verdicts):
+        if e["kind"] in ("test", "negative", "hard_negative") and 0 <= e["index"] < builder.num_examples:
+            shown = "".join(text(builder.example_tokens[e["index"]].tolist()))
+        else:
+            shown = f"({e['kind']} passage {e['index']})"
+        call = "failed" if verdict is None else "right" if verdict else "wrong"
+        rows.append([call, e["kind"], e.get("quantile"), e["label"], e["prediction"], e["score"], shown])
+    metric = main_metric(scorer)
+    values = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row["metrics"].items() if v is not None)
+    value = row["metrics"].get(metric)
+    md = (f"**{scorer}** on the *{explainer}* explanation of latent {latent}: {metric} "
+          f"**{'n/a' if value is None else f'{value:.3g}'}**  \n{values}")
+    return Outcomes(md, Table(OUTCOME_HEADERS, rows),
+                    sum(v is True for v in verdicts), sum(v is False for v in verdicts))
+
+
+def explainers(run: OpenRun) -> list[str]:
+    """Explainers with lines in the run, the run's own first."""
+    found = {r["explainer"] for r in run.explanations()}
+    own = run.cfg.explain.explainer
+    return [own] * (own in found) + sorted(found - {own})

@@ -1,0 +1,134 @@
+"""Run directories as the app holds them open: config, lines on disk, and the model loaded once.
+
+Several browser sessions share one ``OpenRun`` per run directory, so the subject model and
+its coders are loaded once per process. Forward passes on that shared model take turns
+(``OpenRun.lock``): a steering hook registered for one user must never act on another user's pass.
+"""
+
+import json
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from ..coders import SparseCoder
+from ..config import RunConfig
+from ..errors import InterpError
+from ..explain import EXPLANATION_KEY, TokenText
+from ..jsonl import latest_rows, read_jsonl
+from ..models import LoadedModel
+from ..records import CacheView, RecordBuilder, logit_lens
+from ..run import EXPLANATIONS, SCORES, load_run_config, open_coders, run
+from ..scoring.base import SCORE_KEY
+from .workspace import Workspace
+
+KEEP_OPEN = 2
+"""Run directories whose models stay loaded at once; the least recently used is let go."""
+
+
+class OpenRun:
+    """One run directory opened by the app; its model and coders load on first use."""
+
+    def __init__(self, path: Path, workspace: Workspace):
+        self.path = path
+        self.name = workspace.relative(path)
+        self.cfg: RunConfig = load_run_config(path)
+        self.lock = threading.RLock()
+        self._loaded: tuple[LoadedModel, dict[str, SparseCoder]] | None = None
+        self._builders: dict[str, RecordBuilder] = {}
+        self._text: TokenText | None = None
+        self._lines: dict[str, tuple[tuple, list[dict]]] = {}
+
+    def coder_names(self) -> list[str]:
+        """Coders whose cache is finished, in the order the run lists them (no model needed)."""
+        cache = self.path / "cache"
+        done = {p.parent.name for p in cache.glob("*/stats.json")} if cache.is_dir() else set()
+        summary = self.summary().get("coders", {})
+        return [n for n in summary if n in done] + sorted(done - set(summary))
+
+    def summary(self) -> dict:
+        """``summary.json``, or {} before the cache has finished."""
+        path = self.path / "summary.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def model(self) -> tuple[LoadedModel, dict[str, SparseCoder]]:
+        """The subject model and every coder of the run, loaded once (as ``interp steer`` loads them)."""
+        with self.lock:
+            if self._loaded is None:
+                self._loaded = open_coders(self.cfg, self.path)
+            return self._loaded
+
+    def coder(self, name: str) -> SparseCoder:
+        """The coder called ``name`` in this run."""
+        coders = self.model()[1]
+        if name not in coders:
+            raise InterpError(f"The run {self.name} has no coder {name!r}; its coders are {', '.join(coders)}.")
+        return coders[name]
+
+    def text(self) -> TokenText:
+        """Token id -> text with the run's tokenizer."""
+        if self._text is None:
+            self._text = TokenText(self.model()[0].tokenizer)
+        return self._text
+
+    def builder(self, name: str) -> RecordBuilder:
+        """The record builder of coder ``name`` (with the logit lens for promoted tokens), made once."""
+        with self.lock:
+            if name not in self._builders:
+                lm = self.model()[0]
+                decoder = self.coder(name).decoder_weight().detach()
+                view = CacheView.open(self.path / "cache", name, bos_token_id=lm.tokenizer.bos_token_id)
+                self._builders[name] = RecordBuilder(view, self.cfg.records, decoder, logit_lens(lm.model, decoder))
+            return self._builders[name]
+
+    def _read(self, file: str) -> list[dict]:
+        """Lines of a JSONL file of the run, read again only when the file has changed."""
+        path = self.path / file
+        stat = path.stat() if path.is_file() else None
+        key = (stat.st_mtime_ns, stat.st_size) if stat else ()
+        cached = self._lines.get(file)
+        if cached is None or cached[0] != key:
+            cached = self._lines[file] = (key, read_jsonl(path) if stat else [])
+        return cached[1]
+
+    def explanations(self) -> list[dict]:
+        """The latest line of ``explanations.jsonl`` per (coder, latent, explainer)."""
+        return latest_rows(self._read(EXPLANATIONS), EXPLANATION_KEY)
+
+    def scores(self) -> list[dict]:
+        """The latest line of ``scores.jsonl`` per (scorer, coder, latent, explainer, baseline)."""
+        return latest_rows(self._read(SCORES), SCORE_KEY)
+
+
+class Runs:
+    """The run directories this process has open, looked up by the path a user typed."""
+
+    def __init__(self, workspace: Workspace):
+        self.workspace = workspace
+        self._open: OrderedDict[tuple[Path, int], OpenRun] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: str) -> OpenRun:
+        """The run at ``path`` (inside the workspace), opened once per version of its config.json."""
+        full = self.workspace.run_dir(path)
+        key = (full, (full / "config.json").stat().st_mtime_ns)
+        with self._lock:
+            if key not in self._open:
+                self._open[key] = OpenRun(full, self.workspace)
+                while len(self._open) > KEEP_OPEN:
+                    self._open.popitem(last=False)
+            self._open.move_to_end(key)
+            return self._open[key]
+
+
+def run_is_complete(path: Path) -> bool:
+    """Whether the main job finished in ``path`` (its summary holds scores)."""
+    summary = path / "summary.json"
+    return summary.is_file() and "scores" in json.loads(summary.read_text())
+
+
+def build_default_run(workspace: Workspace, path: str, *, progress: bool = True) -> Path:
+    """Run the main job on the embedded default into ``path`` (inside the workspace), resuming a partial one."""
+    full = workspace.resolve(path)
+    if not run_is_complete(full):
+        run(RunConfig(), full, progress=progress)
+    return full

@@ -1,0 +1,92 @@
+"""What the app's tests share: a small real run in a workspace, the app served from it, a local Hub.
+
+The run is made once per test session (both app test modules reuse it): a tiny random Llama
+saved into the workspace as the subject model (with the embedded model's tokenizer), top-k
+MLP neurons as the coder, token-list explanations and embedding scores.
+"""
+
+import contextlib
+import socket
+from pathlib import Path
+
+import pytest
+from huggingface_hub import constants, set_client_factory
+from huggingface_hub.utils import _http
+
+from conftest import tiny_llama
+from hub_server import serving as hub_serving
+
+from interp.cli import main
+
+CODER = "model.layers.1.mlp.topk-neurons"
+RUN = "runs/small"
+TOKEN = "hf_APPtestTOKEN7c1e9b20d4"
+INJECTION = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2"> ${7*7} {{pwned}}'
+"""An explanation that would run script if the app rendered explanations as HTML."""
+
+
+def make_workspace(root: Path, tokenizer) -> Path:
+    """A workspace holding a tiny model and a finished small run (built on first call, then reused)."""
+    run_dir = root / RUN
+    if (run_dir / "summary.json").is_file() and (run_dir / "scores.jsonl").is_file():
+        return root
+    model_dir = root / "models" / "tiny-llama"
+    lm = tiny_llama(tokenizer, layers=2, hidden=64)
+    lm.model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    args = ["run", "--run-dir", str(run_dir), "--model", str(model_dir), "--num-tokens", "2048", "--ctx-len", "32",
+            "--shard-windows", "16", "--batch-size", "8", "--quiet", "--coders", "topk-neurons@model.layers.1.mlp",
+            "--neuron-k", "8", "--min-examples", "3", "--latents", "sample:4", "--explainer", "tokens", "--scorers", "embedding"]
+    assert main(args) == 0
+    return root
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory, smollm_tokenizer) -> Path:
+    """The shared workspace with the small run at ``RUN``."""
+    return make_workspace(tmp_path_factory.getbasetemp() / "app-workspace", smollm_tokenizer)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """A FakeHub on 127.0.0.1 as $HF_ENDPOINT; huggingface_hub may reach nothing else and has no login token."""
+    srv = hub_serving(TOKEN)
+    elsewhere = []
+
+    def local_only(request):
+        if request.url.host != "127.0.0.1":
+            elsewhere.append(str(request.url))
+            raise RuntimeError(f"a test tried to reach {request.url.host}")
+
+    def factory():
+        client = _http.default_client_factory()
+        client.event_hooks = {**client.event_hooks, "request": [*client.event_hooks["request"], local_only]}
+        return client
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the fake Hub speaks plain LFS
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.setenv("HF_ENDPOINT", srv.url)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-login" / "token"))
+    set_client_factory(factory)
+    try:
+        yield srv
+    finally:
+        set_client_factory(_http.default_client_factory)
+        srv.shutdown()
+        srv.server_close()
+    assert elsewhere == []
+
+
+def everything_written(*roots: Path) -> bytes:
+    """The bytes of every file under ``roots``, to search for a secret."""
+    return b"".join(p.read_bytes() for root in roots for p in sorted(Path(root).rglob("*")) if p.is_file())

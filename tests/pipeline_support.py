@@ -1,0 +1,39 @@
+"""Shared by the reliability tests: a deterministic scripted LLM and a tiny model folder that loads in a blink."""
+
+import re
+from pathlib import Path
+
+from conftest import tiny_llama
+
+
+def first_marked_token(content: str) -> str:
+    """The first token marked <<like this>> in the first example of an explain prompt."""
+    return content.rsplit("Example 1:", 1)[1].split("<<", 1)[1].split(">>", 1)[0].strip()
+
+
+def scripted_reply(content: str) -> str:
+    """A deterministic LLM: explains with the first marked token; detects a text by whether it holds that token."""
+    if "<<" in content and "Example 1:" in content:
+        return f"[EXPLANATION]: The token \"{first_marked_token(content)}\""
+    match = re.search(r'Explanation: The token "(.*)"', content)
+    token = match.group(1) if match else None
+    texts = re.findall(r"^Text \d+: (.*)$", content, flags=re.MULTILINE)
+    return "[" + ", ".join("1" if token and token in t else "0" for t in texts) + "]"
+
+
+def save_tiny_model(folder: Path, tokenizer) -> Path:
+    """A 4-layer random Llama with the embedded model's tokenizer, saved as safetensors: a real model folder for ``--model``."""
+    lm = tiny_llama(tokenizer)
+    lm.model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_run_args(run_dir: Path, model_dir: Path, url: str) -> list[str]:
+    """``interp run`` on the tiny model with the scripted LLM: every stage, a few seconds."""
+    return [
+        "run", "--run-dir", str(run_dir), "--quiet", "--model", str(model_dir),
+        "--num-tokens", "1024", "--ctx-len", "32", "--shard-windows", "8", "--batch-size", "8",
+        "--coders", "topk-neurons@model.layers.1.mlp", "--latents", "sample:6", "--explain-batch", "3",
+        "--llm", url, "--llm-model", "scripted", "--scorers", "detection", "--score-mode", "generative",
+    ]

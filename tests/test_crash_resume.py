@@ -1,0 +1,322 @@
+"""Crash and resume: ``interp run`` killed with SIGKILL at many points, then resumed, ends as an uninterrupted run.
+
+The pipeline runs in child processes (forked from a server that has imported the library once,
+so a kill-and-resume costs the run's own work, not torch's import; one kill hits a real
+``python -m interp run`` process). Kill points are file-system events the harness watches for:
+a shard's sidecar appearing, a temporary file of an atomic write existing (a write in
+progress), k new lines in a JSONL file, a plot being drawn. A second chain kills at seeded
+random times. After every kill, each file in the run directory must be whole (JSON parses,
+safetensors load, PNGs decode, JSONL lines parse but for a torn last one); after the last
+resume the directory must equal an uninterrupted run's, file by file.
+
+Exclusions from the comparison, and why:
+  * ``seconds`` in explanations.jsonl: wall time per latent, which differs on every run.
+Nothing else is excluded: caches, LLM cache, scores, plots and summary must be byte-identical.
+
+The LLM is the scripted OpenAI-compatible server of ``openai_server.py`` on 127.0.0.1 with a
+deterministic reply (explain: the first marked token; detect: whether a text holds that token).
+"""
+
+import json
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+
+from openai_server import serving
+from pipeline_support import scripted_reply
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="forkserver and SIGKILL semantics of Linux")]
+
+CODER = "model.layers.3.mlp.topk-neurons"
+TIMEOUT = 240.0
+"""Seconds one child may run before the harness calls it hung."""
+
+
+def run_args(run_dir: Path, url: str) -> list[str]:
+    """A run small enough for seconds per process, with several shards, explain batches and score chunks."""
+    return [
+        "run", "--run-dir", str(run_dir), "--quiet",
+        "--num-tokens", "1024", "--ctx-len", "32", "--shard-windows", "4", "--batch-size", "4",
+        "--coders", "topk-neurons@model.layers.3.mlp", "--latents", "sample:6", "--explain-batch", "2",
+        "--llm", url, "--llm-model", "scripted", "--explainer", "default",
+        "--scorers", "detection", "--score-mode", "generative",
+    ]
+
+
+def _child(argv: list[str], log: str) -> None:
+    """Entry point of a forked child: ``interp`` with its output in ``log``."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    from interp.cli import main
+
+    sys.exit(main(argv))
+
+
+class Outcome(NamedTuple):
+    """How one child process ended."""
+
+    killed: bool
+    """True when the harness killed it (the kill point was reached)."""
+    returncode: int
+    seconds: float
+
+
+Event = Callable[[Path, dict], bool]
+"""A kill point: (run directory, its files when the process started) -> has the event happened?"""
+
+
+def snapshot(run_dir: Path) -> dict[str, tuple[int, int]]:
+    """relative path -> (mtime_ns, size) of every file under ``run_dir``."""
+    out = {}
+    for p in run_dir.rglob("*"):
+        try:
+            st = p.stat()
+        except FileNotFoundError:  # renamed away while we looked
+            continue
+        if p.is_file():
+            out[str(p.relative_to(run_dir))] = (st.st_mtime_ns, st.st_size)
+    return out
+
+
+def _lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def written(rel: str) -> Event:
+    """``rel`` appeared or was rewritten since the process started."""
+
+    def event(run_dir: Path, start: dict) -> bool:
+        try:
+            st = (run_dir / rel).stat()
+        except FileNotFoundError:
+            return False
+        return start.get(rel) != (st.st_mtime_ns, st.st_size)
+
+    return event
+
+
+def new_lines(rel: str, k: int) -> Event:
+    """``rel`` gained ``k`` lines since the process started."""
+
+    def event(run_dir: Path, start: dict) -> bool:
+        return _lines(run_dir / rel) >= start.get(f"lines:{rel}", 0) + k
+
+    return event
+
+
+def writing(folder: str) -> Event:
+    """An atomic write is in progress in ``folder``: its temporary file exists."""
+
+    def event(run_dir: Path, start: dict) -> bool:
+        try:
+            return any(e.name.endswith(".tmp") and f"{folder}/{e.name}" not in start for e in os.scandir(run_dir / folder))
+        except FileNotFoundError:
+            return False
+
+    return event
+
+
+def new_files(folder: str, pattern: str, k: int) -> Event:
+    """``k`` new files matching ``pattern`` in ``folder``."""
+
+    def event(run_dir: Path, start: dict) -> bool:
+        have = {str(p.relative_to(run_dir)) for p in (run_dir / folder).glob(pattern)}
+        return len(have - set(start)) >= k
+
+    return event
+
+
+SHARDS = f"cache/{CODER}"
+EVENTS: list[tuple[str, Event]] = [
+    ("config written", written("config.json")),
+    ("token windows cached", written("cache/tokens.safetensors")),
+    ("shard 0 done", written(f"{SHARDS}/shard-00000.json")),
+    ("writing a shard", writing(SHARDS)),
+    ("2 more shards done", new_files(SHARDS, "shard-*.json", 2)),
+    ("shard 6 written, its sidecar not yet", written(f"{SHARDS}/shard-00006.safetensors")),
+    ("cache stats written", written(f"{SHARDS}/stats.safetensors")),
+    ("first LLM reply cached", new_lines("llm_cache.jsonl", 1)),
+    ("2 explanations written", new_lines("explanations.jsonl", 2)),
+    ("2 more explanations written", new_lines("explanations.jsonl", 2)),
+    ("all explanations written", new_lines("explanations.jsonl", 2)),
+    ("first scores written", new_lines("scores.jsonl", 2)),
+    ("4 more scores written", new_lines("scores.jsonl", 4)),
+    ("drawing a plot", writing("plots")),
+    ("2 plots written", new_files("plots", "*.png", 2)),
+    ("final summary written", written("summary.json")),
+]
+"""Kill points in the order a run meets them; each refers to progress made by the process it kills."""
+
+
+class Harness:
+    """Starts ``interp`` children (forked, or a real ``python -m interp``) and kills them when an event happens."""
+
+    def __init__(self, url: str, logs: Path):
+        self.url = url
+        self.log = str(logs)
+        self.ctx = multiprocessing.get_context("forkserver")
+        self.ctx.set_forkserver_preload(["interp.cli", "interp.run", "test_crash_resume"])
+        warm = self.ctx.Process(target=time.sleep, args=(0,))  # start the server now, so no run's time includes it
+        warm.start()
+        warm.join()
+
+    def run(self, run_dir: Path, kill: Event | None = None, *, real_process: bool = False) -> Outcome:
+        """Run the pipeline on ``run_dir`` until it ends or ``kill`` fires (then SIGKILL)."""
+        start = snapshot(run_dir) if run_dir.exists() else {}
+        for rel in ("llm_cache.jsonl", "explanations.jsonl", "scores.jsonl"):
+            start[f"lines:{rel}"] = _lines(run_dir / rel)
+        argv = run_args(run_dir, self.url)
+        t0 = time.monotonic()
+        if real_process:
+            with open(self.log, "a") as log:
+                proc = subprocess.Popen([sys.executable, "-m", "interp", *argv], stdout=log, stderr=log)
+            pid, alive, code = proc.pid, lambda: proc.poll() is None, lambda: proc.wait()
+        else:
+            proc = self.ctx.Process(target=_child, args=(argv, self.log))
+            proc.start()
+            pid, alive, code = proc.pid, proc.is_alive, lambda: (proc.join(), proc.exitcode)[1]
+        while alive():
+            if kill is not None and kill(run_dir, start):
+                os.kill(pid, signal.SIGKILL)
+                returncode = code()
+                return Outcome(returncode in (-signal.SIGKILL,), returncode, time.monotonic() - t0)
+            if time.monotonic() - t0 > TIMEOUT:
+                os.kill(pid, signal.SIGKILL)
+                code()
+                pytest.fail(f"interp run hung for {TIMEOUT:.0f} s on {run_dir}; see {self.log}")
+            time.sleep(0.002)
+        return Outcome(False, code(), time.monotonic() - t0)
+
+
+def after(seconds: float) -> Event:
+    """A kill at a fixed time after the process started."""
+    deadline = []
+
+    def event(run_dir: Path, start: dict) -> bool:
+        if not deadline:
+            deadline.append(time.monotonic() + seconds)
+        return time.monotonic() >= deadline[0]
+
+    return event
+
+
+def check_whole(run_dir: Path) -> list[str]:
+    """Every file a reader might open is whole; returns what is not. Temporary files of atomic writes are skipped."""
+    problems = []
+    for p in sorted(run_dir.rglob("*")):
+        if not p.is_file() or p.name.endswith(".tmp"):
+            continue
+        try:
+            if p.suffix == ".json":
+                json.loads(p.read_text())
+            elif p.suffix == ".safetensors":
+                load_file(p)
+            elif p.suffix == ".png":
+                with Image.open(p) as im:
+                    im.load()
+            elif p.suffix == ".jsonl":
+                data = p.read_bytes()
+                lines = data.split(b"\n")
+                for line in lines[:-1]:  # the part after the last newline may be a torn line, and only it
+                    json.loads(line)
+        except Exception as e:  # any failure to read is what this check reports
+            problems.append(f"{p.relative_to(run_dir)}: {type(e).__name__}: {e}")
+    return problems
+
+
+def normalised(run_dir: Path) -> dict[str, object]:
+    """The run directory's files, with the fields that legitimately differ between runs removed."""
+    out: dict[str, object] = {}
+    for p in sorted(run_dir.rglob("*")):
+        if not p.is_file():
+            continue
+        rel = str(p.relative_to(run_dir))
+        if rel == "explanations.jsonl":
+            rows = [json.loads(line) for line in p.read_text().splitlines()]
+            out[rel] = [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+        else:
+            out[rel] = p.read_bytes()
+    return out
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    """What differs between two ``normalised`` directories, briefly."""
+    diffs = [f"only in the resumed run: {k}" for k in sorted(set(b) - set(a))]
+    diffs += [f"missing from the resumed run: {k}" for k in sorted(set(a) - set(b))]
+    diffs += [f"differs: {k}" for k in sorted(set(a) & set(b)) if a[k] != b[k]]
+    return diffs
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    srv = serving()
+    srv.reply = scripted_reply
+    logs = tmp_path_factory.mktemp("logs") / "children.log"
+    yield Harness(srv.base_url, logs)
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def reference(harness, tmp_path_factory):
+    """An uninterrupted run, and how long it took."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    outcome = harness.run(run_dir)
+    assert outcome.returncode == 0, f"reference run failed; see {harness.log}"
+    assert not check_whole(run_dir)
+    return normalised(run_dir), outcome.seconds
+
+
+def kill_chain(harness: Harness, run_dir: Path, kills: list[tuple[str, Event]], real_first: bool = False) -> list[str]:
+    """Run, killing at each point in turn (each resume starts where the last kill left off); then finish the run.
+
+    Returns the names of the kill points reached. Fails at once if a kill leaves a damaged file.
+    """
+    reached = []
+    for i, (name, event) in enumerate(kills):
+        outcome = harness.run(run_dir, event, real_process=real_first and i == 0)
+        if not outcome.killed:
+            assert outcome.returncode == 0, f"run failed (exit {outcome.returncode}) before {name!r}; see {harness.log}"
+            break
+        problems = check_whole(run_dir)
+        assert not problems, f"after a kill at {name!r}: {problems}"
+        reached.append(name)
+    final = harness.run(run_dir)
+    assert final.returncode == 0, f"the resumed run failed (exit {final.returncode}); see {harness.log}"
+    return reached
+
+
+def test_sigkill_at_each_stage_then_resume_equals_an_uninterrupted_run(harness, reference, tmp_path):
+    want, _ = reference
+    reached = kill_chain(harness, tmp_path / "run", EVENTS, real_first=True)
+    diffs = differences(want, normalised(tmp_path / "run"))
+    print(f"\nkill points (events): {len(reached)} of {len(EVENTS)} reached and passed: {reached}")
+    assert not diffs, diffs
+    assert len(reached) >= len(EVENTS) - 3, f"too few kill points reached: {reached}"
+
+
+def test_sigkill_at_random_times_then_resume_equals_an_uninterrupted_run(harness, reference, tmp_path):
+    want, seconds = reference
+    seed = int(os.environ.get("INTERP_CRASH_SEED", "0"))
+    rng = random.Random(seed)
+    times = [rng.uniform(0.1, 0.6) * seconds for _ in range(6)]
+    reached = kill_chain(harness, tmp_path / "run", [(f"{t:.2f} s", after(t)) for t in times])
+    diffs = differences(want, normalised(tmp_path / "run"))
+    print(f"\nkill points (random times, seed {seed}, reference run {seconds:.1f} s): {len(reached)} reached and passed: {reached}")
+    assert not diffs, diffs
+    assert reached, "no random kill landed before the run finished"
