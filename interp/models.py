@@ -168,6 +168,11 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **extra)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "custom code" in first and not cfg.trust_remote_code:
+            raise ModelLoadError(
+                f"Cannot load model {cfg.model!r}: it contains custom code, which must run to load it and runs only "
+                "with --trust-remote-code (trust_remote_code): set it only for repositories whose code you trust."
+            ) from e
         raise ModelLoadError(
             f"Cannot load model {cfg.model!r}: {first} "
             "Give a Hub id, a local folder, a .gguf file, or 'embedded'."

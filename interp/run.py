@@ -256,7 +256,8 @@ def run_explain(cfg: RunConfig, run_dir: Path, *, client: LLMClient | None = Non
         raise InterpError(f"{run_dir} has no cache yet: run `interp cache --run-dir {run_dir}` first.")
     lm = load_model(cfg.model)
     coders = resolve_coders(cfg, lm, run_dir, Windows(cache=None))
-    client = client or (None if cfg.explain.explainer == "tokens" else llm_client(cfg, lm, run_dir / LLM_CACHE))
+    if client is None and cfg.explain.explainer != "tokens":  # not `client or`: an empty CachedClient is falsy
+        client = llm_client(cfg, lm, run_dir / LLM_CACHE)
     text = TokenText(lm.tokenizer)
     params = GenerationParams(max_tokens=cfg.explain.max_new_tokens)
     out_path = run_dir / EXPLANATIONS
@@ -353,7 +354,8 @@ def run_score(cfg: RunConfig, run_dir: Path, *, client: LLMClient | None = None,
         raise InterpError(f"No usable {explainer!r} explanations in {run_dir}: run `interp explain` first.")
     lm = load_model(cfg.model)
     coders = resolve_coders(cfg, lm, run_dir, Windows(cache=None))
-    client = client or (llm_client(cfg, lm, run_dir / LLM_CACHE) if needs_llm(cfg.score.scorers) else None)
+    if client is None and needs_llm(cfg.score.scorers):
+        client = llm_client(cfg, lm, run_dir / LLM_CACHE)
     scorers = make_scorers(cfg, client, lm, coders)
     baseline = _baseline_explanations(explained, cfg.records.records_seed) if cfg.score.baseline else {}
     out_path = run_dir / SCORES

@@ -80,7 +80,6 @@ def latest(path, key, fields=None) -> list[dict]:
     return sorted(({k: v for k, v in r.items() if (k in fields if fields else k != "seconds")} for r in rows), key=json.dumps)
 
 
-@pytest.mark.slow
 def test_a_run_against_a_flaky_server_completes_and_resumes_to_the_healthy_result(tmp_path, server, smollm_tokenizer):
     model_dir = save_tiny_model(tmp_path / "model", smollm_tokenizer)
     cfg = config(model_dir, server.base_url)

@@ -54,8 +54,11 @@ def post_json(
 
     ``parse`` raising ValueError, KeyError, IndexError, TypeError or AttributeError (a reply of
     the wrong shape) marks the reply as malformed (retried); any other exception from it propagates.
+    The credentials in ``headers`` (the key of ``Bearer <key>``) are replaced by ``***`` in every error,
+    before a long server message is cut short, so not even part of a key can leak.
     """
     body = json.dumps(payload).encode()
+    secrets = _secrets(headers)
     error, unreachable = "no try made", True
     for attempt in range(policy.max_retries + 1):
         wait = policy.delay(attempt)
@@ -63,9 +66,9 @@ def post_json(
             raw = _post(url, body, headers, policy.timeout)
         except urllib.error.HTTPError as e:
             unreachable = False
-            error = f"HTTP {e.code}: {_snippet(e)}"
+            error = f"HTTP {e.code}: {_snippet(e, secrets)}"
             if e.code != 429 and e.code < 500:
-                return Outcome(error=error)
+                return Outcome(error=_redact(error, secrets))
             wait = max(wait, _retry_after(e))
         except (OSError, http.client.HTTPException) as e:
             unreachable = unreachable and _is_unreachable(e)
@@ -80,7 +83,7 @@ def post_json(
             time.sleep(wait)
     tries = policy.max_retries + 1
     gave_up = f"gave up after {tries} {'try' if tries == 1 else 'tries'}"
-    return Outcome(error=f"{error} ({gave_up})", unreachable=unreachable)
+    return Outcome(error=_redact(f"{error} ({gave_up})", secrets), unreachable=unreachable)
 
 
 def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> bytes:
@@ -107,12 +110,23 @@ def _describe(e: BaseException, timeout: float) -> str:
     return f"{type(reason).__name__}: {reason}"
 
 
-def _snippet(e: urllib.error.HTTPError, limit: int = 200) -> str:
+def _secrets(headers: dict[str, str]) -> list[str]:
+    """The credential of each header value (its last word: the key of ``Bearer <key>``), longest first."""
+    return sorted({value.split()[-1] for value in headers.values() if value.split()}, key=len, reverse=True)
+
+
+def _redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _snippet(e: urllib.error.HTTPError, secrets: list[str], limit: int = 200) -> str:
     try:
         text = e.read().decode("utf-8", errors="replace")
     except (OSError, http.client.HTTPException):
         text = ""
-    text = " ".join(text.split())
+    text = _redact(" ".join(text.split()), secrets)
     return (text[:limit] + "...") if len(text) > limit else (text or str(e.reason))
 
 

@@ -113,8 +113,6 @@ class OpenAIClient:
                 return Outcome(error=f"not sent: {self.base_url} is unreachable", unreachable=True)
             outcome = post_json(url, payload, headers, self.policy, parse)
             (gave_up if outcome.unreachable else reached).set()
-            if key and outcome.error:
-                outcome.error = outcome.error.replace(key, "***")
             return outcome
 
         pool = ThreadPoolExecutor(max_workers=self.concurrency)
