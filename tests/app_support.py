@@ -5,16 +5,13 @@ saved into the workspace as the subject model (with the embedded model's tokeniz
 MLP neurons as the coder, token-list explanations and embedding scores.
 """
 
-import contextlib
 import socket
 from pathlib import Path
 
 import pytest
-from huggingface_hub import constants, set_client_factory
-from huggingface_hub.utils import _http
 
 from conftest import tiny_llama
-from hub_server import serving as hub_serving
+from hub_server import local_hub  # noqa: F401 (the app tests import it from here)
 
 from interp.cli import main
 
@@ -52,39 +49,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def local_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """A FakeHub on 127.0.0.1 as $HF_ENDPOINT; huggingface_hub may reach nothing else and has no login token."""
-    srv = hub_serving(TOKEN)
-    elsewhere = []
-
-    def local_only(request):
-        if request.url.host != "127.0.0.1":
-            elsewhere.append(str(request.url))
-            raise RuntimeError(f"a test tried to reach {request.url.host}")
-
-    def factory():
-        client = _http.default_client_factory()
-        client.event_hooks = {**client.event_hooks, "request": [*client.event_hooks["request"], local_only]}
-        return client
-
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the fake Hub speaks plain LFS
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-    monkeypatch.setenv("HF_ENDPOINT", srv.url)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-login" / "token"))
-    set_client_factory(factory)
-    try:
-        yield srv
-    finally:
-        set_client_factory(_http.default_client_factory)
-        srv.shutdown()
-        srv.server_close()
-    assert elsewhere == []
 
 
 def everything_written(*roots: Path) -> bytes:

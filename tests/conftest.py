@@ -45,3 +45,12 @@ def server():
     yield srv
     srv.shutdown()
     srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def one_cpu_thread():
+    """Tiny tensors on a busy 2-core CPU: thread hand-offs would cost more than the maths."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

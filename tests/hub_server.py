@@ -10,14 +10,18 @@ Every request is recorded (method, path, headers, body) so tests can check where
 """
 
 import base64
+import contextlib
 import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
+from huggingface_hub import constants, set_client_factory
+from huggingface_hub.utils import _http
 
 LFS_SUFFIXES = (".parquet", ".safetensors", ".bin")
 """Files the Hub stores through LFS whatever their size (its default .gitattributes rules)."""
@@ -318,3 +322,40 @@ class _Handler(BaseHTTPRequestHandler):
         if path in commit.lfs:
             headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(data))})
         return self._send(200, headers=headers, raw=data)
+
+
+@contextlib.contextmanager
+def local_hub(monkeypatch, tmp_path: Path, token: str):
+    """A FakeHub on 127.0.0.1 as $HF_ENDPOINT accepting ``token``; huggingface_hub may reach nothing else and has no login.
+
+    It uses plain LFS (Xet's CAS is not reproduced) and telemetry is off: with it on,
+    huggingface_hub asks huggingface.co for its agent registry.
+    """
+    srv = serving(token)
+    elsewhere = []
+
+    def local_only(request):
+        if request.url.host != "127.0.0.1":
+            elsewhere.append(str(request.url))
+            raise RuntimeError(f"a test tried to reach {request.url.host}")
+
+    def factory():
+        client = _http.default_client_factory()
+        client.event_hooks = {**client.event_hooks, "request": [*client.event_hooks["request"], local_only]}
+        return client
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the fake Hub speaks plain LFS
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.setenv("HF_ENDPOINT", srv.url)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-login" / "token"))
+    set_client_factory(factory)
+    try:
+        yield srv
+    finally:
+        set_client_factory(_http.default_client_factory)
+        srv.shutdown()
+        srv.server_close()
+    assert elsewhere == []

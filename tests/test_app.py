@@ -323,7 +323,7 @@ def test_publish_previews_and_pushes_with_a_typed_token_that_goes_nowhere_else(t
     assert [row[1] for row in table.rows] == sorted(r["latent"] for r in run.explanations()) and "auroc" in table.rows[0][7]
     assert card.startswith("---") and "embedding" in card
     caplog.set_level(logging.DEBUG)
-    with local_hub(monkeypatch, tmp_path) as hub:
+    with local_hub(monkeypatch, tmp_path, TOKEN) as hub:
         with pytest.raises(InterpError, match="Type a Hugging Face write token"):
             publishing.push(run, "me/set", "", env_token=False)
         with pytest.raises(InterpError, match="owner/name"):

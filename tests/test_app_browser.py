@@ -46,7 +46,7 @@ def app(workspace, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         mp.setenv("GRADIO_TEMP_DIR", str(root / ".gradio"))
-        with local_hub(mp, root.parent) as hub:
+        with local_hub(mp, root.parent, TOKEN) as hub:
             page = launch(AppConfig(workspace=str(root), run_dir=RUN, port=free_port(), env_token=False), block=False)
             try:
                 yield page.local_url, root, llm, hub

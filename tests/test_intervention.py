@@ -10,7 +10,6 @@ import re
 from collections import Counter
 
 import pytest
-import torch
 
 from interp.cli import main
 from interp.errors import InterpError
@@ -26,12 +25,7 @@ PROMPTS = 4
 TRUE, RANDOM = "cats", "legal contracts and court cases"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def record(coder_name: str, latent: int) -> LatentRecord:

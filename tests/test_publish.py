@@ -14,11 +14,10 @@ import sys
 import datasets
 import pytest
 import torch
-from huggingface_hub import DatasetCard, HfApi, constants, set_client_factory
+from huggingface_hub import DatasetCard, HfApi
 from huggingface_hub.errors import HfHubHTTPError
-from huggingface_hub.utils import _http
 
-from hub_server import serving
+from hub_server import local_hub
 
 from interp.cli import main
 from interp.jsonl import read_jsonl
@@ -52,36 +51,9 @@ def folder(run_dir, tmp_path_factory):
 
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
-    """A FakeHub, with huggingface_hub confined to 127.0.0.1 and using plain LFS (Xet's CAS is not reproduced).
-
-    Telemetry is off: with it on, huggingface_hub asks huggingface.co for its agent registry.
-    """
-    srv = serving(TOKEN)
-    elsewhere = []
-
-    def local_only(request):
-        if request.url.host != "127.0.0.1":
-            elsewhere.append(str(request.url))
-            raise RuntimeError(f"a test tried to reach {request.url.host}")
-
-    def factory():
-        client = _http.default_client_factory()
-        client.event_hooks = {**client.event_hooks, "request": [*client.event_hooks["request"], local_only]}
-        return client
-
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-    monkeypatch.setenv("HF_ENDPOINT", srv.url)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-login" / "token"))  # a real login is never sent here
-    set_client_factory(factory)
-    yield srv
-    set_client_factory(_http.default_client_factory)
-    srv.shutdown()
-    srv.server_close()
-    assert elsewhere == []
+    """The local fake Hub, with huggingface_hub confined to it."""
+    with local_hub(monkeypatch, tmp_path, TOKEN) as srv:
+        yield srv
 
 
 @pytest.mark.slow

@@ -38,13 +38,7 @@ TEXT = "The quick brown fox jumps over the lazy dog, and sparse autoencoders fin
 D_MODEL, D_MLP, N_LATENTS = 32, 64, 128
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    """Tiny tensors on a busy 2-core CPU: thread hand-offs would cost more than the maths."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 # --------------------------------------------------------------------------- coders at known sites
