@@ -23,11 +23,10 @@ from ..llm.base import GenerationParams, LLMClient, Prompt
 from ..prompts import render
 from ..records import Example, LatentRecord
 from .base import Scorer, ScoredExample, labelled_examples
-from .classify import MODES
+from .classify import LIST, MODES
 from .metrics import auroc, correlation
 
 SCALE = [str(d) for d in range(10)]
-LIST = re.compile(r"\[([^\[\]]*)\]")
 
 
 def parse_activations(reply: str, n: int) -> list[float] | None:
