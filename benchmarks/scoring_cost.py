@@ -5,6 +5,8 @@ the true explanation is known) and the same held-out examples are scored by the 
 SmolLM2 through the local batched client:
 
 * ours, ``logprob``: one prompt per text, log P("1") - log P("0") read from one forward pass;
+  the prompts of one latent share the system prompt and the explanation, which run once per
+  chunk of texts (a shared key/value cache, as a server's prefix cache would);
 * ours, ``generative``: 5 texts per prompt, a list of 0/1 decoded and parsed;
 * the peer (eai-delphi 0.1.3): its detection prompt builder (system prompt with three few-shot
   conversations, 5 examples per prompt), loaded from its installed source file and driven
@@ -51,8 +53,10 @@ class CountingClient:
         return replies
 
     def answer_logprobs(self, prompts, answers):
-        self.prompt_tokens += sum(len(self.client.render(p)) for p in prompts)
-        return self.client.answer_logprobs(prompts, answers)
+        before = self.client.forward_tokens
+        out = self.client.answer_logprobs(prompts, answers)
+        self.prompt_tokens += self.client.forward_tokens - before  # a shared prefix counts once
+        return out
 
 
 def peer_detection_prompt():

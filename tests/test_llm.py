@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from interp.llm.local import prefix_chunks
 from interp.llm import (
     CachedClient,
     Completion,
@@ -256,3 +257,37 @@ def test_prompts_without_a_chat_template_are_rendered_as_role_lines(tiny_lm):
     assert tokenizer.decode(local.render(prompt)) == "system: Be brief.\nuser: Hi\nassistant:"
     [reply] = local.generate([prompt], GenerationParams(max_tokens=3))
     assert reply.error is None and reply.completion_tokens <= 3
+
+
+def test_shared_prefixes_run_once_and_change_no_log_prob(tiny_lm):
+    local = TransformersClient(lm=tiny_lm, batch_size=4)
+    system = {"role": "system", "content": "You judge texts against an explanation of a feature. " * 3}
+    prompts = [
+        (system, {"role": "user", "content": f"Explanation: {e}\nText: {t}"})
+        for e in ("the word cat", "numbers in code")
+        for t in ("a cat sat", "x = 1 + 2 # sum", "the quick brown fox jumps over the lazy dog", "no")
+    ] + [user("short and alone")]
+    got = local.answer_logprobs(prompts, ["1", "0", "Yes"])
+    rendered = [local.render(p) for p in prompts]
+    assert local.forward_tokens < sum(map(len, rendered)) * 0.6  # the system prompt ran once per chunk
+    for ids, scores in zip(rendered, got):
+        with torch.inference_mode():
+            logprobs = tiny_lm.model(torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
+        for answer, value in scores.items():
+            assert math.isclose(value, max(logprobs[t].item() for t in local._first_tokens(answer)), abs_tol=1e-4)
+
+
+def test_prefix_chunks_share_the_longest_prefix_their_rows_have():
+    system = list(range(100, 140))
+    rows = [system + [1, 2, 3] + [50 + t] * (1 + t % 3) for t in range(7)]  # one explanation's texts
+    rows += [system + [9, 8] + [60 + t] for t in range(5)]  # another's
+    rows += [[7, 7, 7], [100, 101, 5]]  # share (almost) nothing with the rest
+    chunks = prefix_chunks(rows, size=4)
+    assert sorted(i for members, _ in chunks for i in members) == list(range(len(rows)))
+    for members, common in chunks:
+        assert len(members) <= 4
+        assert all(rows[i][:common] == rows[members[0]][:common] for i in members)
+        if len(members) > 1:  # the longest shared prefix, and never a prefix of only a few tokens
+            assert len({tuple(rows[i][common : common + 1]) for i in members}) > 1 and common >= 40
+    assert ([12], 3) in chunks and ([13], 3) in chunks
+    assert [len(m) for m, _ in prefix_chunks(rows[:7], size=16)] == [7]

@@ -5,6 +5,8 @@ of similar length (little padding); padding goes on the left so every row's last
 its real last token, which is where generation continues and log-probs are read.
 """
 
+import copy
+import functools
 import inspect
 import math
 from collections.abc import Iterator
@@ -15,6 +17,37 @@ from ..config import ModelConfig
 from ..models import LoadedModel, load_model
 from .base import Completion, GenerationParams, Prompt
 from .errors import LLMError
+
+MIN_SHARED_PREFIX = 16
+"""Fewest common prefix tokens worth a shared key/value cache (below it a chunk runs whole)."""
+
+
+def _common(a: list[int], b: list[int], limit: int) -> int:
+    """Length of the common prefix of ``a`` and ``b``, at most ``limit``."""
+    n = 0
+    while n < min(len(a), len(b), limit) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def prefix_chunks(rows: list[list[int]], size: int) -> list[tuple[list[int], int]]:
+    """Indices into ``rows`` in chunks of at most ``size``, each with the prefix length its rows share.
+
+    Rows are sorted, so rows with a common prefix are adjacent; a chunk ends where the next row
+    would cut its shared prefix below ``MIN_SHARED_PREFIX`` or to less than half (a new
+    explanation, say), so one chunk does not mix prompts that share little.
+    """
+    chunks: list[tuple[list[int], int]] = []
+    for i in sorted(range(len(rows)), key=lambda i: rows[i]):
+        if chunks and len(chunks[-1][0]) < size:
+            members, shared = chunks[-1]
+            common = _common(rows[members[0]], rows[i], shared)
+            floor = MIN_SHARED_PREFIX if len(members) == 1 else max(MIN_SHARED_PREFIX, shared // 2)
+            if common >= floor:
+                chunks[-1] = (members + [i], common)
+                continue
+        chunks.append(([i], len(rows[i])))
+    return chunks
 
 
 class TransformersClient:
@@ -33,6 +66,8 @@ class TransformersClient:
         self.lm = lm if lm is not None else load_model(model_cfg or ModelConfig())
         self.model = self.lm.name
         self.batch_size = batch_size
+        self.forward_tokens = 0
+        """Teacher-forced tokens run through the model by the log-prob calls (shared prefixes once, no padding): their cost."""
 
     def __repr__(self) -> str:
         return f"TransformersClient(model={self.model!r}, batch_size={self.batch_size})"
@@ -67,7 +102,7 @@ class TransformersClient:
         )
         out: list[Completion | None] = [None] * len(prompts)
         for chunk in self._chunks(ids):
-            input_ids, mask, _ = self._left_pad([ids[i] for i in chunk])
+            input_ids, mask = self._left_pad([ids[i] for i in chunk])
             with torch.random.fork_rng(devices=self._cuda_devices()):
                 torch.manual_seed(params.seed)
                 generated = self.lm.model.generate(
@@ -91,18 +126,8 @@ class TransformersClient:
         kept (the max, not their logsumexp, so the top answer is the one greedy decoding would
         start with). Answers sharing a first token get the same value; empty answers get ``-inf``.
         """
-        candidates = {a: self._first_tokens(a) for a in answers}
-        ids = [self.render(p) for p in prompts]
-        out: list[dict[str, float] | None] = [None] * len(prompts)
-        for chunk in self._chunks(ids):
-            input_ids, mask, positions = self._left_pad([ids[i] for i in chunk])
-            logprobs = self._logits_at(input_ids, mask, positions, [input_ids.shape[1] - 1])[:, 0].log_softmax(-1)
-            for row, i in enumerate(chunk):
-                out[i] = {
-                    a: max((logprobs[row, t].item() for t in tokens), default=-math.inf)
-                    for a, tokens in candidates.items()
-                }
-        return out  # type: ignore[return-value]
+        rows = [self.render(p) for p in prompts]
+        return [slots[0] for slots in self._read(rows, [[len(r) - 1] for r in rows], answers, self.batch_size)]
 
     @torch.inference_mode()
     def reply_logprobs(
@@ -116,7 +141,6 @@ class TransformersClient:
         activations, read "all at once" as in OpenAI's method). Segments are tokenized one by
         one, so a segment boundary is always a token boundary.
         """
-        candidates = {a: self._first_tokens(a) for a in answers}
         rows, slots = [], []
         for prompt, segments in zip(prompts, replies):
             ids, ends = self.render(prompt), []
@@ -125,39 +149,77 @@ class TransformersClient:
                 ends.append(len(ids) - 1)
             rows.append(ids)
             slots.append(ends)
-        out: list[list[dict[str, float]] | None] = [None] * len(prompts)
         # Logits only at the slots: [rows, slots, vocab] stays small where [rows, tokens, vocab] would not.
-        for chunk in self._chunks(rows, max(1, self.batch_size // 4)):
-            input_ids, mask, positions = self._left_pad([rows[i] for i in chunk])
-            width = input_ids.shape[1]
-            keep = sorted({width - len(rows[i]) + e for i in chunk for e in slots[i]})
+        return self._read(rows, slots, answers, max(1, self.batch_size // 4))
+
+    def _read(
+        self, rows: list[list[int]], slots: list[list[int]], answers: list[str], size: int
+    ) -> list[list[dict[str, float]]]:
+        """For each row and each of its slot positions, the answers' log-probs as the next token.
+
+        Rows sharing a prefix go in one chunk (``prefix_chunks``); a chunk's common prefix (up
+        to its first slot) runs through the model once and its key/value cache is shared by
+        every row, the way a server's prefix cache does. Scorers' prompts repeat the
+        system prompt and the explanation for every text, so this is most of their tokens.
+        """
+        candidates = {a: self._first_tokens(a) for a in answers}
+        out: list[list[dict[str, float]] | None] = [None] * len(rows)
+        shared: tuple[tuple[int, ...], object] | None = None
+        for i, row_slots in enumerate(slots):
+            if not row_slots:
+                out[i] = []
+        todo = [i for i in range(len(rows)) if out[i] is None]
+        for members, common in prefix_chunks([rows[i] for i in todo], size):
+            chunk = [todo[k] for k in members]
+            cut = min(common, *(min(slots[i]) for i in chunk))
+            if cut < MIN_SHARED_PREFIX:
+                cut, past = 0, None
+            else:
+                prefix = tuple(rows[chunk[0]][:cut])
+                if shared is None or shared[0] != prefix:
+                    shared = (prefix, self._prefix_cache(prefix))
+                past = copy.deepcopy(shared[1])
+                past.batch_repeat_interleave(len(chunk))
+            keep = sorted({e - cut for i in chunk for e in slots[i]})
             column = {p: k for k, p in enumerate(keep)}
-            logprobs = self._logits_at(input_ids, mask, positions, keep).log_softmax(-1)
+            logprobs = self._suffix_logits([rows[i][cut:] for i in chunk], cut, past, keep).log_softmax(-1)
             for row, i in enumerate(chunk):
-                shift = width - len(rows[i])
                 out[i] = [
                     {
-                        a: max((logprobs[row, column[shift + e], t].item() for t in tokens), default=-math.inf)
+                        a: max((logprobs[row, column[e - cut], t].item() for t in tokens), default=-math.inf)
                         for a, tokens in candidates.items()
                     }
                     for e in slots[i]
                 ]
         return out  # type: ignore[return-value]
 
-    def _logits_at(self, input_ids, mask, positions, keep: list[int]) -> torch.Tensor:
-        """Float32 logits ``[rows, len(keep), vocab]`` at positions ``keep``, on the CPU.
+    def _prefix_cache(self, prefix: tuple[int, ...]):
+        """The key/value cache of ``prefix`` (batch of one)."""
+        self.forward_tokens += len(prefix)
+        ids = torch.tensor([prefix], device=self.lm.device)
+        kept, _ = self._keep([len(prefix) - 1])
+        out = self.lm.model(input_ids=ids, use_cache=True, **kept)
+        return out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
 
-        Where the model's forward takes ``logits_to_keep``, only those positions go through the
-        unembedding.
+    def _suffix_logits(self, suffixes: list[list[int]], offset: int, past, keep: list[int]) -> torch.Tensor:
+        """Float32 logits ``[rows, len(keep), vocab]`` at suffix positions ``keep``, on the CPU.
+
+        Suffixes are padded on the right (no generation follows, and a causal model's real
+        tokens never attend to later padding) and continue ``past``, the cache of ``offset``
+        shared tokens. Where the model's forward takes ``logits_to_keep``, only the kept
+        positions go through the unembedding.
         """
-        forward = self.lm.model.forward
-        if "logits_to_keep" in inspect.signature(forward).parameters:
-            kept = {"logits_to_keep": torch.tensor(keep, device=input_ids.device)}
-            index = slice(None)
-        else:
-            kept, index = {}, keep
+        self.forward_tokens += sum(len(s) for s in suffixes)
+        width = max(len(s) for s in suffixes)
+        device = self.lm.device
+        input_ids = torch.tensor([s + [self._pad_id()] * (width - len(s)) for s in suffixes], device=device)
+        mask = torch.tensor([[1] * (offset + len(s)) + [0] * (width - len(s)) for s in suffixes], device=device)
+        positions = torch.arange(offset, offset + width, device=device).expand(len(suffixes), -1)
+        kept, index = self._keep(keep)
+        if past is not None:  # transformers 5 renamed `past_key_values` to `cache`
+            kept["cache" if "cache" in self._forward_args else "past_key_values"] = past
         logits = self.lm.model(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False, **kept
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=past is not None, **kept
         ).logits
         return logits[:, index].float().cpu()
 
@@ -172,21 +234,29 @@ class TransformersClient:
                     break
         return firsts
 
-    def _chunks(self, ids: list[list[int]], size: int | None = None) -> Iterator[list[int]]:
-        """Indices into ``ids``, longest prompts first, ``size`` (default ``batch_size``) at a time."""
-        size = size or self.batch_size
+    def _chunks(self, ids: list[list[int]]) -> Iterator[list[int]]:
+        """Indices into ``ids``, longest prompts first, ``batch_size`` at a time."""
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        for start in range(0, len(order), size):
-            yield order[start : start + size]
+        for start in range(0, len(order), self.batch_size):
+            yield order[start : start + self.batch_size]
 
-    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Input ids, attention mask and position ids (0 at each row's first real token)."""
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input ids and attention mask, padded on the left so every row ends at the last position."""
         width = max(len(r) for r in rows)
         input_ids = torch.tensor([[self._pad_id()] * (width - len(r)) + r for r in rows])
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        device = self.lm.device
-        return input_ids.to(device), mask.to(device), positions.to(device)
+        return input_ids.to(self.lm.device), mask.to(self.lm.device)
+
+    @functools.cached_property
+    def _forward_args(self) -> set[str]:
+        """Names the model's forward takes (they differ across models and transformers versions)."""
+        return set(inspect.signature(self.lm.model.forward).parameters)
+
+    def _keep(self, positions: list[int]) -> tuple[dict, list[int] | slice]:
+        """Forward kwargs that unembed only ``positions``, and the index that picks them from the logits."""
+        if "logits_to_keep" in self._forward_args:
+            return {"logits_to_keep": torch.tensor(positions, device=self.lm.device)}, slice(None)
+        return {}, positions
 
     def _completion(self, new_tokens: list[int], prompt_tokens: int, stop: set[int]) -> Completion:
         """The reply up to its first end-of-sequence token (counted, not shown)."""
