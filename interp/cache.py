@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -252,11 +252,36 @@ def build_cache(
         tqdm.write(f"cached {total:,} tokens in {elapsed:.1f} s ({total / elapsed:,.0f} tok/s)")
 
 
-def iter_shards(coder_dir: Path) -> Iterator[tuple[ShardMeta, Triples]]:
-    """Every shard of one coder's cache, in order, each verified before it is returned."""
-    index = 0
-    while _meta_file(coder_dir, index).is_file() or shard_file(coder_dir, index).is_file():
-        yield read_shard(coder_dir, index)
+def cached_windows(cache_dir: Path) -> int:
+    """How many token windows the cache in ``cache_dir`` holds, read from the header of its tokens file."""
+    path = Path(cache_dir) / TOKENS_FILE
+    try:
+        with safe_open(path, "pt") as f:
+            return f.get_slice("tokens").get_shape()[0]
+    except (OSError, SafetensorError) as e:
+        raise CacheCorruptError(f"{path} cannot be read ({e}); {RESUME}.") from e
+
+
+def iter_shards(coder_dir: Path, num_windows: int | None = None) -> Iterator[tuple[ShardMeta, Triples]]:
+    """The shards of one coder's cache that cover its ``num_windows`` windows, in order, each verified first.
+
+    ``num_windows`` defaults to the windows of the cache around ``coder_dir``. Shard files past
+    the last window (left by a run with more windows, or copied in) are not part of this cache:
+    they are never read, so they can neither break nor pollute it, and are left where they are.
+    """
+    coder_dir = Path(coder_dir)
+    if num_windows is None:
+        num_windows = cached_windows(coder_dir.parent)
+    index = covered = 0
+    while covered < num_windows:
+        meta, triples = read_shard(coder_dir, index)
+        if meta.first_window != covered or meta.num_windows < 1:
+            raise CacheCorruptError(
+                f"Shard sidecar {_meta_file(coder_dir, index)} says it starts at window {meta.first_window} with "
+                f"{meta.num_windows} windows, but shard {index} must start at window {covered}; delete it to recompute the shard."
+            )
+        yield meta, triples
+        covered += meta.num_windows
         index += 1
 
 

@@ -14,7 +14,7 @@ from .errors import InterpError
 
 
 def _run_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=help)
+    p = sub.add_parser(name, help=help, description=help, conflict_handler="resolve")  # a command may redefine a flag
     p.add_argument("--run-dir", type=Path, default=Path("runs/demo"), help="Run directory (default: runs/demo)")
     p.add_argument("--overwrite", action="store_true", help="Delete the run directory and start again")
     p.add_argument("--quiet", action="store_true", help="No progress bars")
@@ -54,7 +54,7 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
         for r in ok[:5]:
             print(f"  {r['coder']} #{r['latent']}: {r.get('explanation')}")
     for coder, scorers in summary.get("scores", {}).items():
-        print(f"scores for {coder} (mean over latents; random explanation in brackets):")
+        print(f"scores for {coder} of the {summary['explainer']} explanations (mean over latents; random explanation in brackets):")
         for scorer, e in scorers.items():
             mean, base = e["explanation"]["mean"], e["baseline"]["mean"]
             print(f"  {scorer:<20} {e['metric']:<18} {_fmt(mean)}  [{_fmt(base)}]  n={e['explanation']['n']}")
@@ -232,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_parser(sub, "cache", "Cache sparse latent activations over a corpus (resumable).")
     _run_parser(sub, "explain", "Explain latents of a cached run with an LLM (resumable).")
     _run_parser(sub, "score", "Score a run's explanations against held-out examples and a random baseline (resumable).")
-    _run_parser(sub, "summary", "Print the summary of a run's scores (and rewrite its plots).")
+    summary = _run_parser(sub, "summary", "Print the summary of one explainer's scores of a run (and rewrite its plots).")
+    summary.add_argument("--explainer", default=None, help="Whose explanations' scores to summarise (default: the run's own explainer, from its config.json)")
     _run_parser(sub, "validate", "Check the scorers on planted latents of known meaning: true explanation vs a random one.")
     _compare_parser(sub)
     _publish_parser(sub)
@@ -267,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         elif ns.command == "score":
             summary = pipeline.run_score(cfg, ns.run_dir, progress=not ns.quiet)
         elif ns.command == "summary":
-            summary = pipeline.summarize_run(ns.run_dir)
+            summary = pipeline.summarize_run(ns.run_dir, ns.explainer)
         elif ns.command == "validate":
             from .validate import format_validation, run_validation
 

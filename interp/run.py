@@ -32,7 +32,7 @@ from .coders.sparsify_coder import load_sparsify
 from .config import CACHE_SECTIONS, RunConfig, check_config, read_config_file
 from .corpus import corpus_windows
 from .errors import InterpError, RunConfigMismatchError
-from .explain import EXPLANATION_KEY, TokenText, explain_batch
+from .explain import EXPLAINERS, EXPLANATION_KEY, TokenText, explain_batch
 from .hooks import site_widths
 from .jsonl import append_jsonl, latest_rows, read_jsonl
 from .llm import GenerationParams, LLMClient, make_client
@@ -46,7 +46,9 @@ from .scoring.intervention import InterventionScorer
 from .scoring.intruder import IntruderScorer
 from .scoring.simulation import SimulationScorer
 from .scoring.surprisal import SurprisalScorer
-from .scoring.results import firing_frequencies, load_scores, plot_diagnostics, plot_scores, summarize_scores
+from .scoring.results import (
+    explainer_rows, firing_frequencies, load_scores, plot_diagnostics, plot_scores, scored_explainers, summarize_scores,
+)
 from .compare.plots import plot_coder_scores
 
 log = logging.getLogger(__name__)
@@ -210,6 +212,8 @@ def select_latents(spec: str, count: torch.Tensor, *, min_count: int, seed: int)
             return sorted(random.Random(seed).sample(alive, k))
         if "-" in spec:
             a, b = (int(x) for x in spec.split("-", 1))
+            if a <= b and not 0 <= a <= b < n:  # checked before it is listed: A-B may name billions
+                raise InterpError(f"Latents {a}-{b} do not all exist: this coder has {n} latents (0-{n - 1}).")
             chosen = list(range(a, b + 1))
         else:
             chosen = [int(x) for x in spec.split(",") if x.strip()]
@@ -384,7 +388,7 @@ def run_score(cfg: RunConfig, run_dir: Path, *, client: LLMClient | None = None,
                 append_jsonl(out_path, [r for r in new if previous.get(tuple(r[k] for k in SCORE_KEY)) != r])
                 bar.update(sum(not b for _, b, _ in chunk))
     bar.close()
-    return summarize_run(run_dir)
+    return summarize_run(run_dir, explainer)
 
 
 def _has_failures(row: dict) -> bool:
@@ -393,17 +397,35 @@ def _has_failures(row: dict) -> bool:
     return isinstance(metrics, dict) and bool(metrics.get("failed"))
 
 
-def summarize_run(run_dir: Path) -> dict:
-    """The score summary of ``run_dir`` (plots rewritten), without loading any model."""
-    rows = load_scores(run_dir)
-    summary = summarize_scores(rows)
-    if not summary:
-        raise InterpError(f"No scores in {run_dir}: run `interp score --run-dir {run_dir}` first.")
+def plots_dir(run_dir: Path, explainer: str) -> Path:
+    """Where the plots of ``explainer``'s scores go: ``plots/`` for the run's own explainer, ``plots/<explainer>/`` for
+    another, so that summarising one explainer never overwrites (or leaves stale among its own) another's plots."""
+    if explainer not in EXPLAINERS:  # the name becomes a folder: only a known one may
+        raise InterpError(f"Unknown explainer {explainer!r}: use one of {', '.join(EXPLAINERS)}.")
     plots = Path(run_dir) / "plots"
+    return plots if explainer == load_run_config(run_dir).explain.explainer else plots / explainer
+
+
+def summarize_run(run_dir: Path, explainer: str | None = None) -> dict:
+    """The score summary of one explainer of ``run_dir`` (its plots rewritten), without loading any model.
+
+    ``explainer`` defaults to the run's own (its config.json's); the summary names it. Explainers
+    are never pooled: their explanations differ, and so do their scores.
+    """
+    explainer = explainer or load_run_config(run_dir).explain.explainer
+    rows = load_scores(run_dir)
+    mine = explainer_rows(rows, explainer)
+    summary = summarize_scores(mine)
+    if not summary:
+        if rows:
+            raise InterpError(f"No scores of the {explainer!r} explainer in {run_dir}; it has scores of "
+                              f"{', '.join(scored_explainers(rows))}: pick one with --explainer.")
+        raise InterpError(f"No scores in {run_dir}: run `interp score --run-dir {run_dir}` first.")
+    plots = plots_dir(run_dir, explainer)
     plot_scores(summary, plots)
-    plot_diagnostics(rows, firing_frequencies(run_dir, set(summary)), plots)
+    plot_diagnostics(mine, firing_frequencies(run_dir, set(summary)), plots)
     plot_coder_scores(summary, plots)
-    return {"scores": summary}
+    return {"scores": summary, "explainer": explainer}
 
 
 def run(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, progress: bool = True) -> dict:

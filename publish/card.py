@@ -14,7 +14,7 @@ from datasets.info import DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCardData
 
-from interp.scoring.results import summarize_scores
+from interp.scoring.results import explainer_rows, scored_explainers, summarize_scores
 
 from .dataset import EMBEDDED_ID, FEATURES, SCHEMA_VERSION, SPLIT, RunData, data_file, model_id, rows_per_config
 
@@ -150,8 +150,8 @@ def _scores(run: RunData) -> str:
         "| config | explainer | scorer | metric | explanation | random explanation | margin | latents |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for explainer in sorted({r["explainer"] for r in run.scores}):
-        summary = summarize_scores([r for r in run.scores if r["explainer"] == explainer])
+    for explainer in scored_explainers(run.scores):
+        summary = summarize_scores(explainer_rows(run.scores, explainer))
         for coder, scorers in summary.items():
             for scorer, e in scorers.items():
                 lines.append(

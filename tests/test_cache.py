@@ -15,6 +15,7 @@ from interp.coders.sparsify_coder import SparsifyCoder
 from interp.config import CacheConfig
 from interp.errors import CacheCorruptError, RunConfigMismatchError
 from interp.hooks import Site, capture_tokens
+from interp.records import CacheView
 
 CTX = 16
 CFG = CacheConfig(batch_size=4, shard_windows=8)
@@ -181,3 +182,22 @@ def test_processes_split_shards_and_together_cover_all(tiny_lm, windows, tmp_pat
         if rank == 1:
             assert sorted(p.name for p in (tmp_path / "two" / "sae").glob("shard-*.json")) == ["shard-00001.json"]
     assert files(tmp_path / "two") == files(tmp_path / "one")
+
+
+def test_shard_files_past_the_last_index_are_ignored_and_left_alone(tiny_lm, windows, tmp_path):
+    sae = random_sae(32, "model.layers.1")
+    build_cache(tiny_lm, {"sae": sae}, windows, tmp_path, CFG, progress=False)  # 20 windows: shards 0, 1, 2
+    finalize_stats(tmp_path / "sae", sae.num_latents, len(windows), CFG.shard_windows)
+    coder_dir, every = tmp_path / "sae", torch.arange(sae.num_latents)
+    want, want_triples = cached(tmp_path, "sae"), CacheView.open(tmp_path, "sae").triples(every)
+
+    stray = coder_dir / "shard-00003.json"  # left by a run with more windows
+    stray.write_bytes((coder_dir / "shard-00002.json").read_bytes())
+    assert cached(tmp_path, "sae") == want
+    build_cache(tiny_lm, {"sae": sae}, windows, tmp_path, CFG, progress=False)  # resuming neither fails nor deletes it
+    finalize_stats(coder_dir, sae.num_latents, len(windows), CFG.shard_windows)
+    assert cached(tmp_path, "sae") == want and stray.read_bytes() == (coder_dir / "shard-00002.json").read_bytes()
+
+    shard_file(coder_dir, 3).write_bytes(shard_file(coder_dir, 2).read_bytes())  # now a whole, valid shard 3
+    got = CacheView.open(tmp_path, "sae").triples(every)
+    assert all(torch.equal(a, b) for a, b in zip(got, want_triples))  # its triples are not read twice

@@ -2,11 +2,19 @@
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
+from interp.atomic import write_json_atomic
+from interp.cli import main
+from interp.config import ExplainConfig, RunConfig
+from interp.errors import InterpError
+from interp.jsonl import append_jsonl
+from interp.run import plots_dir, summarize_run
+from interp.scoring.base import ScoreResult
 from interp.scoring.results import (
-    firing_frequencies, main_metric, plot_diagnostics, score_table, scorer_agreement, summarize_scores,
+    firing_frequencies, load_scores, main_metric, plot_diagnostics, score_table, scorer_agreement, summarize_scores,
 )
 
 
@@ -55,3 +63,40 @@ def test_frequencies_come_from_the_cache_stats_and_plots_are_written(tmp_path):
     paths = plot_diagnostics(ROWS, freq, tmp_path / "plots")
     assert [p.name for p in paths] == ["frequency_sae.png", "agreement_sae.png"]
     assert all(p.stat().st_size > 5000 for p in paths)
+
+
+def test_a_run_scored_by_two_explainers_is_summarised_one_explainer_at_a_time(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_json_atomic(run_dir / "config.json", RunConfig(explain=ExplainConfig(explainer="tokens")).to_dict())
+    auroc = {("tokens", False): [0.9, 0.7], ("tokens", True): [0.5, 0.5], ("default", False): [0.3, 0.1], ("default", True): [0.4, 0.6]}
+    append_jsonl(run_dir / "scores.jsonl", [
+        ScoreResult("embedding", "sae", latent, explainer, baseline, f"{explainer} #{latent}", {"auroc": v}, []).to_dict()
+        for (explainer, baseline), values in auroc.items() for latent, v in enumerate(values)
+    ])
+    (run_dir / "cache" / "sae").mkdir(parents=True)
+    save_file({"count": torch.tensor([10, 5]), "max": torch.ones(2), "sum": torch.ones(2).double()}, str(run_dir / "cache" / "sae" / "stats.safetensors"))
+    (run_dir / "cache" / "sae" / "stats.json").write_text(json.dumps({"num_tokens": 100}))
+
+    own, other = summarize_run(run_dir), summarize_run(run_dir, "default")
+    assert own["explainer"] == "tokens" and other["explainer"] == "default"  # the run's own explainer by default
+    mine, theirs = own["scores"]["sae"]["embedding"], other["scores"]["sae"]["embedding"]
+    assert mine["explanation"]["values"] == [0.9, 0.7] and mine["baseline"]["values"] == [0.5, 0.5]
+    assert theirs["explanation"]["values"] == [0.3, 0.1] and theirs["baseline"]["values"] == [0.4, 0.6]
+    assert abs(mine["margin"] - 0.3) < 1e-12 and abs(theirs["margin"] + 0.3) < 1e-12  # pooled, both would read 0
+    assert (run_dir / "plots" / "scores_sae_embedding.png").is_file()  # the run's own explainer's plots
+    assert (run_dir / "plots" / "default" / "scores_sae_embedding.png").is_file()  # another's beside them, not over them
+    with pytest.raises(ValueError, match="several explainers"):
+        summarize_scores(load_scores(run_dir))
+    with pytest.raises(InterpError, match=r"No scores of the 'logits' explainer .* it has scores of default, tokens"):
+        summarize_run(run_dir, "logits")
+    with pytest.raises(InterpError, match="Unknown explainer"):  # the name would become a folder under plots/
+        plots_dir(run_dir, "../../elsewhere")
+
+    assert main(["summary", "--run-dir", str(run_dir), "--explainer", "default"]) == 0
+    out = capsys.readouterr().out
+    assert "scores for sae of the default explanations" in out and "embedding auroc 0.200 [0.500] n=2" in " ".join(out.split())
+    assert main(["summary", "--run-dir", str(run_dir)]) == 0
+    assert "embedding auroc 0.800 [0.500] n=2" in " ".join(capsys.readouterr().out.split())
+    assert main(["summary", "--run-dir", str(run_dir), "--explainer", "logits"]) == 2
+    assert "default, tokens" in capsys.readouterr().err

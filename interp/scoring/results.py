@@ -33,8 +33,26 @@ def _describe(values: list[float]) -> dict:
     return {"n": len(values), "mean": statistics.fmean(values), "median": statistics.median(values), "values": values}
 
 
+def explainer_rows(rows: list[dict], explainer: str) -> list[dict]:
+    """The rows of one explainer: a summary is of one explainer's explanations, never of several pooled."""
+    return [r for r in rows if r.get("explainer") == explainer]
+
+
+def scored_explainers(rows: list[dict]) -> list[str]:
+    """The explainers ``rows`` hold, sorted."""
+    return sorted({r["explainer"] for r in rows})
+
+
+def _one_explainer(rows: list[dict]) -> None:
+    """Refuse rows of several explainers: pooled, they would describe no explanation anyone wrote."""
+    found = {r.get("explainer") for r in rows}
+    if len(found) > 1:
+        raise ValueError(f"Score rows of several explainers ({', '.join(sorted(map(str, found)))}): pick one with explainer_rows.")
+
+
 def summarize_scores(rows: list[dict]) -> dict:
-    """``{coder: {scorer: {"metric", "explanation": stats, "baseline": stats, "margin"}}}`` from score rows."""
+    """``{coder: {scorer: {"metric", "explanation": stats, "baseline": stats, "margin"}}}`` from one explainer's score rows."""
+    _one_explainer(rows)
     out: dict = {}
     for row in rows:
         metric = main_metric(row["scorer"])
@@ -117,7 +135,8 @@ def firing_frequencies(run_dir: Path, coders: set[str]) -> dict[tuple[str, int],
 
 
 def score_table(rows: list[dict]) -> dict[str, dict[str, dict[int, float]]]:
-    """``{coder: {scorer: {latent: main metric}}}`` of the true explanations (not the baseline)."""
+    """``{coder: {scorer: {latent: main metric}}}`` of one explainer's true explanations (not the baseline)."""
+    _one_explainer(rows)
     out: dict = {}
     for row in rows:
         value = _metric(row, main_metric(row["scorer"]))
