@@ -5,7 +5,9 @@ saved into the workspace as the subject model (with the embedded model's tokeniz
 MLP neurons as the coder, token-list explanations and embedding scores.
 """
 
+import shutil
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from conftest import tiny_llama
 from hub_server import local_hub  # noqa: F401 (the app tests import it from here)
 
+from interp.app import AppConfig, launch
 from interp.cli import main
 
 CODER = "model.layers.1.mlp.topk-neurons"
@@ -42,6 +45,24 @@ def make_workspace(root: Path, tokenizer) -> Path:
 def workspace(tmp_path_factory, smollm_tokenizer) -> Path:
     """The shared workspace with the small run at ``RUN``."""
     return make_workspace(tmp_path_factory.getbasetemp() / "app-workspace", smollm_tokenizer)
+
+
+def copy_workspace(workspace: Path, parent: Path) -> Path:
+    """A copy of the shared workspace at ``parent/ws``, for a test that writes to its run or plants files in it."""
+    return shutil.copytree(workspace, parent / "ws", ignore=shutil.ignore_patterns(".gradio"))
+
+
+@contextmanager
+def serve_app(root: Path, **settings):
+    """The app serving the workspace ``root`` on 127.0.0.1 (Gradio's own files inside it), closed afterwards."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        mp.setenv("GRADIO_TEMP_DIR", str(root / ".gradio"))
+        page = launch(AppConfig(workspace=str(root), run_dir=RUN, port=free_port(), **settings), block=False)
+        try:
+            yield page
+        finally:
+            page.close()
 
 
 def free_port() -> int:

@@ -18,10 +18,12 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from safetensors.torch import load_file
 
-from app_support import CODER, INJECTION, RUN, TOKEN, everything_written, free_port, local_hub, workspace  # noqa: F401
+from app_support import (  # noqa: F401 (workspace is a fixture)
+    CODER, INJECTION, RUN, TOKEN, copy_workspace, everything_written, free_port, local_hub, serve_app, workspace,
+)
 from openai_server import serving
 
-from interp.app import AppConfig, config_from_env, launch
+from interp.app import AppConfig, config_from_env
 from interp.app import explore, intervene, pipeline, publishing
 from interp.app.render import escape, examples_html, tokens_html
 from interp.app.session import OpenRun, Runs, build_default_run, run_is_complete
@@ -179,13 +181,8 @@ def test_test_my_text_finds_the_latents_the_cache_found_on_the_same_tokens(run, 
         explore.text_latents(run, CODER, "word " * 300)
 
 
-def _copy(workspace, tmp_path):
-    """A copy of the shared workspace, for a test that writes to its run."""
-    return shutil.copytree(workspace, tmp_path / "ws", ignore=shutil.ignore_patterns(".gradio"))
-
-
 def test_explain_one_latent_or_a_selection_with_a_server_and_find_it_in_the_run(tmp_path, workspace):
-    ws = _copy(workspace, tmp_path)
+    ws = copy_workspace(workspace, tmp_path)
     run = Runs(Workspace(ws)).get(RUN)
     srv = serving()
     srv.reply = lambda content: "Thinking.\n[EXPLANATION]: cats and dogs"
@@ -216,7 +213,7 @@ def test_explain_one_latent_or_a_selection_with_a_server_and_find_it_in_the_run(
 
 
 def test_a_model_named_in_the_page_never_runs_its_own_code(tmp_path, workspace):
-    ws = _copy(workspace, tmp_path)
+    ws = copy_workspace(workspace, tmp_path)
     evil = ws / "models" / "evil"
     shutil.copytree(ws / "models" / "tiny-llama", evil, ignore=shutil.ignore_patterns("*.safetensors", "config.json"))
     (evil / "config.json").write_text(json.dumps({"model_type": "evil-llama", "auto_map": {
@@ -257,7 +254,7 @@ def test_a_stage_started_from_the_page_touches_only_the_chosen_coder(tmp_path):
 
 
 def test_score_shows_every_examples_outcome_and_the_plots(tmp_path, workspace):
-    ws = _copy(workspace, tmp_path)
+    ws = copy_workspace(workspace, tmp_path)
     (ws / RUN / "scores.jsonl").unlink()  # score again, here
     run = Runs(Workspace(ws)).get(RUN)
     summary = pipeline.score(run, CODER, "tokens", ["embedding"], "logprob", "local", None, progress=False)
@@ -317,7 +314,7 @@ def test_the_default_run_is_built_only_when_it_is_not_complete(workspace, tmp_pa
 
 
 def test_publish_previews_and_pushes_with_a_typed_token_that_goes_nowhere_else(tmp_path, workspace, monkeypatch, caplog, capfd):
-    ws = _copy(workspace, tmp_path)
+    ws = copy_workspace(workspace, tmp_path)
     run = Runs(Workspace(ws)).get(RUN)
     table, card = publishing.preview_table(run)
     assert [row[1] for row in table.rows] == sorted(r["latent"] for r in run.explanations()) and "auroc" in table.rows[0][7]
@@ -348,14 +345,8 @@ def test_publish_previews_and_pushes_with_a_typed_token_that_goes_nowhere_else(t
 @pytest.fixture(scope="module")
 def served(workspace, tmp_path_factory):
     """The app serving a copy of the workspace on 127.0.0.1, and a gradio_client Client to it."""
-    root = _copy(workspace, tmp_path_factory.mktemp("served"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GRADIO_TEMP_DIR", str(root / ".gradio"))
-        page = launch(AppConfig(workspace=str(root), run_dir=RUN, port=free_port()), block=False)
-        try:
-            yield page, Client(page.local_url, verbose=False)
-        finally:
-            page.close()
+    with serve_app(copy_workspace(workspace, tmp_path_factory.mktemp("served"))) as page:
+        yield page, Client(page.local_url, verbose=False)
 
 
 def test_the_api_serves_every_panel(served, run):

@@ -13,12 +13,16 @@ from matplotlib.figure import Figure
 from ..errors import InterpError
 from ..hooks import capture_tokens
 from ..records import HISTOGRAM_BINS, LatentRecord
-from ..scoring.results import firing_frequencies, score_table, summarize_scores
-from .render import examples_html
+from ..scoring.results import explainer_rows, firing_frequencies, score_table, scored_explainers, summarize_scores
+from .render import examples_html, markdown_code, markdown_text
 from .session import OpenRun
 
 MAX_TEXT_TOKENS = 256
 """Longest text "test my text" reads: one forward pass, cheap enough to serve many users."""
+MAX_TEXT_CHARS = 16 * MAX_TEXT_TOKENS
+"""Longest text "test my text" tokenizes at all: a megabyte would hold the shared model's turn for seconds."""
+MAX_QUERY_CHARS = 500
+"""Longest search of the explanations: longer than any explanation, so a longer one could match nothing."""
 TEXT_LATENTS = 20
 SORTS = ("latent", "frequency")
 SCORE_SORT = "score: "
@@ -67,36 +71,40 @@ class TextLatents(NamedTuple):
 def describe(run: OpenRun) -> str:
     """Markdown overview of a run: model, corpus, coders, explanation counts, mean scores."""
     cfg = run.cfg
-    lines = [f"**{run.name}** · model `{cfg.model.model}` · corpus `{cfg.corpus.corpus}`, "
+    lines = [f"**{markdown_text(run.name)}** · model {markdown_code(cfg.model.model)} · corpus {markdown_code(cfg.corpus.corpus)}, "
              f"{cfg.corpus.num_tokens:,} tokens in windows of {cfg.corpus.ctx_len}"]
     coders = run.summary().get("coders", {})
     for name in run.coder_names():
         c = coders.get(name, {})
         if c:
-            lines.append(f"- coder `{name}` ({c['kind']}): {c['num_latents']:,} latents, mean L0 {c['mean_l0']:.1f}, "
+            lines.append(f"- coder {markdown_code(name)} ({markdown_text(c['kind'])}): {c['num_latents']:,} latents, mean L0 {c['mean_l0']:.1f}, "
                          f"dead {100 * c['dead_fraction']:.1f}%")
         else:
-            lines.append(f"- coder `{name}`")
+            lines.append(f"- coder {markdown_code(name)}")
     counts: dict[str, dict[str, int]] = {}
     for r in run.explanations():
         by_status = counts.setdefault(r["explainer"], {})
         by_status[r["status"]] = by_status.get(r["status"], 0) + 1
     for explainer, by_status in sorted(counts.items()):
-        lines.append(f"- explanations ({explainer}): " + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())))
+        lines.append(f"- explanations ({markdown_text(explainer)}): "
+                     + ", ".join(f"{n} {markdown_text(s)}" for s, n in sorted(by_status.items())))
     if not counts:
         lines.append("- no explanations yet: use the Explain tab")
-    for coder, scorers in summarize_scores(run.scores()).items():
-        for scorer, e in scorers.items():
-            mean, base = e["explanation"]["mean"], e["baseline"]["mean"]
-            shown = "n/a" if mean is None else f"{mean:.3f}"
-            lines.append(f"- {scorer} on `{coder}`: mean {e['metric']} {shown}"
-                         + (f" (random explanation {base:.3f})" if base is not None else "") + f", {e['explanation']['n']} latents")
+    scores = run.scores()
+    for explainer in scored_explainers(scores):  # each explainer's scores apart, as its explanations are counted above
+        for coder, scorers in summarize_scores(explainer_rows(scores, explainer)).items():
+            for scorer, e in scorers.items():
+                mean, base = e["explanation"]["mean"], e["baseline"]["mean"]
+                shown = "n/a" if mean is None else f"{mean:.3f}"
+                lines.append(f"- {markdown_text(scorer)} of the {markdown_text(explainer)} explanations on {markdown_code(coder)}: "
+                             f"mean {e['metric']} {shown}"
+                             + (f" (random explanation {base:.3f})" if base is not None else "") + f", {e['explanation']['n']} latents")
     return "\n".join(lines)
 
 
 def sort_choices(run: OpenRun) -> list[str]:
-    """Ways to sort the latent table: by latent, frequency, or any scorer's main metric."""
-    scorers = sorted({r["scorer"] for r in run.scores()})
+    """Ways to sort the latent table: by latent, frequency, or any scorer's main metric (of the run's own explainer)."""
+    scorers = sorted({r["scorer"] for r in explainer_rows(run.scores(), run.cfg.explain.explainer)})
     return [*SORTS, *(SCORE_SORT + s for s in scorers)]
 
 
@@ -107,7 +115,8 @@ def _best_explanation(lines: list[dict], preferred: str) -> str:
 
 
 def latent_table(run: OpenRun, coder: str, query: str = "", sort: str = "latent") -> Table:
-    """One row per explained latent of ``coder``: status, explanation, frequency and each scorer's main metric.
+    """One row per explained latent of ``coder``: status, explanation, frequency and each scorer's main metric
+    (the scores of the run's own explainer, whose explanation the row prefers).
 
     ``query`` keeps the latents one of whose explanations contains it (case-insensitive);
     ``sort`` is one of ``sort_choices`` (frequency and scores sort strongest first).
@@ -118,10 +127,12 @@ def latent_table(run: OpenRun, coder: str, query: str = "", sort: str = "latent"
     for r in run.explanations():
         if r["coder"] == coder:
             lines.setdefault(r["latent"], []).append(r)
+    if len(query) > MAX_QUERY_CHARS:
+        raise InterpError(f"The search has {len(query):,} characters; the limit is {MAX_QUERY_CHARS}. Search for a word or phrase.")
     needle = query.strip().lower()
     if needle:
         lines = {k: v for k, v in lines.items() if any(needle in (r["explanation"] or "").lower() for r in v)}
-    table = score_table(run.scores()).get(coder, {})
+    table = score_table(explainer_rows(run.scores(), run.cfg.explain.explainer)).get(coder, {})
     scorers = sorted(table)
     freq = firing_frequencies(run.path, {coder})
     rows = []
@@ -156,7 +167,7 @@ def _histogram(record: LatentRecord) -> Figure:
 def _stats(record: LatentRecord) -> str:
     s = record.stats
     return (
-        f"**{record.coder} — latent {record.latent}** · status **{record.status}**  \n"
+        f"**{markdown_text(record.coder)} — latent {record.latent}** · status **{markdown_text(record.status)}**  \n"
         f"fires on {s.count:,} tokens (frequency {s.frequency:.3%}) in {s.num_examples:,} examples · "
         f"max {s.max:.4g} · mean {s.mean:.4g}"
     )
@@ -215,8 +226,12 @@ def latent_view(run: OpenRun, coder: str, latent: int) -> LatentView:
 @torch.inference_mode()
 def text_latents(run: OpenRun, coder: str, text: str, latent: int | None = None) -> TextLatents:
     """Run the model on ``text`` and list the latents of ``coder`` that fire on it; shade the text by ``latent``."""
+    if len(text) > MAX_TEXT_CHARS:
+        raise InterpError(f"The text has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,} ({MAX_TEXT_TOKENS} tokens). Shorten it.")
     lm, _ = run.model()
     sparse = run.coder(coder)
+    if latent is not None and not 0 <= latent < sparse.num_latents:
+        raise InterpError(f"Latent {latent} does not exist: {coder} has {sparse.num_latents} latents (0-{sparse.num_latents - 1}).")
     ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise InterpError("Type some text to see which latents fire on it.")

@@ -11,9 +11,10 @@ from typing import NamedTuple
 from ..cache import load_stats
 from ..config import RunConfig
 from ..errors import InterpError
-from ..run import run_explain, run_score, select_latents
-from ..scoring.results import main_metric, summarize_scores
+from ..run import plots_dir, run_explain, run_score, select_latents
+from ..scoring.results import main_metric
 from .explore import Table
+from .render import markdown_text
 from .session import OpenRun
 from .workspace import Workspace
 
@@ -45,16 +46,22 @@ def llm_spec(workspace: Workspace, backend: str, model: str = "", url: str = "",
     raise InterpError(f"Unknown LLM backend {backend!r}: use {' or '.join(BACKENDS)}.")
 
 
+def _finished_coders(run: OpenRun, coder: str) -> list[str]:
+    """The run's finished coders, once ``coder`` (as typed) is known to be one of them: its name becomes a path."""
+    names = run.coder_names()
+    if coder not in names:
+        raise InterpError(f"The run {run.name} has no finished coder {coder!r}; its coders are {', '.join(names)}.")
+    return names
+
+
 def _only(run: OpenRun, coder: str) -> RunConfig:
     """The run's config narrowed to the coder called ``coder``, so a stage touches no other coder.
 
     Coders are named in the order of their specs, with ``-2``, ``-3`` added to repeated names;
     such a repeated coder keeps every spec (its name would change if it stood alone).
     """
-    names = run.coder_names()
+    names = _finished_coders(run, coder)
     specs = run.cfg.coders.coders
-    if coder not in names:
-        raise InterpError(f"The run {run.name} has no finished coder {coder!r}; its coders are {', '.join(names)}.")
     index = names.index(coder)
     if len(names) != len(specs) or any(coder.startswith(other + "-") for other in names[:index]):
         return run.cfg
@@ -63,6 +70,7 @@ def _only(run: OpenRun, coder: str) -> RunConfig:
 
 def chosen_latents(run: OpenRun, coder: str, latents: str) -> list[int]:
     """The latents of ``coder`` that ``latents`` (one number, all, sample:N, A-B, A,B,C) names, as ``interp explain`` picks them."""
+    _finished_coders(run, coder)
     count = load_stats(run.path / "cache" / coder)["count"]
     r = run.cfg.records
     return select_latents(latents.strip(), count, min_count=r.min_examples, seed=r.records_seed)
@@ -96,8 +104,7 @@ def score(run: OpenRun, coder: str, explainer: str, scorers: list[str], score_mo
         explain=replace(cfg.explain, explainer=explainer, llm=llm, llm_model=llm_model),
         score=replace(cfg.score, scorers=list(scorers), score_mode=score_mode),
     )
-    run_score(cfg, run.path, progress=progress)
-    return summary_table(summarize_scores([r for r in run.scores() if r["explainer"] == explainer]), coder)
+    return summary_table(run_score(cfg, run.path, progress=progress)["scores"], coder)  # of this explainer alone
 
 
 def summary_table(summary: dict, coder: str) -> Table:
@@ -109,9 +116,9 @@ def summary_table(summary: dict, coder: str) -> Table:
     return Table(SUMMARY_HEADERS, rows)
 
 
-def plots(run: OpenRun, coder: str) -> list[tuple[str, str]]:
-    """(path, caption) of the run's summary plots that concern ``coder``, and the all-coder one."""
-    folder = run.path / "plots"
+def plots(run: OpenRun, coder: str, explainer: str | None = None) -> list[tuple[str, str]]:
+    """(path, caption) of the summary plots of ``explainer``'s scores (default: the run's own) that concern ``coder``, and the all-coder one."""
+    folder = plots_dir(run.path, explainer or run.cfg.explain.explainer)
     if not folder.is_dir():
         return []
     chosen = [p for p in sorted(folder.glob("*.png")) if coder in p.stem or p.stem == "scores_by_coder"]
@@ -163,7 +170,7 @@ def outcomes(run: OpenRun, coder: str, latent: int, scorer: str, explainer: str)
     metric = main_metric(scorer)
     values = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row["metrics"].items() if v is not None)
     value = row["metrics"].get(metric)
-    md = (f"**{scorer}** on the *{explainer}* explanation of latent {latent}: {metric} "
+    md = (f"**{markdown_text(scorer)}** on the *{markdown_text(explainer)}* explanation of latent {latent}: {metric} "
           f"**{'n/a' if value is None else f'{value:.3g}'}**  \n{values}")
     return Outcomes(md, Table(OUTCOME_HEADERS, rows),
                     sum(v is True for v in verdicts), sum(v is False for v in verdicts))

@@ -1,11 +1,13 @@
-"""Token-level HTML for the app: text from the corpus, an LLM or a user, always escaped.
+"""Token-level HTML and Markdown for the app: text from the corpus, an LLM, a run's files or a user, always escaped.
 
 Every piece of text goes through ``html.escape`` before it is placed in markup, so an example
 or an explanation that holds ``<script>`` or an ``onerror=`` attribute shows as text. Braces
-are escaped too: Gradio fills its HTML template as a JavaScript template string.
+are escaped too: Gradio fills its HTML template as a JavaScript template string. Names put in
+Markdown (runs, coders, explainers) are escaped for Markdown as well (``markdown_text``).
 """
 
 import html
+import re
 from collections.abc import Sequence
 
 COLOUR = "255, 122, 0"
@@ -15,6 +17,32 @@ COLOUR = "255, 122, 0"
 def escape(text: str) -> str:
     """``text`` safe inside HTML elements and attributes, and inert in Gradio's template filling."""
     return html.escape(text, quote=True).replace("$", "&#36;").replace("{", "&#123;").replace("}", "&#125;")
+
+
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+"""Characters that start Markdown emphasis, code, links, tables or strikethrough anywhere in a line."""
+
+
+def markdown_text(text: str) -> str:
+    """``text`` (a name from a run's files, or a message quoting what a user typed) shown as itself in Markdown.
+
+    HTML is escaped, Markdown punctuation backslash-escaped and line breaks flattened, so a run
+    or explainer called ``<img onerror=...>`` or ``[x](javascript:...)`` is shown, not rendered;
+    ``$`` is escaped too, so no LaTeX is typeset.
+    """
+    flat = html.escape(" ".join(str(text).splitlines()), quote=False).replace("$", "&#36;")
+    return MARKDOWN_SPECIAL.sub(r"\\\1", flat)
+
+
+def markdown_code(text: str) -> str:
+    """``text`` as an inline code span in Markdown: nothing inside it is read as Markdown or HTML.
+
+    The fence is one backtick longer than any run of backticks in ``text``, so a name cannot close it early.
+    """
+    flat = " ".join(str(text).splitlines())
+    fence = "`" * (max(map(len, re.findall("`+", flat)), default=0) + 1)
+    pad = " " if flat.startswith("`") or flat.endswith("`") else ""
+    return f"{fence}{pad}{flat}{pad}{fence}"
 
 
 def _visible(piece: str) -> str:

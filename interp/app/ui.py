@@ -9,6 +9,7 @@ served meanwhile.
 """
 
 import functools
+import html
 import logging
 import threading
 
@@ -22,6 +23,7 @@ from ..steer import MODES as STEER_MODES
 from . import explore, intervene, pipeline, publishing
 from .config import AppConfig
 from .explore import Table
+from .render import markdown_code, markdown_text
 from .session import Runs, build_default_run, run_is_complete
 from .workspace import Workspace
 
@@ -36,14 +38,17 @@ THEME_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=
 
 
 def _errors(fn):
-    """Show expected mistakes (``InterpError``) on the page as the one-line message the CLI prints."""
+    """Show expected mistakes (``InterpError``) on the page as the one-line message the CLI prints.
+
+    Gradio renders an error's message as HTML and messages quote what was typed, so it is escaped.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except InterpError as e:
-            raise gr.Error(str(e), print_exception=False) from None
+            raise gr.Error(html.escape(str(e), quote=False), print_exception=False) from None
 
     return wrapper
 
@@ -59,6 +64,14 @@ def _latent(value) -> int:
     if value is None:
         raise InterpError("Type a latent number in the top bar.")
     return int(value)
+
+
+def _number(value, what: str) -> float:
+    """A number typed in the Intervene panel (the API may send any JSON value there)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InterpError(f"{str(value)[:40]!r} is not a number: type {what}.") from None
 
 
 def _empty(headers: list[str]) -> pd.DataFrame:
@@ -88,7 +101,6 @@ def build_app(config: AppConfig) -> gr.Blocks:
         # widgets of a closed accordion send None
         return pipeline.llm_spec(workspace, backend or "local", local_model or "", url or "", server_model or "")
 
-    @_errors
     def open_run(path: str):
         run = runs.get(path)
         coders = run.coder_names()
@@ -120,8 +132,8 @@ def build_app(config: AppConfig) -> gr.Blocks:
                 with building:
                     build_default_run(workspace, path)
             return (*open_run(path), gr.Button(visible=False))
-        except (gr.Error, InterpError) as e:
-            message = e.message if isinstance(e, gr.Error) else str(e)
+        except InterpError as e:
+            message = markdown_text(str(e))
             hint = " Or build the default run here with the button below." if default else ""
             return (f"**Cannot open the run:** {message}{hint}", *[gr.skip()] * 6, gr.Button(visible=default))
 
@@ -162,7 +174,8 @@ def build_app(config: AppConfig) -> gr.Blocks:
         spec = str(_latent(latent)) if which == "this latent" else (selection or "").strip()
         summary, table = pipeline.explain(run, coder, explainer, *llm(backend, local_model, url, server_model), spec)
         counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["explanations"].items()))
-        status = f"**{explainer}** explanations of `{coder}` (latents {spec}): done. All {explainer} lines in the run: {counts}."
+        status = (f"**{explainer}** explanations of {markdown_code(coder)} (latents {markdown_text(spec)}): done. "
+                  f"All {explainer} lines in the run: {counts}.")
         return status, _frame(table), gr.Dropdown(choices=pipeline.explainers(run), value=explainer)
 
     @_errors
@@ -173,7 +186,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
             raise InterpError("There are no explanations to score yet: explain some latents first.")
         table = pipeline.score(run, coder, explainer, scorers or [], mode, *llm(backend, local_model, url, server_model))
         names = sorted({r["scorer"] for r in run.scores()})
-        return _frame(table), pipeline.plots(run, coder), gr.Dropdown(choices=names, value=names[0] if names else None)
+        return _frame(table), pipeline.plots(run, coder, explainer), gr.Dropdown(choices=names, value=names[0] if names else None)
 
     @_errors
     def outcomes(path, coder, latent, scorer, explainer):
@@ -186,10 +199,10 @@ def build_app(config: AppConfig) -> gr.Blocks:
     def steer(path, coder, latent, prompt, mode, how, value, max_new_tokens):
         if value is None and mode != "ablate":
             raise InterpError("Type a strength or a target KL.")
-        strength = float(value) if how == "strength" and mode != "ablate" else None
-        target_kl = float(value) if how == "target KL" and mode != "ablate" else None
+        strength = _number(value, "a strength") if how == "strength" and mode != "ablate" else None
+        target_kl = _number(value, "a target KL") if how == "target KL" and mode != "ablate" else None
         s = intervene.steer_prompt(runs.get(path), coder, _latent(latent), prompt or "", mode=mode, strength=strength,
-                                   target_kl=target_kl, max_new_tokens=int(max_new_tokens))
+                                   target_kl=target_kl, max_new_tokens=_number(max_new_tokens, "how many new tokens"))
         return s.summary, s.result.clean, s.result.steered, _frame(s.changes)
 
     @_errors
@@ -303,7 +316,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
         view = [stats, hist, expl_table, score_table, top_html, quant_html, promoted, suppressed]
         page.load(start, [run_box], [*opened, build_btn], api_visibility="private").then(
             show_latent, [run_box, coder_box, latent_box], view, api_visibility="private")
-        open_btn.click(open_run, [run_box], opened, api_name="open_run").then(
+        open_btn.click(_errors(open_run), [run_box], opened, api_name="open_run").then(
             show_latent, [run_box, coder_box, latent_box], view, api_visibility="private")
         build_btn.click(build, None, [run_box], api_name="build").then(
             start, [run_box], [*opened, build_btn], api_visibility="private")

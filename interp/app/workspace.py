@@ -14,6 +14,8 @@ from ..errors import InterpError
 RUN_MARKER = "config.json"
 SEARCH_DEPTH = 3
 """How deep below the workspace run directories are listed."""
+MAX_PATH_CHARS = 1024
+"""Longest path the page may name: a clear refusal, where the system's own limit would be an unreadable error."""
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -40,8 +42,14 @@ class Workspace:
             raise WorkspaceError("No path given: type a folder inside the workspace, e.g. runs/demo.")
         if "\x00" in text:
             raise WorkspaceError("A path cannot contain a NUL character.")
+        if len(text) > MAX_PATH_CHARS:
+            raise WorkspaceError(f"A path of {len(text):,} characters is too long: the limit is {MAX_PATH_CHARS:,}.")
         candidate = Path(os.path.expanduser(text)) if text.startswith("~") else Path(text)
-        full = (candidate if candidate.is_absolute() else self.root / candidate).resolve()
+        try:
+            full = (candidate if candidate.is_absolute() else self.root / candidate).resolve()
+            full.exists()  # a name longer than the file system allows fails here, not later in a check
+        except OSError as e:
+            raise WorkspaceError(f"Cannot use the path {text!r}: {e.strerror or e}.") from None
         if full != self.root and self.root not in full.parents:
             raise WorkspaceError(f"{text!r} is outside the workspace {self.root}; give a path inside it, e.g. runs/demo.")
         return full
@@ -76,7 +84,10 @@ class Workspace:
         """A model named in the app: a Hub id as it is, or a folder/file inside the workspace as an absolute path."""
         text = name.strip()
         inside = self.root / text
-        local = inside.exists() or Path(text).exists()  # transformers would read a folder of that name, wherever it is
+        try:
+            local = inside.exists() or Path(text).exists()  # transformers would read a folder of that name, wherever it is
+        except OSError:  # no such file can exist (a name too long): not a local model
+            local = False
         if text and not text.startswith(("/", "~", ".")) and not local and HUB_ID.match(text) and ".." not in text:
             return text
         return str(self.resolve(text))
