@@ -171,7 +171,7 @@ class ExplainConfig:
     """Model name to request from an OpenAI-compatible server."""
 
     api_key_env: str = "OPENAI_API_KEY"
-    """Environment variable holding the server's API key (never written anywhere)."""
+    """Environment variable holding the server's API key (never written anywhere); empty: send no key."""
 
     latents: str = "sample:12"
     """Latents to explain: all, sample:N (random latents that fire), a range 0-99, or a list 1,5,9."""

@@ -52,6 +52,7 @@ def test_configuration_comes_from_the_environment_and_a_space_changes_the_defaul
     space = config_from_env({"SPACE_ID": "me/interp", "GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "7861"})
     assert (space.build_demo, space.env_token, space.host, space.port) == (True, False, "0.0.0.0", 7861)
     assert config_from_env({"SPACE_ID": "x", "INTERP_ENV_TOKEN": "1"}).env_token is True
+    assert config_from_env({"INTERP_LLM_URL": "http://10.0.0.2:8000/v1"}).llm_url == "http://10.0.0.2:8000/v1"
     with pytest.raises(InterpError, match=r"\$INTERP_BUILD_DEMO: Cannot read 'maybe' as yes or no"):
         config_from_env({"INTERP_BUILD_DEMO": "maybe"})
     with pytest.raises(InterpError, match="not a TCP port"):
@@ -188,10 +189,10 @@ def test_explain_one_latent_or_a_selection_with_a_server_and_find_it_in_the_run(
     srv.reply = lambda content: "Thinking.\n[EXPLANATION]: cats and dogs"
     try:
         llm = pipeline.llm_spec(Workspace(ws), "url", url=srv.base_url, server_model="test-model")
-        summary, table = pipeline.explain(run, CODER, "default", *llm, "7", progress=False)
+        summary, table = pipeline.explain(run, CODER, "default", llm, "7", progress=False)
         assert table.rows == [[7, "ok", "cats and dogs", "test-model", ""]] and summary["explanations"] == {"ok": 1}
         assert len(srv.requests) == 1 and "<<" in json.loads(srv.requests[0]["body"])["messages"][-1]["content"]
-        summary, table = pipeline.explain(run, CODER, "default", *llm, "7,9,11", progress=False)
+        summary, table = pipeline.explain(run, CODER, "default", llm, "7,9,11", progress=False)
         assert [row[0] for row in table.rows] == [7, 9, 11] and len(srv.requests) == 3  # 7 was done already
         lines = [r for r in read_jsonl(ws / RUN / "explanations.jsonl") if r["explainer"] == "default"]
         assert sorted(r["latent"] for r in lines) == [7, 9, 11] and {r["explanation"] for r in lines} == {"cats and dogs"}
@@ -206,10 +207,32 @@ def test_explain_one_latent_or_a_selection_with_a_server_and_find_it_in_the_run(
         pipeline.llm_spec(Workspace(ws), "url", url=srv.base_url)
     with pytest.raises(WorkspaceError, match="outside the workspace"):
         pipeline.llm_spec(Workspace(ws), "local", model="../../elsewhere")
-    assert pipeline.llm_spec(Workspace(ws), "local") == ("local", None)
-    assert pipeline.llm_spec(Workspace(ws), "local", model="models/tiny-llama") == ("local:" + str(ws.resolve() / "models/tiny-llama"), None)
+    assert pipeline.llm_spec(Workspace(ws), "local") == pipeline.LLMChoice("local", None)
+    assert pipeline.llm_spec(Workspace(ws), "local", model="models/tiny-llama").llm == "local:" + str(ws.resolve() / "models/tiny-llama")
     with pytest.raises(InterpError, match="Latents \\[128\\] do not exist: this coder has 128 latents"):
-        pipeline.explain(run, CODER, "tokens", "local", None, "128", progress=False)
+        pipeline.explain(run, CODER, "tokens", pipeline.LLMChoice("local"), "128", progress=False)
+
+
+def test_the_owners_key_goes_only_to_the_owners_server(tmp_path, workspace, monkeypatch):
+    ws = copy_workspace(workspace, tmp_path)
+    run = Runs(Workspace(ws)).get(RUN)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-owner-secret")
+    owners, visitors = serving(), serving()
+    for srv in (owners, visitors):
+        srv.reply = lambda content: "[EXPLANATION]: cats"
+    try:
+        keyed = frozenset([owners.base_url + "/"])
+        for srv, latent in ((owners, "7"), (visitors, "9")):
+            llm = pipeline.llm_spec(Workspace(ws), "url", url=srv.base_url, server_model="m", keyed_urls=keyed)
+            pipeline.explain(run, CODER, "default", llm, latent, progress=False)
+        anyone = pipeline.llm_spec(Workspace(ws), "url", url=visitors.base_url, server_model="m")  # env_token on: the owner's own machine
+        pipeline.explain(run, CODER, "default", anyone, "11", progress=False)
+    finally:
+        for srv in (owners, visitors):
+            srv.shutdown()
+            srv.server_close()
+    sent = [[r["headers"].get("Authorization") for r in srv.requests] for srv in (owners, visitors)]
+    assert sent == [["Bearer sk-owner-secret"], [None, "Bearer sk-owner-secret"]]
 
 
 def test_a_model_named_in_the_page_never_runs_its_own_code(tmp_path, workspace):
@@ -224,7 +247,7 @@ def test_a_model_named_in_the_page_never_runs_its_own_code(tmp_path, workspace):
     run = Runs(Workspace(ws)).get(RUN)
     llm = pipeline.llm_spec(Workspace(ws), "local", model="models/evil")
     with pytest.raises(InterpError, match="contains custom code"):
-        pipeline.explain(run, CODER, "default", *llm, "7", progress=False)
+        pipeline.explain(run, CODER, "default", llm, "7", progress=False)
     assert not (tmp_path / "ran").exists()
 
 
@@ -257,7 +280,7 @@ def test_score_shows_every_examples_outcome_and_the_plots(tmp_path, workspace):
     ws = copy_workspace(workspace, tmp_path)
     (ws / RUN / "scores.jsonl").unlink()  # score again, here
     run = Runs(Workspace(ws)).get(RUN)
-    summary = pipeline.score(run, CODER, "tokens", ["embedding"], "logprob", "local", None, progress=False)
+    summary = pipeline.score(run, CODER, "tokens", ["embedding"], "logprob", pipeline.LLMChoice("local"), progress=False)
     assert summary.rows[0][:2] == ["embedding", "auroc"] and summary.rows[0][-1] == 4
     assert {caption for _, caption in pipeline.plots(run, CODER)} >= {f"scores_{CODER}_embedding", f"frequency_{CODER}"}
     latent = explore.latent_table(run, CODER).rows[0][0]
@@ -273,7 +296,7 @@ def test_score_shows_every_examples_outcome_and_the_plots(tmp_path, workspace):
     with pytest.raises(InterpError, match="No detection score"):
         pipeline.outcomes(run, CODER, latent, "detection", "tokens")
     with pytest.raises(InterpError, match="Choose at least one scorer"):
-        pipeline.score(run, CODER, "tokens", [], "logprob", "local", None, progress=False)
+        pipeline.score(run, CODER, "tokens", [], "logprob", pipeline.LLMChoice("local"), progress=False)
 
 
 def test_verdicts_use_answers_when_there_are_answers_and_rank_otherwise():

@@ -35,7 +35,10 @@ class AppConfig:
     """Build the default run (the embedded model, about 6 minutes on 2 CPUs) when the first run directory is missing; on by default in a Space."""
 
     env_token: bool = True
-    """Publish with $HF_TOKEN (or the huggingface_hub login) when no token is typed; off by default in a Space, where every visitor would publish with the owner's token."""
+    """Use the owner's secrets from the environment: publish with $HF_TOKEN (or the huggingface_hub login) when no token is typed, and send $OPENAI_API_KEY to any LLM server URL typed in. Off by default in a Space, where every visitor would publish with the owner's token or collect the owner's key with a server of their own."""
+
+    llm_url: str = ""
+    """An OpenAI-compatible server the owner trusts with $OPENAI_API_KEY even when ``env_token`` is off (a Space's own vLLM endpoint); the Server URL box starts with it."""
 
     def __post_init__(self):
         if not 0 < int(self.port) < 65536:

@@ -27,22 +27,37 @@ SUMMARY_HEADERS = ["scorer", "metric", "mean", "median", "random explanation (me
 OUTCOME_HEADERS = ["call", "kind", "quantile", "fires", "prediction", "score", "text"]
 
 
-def llm_spec(workspace: Workspace, backend: str, model: str = "", url: str = "", server_model: str = "") -> tuple[str, str | None]:
-    """``(llm, llm_model)`` for ``ExplainConfig`` from the panel's LLM choice.
+class LLMChoice(NamedTuple):
+    """The panel's LLM as ``ExplainConfig`` settings."""
+
+    llm: str
+    llm_model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    """Where the server's key comes from; empty: send no key."""
+
+
+def llm_spec(
+    workspace: Workspace, backend: str, model: str = "", url: str = "", server_model: str = "", *,
+    keyed_urls: frozenset[str] | None = None,
+) -> LLMChoice:
+    """The panel's LLM choice as ``ExplainConfig`` settings.
 
     ``local`` with no model is the embedded SmolLM2; a local model is a Hub id or a folder inside
     the workspace (loaded without ``trust_remote_code``). ``url`` is an OpenAI-compatible base URL
-    with the model it serves; its key comes from the environment, never from the page.
+    with the model it serves; its key comes from $OPENAI_API_KEY, never from the page, and goes
+    only to ``keyed_urls`` (None: to any URL). A Space passes only its owner's server there, since
+    a visitor who typed their own URL would otherwise receive the owner's key.
     """
     if backend == "local":
-        return ("local:" + workspace.model_source(model) if model.strip() else "local"), None
+        return LLMChoice("local:" + workspace.model_source(model) if model.strip() else "local")
     if backend == "url":
         url, server_model = url.strip(), server_model.strip()
         if not url.startswith(("http://", "https://")):
             raise InterpError(f"{url!r} is not an OpenAI-compatible base URL: give http(s)://host:port/v1.")
         if not server_model:
             raise InterpError("Name the model the server serves (e.g. Qwen/Qwen2.5-7B-Instruct).")
-        return url, server_model
+        keyed = keyed_urls is None or url.rstrip("/") in {u.rstrip("/") for u in keyed_urls}
+        return LLMChoice(url, server_model, "OPENAI_API_KEY" if keyed else "")
     raise InterpError(f"Unknown LLM backend {backend!r}: use {' or '.join(BACKENDS)}.")
 
 
@@ -76,12 +91,12 @@ def chosen_latents(run: OpenRun, coder: str, latents: str) -> list[int]:
     return select_latents(latents.strip(), count, min_count=r.min_examples, seed=r.records_seed)
 
 
-def explain(run: OpenRun, coder: str, explainer: str, llm: str, llm_model: str | None, latents: str, *,
+def explain(run: OpenRun, coder: str, explainer: str, llm: LLMChoice, latents: str, *,
             progress: bool = True) -> tuple[dict, Table]:
     """Explain ``latents`` of ``coder`` with ``explainer`` (resumable: done ones are skipped); the counts and the rows."""
     wanted = set(chosen_latents(run, coder, latents))
     cfg = _only(run, coder)
-    cfg = replace(cfg, explain=replace(cfg.explain, explainer=explainer, llm=llm, llm_model=llm_model, latents=latents.strip()))
+    cfg = replace(cfg, explain=replace(cfg.explain, explainer=explainer, **llm._asdict(), latents=latents.strip()))
     summary = run_explain(cfg, run.path, progress=progress)
     rows = [
         [r["latent"], r["status"], r["explanation"] or "", r.get("model") or "", r.get("note") or ""]
@@ -90,7 +105,7 @@ def explain(run: OpenRun, coder: str, explainer: str, llm: str, llm_model: str |
     return summary, Table(EXPLAINED_HEADERS, sorted(rows))
 
 
-def score(run: OpenRun, coder: str, explainer: str, scorers: list[str], score_mode: str, llm: str, llm_model: str | None, *,
+def score(run: OpenRun, coder: str, explainer: str, scorers: list[str], score_mode: str, llm: LLMChoice, *,
           progress: bool = True) -> Table:
     """Score ``explainer``'s explanations of ``coder`` (and their random baseline) with ``scorers``; the summary per scorer.
 
@@ -101,7 +116,7 @@ def score(run: OpenRun, coder: str, explainer: str, scorers: list[str], score_mo
     cfg = _only(run, coder)
     cfg = replace(
         cfg,
-        explain=replace(cfg.explain, explainer=explainer, llm=llm, llm_model=llm_model),
+        explain=replace(cfg.explain, explainer=explainer, **llm._asdict()),
         score=replace(cfg.score, scorers=list(scorers), score_mode=score_mode),
     )
     return summary_table(run_score(cfg, run.path, progress=progress)["scores"], coder)  # of this explainer alone

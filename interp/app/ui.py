@@ -78,15 +78,16 @@ def _empty(headers: list[str]) -> pd.DataFrame:
     return pd.DataFrame(columns=headers)
 
 
-def _llm_widgets(prefix: str):
+def _llm_widgets(prefix: str, config: AppConfig):
     """The LLM choice (backend, local model, server URL and model), with element ids starting with ``prefix``."""
     with gr.Accordion("LLM", open=False, elem_id=f"{prefix}-llm"):
         backend = gr.Radio(list(pipeline.BACKENDS), value="local", label="Backend", elem_id=f"{prefix}-backend",
-                           info="local: run a model in this process; url: an OpenAI-compatible server (key from $OPENAI_API_KEY)")
+                           info="local: run a model in this process; url: an OpenAI-compatible server"
+                           + (" (key from $OPENAI_API_KEY)" if config.env_token else " (the owner's key goes only to their own server)"))
         with gr.Row():
             local_model = gr.Textbox(label="Local model", elem_id=f"{prefix}-local-model",
                                      placeholder="empty: the embedded SmolLM2; or a Hub id / a folder in the workspace")
-            url = gr.Textbox(label="Server URL", placeholder="http://127.0.0.1:8000/v1", elem_id=f"{prefix}-url")
+            url = gr.Textbox(value=config.llm_url, label="Server URL", placeholder="http://127.0.0.1:8000/v1", elem_id=f"{prefix}-url")
             server_model = gr.Textbox(label="Server model", placeholder="Qwen/Qwen2.5-7B-Instruct", elem_id=f"{prefix}-server-model")
     return [backend, local_model, url, server_model]
 
@@ -96,10 +97,11 @@ def build_app(config: AppConfig) -> gr.Blocks:
     workspace = Workspace(config.workspace)
     runs = Runs(workspace)
     building = threading.Lock()  # one build of the default run, however many visitors arrive while it runs
+    keyed = None if config.env_token else frozenset(filter(None, [config.llm_url]))  # who may receive $OPENAI_API_KEY
 
     def llm(backend, local_model, url, server_model):
         # widgets of a closed accordion send None
-        return pipeline.llm_spec(workspace, backend or "local", local_model or "", url or "", server_model or "")
+        return pipeline.llm_spec(workspace, backend or "local", local_model or "", url or "", server_model or "", keyed_urls=keyed)
 
     def open_run(path: str):
         run = runs.get(path)
@@ -172,7 +174,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
                 progress=gr.Progress(track_tqdm=True)):
         run = runs.get(path)
         spec = str(_latent(latent)) if which == "this latent" else (selection or "").strip()
-        summary, table = pipeline.explain(run, coder, explainer, *llm(backend, local_model, url, server_model), spec)
+        summary, table = pipeline.explain(run, coder, explainer, llm(backend, local_model, url, server_model), spec)
         counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["explanations"].items()))
         status = (f"**{explainer}** explanations of {markdown_code(coder)} (latents {markdown_text(spec)}): done. "
                   f"All {explainer} lines in the run: {counts}.")
@@ -184,7 +186,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
         run = runs.get(path)
         if not explainer:
             raise InterpError("There are no explanations to score yet: explain some latents first.")
-        table = pipeline.score(run, coder, explainer, scorers or [], mode, *llm(backend, local_model, url, server_model))
+        table = pipeline.score(run, coder, explainer, scorers or [], mode, llm(backend, local_model, url, server_model))
         names = sorted({r["scorer"] for r in run.scores()})
         return _frame(table), pipeline.plots(run, coder, explainer), gr.Dropdown(choices=names, value=names[0] if names else None)
 
@@ -264,7 +266,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
                                         info="tokens needs no LLM; intervention steers the latent")
                 which = gr.Radio(["this latent", "a selection"], value="this latent", label="Explain", elem_id="which")
                 selection = gr.Textbox(value="sample:8", label="Selection", info="all, sample:N, A-B or A,B,C", elem_id="selection")
-            explain_llm = _llm_widgets("explain")
+            explain_llm = _llm_widgets("explain", config)
             explain_btn = gr.Button("Explain", variant="primary", elem_id="explain")
             explain_status = gr.Markdown(elem_id="explain-status")
             explain_table = gr.Dataframe(value=_empty(pipeline.EXPLAINED_HEADERS), label="Explanations", interactive=False, wrap=True, elem_id="explained")
@@ -274,7 +276,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
                 score_explainer = gr.Dropdown(choices=[], label="Explanations of", allow_custom_value=True, elem_id="score-explainer")
                 scorers = gr.CheckboxGroup(list(pipeline.SCORERS), value=["embedding"], label="Scorers", elem_id="scorers")
                 mode = gr.Radio(list(SCORE_MODES), value="logprob", label="LLM scorers answer by", elem_id="score-mode")
-            score_llm = _llm_widgets("score")
+            score_llm = _llm_widgets("score", config)
             score_btn = gr.Button("Score", variant="primary", elem_id="score")
             summary = gr.Dataframe(value=_empty(pipeline.SUMMARY_HEADERS), label="Summary (mean over latents)", interactive=False, elem_id="summary")
             gallery = gr.Gallery(label="Summary plots", columns=3, height="auto", object_fit="contain", elem_id="plots")
