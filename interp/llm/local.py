@@ -1,8 +1,9 @@
 """An LLM client that runs a Hugging Face model in this process, in padded batches.
 
-Prompts are sorted by length and cut into chunks of ``batch_size`` so each chunk holds prompts
-of similar length (little padding); padding goes on the left so every row's last position is
-its real last token, which is where generation continues and log-probs are read.
+For generation, prompts are sorted by length and cut into chunks of ``batch_size`` so each
+chunk holds prompts of similar length (little padding); padding goes on the left so every row's
+last position is its real last token, where generation continues. For log-prob reads, prompts
+are grouped by a shared prefix instead, which runs once; their own tokens are padded on the right.
 """
 
 import copy
@@ -172,11 +173,12 @@ class TransformersClient:
         for members, common in prefix_chunks([rows[i] for i in todo], size):
             chunk = [todo[k] for k in members]
             cut = min(common, *(min(slots[i]) for i in chunk))
-            if cut < MIN_SHARED_PREFIX:
+            prefix = tuple(rows[chunk[0]][:cut])
+            cached = shared is not None and shared[0] == prefix
+            if cut < MIN_SHARED_PREFIX or (len(chunk) == 1 and not cached):  # nothing to share
                 cut, past = 0, None
             else:
-                prefix = tuple(rows[chunk[0]][:cut])
-                if shared is None or shared[0] != prefix:
+                if not cached:
                     shared = (prefix, self._prefix_cache(prefix))
                 past = copy.deepcopy(shared[1])
                 past.batch_repeat_interleave(len(chunk))
