@@ -8,8 +8,11 @@ import time
 
 import pytest
 import torch
+from conftest import tiny_llama
+from transformers import Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from interp.llm.local import prefix_chunks
+from interp.models import LoadedModel
 from interp.llm import (
     CachedClient,
     Completion,
@@ -259,8 +262,25 @@ def test_prompts_without_a_chat_template_are_rendered_as_role_lines(tiny_lm):
     assert reply.error is None and reply.completion_tokens <= 3
 
 
-def test_shared_prefixes_run_once_and_change_no_log_prob(tiny_lm):
-    local = TransformersClient(lm=tiny_lm, batch_size=4)
+def tiny_model(arch: str, tokenizer) -> LoadedModel:
+    """Architectures whose caches and positions differ: rotary (Llama), sliding-window layers (Gemma 2), learned positions (GPT-2)."""
+    if arch == "llama":
+        return tiny_llama(tokenizer)
+    torch.manual_seed(0)
+    if arch == "gemma2":
+        model = Gemma2ForCausalLM(Gemma2Config(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, sliding_window=8, max_position_embeddings=256,
+        ))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=256))
+    return LoadedModel(model.eval().requires_grad_(False), tokenizer, f"tiny-{arch}")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2"])
+def test_shared_prefixes_run_once_and_change_no_log_prob(arch, smollm_tokenizer):
+    lm = tiny_model(arch, smollm_tokenizer)
+    local = TransformersClient(lm=lm, batch_size=4)
     system = {"role": "system", "content": "You judge texts against an explanation of a feature. " * 3}
     prompts = [
         (system, {"role": "user", "content": f"Explanation: {e}\nText: {t}"})
@@ -272,7 +292,7 @@ def test_shared_prefixes_run_once_and_change_no_log_prob(tiny_lm):
     assert local.forward_tokens < sum(map(len, rendered)) * 0.6  # the system prompt ran once per chunk
     for ids, scores in zip(rendered, got):
         with torch.inference_mode():
-            logprobs = tiny_lm.model(torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
+            logprobs = lm.model(torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
         for answer, value in scores.items():
             assert math.isclose(value, max(logprobs[t].item() for t in local._first_tokens(answer)), abs_tol=1e-4)
 
