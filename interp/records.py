@@ -106,7 +106,7 @@ class CacheView:
         """(global token, latent, activation) of the sorted ``latents``, from every shard, sorted by latent."""
         latents = latents.to(torch.int32)
         tok, lat, act = [], [], []
-        for meta, t in iter_shards(self.coder_dir):
+        for meta, t in iter_shards(self.coder_dir, len(self.tokens)):
             lo = torch.searchsorted(t.latent, latents)
             hi = torch.searchsorted(t.latent, latents + 1)
             lengths = hi - lo

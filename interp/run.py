@@ -34,7 +34,7 @@ from .corpus import corpus_windows
 from .errors import InterpError, RunConfigMismatchError
 from .explain import EXPLAINERS, EXPLANATION_KEY, TokenText, explain_batch
 from .hooks import site_widths
-from .jsonl import append_jsonl, latest_rows, read_jsonl
+from .jsonl import append_jsonl, latest_rows, read_json, read_jsonl
 from .llm import GenerationParams, LLMClient, make_client
 from .models import EMBEDDED, LoadedModel, load_model, resolve_hookpoint
 from .records import CacheView, LatentRecord, RecordBuilder, logit_lens
@@ -156,6 +156,13 @@ def load_run_config(run_dir: Path) -> RunConfig:
     if not path.is_file():
         raise InterpError(f"{run_dir} is not a run directory (no config.json): run `interp cache --run-dir {run_dir}` first.")
     return read_config_file(path)
+
+
+def read_summary(run_dir: Path) -> dict:
+    """``summary.json`` of ``run_dir``, or {} before the cache has finished; a damaged one is named, not a traceback."""
+    path = Path(run_dir) / "summary.json"
+    summary = read_json(path, hint="it is rewritten when the run resumes (`interp run`)") if path.is_file() else {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def open_coders(cfg: RunConfig, run_dir: Path | None = None) -> tuple[LoadedModel, dict[str, SparseCoder]]:
@@ -397,13 +404,13 @@ def _has_failures(row: dict) -> bool:
     return isinstance(metrics, dict) and bool(metrics.get("failed"))
 
 
-def plots_dir(run_dir: Path, explainer: str) -> Path:
-    """Where the plots of ``explainer``'s scores go: ``plots/`` for the run's own explainer, ``plots/<explainer>/`` for
+def plots_dir(run_dir: Path, explainer: str, own: str) -> Path:
+    """Where the plots of ``explainer``'s scores go: ``plots/`` for the run's ``own`` explainer, ``plots/<explainer>/`` for
     another, so that summarising one explainer never overwrites (or leaves stale among its own) another's plots."""
     if explainer not in EXPLAINERS:  # the name becomes a folder: only a known one may
         raise InterpError(f"Unknown explainer {explainer!r}: use one of {', '.join(EXPLAINERS)}.")
     plots = Path(run_dir) / "plots"
-    return plots if explainer == load_run_config(run_dir).explain.explainer else plots / explainer
+    return plots if explainer == own else plots / explainer
 
 
 def summarize_run(run_dir: Path, explainer: str | None = None) -> dict:
@@ -412,7 +419,8 @@ def summarize_run(run_dir: Path, explainer: str | None = None) -> dict:
     ``explainer`` defaults to the run's own (its config.json's); the summary names it. Explainers
     are never pooled: their explanations differ, and so do their scores.
     """
-    explainer = explainer or load_run_config(run_dir).explain.explainer
+    own = load_run_config(run_dir).explain.explainer
+    explainer = explainer or own
     rows = load_scores(run_dir)
     mine = explainer_rows(rows, explainer)
     summary = summarize_scores(mine)
@@ -421,7 +429,7 @@ def summarize_run(run_dir: Path, explainer: str | None = None) -> dict:
             raise InterpError(f"No scores of the {explainer!r} explainer in {run_dir}; it has scores of "
                               f"{', '.join(scored_explainers(rows))}: pick one with --explainer.")
         raise InterpError(f"No scores in {run_dir}: run `interp score --run-dir {run_dir}` first.")
-    plots = plots_dir(run_dir, explainer)
+    plots = plots_dir(run_dir, explainer, own)
     plot_scores(summary, plots)
     plot_diagnostics(mine, firing_frequencies(run_dir, set(summary)), plots)
     plot_coder_scores(summary, plots)

@@ -27,7 +27,7 @@ from interp.explain import TokenText
 from interp.jsonl import latest_rows, read_json, read_jsonl
 from interp.models import EMBEDDED, LoadedModel, load_model
 from interp.records import CacheView, LatentRecord, RecordBuilder, logit_lens
-from interp.run import EXPLANATION_KEY, EXPLANATIONS, SCORE_KEY, SCORES, Windows, resolve_coders
+from interp.run import EXPLANATION_KEY, EXPLANATIONS, SCORE_KEY, SCORES, Windows, read_summary, resolve_coders
 from interp.scoring.results import main_metric
 
 SCHEMA_VERSION = "interp-explanations/1"
@@ -130,8 +130,7 @@ def read_run(run_dir: str | Path) -> RunData:
             if not path.is_file():
                 raise PublishError(f"{path} is missing: the cache of coder {name!r} is incomplete; resume it with `interp cache`.")
             out[name] = read_json(path, hint="resume the cache with `interp cache` to rewrite it")
-    summary_path = run_dir / "summary.json"
-    summary = read_json(summary_path) if summary_path.is_file() else {}
+    summary = read_summary(run_dir)
     config = read_config_file(run_dir / "config.json")
     return RunData(run_dir, config, explanations, scores, coders, stats, summary)
 

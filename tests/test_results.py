@@ -91,7 +91,7 @@ def test_a_run_scored_by_two_explainers_is_summarised_one_explainer_at_a_time(tm
     with pytest.raises(InterpError, match=r"No scores of the 'logits' explainer .* it has scores of default, tokens"):
         summarize_run(run_dir, "logits")
     with pytest.raises(InterpError, match="Unknown explainer"):  # the name would become a folder under plots/
-        plots_dir(run_dir, "../../elsewhere")
+        plots_dir(run_dir, "../../elsewhere", "tokens")
 
     assert main(["summary", "--run-dir", str(run_dir), "--explainer", "default"]) == 0
     out = capsys.readouterr().out

@@ -133,7 +133,8 @@ def summary_table(summary: dict, coder: str) -> Table:
 
 def plots(run: OpenRun, coder: str, explainer: str | None = None) -> list[tuple[str, str]]:
     """(path, caption) of the summary plots of ``explainer``'s scores (default: the run's own) that concern ``coder``, and the all-coder one."""
-    folder = plots_dir(run.path, explainer or run.cfg.explain.explainer)
+    own = run.cfg.explain.explainer
+    folder = plots_dir(run.path, explainer or own, own)
     if not folder.is_dir():
         return []
     chosen = [p for p in sorted(folder.glob("*.png")) if coder in p.stem or p.stem == "scores_by_coder"]

@@ -5,7 +5,6 @@ its coders are loaded once per process. Forward passes on that shared model take
 (``OpenRun.lock``): a steering hook registered for one user must never act on another user's pass.
 """
 
-import json
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -17,7 +16,7 @@ from ..explain import EXPLANATION_KEY, TokenText
 from ..jsonl import latest_rows, read_jsonl
 from ..models import LoadedModel
 from ..records import CacheView, RecordBuilder, logit_lens
-from ..run import EXPLANATIONS, SCORES, load_run_config, open_coders, run
+from ..run import EXPLANATIONS, SCORES, load_run_config, open_coders, read_summary, run
 from ..scoring.base import SCORE_KEY
 from .workspace import Workspace
 
@@ -47,8 +46,7 @@ class OpenRun:
 
     def summary(self) -> dict:
         """``summary.json``, or {} before the cache has finished."""
-        path = self.path / "summary.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return read_summary(self.path)
 
     def model(self) -> tuple[LoadedModel, dict[str, SparseCoder]]:
         """The subject model and every coder of the run, loaded once (as ``interp steer`` loads them)."""
@@ -122,8 +120,7 @@ class Runs:
 
 def run_is_complete(path: Path) -> bool:
     """Whether the main job finished in ``path`` (its summary holds scores)."""
-    summary = path / "summary.json"
-    return summary.is_file() and "scores" in json.loads(summary.read_text())
+    return "scores" in read_summary(path)
 
 
 def build_default_run(workspace: Workspace, path: str, *, progress: bool = True) -> Path:
