@@ -37,6 +37,19 @@ class LoadedModel:
         """Device of the input embeddings, where token ids must go."""
         return self.model.get_input_embeddings().weight.device
 
+    @property
+    def pad_id(self) -> int:
+        """Token used for padding: the tokenizer's pad token, else its end-of-sequence token."""
+        tokenizer = self.tokenizer
+        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    @property
+    def eos_ids(self) -> set[int]:
+        """Every token that ends a reply: the generation config's end-of-sequence ids and the tokenizer's."""
+        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids = set(configured if isinstance(configured, list) else [configured]) | {self.tokenizer.eos_token_id}
+        return {i for i in ids if i is not None}
+
 
 def embedded_gguf_path() -> Path:
     """Path of the embedded SmolLM2 GGUF file.

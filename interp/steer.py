@@ -242,11 +242,6 @@ def encode_prompts(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int 
     return out
 
 
-def _pad_id(lm: LoadedModel) -> int:
-    tok = lm.tokenizer
-    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-
-
 def _finite(logits: torch.Tensor) -> torch.Tensor:
     if not torch.isfinite(logits).all():
         raise SteeringError("Steering made the model's outputs NaN or infinite; use a smaller strength.")
@@ -260,7 +255,7 @@ def next_token_logprobs(lm: LoadedModel, ids: list[list[int]]) -> torch.Tensor:
     Rows are right-padded: a causal model's real tokens never see the padding after them.
     """
     width = max(map(len, ids))
-    input_ids = torch.full((len(ids), width), _pad_id(lm), dtype=torch.long)
+    input_ids = torch.full((len(ids), width), lm.pad_id, dtype=torch.long)
     mask = torch.zeros_like(input_ids)
     for i, row in enumerate(ids):
         input_ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
@@ -274,12 +269,6 @@ def kl_divergence(steered: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     return (steered.exp() * (steered - clean)).sum(-1).clamp_min(0.0)
 
 
-def _eos_ids(lm: LoadedModel) -> set[int]:
-    configured = getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)
-    ids = set(configured if isinstance(configured, list) else [configured]) | {lm.tokenizer.eos_token_id}
-    return {i for i in ids if i is not None}
-
-
 @torch.inference_mode()
 def continue_prompts(lm: LoadedModel, ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
     """Greedy continuation (new token ids, cut before end-of-sequence) of each prompt, under whatever steering is active.
@@ -288,10 +277,10 @@ def continue_prompts(lm: LoadedModel, ids: list[list[int]], max_new_tokens: int)
     ``generate`` counts positions from the attention mask, so a row continues as it would alone.
     """
     width = max(map(len, ids))
-    pad = _pad_id(lm)
+    pad = lm.pad_id
     input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in ids], device=lm.device)
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids], device=lm.device)
-    stop = _eos_ids(lm)
+    stop = lm.eos_ids
     out = lm.model.generate(
         input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
         pad_token_id=pad, eos_token_id=sorted(stop), return_dict_in_generate=True, output_logits=True,

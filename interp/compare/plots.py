@@ -6,19 +6,11 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import save_figure_atomic
+from ..pyplot import pyplot
 from .matching import HIST_BINS, Matching
 
 HEATMAP_SIDE = 256
 """Most pairs drawn in the heat map; larger matchings show every k-th pair."""
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_matching(
@@ -26,7 +18,7 @@ def plot_matching(
 ) -> Path:
     """Heat map of explanation similarity (pairs sorted by matched similarity, so the diagonal is the matching)
     beside histograms of matched, shuffled and decoder-matched similarities."""
-    plt = _pyplot()
+    plt = pyplot()
     order = np.argsort(-matching.scores, kind="stable")
     step = max(1, math.ceil(len(order) / HEATMAP_SIDE))
     shown = order[::step]
@@ -60,7 +52,7 @@ def plot_coder_scores(summary: dict, out_dir: Path) -> Path:
     ``summary`` is ``summarize_scores`` output: ``{coder: {scorer: {"metric", "explanation", "baseline"}}}``.
     Box plots with every latent as a dot, so SAE latents and neurons can be read off one figure.
     """
-    plt = _pyplot()
+    plt = pyplot()
     coders = list(summary)
     scorers = list(dict.fromkeys(s for per in summary.values() for s in per))
     fig, axes = plt.subplots(1, max(1, len(scorers)), figsize=(1.2 + 1.9 * len(coders) * max(1, len(scorers)), 4.2), squeeze=False)

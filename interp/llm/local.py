@@ -95,7 +95,7 @@ class TransformersClient:
         batch, seed and batch size; batching changes which random numbers each prompt draws.
         """
         ids = [self.render(p) for p in prompts]
-        stop = self._eos_ids()
+        stop = self.lm.eos_ids
         sampling = (
             {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
             if params.temperature > 0
@@ -110,7 +110,7 @@ class TransformersClient:
                     input_ids=input_ids,
                     attention_mask=mask,
                     max_new_tokens=params.max_tokens,
-                    pad_token_id=self._pad_id(),
+                    pad_token_id=self.lm.pad_id,
                     eos_token_id=sorted(stop),
                     **sampling,
                 )
@@ -214,7 +214,7 @@ class TransformersClient:
         self.forward_tokens += sum(len(s) for s in suffixes)
         width = max(len(s) for s in suffixes)
         device = self.lm.device
-        input_ids = torch.tensor([s + [self._pad_id()] * (width - len(s)) for s in suffixes], device=device)
+        input_ids = torch.tensor([s + [self.lm.pad_id] * (width - len(s)) for s in suffixes], device=device)
         mask = torch.tensor([[1] * (offset + len(s)) + [0] * (width - len(s)) for s in suffixes], device=device)
         positions = torch.arange(offset, offset + width, device=device).expand(len(suffixes), -1)
         kept, index = self._keep(keep)
@@ -245,7 +245,7 @@ class TransformersClient:
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Input ids and attention mask, padded on the left so every row ends at the last position."""
         width = max(len(r) for r in rows)
-        input_ids = torch.tensor([[self._pad_id()] * (width - len(r)) + r for r in rows])
+        input_ids = torch.tensor([[self.lm.pad_id] * (width - len(r)) + r for r in rows])
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
         return input_ids.to(self.lm.device), mask.to(self.lm.device)
 
@@ -269,16 +269,6 @@ class TransformersClient:
             prompt_tokens=prompt_tokens,
             completion_tokens=len(new_tokens) if end is None else end + 1,
         )
-
-    def _eos_ids(self) -> set[int]:
-        configured = getattr(getattr(self.lm.model, "generation_config", None), "eos_token_id", None)
-        ids = set(configured if isinstance(configured, list) else [configured])
-        ids.add(self.lm.tokenizer.eos_token_id)
-        return {i for i in ids if i is not None}
-
-    def _pad_id(self) -> int:
-        tokenizer = self.lm.tokenizer
-        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def _cuda_devices(self) -> list[int]:
         return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []

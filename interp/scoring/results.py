@@ -7,6 +7,7 @@ from ..atomic import save_figure_atomic
 from ..cache import load_stats
 from ..errors import CorruptFileError
 from ..jsonl import latest_rows, read_json, read_jsonl
+from ..pyplot import pyplot
 from .base import SCORE_KEY
 from .metrics import correlation
 
@@ -68,15 +69,6 @@ def summarize_scores(rows: list[dict]) -> dict:
     return out
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _bins(metric: str) -> list[float]:
     """Histogram bins over the metric's range: correlations run from -1, the rest from 0."""
     low = -1.0 if metric == "correlation" else 0.0
@@ -85,7 +77,7 @@ def _bins(metric: str) -> list[float]:
 
 def plot_scores(summary: dict, out_dir: Path) -> list[Path]:
     """One histogram per (coder, scorer): explanation scores against the random baseline."""
-    plt = _pyplot()
+    plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for coder, scorers in summary.items():
@@ -159,7 +151,7 @@ def scorer_agreement(table: dict[str, dict[int, float]]) -> dict[tuple[str, str]
 
 def plot_diagnostics(rows: list[dict], frequencies: dict[tuple[str, int], float], out_dir: Path) -> list[Path]:
     """Per coder: each scorer's score against firing frequency, and the scorers' agreement matrix."""
-    plt = _pyplot()
+    plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for coder, scorers in score_table(rows).items():
