@@ -315,6 +315,31 @@ def finalize_stats(coder_dir: Path, num_latents: int, num_windows: int, shard_wi
     return summary
 
 
+def is_finished(coder_dir: Path) -> bool:
+    """Whether ``finalize_stats`` has run for this coder's cache."""
+    return (Path(coder_dir) / "stats.json").is_file() and (Path(coder_dir) / "stats.safetensors").is_file()
+
+
+def read_cache_stats(coder_dir: Path) -> dict:
+    """The totals ``finalize_stats`` wrote: tokens, nnz, mean L0, dead fraction."""
+    path = Path(coder_dir) / "stats.json"
+    if not path.is_file():
+        raise CacheCorruptError(f"{path} is missing: the cache did not finish. Resume it with `interp cache`.")
+    stats = read_json(path, hint=RESUME)
+    tokens = stats.get("num_tokens") if isinstance(stats, dict) else None
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1:
+        raise CacheCorruptError(f"{path} holds no token count; {RESUME}.")
+    return stats
+
+
+def read_coder_description(coder_dir: Path) -> dict:
+    """What the cached coder is (kind, source, hookpoint, widths), as ``build_cache`` recorded it."""
+    path = Path(coder_dir) / "coder.json"
+    if not path.is_file():
+        raise CacheCorruptError(f"{path} is missing: the cache of this coder is incomplete; {RESUME}.")
+    return read_json(path, hint=RESUME)
+
+
 def load_stats(coder_dir: Path) -> dict[str, torch.Tensor]:
     """Per-latent ``count``, ``max`` and ``sum`` written by ``finalize_stats``."""
     path = Path(coder_dir) / "stats.safetensors"

@@ -9,22 +9,51 @@ import sys
 from pathlib import Path
 
 from .config import SECTIONS, RunConfig
-from .cli_args import add_config_args, config_from_args
+from .cli_args import add_config_args, with_args
 from .errors import InterpError
+from .rundir import RunDir
 
 
-def _run_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
+DEFAULT_RUN = Path("runs/demo")
+
+
+def _run_argument(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
+    """The run directory, as ``RUN`` or ``--run-dir RUN``."""
+    if positional:
+        p.add_argument("run", metavar="RUN", type=Path, nargs="?", default=None, help=f"Run directory (default: {DEFAULT_RUN})")
+    p.add_argument("--run-dir", type=Path, default=None, help="The run directory, as a flag")
+
+
+def _run_dir(ns: argparse.Namespace) -> Path:
+    """The run directory the command names, however it was given."""
+    given = getattr(ns, "run", None)
+    if given is not None and ns.run_dir is not None and given != ns.run_dir:
+        raise InterpError(f"Two run directories given ({given} and --run-dir {ns.run_dir}): give one.")
+    return given or ns.run_dir or DEFAULT_RUN
+
+
+def _run_parser(
+    sub, name: str, help: str, *, sections: tuple[str, ...] = tuple(SECTIONS), run: bool = True, makes_run: bool = False,
+) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help, conflict_handler="resolve")  # a command may redefine a flag
-    p.add_argument("--run-dir", type=Path, default=Path("runs/demo"), help="Run directory (default: runs/demo)")
-    p.add_argument("--overwrite", action="store_true", help="Delete the run directory and start again")
+    if run:
+        _run_argument(p)
+    if makes_run:
+        p.add_argument("--overwrite", action="store_true", help="Delete the run directory and start again")
     p.add_argument("--quiet", action="store_true", help="No progress bars")
-    for title, cls in SECTIONS.items():
-        add_config_args(p, cls, title)
+    for title in sections:
+        add_config_args(p, SECTIONS[title], title, given_only=True)
     return p
 
 
-def _config(ns: argparse.Namespace) -> RunConfig:
-    return RunConfig(**{title: config_from_args(cls, ns) for title, cls in SECTIONS.items()})
+def _config(ns: argparse.Namespace, run: RunDir | None) -> RunConfig:
+    """The command's configuration: the run's own config.json where it exists (else the defaults), with the flags
+    given on the command line set over it. A flag that contradicts what makes the run is refused, naming both."""
+    existing = run is not None and run.is_run() and not getattr(ns, "overwrite", False)
+    cfg = with_args(run.read_config() if existing else RunConfig(), ns)
+    if existing:
+        run.check(cfg)
+    return cfg
 
 
 def _fmt(value: float | None) -> str:
@@ -46,12 +75,7 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     counts = summary.get("explanations")
     if counts:
         print(f"explanations ({summary['explainer']}): " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
-        from .explain import EXPLANATION_KEY
-        from .jsonl import latest_rows, read_jsonl
-
-        rows = latest_rows(read_jsonl(run_dir / "explanations.jsonl"), EXPLANATION_KEY)
-        ok = [r for r in rows if r["explainer"] == summary["explainer"] and r.get("status") == "ok"]
-        for r in ok[:5]:
+        for r in RunDir(run_dir).usable_explanations(summary["explainer"])[:5]:
             print(f"  {r['coder']} #{r['latent']}: {r.get('explanation')}")
     for coder, scorers in summary.get("scores", {}).items():
         print(f"scores for {coder} of the {summary['explainer']} explanations (mean over latents; random explanation in brackets):")
@@ -82,16 +106,12 @@ def _compare(ns: argparse.Namespace) -> int:
     from .compare.report import compare_sides, default_out_dir, format_report, write_comparison
     from .compare.sides import load_side
 
-    try:
-        if ns.max_latents < 1:
-            raise InterpError("--max-latents must be at least 1.")
-        a, b = load_side(ns.a, ns.explainer), load_side(ns.b, ns.explainer)
-        comparison = compare_sides(a, b, embedder_name=ns.embedder, decoders=ns.decoders, max_latents=ns.max_latents,
-                                   seed=ns.seed, progress=not ns.quiet)
-        paths = write_comparison(comparison, ns.out or default_out_dir(a, b))
-    except InterpError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if ns.max_latents < 1:
+        raise InterpError("--max-latents must be at least 1.")
+    a, b = load_side(ns.a, ns.explainer), load_side(ns.b, ns.explainer)
+    comparison = compare_sides(a, b, embedder_name=ns.embedder, decoders=ns.decoders, max_latents=ns.max_latents,
+                               seed=ns.seed, progress=not ns.quiet)
+    paths = write_comparison(comparison, ns.out or default_out_dir(a, b))
     print(format_report(comparison.report, top=ns.top))
     print("results: " + ", ".join(str(p.resolve()) for p in paths))
     return 0
@@ -113,12 +133,8 @@ def _publish_parser(sub) -> None:
 def _publish(ns: argparse.Namespace) -> int:
     from publish.hub import publish_run  # publish is the last stage: the core never imports it up front
 
-    try:
-        result = publish_run(ns.run_dir, ns.repo, token_env=ns.token_env, private=ns.private, out_dir=ns.out,
-                             dry_run=ns.dry_run, license=ns.license, progress=not ns.quiet)
-    except InterpError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = publish_run(ns.run_dir, ns.repo, token_env=ns.token_env, private=ns.private, out_dir=ns.out,
+                         dry_run=ns.dry_run, license=ns.license, progress=not ns.quiet)
     rows = ", ".join(f"{name}: {n} rows" for name, n in result.rows.items())
     print(f"dataset folder: {result.folder.resolve()} ({rows})")
     if result.commit_oid is None:
@@ -143,11 +159,11 @@ def _steer_parser(sub) -> None:
     p.add_argument("--target-kl", type=float, default=None, help="Instead of --strength: the strength whose next-token KL is this many nats")
     p.add_argument("--max-new-tokens", type=int, default=32, help="Tokens to generate per continuation (default: 32)")
     p.add_argument("--top-tokens", type=int, default=8, help="Next tokens listed whose probability rose most (default: 8)")
-    p.add_argument("--run-dir", type=Path, default=Path("runs/demo"), help="Run whose model and coders to use (default: runs/demo)")
-    p.add_argument("--coders", nargs="+", default=None, help="Coder specs (KIND[:SOURCE][@HOOKPOINT]) instead of a run's; the model comes from --model")
-    p.add_argument("--neuron-k", type=int, default=32, help="k for top-k sparsified neurons (with --coders)")
+    _run_argument(p, positional=False)
+    p.add_argument("--coders", nargs="+", default=argparse.SUPPRESS, help="Coder specs (KIND[:SOURCE][@HOOKPOINT]) instead of a run's; the model comes from --model")
+    p.add_argument("--neuron-k", type=int, default=argparse.SUPPRESS, help="k for top-k sparsified neurons (with --coders; default: 32)")
     p.add_argument("--quiet", action="store_true", help="No progress bars")
-    add_config_args(p, ModelConfig, "model (with --coders; a run directory uses its own)")
+    add_config_args(p, ModelConfig, "model (with --coders; a run directory uses its own)", given_only=True)
 
 
 def _columns(left: str, right: str, width: int) -> list[str]:
@@ -161,25 +177,20 @@ def _columns(left: str, right: str, width: int) -> list[str]:
 def _steer(ns: argparse.Namespace) -> int:
     import shutil
 
-    from . import run as pipeline
-    from .config import CoderConfig, ModelConfig
     from .steer import generate_side_by_side, pick_coder
+    from .subject import open_subject
 
-    try:
-        if ns.coders:
-            cfg, run_dir = RunConfig(model=config_from_args(ModelConfig, ns), coders=CoderConfig(ns.coders, ns.neuron_k)), None
-        else:
-            cfg, run_dir = pipeline.load_run_config(ns.run_dir), ns.run_dir
-        lm, coders = pipeline.open_coders(cfg, run_dir)
-        name, coder = pick_coder(coders, ns.hookpoint, lm.model)
-        results = [
-            generate_side_by_side(lm, coder, prompt, ns.latent, mode=ns.mode, strength=ns.strength, target_kl=ns.target_kl,
-                                  max_new_tokens=ns.max_new_tokens, top_k=ns.top_tokens)
-            for prompt in ns.prompts
-        ]
-    except InterpError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if hasattr(ns, "coders"):  # no run: the model comes from the flags, the coders from their specs
+        subject = open_subject(with_args(RunConfig(), ns), None)
+    else:
+        run = RunDir(_run_dir(ns))
+        subject = open_subject(_config(ns, run), run)
+    name, coder = pick_coder(subject.coders, ns.hookpoint, subject.lm.model)
+    results = [
+        generate_side_by_side(subject.lm, coder, prompt, ns.latent, mode=ns.mode, strength=ns.strength, target_kl=ns.target_kl,
+                              max_new_tokens=ns.max_new_tokens, top_k=ns.top_tokens)
+        for prompt in ns.prompts
+    ]
     width = max(20, (shutil.get_terminal_size((100, 20)).columns - 3) // 2)
     for prompt, r in zip(ns.prompts, results):
         how = "ablate" if ns.mode == "ablate" else f"{ns.mode} {r.strength:.4g}"
@@ -209,18 +220,14 @@ def _app(ns: argparse.Namespace) -> int:
 
     from .app.config import AppConfig, config_from_env
 
+    given = {f.name: getattr(ns, f.name) for f in fields(AppConfig) if getattr(ns, f.name) is not None}
+    config = replace(config_from_env(), **given, **({"run_dir": ns.run} if ns.run else {}))
     try:
-        given = {f.name: getattr(ns, f.name) for f in fields(AppConfig) if getattr(ns, f.name) is not None}
-        config = replace(config_from_env(), **given, **({"run_dir": ns.run} if ns.run else {}))
-        try:
-            from .app import launch
-            import gradio  # noqa: F401  (the app's one optional dependency)
-        except ImportError:
-            raise InterpError("The app needs Gradio: pip install 'interp[app]'.") from None
-        launch(config)
-    except InterpError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        from .app import launch
+        import gradio  # noqa: F401  (the app's one optional dependency)
+    except ImportError:
+        raise InterpError("The app needs Gradio: pip install 'interp[app]'.") from None
+    launch(config)
     return 0
 
 
@@ -228,13 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``interp`` argument parser with all subcommands."""
     parser = argparse.ArgumentParser(prog="interp", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    _run_parser(sub, "run", "The main job: every pipeline stage, in order, into one run directory.")
-    _run_parser(sub, "cache", "Cache sparse latent activations over a corpus (resumable).")
-    _run_parser(sub, "explain", "Explain latents of a cached run with an LLM (resumable).")
-    _run_parser(sub, "score", "Score a run's explanations against held-out examples and a random baseline (resumable).")
-    summary = _run_parser(sub, "summary", "Print the summary of one explainer's scores of a run (and rewrite its plots).")
+    _run_parser(sub, "run", "The main job: every pipeline stage, in order, into one run directory.", makes_run=True)
+    _run_parser(sub, "cache", "Cache sparse latent activations over a corpus (resumable).", makes_run=True)
+    _run_parser(sub, "explain", "Explain latents of a cached run with an LLM (resumable). The model, corpus, coders and "
+                "record settings are the run's own.")
+    _run_parser(sub, "score", "Score a run's explanations against held-out examples and a random baseline (resumable). "
+                "The model, corpus, coders and record settings are the run's own.")
+    summary = _run_parser(sub, "summary", "Print the summary of one explainer's scores of a run (and rewrite its plots).",
+                          sections=())
     summary.add_argument("--explainer", default=None, help="Whose explanations' scores to summarise (default: the run's own explainer, from its config.json)")
-    _run_parser(sub, "validate", "Check the scorers on planted latents of known meaning: true explanation vs a random one.")
+    _run_parser(sub, "validate", "Check the scorers on planted latents of known meaning: true explanation vs a random one.",
+                run=False)
     _compare_parser(sub)
     _publish_parser(sub)
     _steer_parser(sub)
@@ -242,43 +253,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``interp`` command."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    ns = build_parser().parse_args(argv)
+def _stage(ns: argparse.Namespace) -> int:
+    """``run`` and ``cache`` make (or resume) a run; ``explain``, ``score`` and ``summary`` need one made already."""
     from . import run as pipeline
 
+    run_dir = _run_dir(ns)
+    run = RunDir(run_dir)
+    if ns.command in ("explain", "score", "summary"):
+        run.read_config()  # not a run: say so before anything else
+    if ns.command == "summary":
+        summary = pipeline.summarize_run(run_dir, ns.explainer)
+    elif ns.command == "explain":
+        summary = pipeline.run_explain(_config(ns, run), run_dir, progress=not ns.quiet)
+    elif ns.command == "score":
+        summary = pipeline.run_score(_config(ns, run), run_dir, progress=not ns.quiet)
+    elif ns.command == "run":
+        summary = pipeline.run(_config(ns, run), run_dir, overwrite=ns.overwrite, progress=not ns.quiet)
+    else:
+        summary = pipeline.run_cache(_config(ns, run), run_dir, overwrite=ns.overwrite, progress=not ns.quiet).summary
+    _print_summary(summary, run_dir)
+    return 0
+
+
+def _validate(ns: argparse.Namespace) -> int:
+    from .validate import format_validation, run_validation
+
+    print(format_validation(run_validation(_config(ns, None), progress=not ns.quiet)))
+    return 0
+
+
+COMMANDS = {
+    "run": _stage, "cache": _stage, "explain": _stage, "score": _stage, "summary": _stage, "validate": _validate,
+    "compare": _compare, "publish": _publish, "steer": _steer, "app": _app,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``interp`` command: expected mistakes print one line and exit 2."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ns = build_parser().parse_args(argv)
     if ns.quiet:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    if ns.command == "compare":
-        return _compare(ns)
-    if ns.command == "publish":
-        return _publish(ns)
-    if ns.command == "steer":
-        return _steer(ns)
-    if ns.command == "app":
-        return _app(ns)
-
     try:
-        cfg = _config(ns)
-        if ns.command == "explain":
-            summary = pipeline.run_explain(cfg, ns.run_dir, progress=not ns.quiet)
-        elif ns.command == "score":
-            summary = pipeline.run_score(cfg, ns.run_dir, progress=not ns.quiet)
-        elif ns.command == "summary":
-            summary = pipeline.summarize_run(ns.run_dir, ns.explainer)
-        elif ns.command == "validate":
-            from .validate import format_validation, run_validation
-
-            print(format_validation(run_validation(cfg, progress=not ns.quiet)))
-            return 0
-        else:
-            stage = pipeline.run if ns.command == "run" else pipeline.run_cache
-            summary = stage(cfg, ns.run_dir, overwrite=ns.overwrite, progress=not ns.quiet)
+        return COMMANDS[ns.command](ns)
     except InterpError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    _print_summary(summary, ns.run_dir)
-    return 0

@@ -2,7 +2,7 @@
 
 import argparse
 import typing
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, replace
 
 from simple_parsing.docstring import get_attribute_docstring
 
@@ -11,8 +11,12 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls, group_title: str | None = None) -> None:
-    """Add one flag per field of dataclass ``cls`` to ``parser``; defaults come from the class."""
+def add_config_args(parser: argparse.ArgumentParser, cls, group_title: str | None = None, *, given_only: bool = False) -> None:
+    """Add one flag per field of dataclass ``cls`` to ``parser``; defaults come from the class.
+
+    With ``given_only`` a flag left out sets nothing (``with_args`` then keeps the value it
+    had): a stage on an existing run takes the run's own settings, not the defaults.
+    """
     group = parser.add_argument_group(group_title or cls.__name__, (cls.__doc__ or "").strip())
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
@@ -20,7 +24,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls, group_title: str | Non
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
         hint = hints[f.name]
         args = typing.get_args(hint)
-        kwargs: dict = {"dest": f.name, "default": default, "help": f"{doc} (default: {default})"}
+        kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS if given_only else default, "help": f"{doc} (default: {default})"}
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(hint) is list:
@@ -34,3 +38,13 @@ def add_config_args(parser: argparse.ArgumentParser, cls, group_title: str | Non
 def config_from_args(cls, ns: argparse.Namespace):
     """Build dataclass ``cls`` from the flags ``add_config_args`` added."""
     return cls(**{f.name: getattr(ns, f.name) for f in fields(cls)})
+
+
+def with_args(base, ns: argparse.Namespace):
+    """``base`` (a config dataclass of sections, such as ``RunConfig``) with every flag given in ``ns`` set over it."""
+    sections = {}
+    for section in fields(base):
+        current = getattr(base, section.name)
+        given = {f.name: getattr(ns, f.name) for f in fields(current) if hasattr(ns, f.name)}
+        sections[section.name] = replace(current, **given)
+    return replace(base, **sections)

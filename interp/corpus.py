@@ -8,18 +8,24 @@ starting with BOS, so every window is full and no padding is ever needed.
 
 import importlib.util
 import json
+import logging
 import random
 import re
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .config import CorpusConfig
+from .config import CorpusConfig, TrainConfig
 from .errors import CorpusError
 
 BUILTIN = "builtin"
 LOCAL_SUFFIXES = (".txt", ".md", ".jsonl", ".json", ".parquet")
+HELDOUT_WINDOWS = 16
+"""Windows kept apart from training to measure the default SAE's quality."""
+
+log = logging.getLogger(__name__)
 
 
 def _package_dir(name: str) -> Path:
@@ -156,3 +162,27 @@ def corpus_windows(cfg: CorpusConfig, tokenizer, *, num_windows: int | None = No
     return cut_windows(
         documents(cfg), tokenizer, ctx_len=cfg.ctx_len, num_windows=n, add_bos=cfg.add_bos, skip_windows=skip_windows
     )
+
+
+@dataclass
+class Windows:
+    """Token windows for the cache, and (for the default SAE) for training and held-out checks."""
+
+    cache: torch.Tensor
+    train: torch.Tensor | None = None
+    heldout: torch.Tensor | None = None
+
+
+def split_windows(cfg: CorpusConfig, tokenizer, train: TrainConfig | None = None) -> Windows:
+    """Cut the corpus once: cache windows first, then (with ``train``, for the default SAE) training and held-out
+    windows after them."""
+    n_cache = cfg.num_tokens // cfg.ctx_len
+    n_train = train.train_tokens // cfg.ctx_len if train else 0
+    n_heldout = HELDOUT_WINDOWS if train else 0
+    windows = corpus_windows(cfg, tokenizer, num_windows=n_cache + n_train + n_heldout)
+    if train is None:
+        return Windows(windows[:n_cache])
+    if len(windows) < n_cache + n_heldout + train.train_batch_size:
+        log.warning("corpus too small to keep training windows apart from cached ones; training on the cached windows")
+        return Windows(windows[:n_cache], windows[:n_cache], windows[:HELDOUT_WINDOWS])
+    return Windows(windows[:n_cache], windows[n_cache : len(windows) - n_heldout], windows[len(windows) - n_heldout :])

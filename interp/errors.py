@@ -40,6 +40,10 @@ class RunConfigMismatchError(InterpError, ValueError):
     """A run directory that was made with a different configuration."""
 
 
+class NotARunDirError(InterpError, ValueError):
+    """A folder given as a run directory that holds no run."""
+
+
 class CorruptFileError(InterpError, ValueError):
     """A file of a run directory that cannot be read or does not hold what it should."""
 

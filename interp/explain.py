@@ -32,8 +32,6 @@ MARKER = re.compile(r"\[?\s*explanation\s*\]?\s*:", re.IGNORECASE)
 ARTEFACTS = re.compile(r"<\|[^|>]*\|>|</?s>|^(assistant|answer)\s*:?\s*", re.IGNORECASE)
 MAX_WORDS = 40
 QUOTES = "\"'“”‘’"
-EXPLANATION_KEY = ("coder", "latent", "explainer")
-"""What identifies a line of explanations.jsonl; a later line with the same key replaces an earlier one."""
 
 
 class TokenText:

@@ -9,6 +9,7 @@ random and hard non-activating examples, statistics and the tokens the latent pr
 Reading is per latent range: shards are sorted by latent, so a range is one slice per shard.
 """
 
+import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 
 from .cache import TOKENS_FILE, iter_shards, load_stats, load_tensors
 from .config import RecordsConfig
+from .errors import InterpError
 from .jsonl import append_jsonl
 
 HISTOGRAM_BINS = 20
@@ -282,6 +284,36 @@ class RecordBuilder:
         if len(candidates) > n:
             candidates = sorted(rng.choice(candidates, size=n, replace=False).tolist())
         return [self._inactive(j) for j in candidates]
+
+
+def select_latents(spec: str, count: torch.Tensor, *, min_count: int, seed: int) -> list[int]:
+    """Latent indices for ``spec``: all, sample:N (among latents firing at least ``min_count`` times), A-B, or A,B,C."""
+    n = len(count)
+    try:
+        if spec == "all":
+            return list(range(n))
+        if spec.startswith("sample:"):
+            alive = torch.nonzero(count >= min_count).flatten().tolist()
+            wanted = int(spec.split(":", 1)[1])
+            if wanted < 1:
+                raise ValueError(spec)
+            k = min(wanted, len(alive))
+            return sorted(random.Random(seed).sample(alive, k))
+        if "-" in spec:
+            a, b = (int(x) for x in spec.split("-", 1))
+            if a <= b and not 0 <= a <= b < n:  # checked before it is listed: A-B may name billions
+                raise InterpError(f"Latents {a}-{b} do not all exist: this coder has {n} latents (0-{n - 1}).")
+            chosen = list(range(a, b + 1))
+        else:
+            chosen = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise InterpError(f"Cannot read latent selection {spec!r}: use all, sample:N (N >= 1), A-B or A,B,C.") from None
+    if not chosen:
+        raise InterpError(f"Latent selection {spec!r} selects no latents (a range A-B needs A <= B).")
+    bad = [i for i in chosen if not 0 <= i < n]
+    if bad:
+        raise InterpError(f"Latents {bad[:5]} do not exist: this coder has {n} latents (0-{n - 1}).")
+    return chosen
 
 
 def logit_lens(model, decoder: torch.Tensor):

@@ -18,8 +18,9 @@ from .corpus import corpus_windows
 from .explain import TokenText
 from .models import LoadedModel, load_model
 from .records import Example, LatentRecord, LatentStats
-from .run import llm_client, make_scorers, needs_llm
+from .llm import run_client
 from .scoring.base import Scorer
+from .scoring.registry import make_scorers, needs_llm
 from .scoring.results import main_metric
 
 PLANTED: dict[str, tuple[str, ...]] = {
@@ -117,7 +118,7 @@ def run_validation(cfg: RunConfig, *, lm: LoadedModel | None = None, progress: b
     The LLM is ``cfg.explain.llm`` (no response cache: every answer is fresh).
     """
     lm = lm or load_model(cfg.model)
-    client = llm_client(cfg, lm, None) if needs_llm(cfg.score.scorers) else None
+    client = run_client(cfg, lm, None) if needs_llm(cfg.score.scorers) else None
     windows = corpus_windows(cfg.corpus, lm.tokenizer)
     planted = planted_records(windows, lm.tokenizer, example_len=cfg.records.example_len, seed=cfg.records.records_seed)
     return validate_scorers(make_scorers(cfg, client, lm), planted, progress=progress)

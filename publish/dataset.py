@@ -21,13 +21,13 @@ from datasets import Dataset, Features, List, Value
 from tqdm.auto import tqdm
 
 from interp.atomic import write_atomic
-from interp.config import ModelConfig, RunConfig, read_config_file
+from interp.config import ModelConfig, RunConfig
 from interp.errors import InterpError
 from interp.explain import TokenText
-from interp.jsonl import latest_rows, read_json, read_jsonl
 from interp.models import EMBEDDED, LoadedModel, load_model
-from interp.records import CacheView, LatentRecord, RecordBuilder, logit_lens
-from interp.run import EXPLANATION_KEY, EXPLANATIONS, SCORE_KEY, SCORES, Windows, read_summary, resolve_coders
+from interp.records import LatentRecord
+from interp.rundir import RunDir
+from interp.subject import open_coders
 from interp.scoring.results import main_metric
 
 SCHEMA_VERSION = "interp-explanations/1"
@@ -100,7 +100,7 @@ class PublishError(InterpError):
 class RunData(NamedTuple):
     """What publishing reads from a run directory, read once."""
 
-    run_dir: Path
+    run: RunDir
     config: RunConfig
     explanations: list[dict]
     """The latest line of ``explanations.jsonl`` for each (coder, latent, explainer)."""
@@ -116,23 +116,15 @@ class RunData(NamedTuple):
 
 def read_run(run_dir: str | Path) -> RunData:
     """Read a run directory's config, explanations, scores and coder descriptions."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise PublishError(f"{run_dir} is not a run directory (no config.json): run `interp run --run-dir {run_dir}` first.")
-    explanations = latest_rows(read_jsonl(run_dir / EXPLANATIONS), EXPLANATION_KEY)
+    run = RunDir(run_dir)
+    config = run.read_config()
+    explanations = run.explanations()
     if not explanations:
-        raise PublishError(f"{run_dir} has no explanations to publish: run `interp explain --run-dir {run_dir}` first.")
-    scores = latest_rows(read_jsonl(run_dir / SCORES), SCORE_KEY)
-    coders, stats = {}, {}
-    for name in dict.fromkeys(r["coder"] for r in explanations):
-        for kind, out in (("coder", coders), ("stats", stats)):
-            path = run_dir / "cache" / name / f"{kind}.json"
-            if not path.is_file():
-                raise PublishError(f"{path} is missing: the cache of coder {name!r} is incomplete; resume it with `interp cache`.")
-            out[name] = read_json(path, hint="resume the cache with `interp cache` to rewrite it")
-    summary = read_summary(run_dir)
-    config = read_config_file(run_dir / "config.json")
-    return RunData(run_dir, config, explanations, scores, coders, stats, summary)
+        raise PublishError(f"{run.path} has no explanations to publish: run `interp explain {run.path}` first.")
+    names = list(dict.fromkeys(r["coder"] for r in explanations))
+    coders = {name: run.coder_description(name) for name in names}
+    stats = {name: run.cache_stats(name) for name in names}
+    return RunData(run, config, explanations, run.scores(), coders, stats, run.summary())
 
 
 def model_id(cfg: ModelConfig) -> str:
@@ -241,19 +233,17 @@ def build_dataset(
     run = run if isinstance(run, RunData) else read_run(run)
     cfg = run.config
     lm = lm or load_model(cfg.model)
-    loaded = resolve_coders(cfg, lm, run.run_dir, Windows(cache=None))
+    loaded = open_coders(cfg, lm, run.run)
     missing = sorted(set(run.coders) - set(loaded))
     if missing:
-        raise PublishError(f"Coders {missing} have explanations but are not in {run.run_dir / 'config.json'}.")
+        raise PublishError(f"Coders {missing} have explanations but are not in {run.run.config_file}.")
     text = TokenText(lm.tokenizer)
     model = model_id(cfg.model)
     tables = {}
     for name, info in run.coders.items():
         explanations, scores = _group(run.explanations, name), _group(run.scores, name)
         latents = sorted(explanations)[:limit]
-        decoder = loaded[name].decoder_weight().detach()
-        view = CacheView.open(run.run_dir / "cache", name, bos_token_id=lm.tokenizer.bos_token_id)
-        builder = RecordBuilder(view, cfg.records, decoder, logit_lens(lm.model, decoder))
+        builder = run.run.record_builder(name, cfg, lm, loaded[name])
         rows = []
         with tqdm(total=len(latents), desc=f"dataset rows ({name})", unit="latent", disable=not progress) as bar:
             for chunk in _chunks(latents, RECORD_CHUNK):

@@ -25,7 +25,6 @@ from .dataset import DATA_DIR, PublishError, RunData, build_dataset, read_run, s
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "HF_TOKEN"
-FOLDER = "publish"
 """The dataset folder's default place, inside the run directory."""
 CARD = "README.md"
 LICENSE = "cc-by-4.0"
@@ -78,7 +77,7 @@ def write_folder(
 ) -> Folder:
     """Build the dataset of a run and write it with its card into ``out_dir`` (default ``<run dir>/publish``)."""
     run = run if isinstance(run, RunData) else read_run(run)
-    out = Path(out_dir) if out_dir is not None else run.run_dir / FOLDER
+    out = Path(out_dir) if out_dir is not None else run.run.publish_dir
     remove_stale_temps(out)  # what an interrupted publish was writing
     tables = build_dataset(run, lm=lm, progress=progress)
     data_files = save_dataset(tables, out, progress=progress)

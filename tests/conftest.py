@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import transformers
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from openai_server import serving
@@ -36,6 +37,20 @@ def tiny_lm(smollm_tokenizer) -> LoadedModel:
 def smollm() -> LoadedModel:
     """The embedded SmolLM2-135M-Instruct; converted from GGUF on first use, then cached."""
     return load_model(ModelConfig())
+
+
+@pytest.fixture
+def loads(monkeypatch) -> list[str]:
+    """What every model load of a test's commands loaded (subject model or LLM), in order."""
+    seen: list[str] = []
+    original = transformers.AutoModelForCausalLM.from_pretrained.__func__
+
+    def spy(cls, source, *args, **kwargs):
+        seen.append(str(source))
+        return original(cls, source, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", classmethod(spy))
+    return seen
 
 
 @pytest.fixture

@@ -251,31 +251,6 @@ def test_a_model_named_in_the_page_never_runs_its_own_code(tmp_path, workspace):
     assert not (tmp_path / "ran").exists()
 
 
-def test_a_stage_started_from_the_page_touches_only_the_chosen_coder(tmp_path):
-    from dataclasses import asdict
-
-    from interp.config import CoderConfig, RunConfig
-
-    def fake_run(specs, names):
-        path = tmp_path / "ws" / "runs" / "-".join(str(len(n)) for n in names)
-        for name in names:
-            (path / "cache" / name).mkdir(parents=True)
-            (path / "cache" / name / "stats.json").write_text("{}")
-        (path / "config.json").write_text(json.dumps(asdict(RunConfig(coders=CoderConfig(specs)))))
-        (path / "summary.json").write_text(json.dumps({"coders": {n: {} for n in names}}))
-        return OpenRun(path, Workspace(tmp_path / "ws"))
-
-    two = fake_run(["topk-neurons@model.layers.1.mlp", "topk-neurons@model.layers.2.mlp"],
-                   ["model.layers.1.mlp.topk-neurons", "model.layers.2.mlp.topk-neurons"])
-    assert pipeline._only(two, "model.layers.2.mlp.topk-neurons").coders.coders == ["topk-neurons@model.layers.2.mlp"]
-    assert pipeline._only(two, "model.layers.1.mlp.topk-neurons").coders.coders == ["topk-neurons@model.layers.1.mlp"]
-    with pytest.raises(InterpError, match="no finished coder 'model.layers.3'"):
-        pipeline._only(two, "model.layers.3")
-    same = fake_run(["neurons@model.layers.1.mlp"] * 2, ["model.layers.1.mlp.neurons", "model.layers.1.mlp.neurons-2"])
-    assert pipeline._only(same, "model.layers.1.mlp.neurons").coders.coders == ["neurons@model.layers.1.mlp"]
-    assert pipeline._only(same, "model.layers.1.mlp.neurons-2") == same.cfg  # alone it would be renamed
-
-
 def test_score_shows_every_examples_outcome_and_the_plots(tmp_path, workspace):
     ws = copy_workspace(workspace, tmp_path)
     (ws / RUN / "scores.jsonl").unlink()  # score again, here

@@ -9,7 +9,7 @@ import pytest
 from interp.cli import main
 from interp.coders.neurons import load_neurons
 from interp.compare.matching import agreement, cosine_matrix, hungarian, random_pairing
-from interp.compare.plots import plot_coder_scores
+from interp.scoring.plots import plot_coder_scores
 from interp.compare.report import compare_sides, format_report, write_comparison
 from interp.compare.sides import Side, load_side, parse_side
 from interp.errors import InterpError

@@ -16,9 +16,8 @@ from pipeline_support import save_tiny_model, scripted_reply
 from interp.config import CacheConfig, CoderConfig, CorpusConfig, ExplainConfig, ModelConfig, RunConfig, ScoreConfig
 from interp.jsonl import latest_rows, read_jsonl
 from interp.llm import GenerationParams, OpenAIClient, make_client
-from interp.run import EXPLANATIONS, LLM_CACHE, SCORES, run_cache, run_explain, run_score, summarize_run
-from interp.explain import EXPLANATION_KEY
-from interp.scoring.base import SCORE_KEY
+from interp.run import run_cache, run_explain, run_score, summarize_run
+from interp.rundir import EXPLANATION_KEY, EXPLANATIONS, LLM_CACHE, SCORE_KEY, SCORES
 
 FAILURES = ["500", "429", "truncated", "drop", "cut", "sleep"]
 

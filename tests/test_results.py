@@ -11,11 +11,11 @@ from interp.cli import main
 from interp.config import ExplainConfig, RunConfig
 from interp.errors import InterpError
 from interp.jsonl import append_jsonl
-from interp.run import plots_dir, summarize_run
+from interp.run import summarize_run
+from interp.rundir import RunDir
 from interp.scoring.base import ScoreResult
-from interp.scoring.results import (
-    firing_frequencies, load_scores, main_metric, plot_diagnostics, score_table, scorer_agreement, summarize_scores,
-)
+from interp.scoring.plots import plot_diagnostics
+from interp.scoring.results import main_metric, score_table, scorer_agreement, summarize_scores
 
 
 def row(scorer: str, latent: int, value: float, baseline: bool = False, coder: str = "sae") -> dict:
@@ -58,7 +58,7 @@ def test_frequencies_come_from_the_cache_stats_and_plots_are_written(tmp_path):
     counts = torch.tensor([10, 5, 1, 0])
     save_file({"count": counts, "max": torch.ones(4), "sum": counts.double()}, str(coder_dir / "stats.safetensors"))
     (coder_dir / "stats.json").write_text(json.dumps({"num_tokens": 100}))
-    freq = firing_frequencies(tmp_path, {"sae", "missing-coder"})
+    freq = RunDir(tmp_path).firing_frequencies({"sae", "missing-coder"})
     assert freq == {("sae", 0): 0.1, ("sae", 1): 0.05, ("sae", 2): 0.01, ("sae", 3): 0.0}
     paths = plot_diagnostics(ROWS, freq, tmp_path / "plots")
     assert [p.name for p in paths] == ["frequency_sae.png", "agreement_sae.png"]
@@ -87,11 +87,11 @@ def test_a_run_scored_by_two_explainers_is_summarised_one_explainer_at_a_time(tm
     assert (run_dir / "plots" / "scores_sae_embedding.png").is_file()  # the run's own explainer's plots
     assert (run_dir / "plots" / "default" / "scores_sae_embedding.png").is_file()  # another's beside them, not over them
     with pytest.raises(ValueError, match="several explainers"):
-        summarize_scores(load_scores(run_dir))
+        summarize_scores(RunDir(run_dir).scores())
     with pytest.raises(InterpError, match=r"No scores of the 'logits' explainer .* it has scores of default, tokens"):
         summarize_run(run_dir, "logits")
     with pytest.raises(InterpError, match="Unknown explainer"):  # the name would become a folder under plots/
-        plots_dir(run_dir, "../../elsewhere", "tokens")
+        RunDir(run_dir).plots_dir("../../elsewhere", "tokens")
 
     assert main(["summary", "--run-dir", str(run_dir), "--explainer", "default"]) == 0
     out = capsys.readouterr().out

@@ -48,11 +48,20 @@ def test_expected_mistakes_print_one_line_and_exit_2(tmp_path, capsys):
     capsys.readouterr()
     assert main(["cache", "--run-dir", str(tmp_path / "b"), *SMALL, "--num-tokens", "4096", "--coders", "neurons@model.layers.1.mlp"]) == 2
     err = capsys.readouterr().err
-    assert "corpus.num_tokens: 2048 -> 4096" in err and "--overwrite" in err
+    assert "corpus.num_tokens 2048, not 4096 (--num-tokens)" in err and "--overwrite" in err
     assert (tmp_path / "b" / "cache" / "model.layers.1.mlp.neurons" / "stats.json").is_file()  # nothing lost
 
     assert main(["cache", "--run-dir", str(tmp_path / "c"), *SMALL, "--coders", "saelens:/no/such/sae"]) == 2
     assert "Coder source not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_run_on_the_embedded_default_loads_the_model_once(tmp_path, loads, capsys):
+    args = ["run", str(tmp_path / "run"), *SMALL, "--coders", "topk-neurons@model.layers.3.mlp", "--latents", "sample:2",
+            "--max-new-tokens", "8", "--explain-batch", "2", "--scorers", "embedding", "surprisal"]
+    assert main(args) == 0  # the embedded model is the subject, the explainer and the surprisal scorer's LM
+    assert "explanations (default): 2" in capsys.readouterr().out
+    assert len(loads) == 1
 
 
 def test_python_dash_m_interp_shows_help():
@@ -104,7 +113,7 @@ def test_explain_with_the_embedded_llm_and_the_token_baseline(tmp_path, capsys):
     base = ["--run-dir", run_dir, *SMALL, "--coders", "topk-neurons@model.layers.3.mlp", "--latents", "sample:2"]
     assert main(["run", *base, "--explainer", "tokens"]) == 0
     assert "explanations (tokens): 2 ok" in capsys.readouterr().out
-    assert main(["explain", *base, "--max-new-tokens", "12", "--explain-batch", "2"]) == 0
+    assert main(["explain", run_dir, "--explainer", "default", "--max-new-tokens", "12", "--explain-batch", "2", "--quiet"]) == 0
     rows = [json.loads(l) for l in (tmp_path / "run" / "explanations.jsonl").read_text().splitlines()]
     assert [r["explainer"] for r in rows] == ["tokens", "tokens", "default", "default"]
     llm_rows = rows[2:]
@@ -140,5 +149,5 @@ def test_score_stage_appends_resumes_and_summarises_against_the_baseline(tmp_pat
     assert {r["scorer"] for r in rows[8:]} == {"detection", "surprisal"}
     detection = [r for r in rows if r["scorer"] == "detection"]
     assert all(r["metrics"]["recall"] == 0.0 and r["metrics"]["failed"] == 0 for r in detection)
-    assert main(["summary", *base]) == 0
+    assert main(["summary", str(run_dir)]) == 0
     assert "detection            balanced_accuracy  0.500  [0.500]  n=4" in capsys.readouterr().out

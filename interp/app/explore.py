@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from ..errors import InterpError
 from ..hooks import capture_tokens
 from ..records import HISTOGRAM_BINS, LatentRecord
-from ..scoring.results import explainer_rows, firing_frequencies, score_table, scored_explainers, summarize_scores
+from ..scoring.results import explainer_rows, score_table, scored_explainers, summarize_scores
 from .render import examples_html, markdown_code, markdown_text
 from .session import OpenRun
 
@@ -134,7 +134,7 @@ def latent_table(run: OpenRun, coder: str, query: str = "", sort: str = "latent"
         lines = {k: v for k, v in lines.items() if any(needle in (r["explanation"] or "").lower() for r in v)}
     table = score_table(explainer_rows(run.scores(), run.cfg.explain.explainer)).get(coder, {})
     scorers = sorted(table)
-    freq = firing_frequencies(run.path, {coder})
+    freq = run.dir.firing_frequencies({coder})
     rows = []
     for latent, group in lines.items():
         status = next((r["status"] for r in group if r["status"] == "ok"), group[-1]["status"])
@@ -228,7 +228,7 @@ def text_latents(run: OpenRun, coder: str, text: str, latent: int | None = None)
     """Run the model on ``text`` and list the latents of ``coder`` that fire on it; shade the text by ``latent``."""
     if len(text) > MAX_TEXT_CHARS:
         raise InterpError(f"The text has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,} ({MAX_TEXT_TOKENS} tokens). Shorten it.")
-    lm, _ = run.model()
+    lm = run.model().lm
     sparse = run.coder(coder)
     if latent is not None and not 0 <= latent < sparse.num_latents:
         raise InterpError(f"Latent {latent} does not exist: {coder} has {sparse.num_latents} latents (0-{sparse.num_latents - 1}).")

@@ -36,7 +36,7 @@ def steer_prompt(
         raise InterpError(f"Ask for 1 to {MAX_NEW_TOKENS} new tokens, not {max_new_tokens}.")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InterpError(f"The prompt has {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}. Shorten it.")
-    lm, _ = run.model()
+    lm = run.model().lm
     with run.lock:  # the steering hook lives on the shared model while this runs
         result = generate_side_by_side(
             lm, run.coder(coder), prompt, int(latent), mode=mode, strength=strength, target_kl=target_kl,

@@ -8,18 +8,15 @@ explainer, LLM, latents, scorers), never what was cached; results go to the run 
 from dataclasses import replace
 from typing import NamedTuple
 
-from ..cache import load_stats
-from ..config import RunConfig
 from ..errors import InterpError
-from ..run import plots_dir, run_explain, run_score, select_latents
+from ..records import select_latents
+from ..run import run_explain, run_score
 from ..scoring.results import main_metric
 from .explore import Table
 from .render import markdown_text
 from .session import OpenRun
 from .workspace import Workspace
 
-SCORERS = ("embedding", "surprisal", "detection", "fuzzing", "intruder", "simulation", "intervention")
-"""The scorers ``interp.run.make_scorers`` builds, offered in the Score panel."""
 BACKENDS = ("local", "url")
 """An LLM run in this process, or an OpenAI-compatible server."""
 EXPLAINED_HEADERS = ["latent", "status", "explanation", "LLM", "note"]
@@ -61,32 +58,17 @@ def llm_spec(
     raise InterpError(f"Unknown LLM backend {backend!r}: use {' or '.join(BACKENDS)}.")
 
 
-def _finished_coders(run: OpenRun, coder: str) -> list[str]:
-    """The run's finished coders, once ``coder`` (as typed) is known to be one of them: its name becomes a path."""
+def _check_finished(run: OpenRun, coder: str) -> None:
+    """Refuse ``coder`` (as typed) unless it is one of the run's finished coders: its name becomes a path."""
     names = run.coder_names()
     if coder not in names:
         raise InterpError(f"The run {run.name} has no finished coder {coder!r}; its coders are {', '.join(names)}.")
-    return names
-
-
-def _only(run: OpenRun, coder: str) -> RunConfig:
-    """The run's config narrowed to the coder called ``coder``, so a stage touches no other coder.
-
-    Coders are named in the order of their specs, with ``-2``, ``-3`` added to repeated names;
-    such a repeated coder keeps every spec (its name would change if it stood alone).
-    """
-    names = _finished_coders(run, coder)
-    specs = run.cfg.coders.coders
-    index = names.index(coder)
-    if len(names) != len(specs) or any(coder.startswith(other + "-") for other in names[:index]):
-        return run.cfg
-    return replace(run.cfg, coders=replace(run.cfg.coders, coders=[specs[index]]))
 
 
 def chosen_latents(run: OpenRun, coder: str, latents: str) -> list[int]:
     """The latents of ``coder`` that ``latents`` (one number, all, sample:N, A-B, A,B,C) names, as ``interp explain`` picks them."""
-    _finished_coders(run, coder)
-    count = load_stats(run.path / "cache" / coder)["count"]
+    _check_finished(run, coder)
+    count = run.dir.latent_counts(coder)
     r = run.cfg.records
     return select_latents(latents.strip(), count, min_count=r.min_examples, seed=r.records_seed)
 
@@ -95,9 +77,8 @@ def explain(run: OpenRun, coder: str, explainer: str, llm: LLMChoice, latents: s
             progress: bool = True) -> tuple[dict, Table]:
     """Explain ``latents`` of ``coder`` with ``explainer`` (resumable: done ones are skipped); the counts and the rows."""
     wanted = set(chosen_latents(run, coder, latents))
-    cfg = _only(run, coder)
-    cfg = replace(cfg, explain=replace(cfg.explain, explainer=explainer, **llm._asdict(), latents=latents.strip()))
-    summary = run_explain(cfg, run.path, progress=progress)
+    cfg = replace(run.cfg, explain=replace(run.cfg.explain, explainer=explainer, **llm._asdict(), latents=latents.strip()))
+    summary = run_explain(cfg, run.path, coders=[coder], progress=progress)
     rows = [
         [r["latent"], r["status"], r["explanation"] or "", r.get("model") or "", r.get("note") or ""]
         for r in run.explanations() if r["coder"] == coder and r["explainer"] == explainer and r["latent"] in wanted
@@ -113,13 +94,13 @@ def score(run: OpenRun, coder: str, explainer: str, scorers: list[str], score_mo
     """
     if not scorers:
         raise InterpError("Choose at least one scorer.")
-    cfg = _only(run, coder)
+    _check_finished(run, coder)
     cfg = replace(
-        cfg,
-        explain=replace(cfg.explain, explainer=explainer, **llm._asdict()),
-        score=replace(cfg.score, scorers=list(scorers), score_mode=score_mode),
+        run.cfg,
+        explain=replace(run.cfg.explain, explainer=explainer, **llm._asdict()),
+        score=replace(run.cfg.score, scorers=list(scorers), score_mode=score_mode),
     )
-    return summary_table(run_score(cfg, run.path, progress=progress)["scores"], coder)  # of this explainer alone
+    return summary_table(run_score(cfg, run.path, coders=[coder], progress=progress)["scores"], coder)  # of this explainer alone
 
 
 def summary_table(summary: dict, coder: str) -> Table:
@@ -134,7 +115,7 @@ def summary_table(summary: dict, coder: str) -> Table:
 def plots(run: OpenRun, coder: str, explainer: str | None = None) -> list[tuple[str, str]]:
     """(path, caption) of the summary plots of ``explainer``'s scores (default: the run's own) that concern ``coder``, and the all-coder one."""
     own = run.cfg.explain.explainer
-    folder = plots_dir(run.path, explainer or own, own)
+    folder = run.dir.plots_dir(explainer or own, own)
     if not folder.is_dir():
         return []
     chosen = [p for p in sorted(folder.glob("*.png")) if coder in p.stem or p.stem == "scores_by_coder"]

@@ -18,7 +18,7 @@ def preview_table(run: OpenRun, n: int = PREVIEW_ROWS) -> tuple[Table, str]:
     """The first ``n`` rows of the dataset (one per explained latent) and the dataset card."""
     from publish.hub import preview
 
-    lm, _ = run.model()
+    lm = run.model().lm
     rows, card = preview(run.path, n=n, lm=lm)
     out = []
     for r in rows:
@@ -40,7 +40,7 @@ def push(run: OpenRun, repo_id: str, token: str = "", *, private: bool = False, 
         raise InterpError(f"Give the dataset repository as owner/name, not {repo_id!r}.")
     if not token and not env_token:
         raise InterpError("Type a Hugging Face write token: this app does not publish with a token from its environment.")
-    lm, _ = run.model()
+    lm = run.model().lm
     try:
         return publish_run(run.path, repo_id, token=token or None, private=private, lm=lm, progress=progress)
     except InterpError as e:

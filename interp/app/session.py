@@ -12,12 +12,12 @@ from pathlib import Path
 from ..coders import SparseCoder
 from ..config import RunConfig
 from ..errors import InterpError
-from ..explain import EXPLANATION_KEY, TokenText
+from ..explain import TokenText
 from ..jsonl import latest_rows, read_jsonl
-from ..models import LoadedModel
-from ..records import CacheView, RecordBuilder, logit_lens
-from ..run import EXPLANATIONS, SCORES, load_run_config, open_coders, read_summary, run
-from ..scoring.base import SCORE_KEY
+from ..records import RecordBuilder
+from ..run import run
+from ..rundir import EXPLANATION_KEY, SCORE_KEY, RunDir
+from ..subject import Subject, open_subject
 from .workspace import Workspace
 
 KEEP_OPEN = 2
@@ -29,35 +29,33 @@ class OpenRun:
 
     def __init__(self, path: Path, workspace: Workspace):
         self.path = path
+        self.dir = RunDir(path)
         self.name = workspace.relative(path)
-        self.cfg: RunConfig = load_run_config(path)
+        self.cfg: RunConfig = self.dir.read_config()
         self.lock = threading.RLock()
-        self._loaded: tuple[LoadedModel, dict[str, SparseCoder]] | None = None
+        self._loaded: Subject | None = None
         self._builders: dict[str, RecordBuilder] = {}
         self._text: TokenText | None = None
         self._lines: dict[str, tuple[tuple, list[dict]]] = {}
 
     def coder_names(self) -> list[str]:
         """Coders whose cache is finished, in the order the run lists them (no model needed)."""
-        cache = self.path / "cache"
-        done = {p.parent.name for p in cache.glob("*/stats.json")} if cache.is_dir() else set()
-        summary = self.summary().get("coders", {})
-        return [n for n in summary if n in done] + sorted(done - set(summary))
+        return self.dir.finished_coders()
 
     def summary(self) -> dict:
         """``summary.json``, or {} before the cache has finished."""
-        return read_summary(self.path)
+        return self.dir.summary()
 
-    def model(self) -> tuple[LoadedModel, dict[str, SparseCoder]]:
+    def model(self) -> Subject:
         """The subject model and every coder of the run, loaded once (as ``interp steer`` loads them)."""
         with self.lock:
             if self._loaded is None:
-                self._loaded = open_coders(self.cfg, self.path)
+                self._loaded = open_subject(self.cfg, self.dir)
             return self._loaded
 
     def coder(self, name: str) -> SparseCoder:
         """The coder called ``name`` in this run."""
-        coders = self.model()[1]
+        coders = self.model().coders
         if name not in coders:
             raise InterpError(f"The run {self.name} has no coder {name!r}; its coders are {', '.join(coders)}.")
         return coders[name]
@@ -65,36 +63,32 @@ class OpenRun:
     def text(self) -> TokenText:
         """Token id -> text with the run's tokenizer."""
         if self._text is None:
-            self._text = TokenText(self.model()[0].tokenizer)
+            self._text = TokenText(self.model().lm.tokenizer)
         return self._text
 
     def builder(self, name: str) -> RecordBuilder:
         """The record builder of coder ``name`` (with the logit lens for promoted tokens), made once."""
         with self.lock:
             if name not in self._builders:
-                lm = self.model()[0]
-                decoder = self.coder(name).decoder_weight().detach()
-                view = CacheView.open(self.path / "cache", name, bos_token_id=lm.tokenizer.bos_token_id)
-                self._builders[name] = RecordBuilder(view, self.cfg.records, decoder, logit_lens(lm.model, decoder))
+                self._builders[name] = self.dir.record_builder(name, self.cfg, self.model().lm, self.coder(name))
             return self._builders[name]
 
-    def _read(self, file: str) -> list[dict]:
+    def _read(self, path: Path) -> list[dict]:
         """Lines of a JSONL file of the run, read again only when the file has changed."""
-        path = self.path / file
         stat = path.stat() if path.is_file() else None
         key = (stat.st_mtime_ns, stat.st_size) if stat else ()
-        cached = self._lines.get(file)
+        cached = self._lines.get(path.name)
         if cached is None or cached[0] != key:
-            cached = self._lines[file] = (key, read_jsonl(path) if stat else [])
+            cached = self._lines[path.name] = (key, read_jsonl(path) if stat else [])
         return cached[1]
 
     def explanations(self) -> list[dict]:
         """The latest line of ``explanations.jsonl`` per (coder, latent, explainer)."""
-        return latest_rows(self._read(EXPLANATIONS), EXPLANATION_KEY)
+        return latest_rows(self._read(self.dir.explanations_file), EXPLANATION_KEY)
 
     def scores(self) -> list[dict]:
         """The latest line of ``scores.jsonl`` per (scorer, coder, latent, explainer, baseline)."""
-        return latest_rows(self._read(SCORES), SCORE_KEY)
+        return latest_rows(self._read(self.dir.scores_file), SCORE_KEY)
 
 
 class Runs:
@@ -108,7 +102,7 @@ class Runs:
     def get(self, path: str) -> OpenRun:
         """The run at ``path`` (inside the workspace), opened once per version of its config.json."""
         full = self.workspace.run_dir(path)
-        key = (full, (full / "config.json").stat().st_mtime_ns)
+        key = (full, RunDir(full).config_file.stat().st_mtime_ns)
         with self._lock:
             if key not in self._open:
                 self._open[key] = OpenRun(full, self.workspace)
@@ -120,7 +114,7 @@ class Runs:
 
 def run_is_complete(path: Path) -> bool:
     """Whether the main job finished in ``path`` (its summary holds scores)."""
-    return "scores" in read_summary(path)
+    return "scores" in RunDir(path).summary()
 
 
 def build_default_run(workspace: Workspace, path: str, *, progress: bool = True) -> Path:

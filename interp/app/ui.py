@@ -19,6 +19,7 @@ import pandas as pd
 from ..errors import InterpError
 from ..explain import EXPLAINERS
 from ..scoring.classify import MODES as SCORE_MODES
+from ..scoring.registry import SCORERS
 from ..steer import MODES as STEER_MODES
 from . import explore, intervene, pipeline, publishing
 from .config import AppConfig
@@ -274,7 +275,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
         with gr.Tab("Score", elem_id="tab-score"):
             with gr.Row():
                 score_explainer = gr.Dropdown(choices=[], label="Explanations of", allow_custom_value=True, elem_id="score-explainer")
-                scorers = gr.CheckboxGroup(list(pipeline.SCORERS), value=["embedding"], label="Scorers", elem_id="scorers")
+                scorers = gr.CheckboxGroup(list(SCORERS), value=["embedding"], label="Scorers", elem_id="scorers")
                 mode = gr.Radio(list(SCORE_MODES), value="logprob", label="LLM scorers answer by", elem_id="score-mode")
             score_llm = _llm_widgets("score", config)
             score_btn = gr.Button("Score", variant="primary", elem_id="score")

@@ -10,8 +10,7 @@ import re
 from pathlib import Path
 
 from ..errors import InterpError
-
-RUN_MARKER = "config.json"
+from ..rundir import CONFIG, RunDir, not_a_run
 SEARCH_DEPTH = 3
 """How deep below the workspace run directories are listed."""
 MAX_PATH_CHARS = 1024
@@ -63,8 +62,8 @@ class Workspace:
         full = self.resolve(path)
         if not full.is_dir():
             raise WorkspaceError(f"There is no run directory {path!r} in the workspace: {self._hint()}")
-        if not (full / RUN_MARKER).is_file():
-            raise WorkspaceError(f"{path!r} is not a run directory (it has no {RUN_MARKER}): {self._hint()}")
+        if not RunDir(full).is_run():
+            raise WorkspaceError(not_a_run(repr(path), self._hint()))
         return full
 
     def runs(self) -> list[str]:
@@ -72,7 +71,7 @@ class Workspace:
         found = []
         for top, dirs, files in os.walk(self.root):
             depth = len(Path(top).relative_to(self.root).parts)
-            if RUN_MARKER in files and Path(top) != self.root:
+            if CONFIG in files and Path(top) != self.root:
                 found.append(self.relative(Path(top)))
                 dirs[:] = []  # a run's own folders (cache, coders) hold no runs
             elif depth >= SEARCH_DEPTH:

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..atomic import write_json_atomic
+from ..rundir import RunDir
 from ..scoring.embedding import load_embedder
 from . import DEFAULT_MAX_LATENTS
 from .matching import Matching, agreement, cosine_matrix, describe, hungarian, random_pairing
@@ -125,7 +126,7 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> tuple[Path, Path]
 def default_out_dir(a: Side, b: Side) -> Path:
     """``RUN_A/compare/CODER_A--CODER_B`` (run B's folder name is added when it is another run)."""
     other = b.coder if a.run_dir.resolve() == b.run_dir.resolve() else f"{b.run_dir.resolve().name}.{b.coder}"
-    return a.run_dir / "compare" / f"{a.coder}--{other}"
+    return RunDir(a.run_dir).compare_dir(a.coder, other)
 
 
 def _short(text: str, width: int) -> str:

@@ -13,11 +13,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..config import read_config_file
 from ..errors import InterpError
-from ..jsonl import read_jsonl
 from ..models import load_model
-from ..run import EXPLANATIONS, Windows, resolve_coders
+from ..rundir import RunDir, not_a_run
+from ..subject import open_coders
 
 
 class Side(NamedTuple):
@@ -50,7 +49,7 @@ def parse_side(text: str) -> tuple[Path, str | None]:
         return Path(text), None
     run, sep, coder = text.rpartition(":")
     if not sep or not Path(run).is_dir():
-        raise InterpError(f"{text!r} is not a run directory (RUN_DIR or RUN_DIR:CODER).")
+        raise InterpError(not_a_run(repr(text), "give RUN_DIR or RUN_DIR:CODER."))
     return Path(run), coder or None
 
 
@@ -73,7 +72,7 @@ def load_side(text: str, explainer: str | None = None) -> Side:
     ``explainer`` None takes the only explainer that explained this coder.
     """
     run_dir, coder = parse_side(text)
-    rows = [r for r in read_jsonl(run_dir / EXPLANATIONS) if r.get("status") == "ok" and r.get("explanation")]
+    rows = [r for r in RunDir(run_dir).usable_explanations() if r["explanation"]]
     if not rows:
         raise InterpError(f"{run_dir} has no usable explanations: run `interp explain --run-dir {run_dir}` first.")
     coder = _pick("coder", coder, rows, str(run_dir), f"pick one as {run_dir}:CODER")
@@ -102,14 +101,14 @@ def load_decoders(sides: list[Side]) -> list[Decoder]:
     for side in sides:
         run_dir = side.run_dir.resolve()
         if run_dir not in coders_of:
-            path = run_dir / "config.json"
-            if not path.is_file():
-                raise InterpError(f"{side.run_dir} has no config.json: cannot load its coders (use --no-decoders).")
-            cfg = read_config_file(path)
+            run = RunDir(run_dir)
+            if not run.is_run():
+                raise InterpError(not_a_run(str(side.run_dir), "cannot load its coders (use --no-decoders)."))
+            cfg = run.read_config()
             key = json.dumps(cfg.to_dict()["model"], sort_keys=True)
             if key not in models:
                 models[key] = load_model(cfg.model)
-            coders_of[run_dir] = resolve_coders(cfg, models[key], run_dir, Windows(cache=None))
+            coders_of[run_dir] = open_coders(cfg, models[key], run)
         coders = coders_of[run_dir]
         if side.coder not in coders:
             raise InterpError(f"{side.run_dir} has no coder {side.coder!r} in its config; it has: {', '.join(coders)}.")

@@ -3,7 +3,7 @@ OpenAI-compatible server, optionally behind a response cache. ``make_client`` pi
 
 from .base import Completion, GenerationParams, LLMClient, Message, Prompt
 from .errors import LLMError
-from .factory import make_client
+from .factory import make_client, run_client
 from .local import TransformersClient
 from .openai_client import OpenAIClient
 from .response_cache import CachedClient
@@ -19,4 +19,5 @@ __all__ = [
     "Prompt",
     "TransformersClient",
     "make_client",
+    "run_client",
 ]

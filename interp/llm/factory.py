@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from ..config import ModelConfig
-from ..models import EMBEDDED
+from ..config import ModelConfig, RunConfig
+from ..models import EMBEDDED, LoadedModel
 from .base import LLMClient
 from .errors import LLMError
 from .local import TransformersClient
@@ -43,3 +43,18 @@ def make_client(
             "OpenAI-compatible base URL such as http://127.0.0.1:8000/v1."
         )
     return CachedClient(client, cache_path) if cache_path is not None else client
+
+
+def run_client(cfg: RunConfig, lm: LoadedModel | None, cache_path: str | Path | None) -> LLMClient:
+    """The explainer/scorer LLM that ``cfg.explain`` names, behind the response cache at ``cache_path``.
+
+    When that LLM is the run's own subject model (the embedded default, unquantized), it is
+    ``lm`` itself: the model is not loaded a second time.
+    """
+    e = cfg.explain
+    if e.llm == "local" or e.llm.startswith("local:"):
+        same = e.llm == "local" and cfg.model.model == EMBEDDED and cfg.model.quantization == "none" and lm is not None
+        options = {"batch_size": e.explain_batch, **({"lm": lm} if same else {})}
+    else:
+        options = {"concurrency": e.concurrency, "api_key_env": e.api_key_env}
+    return make_client(e.llm, e.llm_model, cache_path=cache_path, **options)

@@ -30,10 +30,6 @@ class ScoredExample:
     """Per-token predictions, for scorers that make them (simulation)."""
 
 
-SCORE_KEY = ("scorer", "coder", "latent", "explainer", "baseline")
-"""What identifies a line of scores.jsonl; a later line with the same key replaces an earlier one."""
-
-
 @dataclass
 class ScoreResult:
     """A scorer's verdict on one explanation of one latent; a line of ``scores.jsonl``."""

@@ -1,0 +1,243 @@
+"""A run directory: its layout, its config, and what its stages wrote. No other module spells its file names.
+
+::
+
+    RUN/
+      config.json          the RunConfig that made the run. Its model, corpus, coders, train, cache and
+                           records sections are the run: every later stage reads them from here, and a
+                           stage given a different value is refused. The other sections (explain, score,
+                           intervene) are the first command's choices: a later stage starts from them,
+                           and its flags override them.
+      coders/<hookpoint>/  the default SAE, when the run trained one (sparsify format + train.json)
+      cache/               the token windows, and per coder its sparse latents and statistics (see interp.cache)
+      explanations.jsonl   one line per (coder, latent, explainer), appended; a later line replaces an earlier one
+      scores.jsonl         one line per (scorer, coder, latent, explainer, baseline), appended; likewise
+      llm_cache.jsonl      LLM replies keyed by (model, prompt, parameters): a re-run costs nothing
+      summary.json         coder statistics, the default SAE's held-out quality, explanation counts, scores
+      plots/               plots of the run's own explainer's scores; plots/<explainer>/ of another explainer's
+      compare/<A>--<B>/    comparisons of one of its coders with another coder (interp compare)
+      publish/             the dataset folder that interp publish writes and uploads
+
+Every write is an append of whole lines or an atomic replace, so a run killed at any point resumes.
+"""
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .atomic import remove_stale_temps, write_json_atomic
+from .cache import TOKENS_FILE, is_finished, load_stats, read_cache_stats, read_coder_description
+from .config import FIXED_SECTIONS, RunConfig, check_config, read_config_file
+from .errors import InterpError, NotARunDirError, RunConfigMismatchError
+from .explain import EXPLAINERS
+from .jsonl import append_jsonl, latest_rows, read_json, read_jsonl
+from .records import CacheView, RecordBuilder, logit_lens
+
+CONFIG = "config.json"
+EXPLANATIONS = "explanations.jsonl"
+SCORES = "scores.jsonl"
+LLM_CACHE = "llm_cache.jsonl"
+SUMMARY = "summary.json"
+
+EXPLANATION_KEY = ("coder", "latent", "explainer")
+"""What identifies a line of explanations.jsonl; a later line with the same key replaces an earlier one."""
+SCORE_KEY = ("scorer", "coder", "latent", "explainer", "baseline")
+"""What identifies a line of scores.jsonl; a later line with the same key replaces an earlier one."""
+
+
+def not_a_run(shown: str, hint: str) -> str:
+    """The one wording of 'this folder is not a run directory', with what to do instead."""
+    return f"{shown} is not a run directory (it has no {CONFIG}): {hint}"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run directory: where each of its files lives, and reading and writing them.
+
+    >>> run = RunDir("runs/demo")
+    >>> cfg = run.read_config()
+    >>> rows = run.explanations("default")
+    """
+
+    path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    # --- layout -------------------------------------------------------------------------------
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.path / "cache"
+
+    @property
+    def explanations_file(self) -> Path:
+        return self.path / EXPLANATIONS
+
+    @property
+    def scores_file(self) -> Path:
+        return self.path / SCORES
+
+    @property
+    def llm_cache_file(self) -> Path:
+        return self.path / LLM_CACHE
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def publish_dir(self) -> Path:
+        return self.path / "publish"
+
+    def coder_cache(self, coder: str) -> Path:
+        """The cache folder of the coder called ``coder``."""
+        return self.cache_dir / coder
+
+    def default_sae_dir(self, hookpoint: str) -> Path:
+        """Where the default SAE that reads ``hookpoint`` is trained to."""
+        return self.path / "coders" / hookpoint
+
+    def plots_dir(self, explainer: str, own: str) -> Path:
+        """``plots/`` for the run's ``own`` explainer, ``plots/<explainer>/`` for another: one explainer's summary never
+        overwrites another's plots. ``explainer`` must be a known explainer's name: it becomes a folder."""
+        if explainer not in EXPLAINERS:
+            raise InterpError(f"Unknown explainer {explainer!r}: use one of {', '.join(EXPLAINERS)}.")
+        plots = self.path / "plots"
+        return plots if explainer == own else plots / explainer
+
+    def compare_dir(self, coder: str, other: str) -> Path:
+        """Where the comparison of this run's ``coder`` with ``other`` (another coder's label) is written."""
+        return self.path / "compare" / f"{coder}--{other}"
+
+    # --- config -------------------------------------------------------------------------------
+
+    def is_run(self) -> bool:
+        """Whether the folder holds a run (its config.json)."""
+        return self.config_file.is_file()
+
+    def read_config(self) -> RunConfig:
+        """The RunConfig that made the run; a clear error when the folder is not a run."""
+        if not self.is_run():
+            raise NotARunDirError(not_a_run(str(self.path), f"make one with `interp run --run-dir {self.path}` first."))
+        return read_config_file(self.config_file)
+
+    def check(self, cfg: RunConfig) -> None:
+        """Refuse ``cfg`` where it contradicts what made the run (its fixed sections), naming both values."""
+        saved = self.read_config()
+        problems = fixed_differences(saved, cfg)
+        if problems:
+            raise RunConfigMismatchError(
+                f"{self.path} was made with {'; '.join(problems)}. These are fixed for a run: leave them out to use the "
+                "run's own, or use a new --run-dir (or --overwrite to start this one again)."
+            )
+
+    def start(self, *, overwrite: bool = False) -> None:
+        """Before a stage writes: with ``overwrite`` the old run is deleted; files a killed writer left half-done go."""
+        if overwrite and self.path.exists():
+            shutil.rmtree(self.path)
+        remove_stale_temps(self.path)
+
+    def write_config(self, cfg: RunConfig) -> None:
+        """Save ``cfg`` as the run's config.json once its inputs are known to load (a failed first command leaves none)."""
+        check_config(cfg)
+        write_json_atomic(self.config_file, cfg.to_dict())
+
+    # --- what the stages wrote ----------------------------------------------------------------
+
+    def explanations(self, explainer: str | None = None) -> list[dict]:
+        """The latest line per (coder, latent, explainer), of ``explainer`` alone when given."""
+        rows = latest_rows(read_jsonl(self.explanations_file), EXPLANATION_KEY)
+        return rows if explainer is None else [r for r in rows if r.get("explainer") == explainer]
+
+    def usable_explanations(self, explainer: str | None = None) -> list[dict]:
+        """The latest lines that hold an explanation (status ok), of ``explainer`` alone when given."""
+        return [r for r in self.explanations(explainer) if r.get("status") == "ok" and isinstance(r.get("explanation"), str)]
+
+    def add_explanations(self, rows: list[dict]) -> None:
+        """Append explanation lines (whole lines, synced)."""
+        append_jsonl(self.explanations_file, rows)
+
+    def scores(self) -> list[dict]:
+        """The latest line per (scorer, coder, latent, explainer, baseline): a re-score replaces the old line."""
+        return latest_rows(read_jsonl(self.scores_file), SCORE_KEY)
+
+    def add_scores(self, rows: list[dict]) -> None:
+        """Append score lines (whole lines, synced)."""
+        append_jsonl(self.scores_file, rows)
+
+    def summary(self) -> dict:
+        """``summary.json``, or {} before the cache has finished; a damaged one is named, not a traceback."""
+        path = self.summary_file
+        summary = read_json(path, hint="it is rewritten when the run resumes (`interp run`)") if path.is_file() else {}
+        return summary if isinstance(summary, dict) else {}
+
+    def write_summary(self, summary: dict) -> None:
+        """Replace ``summary.json`` atomically."""
+        write_json_atomic(self.summary_file, summary)
+
+    # --- the cache ----------------------------------------------------------------------------
+
+    def has_cache(self) -> bool:
+        """Whether the cache has started (its token windows are written)."""
+        return (self.cache_dir / TOKENS_FILE).is_file()
+
+    def finished_coders(self) -> list[str]:
+        """Coders whose cache is finished, in the order the run's summary lists them (no model needed)."""
+        done = {p.name for p in self.cache_dir.iterdir() if is_finished(p)} if self.cache_dir.is_dir() else set()
+        listed = self.summary().get("coders", {})
+        return [n for n in listed if n in done] + sorted(done - set(listed))
+
+    def coder_description(self, coder: str) -> dict:
+        """What the coder called ``coder`` is (kind, source, hookpoint, widths), as its cache recorded it."""
+        return read_coder_description(self.coder_cache(coder))
+
+    def cache_stats(self, coder: str) -> dict:
+        """Totals of the coder's cache: tokens, nnz, mean L0, dead fraction."""
+        return read_cache_stats(self.coder_cache(coder))
+
+    def latent_counts(self, coder: str) -> torch.Tensor:
+        """How many cached tokens each latent of ``coder`` fires on."""
+        return load_stats(self.coder_cache(coder))["count"]
+
+    def firing_frequencies(self, coders: set[str]) -> dict[tuple[str, int], float]:
+        """(coder, latent) -> fraction of cached tokens on which the latent fires; coders with no finished cache are left out."""
+        out = {}
+        for coder in coders:
+            if not is_finished(self.coder_cache(coder)):
+                continue
+            tokens = self.cache_stats(coder)["num_tokens"]
+            for latent, count in enumerate(self.latent_counts(coder).tolist()):
+                out[(coder, latent)] = count / tokens
+        return out
+
+    def cache_view(self, coder: str, tokenizer) -> CacheView:
+        """The finished cache of ``coder``, opened for building records."""
+        return CacheView.open(self.cache_dir, coder, bos_token_id=tokenizer.bos_token_id)
+
+    def record_builder(self, coder: str, cfg: RunConfig, lm, sparse_coder=None) -> RecordBuilder:
+        """The record builder of ``coder`` with the run's record settings; with ``sparse_coder``, it also lists the
+        tokens each latent promotes (its decoder direction through ``lm``'s unembedding)."""
+        view = self.cache_view(coder, lm.tokenizer)
+        if sparse_coder is None:
+            return RecordBuilder(view, cfg.records)
+        decoder = sparse_coder.decoder_weight().detach()
+        return RecordBuilder(view, cfg.records, decoder, logit_lens(lm.model, decoder))
+
+
+def fixed_differences(saved: RunConfig, cfg: RunConfig) -> list[str]:
+    """Each fixed setting where ``cfg`` differs from ``saved``, as ``what the run has, not what cfg has (--flag)``."""
+    old, new = saved.to_dict(), cfg.to_dict()
+    out = []
+    for section in FIXED_SECTIONS:
+        for key in old[section]:
+            a, b = old[section][key], new[section][key]
+            if a != b:
+                out.append(f"{section}.{key} {a!r}, not {b!r} (--{key.replace('_', '-')})")
+    return out

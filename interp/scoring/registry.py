@@ -1,0 +1,55 @@
+"""Every scorer by name, built from a run's settings: the one list the pipeline, ``interp validate`` and the app use."""
+
+from ..config import RunConfig
+from ..errors import InterpError
+from ..llm import LLMClient
+from ..models import LoadedModel
+from ..steer import load_steer_prompts
+from .base import Scorer
+from .classify import MODES, DetectionScorer, FuzzingScorer
+from .embedding import EmbeddingScorer, load_embedder
+from .intervention import InterventionScorer
+from .intruder import IntruderScorer
+from .simulation import SimulationScorer
+from .surprisal import SurprisalScorer
+
+CLASSIFIERS = {"detection": DetectionScorer, "fuzzing": FuzzingScorer}
+LLM_SCORERS = (*CLASSIFIERS, "intruder", "simulation")
+"""Scorers that ask an LLM; the others need only the subject model or an embedder."""
+SCORERS = ("embedding", "surprisal", *CLASSIFIERS, "intruder", "simulation", "intervention")
+"""Every scorer, in the order they are offered."""
+
+
+def needs_llm(scorers: list[str]) -> bool:
+    """Whether any of these scorers asks an LLM."""
+    return any(name in LLM_SCORERS for name in scorers)
+
+
+def make_scorers(cfg: RunConfig, client: LLMClient | None, lm: LoadedModel, coders: dict | None = None) -> list[Scorer]:
+    """The scorers ``cfg.score`` names, sharing one LLM client; surprisal and intervention read the subject model
+    (intervention steers ``coders``)."""
+    s = cfg.score
+    unknown = [name for name in s.scorers if name not in SCORERS]
+    if unknown:
+        raise InterpError(f"Unknown scorer {unknown[0]!r}: use {', '.join(SCORERS)}.")
+    if s.score_mode not in MODES:
+        raise InterpError(f"Unknown --score-mode {s.score_mode!r}: use {' or '.join(MODES)}.")
+    tokenizer = lm.tokenizer
+    scorers: list[Scorer] = []
+    for name in s.scorers:
+        if name == "embedding":
+            scorers.append(EmbeddingScorer(tokenizer, load_embedder(s.embedder)))
+        elif name == "intruder":
+            scorers.append(IntruderScorer(client, tokenizer, mode=s.score_mode, group_size=s.texts_per_prompt))
+        elif name == "surprisal":
+            scorers.append(SurprisalScorer(lm, batch_size=s.texts_per_prompt * 4))
+        elif name == "intervention":
+            v = cfg.intervene
+            prompts = load_steer_prompts(v.steer_prompts, v.num_steer_prompts)
+            scorers.append(InterventionScorer(lm, coders or {}, prompts, target_kl=v.target_kl, max_new_tokens=v.steer_new_tokens,
+                                              batch_size=s.texts_per_prompt * 4))
+        elif name == "simulation":
+            scorers.append(SimulationScorer(client, tokenizer, mode=s.score_mode))
+        else:
+            scorers.append(CLASSIFIERS[name](client, tokenizer, mode=s.score_mode, batch_size=s.texts_per_prompt))
+    return scorers
