@@ -75,6 +75,8 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     counts = summary.get("explanations")
     if counts:
         print(f"explanations ({summary['explainer']}): " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+        if summary.get("failed_now"):
+            print(f"  {summary['failed_now']} failed this time (recorded as failed: the same command retries them)")
         for r in RunDir(run_dir).usable_explanations(summary["explainer"])[:5]:
             print(f"  {r['coder']} #{r['latent']}: {r.get('explanation')}")
     for coder, scorers in summary.get("scores", {}).items():
@@ -184,6 +186,7 @@ def _steer(ns: argparse.Namespace) -> int:
         subject = open_subject(with_args(RunConfig(), ns), None)
     else:
         run = RunDir(_run_dir(ns))
+        run.read_config()  # not a run: say so before anything loads
         subject = open_subject(_config(ns, run), run)
     name, coder = pick_coder(subject.coders, ns.hookpoint, subject.lm.model)
     results = [

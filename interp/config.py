@@ -188,6 +188,9 @@ class ExplainConfig:
     concurrency: int = 8
     """Requests in flight at once to an OpenAI-compatible server."""
 
+    redo: bool = False
+    """Explain the chosen latents again where this explainer has already explained them (e.g. with another LLM); the new line replaces the old, and its scores are redone."""
+
 
 @dataclass
 class ScoreConfig:

@@ -40,6 +40,10 @@ class RunConfigMismatchError(InterpError, ValueError):
     """A run directory that was made with a different configuration."""
 
 
+class StageFailedError(InterpError, RuntimeError):
+    """A stage whose every item failed (each recorded as failed, to be retried by the same command)."""
+
+
 class NotARunDirError(InterpError, ValueError):
     """A folder given as a run directory that holds no run."""
 

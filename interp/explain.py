@@ -182,7 +182,9 @@ class Explanation:
     model: str | None = None
     params: dict | None = None
     prompt_sha: str | None = None
-    seconds: float = 0.0
+    batch_seconds_per_latent: float = 0.0
+    """Wall time of the batch this latent was explained in, divided by its latents: a batch is one request
+    (local) or requests in flight together (server), so no latent has a time of its own."""
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
@@ -249,5 +251,5 @@ def explain_batch(
         todo = still
     elapsed = (time.perf_counter() - start) / max(len(records), 1)
     for e in out:
-        e.seconds = elapsed
+        e.batch_seconds_per_latent = elapsed
     return out

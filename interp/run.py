@@ -20,7 +20,7 @@ from .coders import SparseCoder
 from .coders.train import load_train_report, train_default_sae
 from .config import RunConfig, check_config
 from .corpus import split_windows
-from .errors import InterpError
+from .errors import InterpError, StageFailedError
 from .explain import TokenText, explain_batch
 from .llm import GenerationParams, LLMClient, run_client
 from .models import LoadedModel, load_model, resolve_hookpoint
@@ -119,14 +119,19 @@ def run_explain(
         client = run_client(cfg, lm, run.llm_cache_file)
     text = TokenText(lm.tokenizer)
     params = GenerationParams(max_tokens=cfg.explain.max_new_tokens)
-    done = {(r["coder"], r["latent"]) for r in run.explanations(explainer) if r.get("status") != "failed"}
-    jobs = []
+    model = client.model if client is not None else None
+    done = {(r["coder"], r["latent"]): r for r in run.explanations(explainer) if r.get("status") != "failed"}
+    jobs, kept = [], []
     for name, coder in subject.only(coders).items():
         r = cfg.records
         chosen = select_latents(cfg.explain.latents, run.latent_counts(name), min_count=r.min_examples, seed=r.records_seed)
-        jobs.append((name, coder, [i for i in chosen if (name, i) not in done]))
+        kept += [done[(name, i)] for i in chosen if (name, i) in done]
+        jobs.append((name, coder, [i for i in chosen if cfg.explain.redo or (name, i) not in done]))
+    _note_other_models(explainer, model, kept, cfg.explain.redo)
     bar = tqdm(total=sum(len(todo) for *_, todo in jobs), unit="latent", desc=f"explaining ({explainer})", disable=not progress)
     start = time.perf_counter()
+    now: Counter = Counter()
+    failure: str | None = None
     for name, coder, todo in jobs:
         builder = run.record_builder(name, cfg, lm, coder)
         for i in range(0, len(todo), cfg.explain.explain_batch):
@@ -134,10 +139,32 @@ def run_explain(
             effects = _intervention_effects(cfg, lm, coder, records) if explainer == "intervention" else None
             results = explain_batch(records, explainer, text, client, params, cfg.explain.max_retries, effects)
             run.add_explanations([r.to_dict() for r in results])
+            now.update(r.status for r in results)
+            failure = failure or next((r.note for r in results if r.status == "failed"), None)
             bar.update(len(records))
             bar.set_postfix(per_min=f"{60 * bar.n / (time.perf_counter() - start):.1f}")
     bar.close()
-    return {"explanations": dict(Counter(str(r.get("status")) for r in run.explanations(explainer))), "explainer": explainer}
+    asked = now["ok"] + now["flagged"] + now["failed"]
+    if asked and now["failed"] == asked:
+        raise StageFailedError(
+            f"All {asked} latents sent to the LLM failed ({failure}); they are recorded as failed, and the same "
+            "command retries them once the LLM answers."
+        )
+    return {"explanations": dict(Counter(str(r.get("status")) for r in run.explanations(explainer))), "explainer": explainer,
+            "failed_now": now["failed"]}
+
+
+def _note_other_models(explainer: str, model: str | None, explained: list[dict], redo: bool) -> None:
+    """Say (one line) when chosen latents keep explanations by another LLM than this command's: they are not redone silently."""
+    others = Counter(r.get("model") for r in explained if r.get("model") != model and r.get("status") == "ok")
+    if not others or model is None:
+        return
+    by = ", ".join(f"{n} by {m}" for m, n in others.items())
+    if redo:
+        log.info("explaining again with %s the latents that have %s explanations %s", model, explainer, by)
+    else:
+        log.warning("%d chosen latents already have %s explanations (%s), kept; to explain them again with %s, add --redo.",
+                    sum(others.values()), explainer, by, model)
 
 
 def _intervention_effects(cfg: RunConfig, lm: LoadedModel, coder: SparseCoder, records: list[LatentRecord]) -> list[list[PromptEffect] | None]:
@@ -183,8 +210,9 @@ def run_score(
     scorers = make_scorers(cfg, client, lm, subject.coders)
     baseline = _baseline_explanations(explained, cfg.records.records_seed) if cfg.score.baseline else {}
     previous = {tuple(r[k] for k in SCORE_KEY): r for r in run.scores()}
-    done = {key for key, r in previous.items() if not _has_failures(r)}
+    done = {(key, r["explanation"]) for key, r in previous.items() if not _has_failures(r)}  # a new explanation is rescored
     chosen = subject.only(coders)
+    new_lines: list[dict] = []
     bar = tqdm(total=sum(r["coder"] in chosen for r in explained) * len(scorers), unit="score", desc="scoring", disable=not progress)
     for name in chosen:
         rows = [r for r in explained if r["coder"] == name]
@@ -195,7 +223,7 @@ def run_score(
             jobs = []
             for r in rows:
                 for is_baseline, text in ((False, r["explanation"]), (True, baseline.get((name, r["latent"])))):
-                    if text is not None and (scorer.name, name, r["latent"], explainer, is_baseline) not in done:
+                    if text is not None and ((scorer.name, name, r["latent"], explainer, is_baseline), text) not in done:
                         jobs.append((r["latent"], is_baseline, text))
             for i in range(0, len(jobs), cfg.explain.explain_batch):
                 chunk = jobs[i : i + cfg.explain.explain_batch]
@@ -205,9 +233,21 @@ def run_score(
                     for (latent, is_baseline, text), (metrics, outcomes) in zip(chunk, results)
                 ]
                 run.add_scores([r for r in new if previous.get(tuple(r[k] for k in SCORE_KEY)) != r])
+                new_lines += new
                 bar.update(sum(not b for _, b, _ in chunk))
     bar.close()
+    if new_lines and all(_all_failed(r) for r in new_lines):
+        raise StageFailedError(
+            f"Every score of this command failed: no reply of the LLM ({cfg.explain.llm}) could be read. They are "
+            "recorded, and the same command scores them again once the LLM answers."
+        )
     return summarize_run(run.path, explainer)
+
+
+def _all_failed(row: dict) -> bool:
+    """Whether every example of a score line failed (none was judged)."""
+    metrics = row.get("metrics")
+    return bool(row["examples"]) and isinstance(metrics, dict) and metrics.get("failed") == len(row["examples"])
 
 
 def _has_failures(row: dict) -> bool:

@@ -206,6 +206,13 @@ def test_sparsify_hookpoint_defaults_to_the_folder_name(tiny_lm, tmp_path):
     assert load(f"sparsify:{tmp_path / 'model.layers.2'}", tiny_lm).site == Site("model.layers.2", "output")
 
 
+def test_a_sparsify_folder_named_for_no_module_asks_for_one(tiny_lm, tmp_path):
+    random_sparsify().save_to_disk(tmp_path / "my-sae")
+    with pytest.raises(UnknownHookpointError, match=r"\('my-sae' is a guess from its files\): add @MODULE, e\.g\. sparsify:"):
+        load(f"sparsify:{tmp_path / 'my-sae'}", tiny_lm)
+    assert load(f"sparsify:{tmp_path / 'my-sae'}@model.layers.2", tiny_lm).hookpoint == "model.layers.2"
+
+
 @pytest.mark.parametrize("hookpoint", ["layers.2", "model.layers.2"])
 def test_sparsify_parent_folder_picks_the_hookpoint_subfolder(tiny_lm, tmp_path, hookpoint):
     # sparsify names each coder's folder by the hookpoint relative to the base model
@@ -319,6 +326,7 @@ TL_MEANING = {
     "hook_attn_out": lambda pre, mid, post: mid - pre,
     "hook_mlp_out": lambda pre, mid, post: post - mid,
     "hook_mlp_in": lambda pre, mid, post: mid,
+    "hook_resid_mid": lambda pre, mid, post: mid,
     "hook_resid_pre": lambda pre, mid, post: pre,
     "hook_resid_post": lambda pre, mid, post: post,
 }
@@ -330,11 +338,11 @@ TL_MEANING = {
     "arch, hook",
     [
         ("llama", "hook_resid_pre"), ("llama", "hook_resid_post"), ("llama", "hook_attn_out"),
-        ("llama", "hook_mlp_out"), ("llama", "hook_mlp_in"),
+        ("llama", "hook_mlp_out"), ("llama", "hook_mlp_in"), ("llama", "hook_resid_mid"),
         ("gemma2", "hook_resid_pre"), ("gemma2", "hook_resid_post"),
         ("gemma2", "hook_attn_out"),
         ("gemma2", "hook_mlp_out"),
-        ("gemma2", "hook_mlp_in"),
+        ("gemma2", "hook_mlp_in"), ("gemma2", "hook_resid_mid"),
     ],
 )
 def test_saelens_coders_read_what_their_transformerlens_hook_read(tiny_lm, tmp_path, arch, hook):
@@ -355,29 +363,84 @@ def test_saelens_explicit_hookpoint_overrides_the_module_but_keeps_the_side(tiny
 
 def test_saelens_unknown_hook_name_needs_an_explicit_hookpoint(tiny_lm, tmp_path):
     (x,) = activations(tiny_lm, Site("model.layers.2", "output"))
-    write_saelens(tmp_path / "sae", random_dense_weights(x), hook_name="blocks.2.attn.hook_z")
-    with pytest.raises(CoderFormatError, match=r"blocks\.2\.attn\.hook_z.*@MODULE"):
+    write_saelens(tmp_path / "sae", random_dense_weights(x), hook_name="blocks.2.attn.hook_pattern")
+    with pytest.raises(CoderFormatError, match=r"hook_name='blocks\.2\.attn\.hook_pattern'.*attn\.hook_z.*@MODULE"):
         load(f"saelens:{tmp_path / 'sae'}", tiny_lm)
-    assert load(f"saelens:{tmp_path / 'sae'}@model.layers.2.self_attn.o_proj", tiny_lm).site == Site(
-        "model.layers.2.self_attn.o_proj", "output"
+    assert load(f"saelens:{tmp_path / 'sae'}@model.layers.2.self_attn.o_proj:input", tiny_lm).site == Site(
+        "model.layers.2.self_attn.o_proj", "input"
     )
+    # without a side an SAE reads its module's output
+    assert load(f"saelens:{tmp_path / 'sae'}@model.layers.2.mlp", tiny_lm).site == Site("model.layers.2.mlp", "output")
 
 
 @pytest.mark.parametrize(
     "cfg_change, message",
     [
-        ({"normalize_activations": "expected_average_only_in"}, "only 'none' is supported"),
-        ({"architecture": "gated"}, "'gated'.*not supported"),
+        ({"normalize_activations": "expected_average_only_in"}, r"normalize_activations='expected_average_only_in'.*activation_scaler\.json"),
+        ({"normalize_activations": True}, r"normalize_activations=True.*activation_scaler\.json"),
+        ({"normalize_activations": "layer_norm"}, "normalize_activations='layer_norm'"),
+        ({"architecture": "abstopk", "k": 4}, "architecture='abstopk'"),
+        ({"architecture": "sparse_pca"}, "architecture='sparse_pca' is not one interp knows"),
+        ({"activation_fn_str": "tanh-relu"}, "activation_fn='tanh-relu'"),
+        ({"rescale_acts_by_decoder_norm": True}, r"rescale_acts_by_decoder_norm=True is a TopK option, but architecture='standard'"),
+        ({"reshape_activations": "hook_z"}, r"reshape_activations='hook_z'.*hook_name='blocks\.2\.hook_resid_post'"),
+        ({"hook_point_head_index": 2}, "hook_head_index=2"),
+        ({"d_sae": 99}, "d_sae=99 but its weights have 128"),
         ({"architecture": "topk"}, "does not say its k"),
         ({"architecture": "jumprelu"}, "no threshold"),
+        ({"architecture": "transcoder", "apply_b_dec_to_input": True}, "apply_b_dec_to_input=True cannot apply to a transcoder"),
     ],
 )
-def test_saelens_unsupported_configs_are_format_errors(tiny_lm, tmp_path, cfg_change, message):
+def test_saelens_unsupported_configs_are_one_line_format_errors_naming_the_field(tiny_lm, tmp_path, cfg_change, message):
     (x,) = activations(tiny_lm, Site("model.layers.2", "output"))
     write_saelens(tmp_path / "sae", random_dense_weights(x))
     cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text()) | cfg_change
     (tmp_path / "sae" / "cfg.json").write_text(json.dumps(cfg))
-    with pytest.raises(CoderFormatError, match=message):
+    with pytest.raises(CoderFormatError, match=message) as error:
+        load(f"saelens:{tmp_path / 'sae'}", tiny_lm)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("kind", ["saelens", "gemmascope"])
+def test_weights_a_coder_would_not_use_are_refused_not_ignored(tiny_lm, tmp_path, kind):
+    (x,) = activations(tiny_lm, Site("model.layers.2", "output"))
+    w = random_dense_weights(x, threshold=kind == "gemmascope") | {"W_skip": torch.zeros(D_MODEL, D_MODEL)}
+    folder = (write_saelens if kind == "saelens" else write_gemmascope)(tmp_path / "gemma-scope-2b-pt-res" / "layer_2", w)
+    with pytest.raises(CoderFormatError, match="holds W_skip, which this coder does not use"):
+        load(f"{kind}:{folder}", tiny_lm)
+
+
+def test_saelens_applies_b_dec_to_the_input_unless_the_config_says_not(tiny_lm, tmp_path):
+    # SAELens' own default for a config without the field is True
+    (x,) = activations(tiny_lm, Site("model.layers.2", "output"))
+    w = random_dense_weights(x)
+    write_saelens(tmp_path / "sae", w)
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    del cfg["apply_b_dec_to_input"]
+    (tmp_path / "sae" / "cfg.json").write_text(json.dumps(cfg))
+    coder = load(f"saelens:{tmp_path / 'sae'}", tiny_lm)
+    assert active_entries(coder.encode(x)) == pytest.approx(dense_entries(reference_acts(w, x, "standard")), rel=1e-5, abs=1e-6)
+
+
+def test_saelens_5_configs_name_hooks_and_topk_their_own_way(tiny_lm, tmp_path):
+    (x,) = activations(tiny_lm, Site("model.layers.2", "output"))
+    w = random_dense_weights(x)
+    (tmp_path / "sae").mkdir()
+    cfg = {"d_in": D_MODEL, "d_sae": D_SAE, "hook_point": "blocks.2.hook_resid_pre", "hook_point_head_index": None,
+           "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 5}, "normalize_activations": False,
+           "apply_b_dec_to_input": False, "finetuning_scaling_factor": False, "sae_lens_training_version": "3.5.0"}
+    (tmp_path / "sae" / "cfg.json").write_text(json.dumps(cfg))
+    save_file(w | {"scaling_factor": torch.ones(D_SAE)}, tmp_path / "sae" / "sae_weights.safetensors")
+
+    coder = load(f"saelens:{tmp_path / 'sae'}", tiny_lm)
+    assert coder.site == Site("model.layers.2", "input")
+    assert (coder.activation, coder.k) == ("topk", 5)
+    dense = reference_acts(w, x, "topk", k=5, apply_b_dec_to_input=False)
+    assert active_entries(coder.encode(x)) == pytest.approx(dense_entries(dense), rel=1e-5, abs=1e-6)
+
+    # a fine-tuning scaling factor other than 1 would change the latents: refused
+    save_file(w | {"scaling_factor": torch.full((D_SAE,), 2.0)}, tmp_path / "sae" / "sae_weights.safetensors")
+    with pytest.raises(CoderFormatError, match="finetuning_scaling_factor=False with a scaling_factor other than 1"):
         load(f"saelens:{tmp_path / 'sae'}", tiny_lm)
 
 

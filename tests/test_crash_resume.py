@@ -10,7 +10,7 @@ safetensors load, PNGs decode, JSONL lines parse but for a torn last one); after
 resume the directory must equal an uninterrupted run's, file by file.
 
 Exclusions from the comparison, and why:
-  * ``seconds`` in explanations.jsonl: wall time per latent, which differs on every run.
+  * ``batch_seconds_per_latent`` in explanations.jsonl: wall time, which differs on every run.
 Nothing else is excluded: caches, LLM cache, scores, plots and summary must be byte-identical.
 
 The LLM is the scripted OpenAI-compatible server of ``openai_server.py`` on 127.0.0.1 with a
@@ -262,7 +262,7 @@ def normalised(run_dir: Path) -> dict[str, object]:
         rel = str(p.relative_to(run_dir))
         if rel == "explanations.jsonl":
             rows = [json.loads(line) for line in p.read_text().splitlines()]
-            out[rel] = [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+            out[rel] = [{k: v for k, v in r.items() if k != "batch_seconds_per_latent"} for r in rows]
         else:
             out[rel] = p.read_bytes()
     return out

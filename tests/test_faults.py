@@ -264,7 +264,7 @@ def outputs(run_dir: Path) -> dict:
         if not p.is_file() or rel.startswith("plots/") or rel == "llm_cache.jsonl":
             continue
         if p.suffix == ".jsonl":
-            rows = [{k: v for k, v in r.items() if k != "seconds"} for r in read_jsonl(p)]
+            rows = [{k: v for k, v in r.items() if k != "batch_seconds_per_latent"} for r in read_jsonl(p)]
             out[rel] = sorted(json.dumps(r, sort_keys=True) for r in rows)
         else:
             out[rel] = p.read_bytes()

@@ -94,10 +94,12 @@ def test_explain_over_an_openai_server_resumes_and_records_failures(tmp_path, se
 
     server.script = ["400"] * 1000  # the server refuses everything: failures are recorded, the run goes on
     before = len(rows) + 3
-    assert main(["explain", *base, *llm[:-1], "0-20", "--max-retries", "1"]) == 0
+    assert main(["explain", *base, *llm[:-1], "0-20", "--max-retries", "1"]) == 2  # every one failed: loud, not exit 0
     new = [json.loads(l) for l in (tmp_path / "run" / "explanations.jsonl").read_text().splitlines()][before:]
     asked = [r for r in new if r["status"] not in ("dead", "rare")]
     assert asked and all(r["status"] == "failed" and "400" in r["note"] and r["attempts"] == 2 for r in asked)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: All {len(asked)} latents sent to the LLM failed (") and "400" in err and "\n" not in err
 
     server.script = []  # the server recovers: a resumed run fills in exactly the failures
     assert main(["explain", *base, *llm[:-1], "0-20"]) == 0

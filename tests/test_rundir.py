@@ -160,3 +160,35 @@ def test_the_readme_draws_the_run_directory_as_its_owning_module_does():
     drawn = readme.split("## The run directory", 1)[1].split("```\nRUN/", 1)[1].split("```", 1)[0]
     owned = "\n".join(line.removeprefix("    ") for line in interp.rundir.__doc__.split("    RUN/", 1)[1].splitlines())
     assert drawn.strip() == owned.split("\nEvery write", 1)[0].strip()
+
+
+def test_another_llm_neither_silently_keeps_nor_mixes_explanations(tmp_path, made_run, llm, capsys, caplog):
+    run_dir = tmp_path / "run"
+    shutil.copytree(made_run, run_dir)
+    run = RunDir(run_dir)
+    served = [str(run_dir), "--llm", llm.base_url, "--explainer", "default", "--quiet"]
+    detect = ["score", *served, "--llm-model", "scripted", "--scorers", "detection", "--score-mode", "generative"]
+    llm.reply, llm.script = scripted_reply, []
+    assert main(["explain", *served, "--llm-model", "scripted"]) == 0
+    assert main(detect) == 0
+    first = {r["latent"]: r["explanation"] for r in run.scores() if r["explainer"] == "default" and not r["baseline"]}
+
+    sent = len(llm.requests)
+    assert main(["explain", *served, "--llm-model", "bigger"]) == 0
+    assert "already have default explanations (5 by scripted), kept; to explain them again with bigger, add --redo" in caplog.text
+    assert len(llm.requests) == sent and {r["model"] for r in run.explanations("default")} == {"scripted"}
+
+    llm.reply = lambda content: "[EXPLANATION]: Words of kings" if "Example 1:" in content else scripted_reply(content)
+    assert main(["explain", *served, "--llm-model", "bigger", "--redo"]) == 0
+    assert {(r["model"], r["explanation"]) for r in run.explanations("default")} == {("bigger", "Words of kings")}
+    assert main(detect) == 0  # the new explanations are scored; the old scores are replaced, not kept beside them
+    rescored = [r for r in run.scores() if r["explainer"] == "default" and not r["baseline"]]
+    assert sorted(r["latent"] for r in rescored) == sorted(first) and {r["explanation"] for r in rescored} == {"Words of kings"}
+
+    llm.script = ["400"] * 1000
+    assert main([*detect, "--no-baseline", "--scorers", "fuzzing"]) == 2
+    assert "Every score of this command failed" in capsys.readouterr().err
+    llm.script = ["400"]  # one request of five fails: exit 0, with a count
+    assert main(["explain", *served, "--llm-model", "third", "--redo", "--max-retries", "0"]) == 0  # not cached
+    assert "1 failed this time" in capsys.readouterr().out
+    llm.script = []

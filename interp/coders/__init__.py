@@ -1,6 +1,10 @@
 """Sparse coders behind one interface, loaded from a spec ``KIND[:SOURCE][@HOOKPOINT]``.
 
+A hookpoint is a module, optionally with the side read (``MODULE:input`` or ``MODULE:output``),
+or a TransformerLens hook name such as ``blocks.2.attn.hook_z``.
+
 >>> spec = CoderSpec.parse("sparsify:EleutherAI/sae-llama-3-8b-32x@layers.10")
+>>> spec = CoderSpec.parse("saelens:./attn-sae@model.layers.2.self_attn.o_proj:input")
 >>> spec = CoderSpec.parse("topk-neurons@model.layers.6.mlp")
 """
 
@@ -8,10 +12,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..errors import CoderFormatError
+from ..errors import CoderFormatError, CoderShapeError, UnknownHookpointError
+from ..hooks import Reads, Site, parse_site, reads_attention_heads, tl_site
 from ..models import resolve_hookpoint
 from .base import Latents, SparseCoder
-from .dense import load_gemmascope, load_saelens, tl_site
+from .dense import load_gemmascope, load_saelens
 from .neurons import load_neurons
 from .sparsify_coder import load_sparsify
 
@@ -47,12 +52,77 @@ class CoderSpec:
 def load_coder(spec: CoderSpec, model: nn.Module, *, neuron_k: int = 32) -> SparseCoder:
     """Load the coder ``spec`` names, with its hookpoint resolved against ``model``."""
     if spec.kind in NEURON_KINDS:
+        if parse_site(spec.hookpoint)[1]:
+            raise CoderFormatError(f"{spec.kind}@ takes the MLP module without a side: {spec.kind}@model.layers.N.mlp.")
         return load_neurons(model, spec.hookpoint, None if spec.kind == "neurons" else neuron_k)
     if spec.kind not in FILE_KINDS:
         raise CoderFormatError(f"Coder kind {spec.kind!r} is not loaded from files.")
-    coder = FILE_KINDS[spec.kind](spec.source, spec.hookpoint)
+    module, side = parse_site(spec.hookpoint) if spec.hookpoint else (None, None)
+    coder = FILE_KINDS[spec.kind](spec.source, module)
+    try:
+        _place(coder, model, side)
+    except UnknownHookpointError as e:
+        if spec.hookpoint:
+            raise
+        raise UnknownHookpointError(
+            f"The {spec.kind} coder {spec.source!r} does not name a module of this model ({coder.hookpoint!r} is a guess "
+            f"from its files): add @MODULE, e.g. {spec.kind}:{spec.source}@model.layers.6. {e}"
+        ) from None
+    return coder
+
+
+def _transcodes(coder: SparseCoder) -> bool:
+    """Whether ``coder`` reads its module's input and writes that module's output."""
+    return bool(coder.describe().get("transcode"))
+
+
+def _place(coder: SparseCoder, model: nn.Module, side: Reads | None = None) -> None:
+    """Resolve ``coder``'s hookpoint (a module or TransformerLens name) against ``model``, reading ``side`` if given.
+
+    Refuses a site the coder's own files contradict: a transcoder whose input and output are not
+    one module's, or attention-head coders off the heads (and others on them), whose width would
+    match only by accident.
+    """
     site = tl_site(model, coder.hookpoint)
+    if site is not None and side:
+        raise CoderFormatError(f"TransformerLens hook {coder.hookpoint!r} already says what it reads; drop ':{side}'.")
     if site is not None:
+        _check_transcoder_output(coder, model, site)
         coder.hookpoint, coder.reads = site
     coder.hookpoint = resolve_hookpoint(model, coder.hookpoint)
-    return coder
+    if side == "output" and _transcodes(coder):
+        raise CoderFormatError(
+            f"{coder.kind} transcoder {coder.source!r} reads its module's input and writes its output; drop ':output'."
+        )
+    coder.reads = side or coder.reads
+    _check_heads(coder)
+
+
+def _check_transcoder_output(coder: SparseCoder, model: nn.Module, read: Site) -> None:
+    """A transcoder must read a module's input and write the same module's output (its files' ``hook_name_out``)."""
+    if not _transcodes(coder):
+        return
+    written = tl_site(model, coder.writes_at) if coder.writes_at else Site(read.module, "output")
+    if read.reads != "input" or written != Site(read.module, "output"):
+        raise CoderFormatError(
+            f"{coder.kind} transcoder {coder.source!r} reads hook_name={coder.hookpoint!r} ({read.module}:{read.reads}) "
+            f"and writes hook_name_out={coder.writes_at!r} ({written.module}:{written.reads}); only transcoders that read "
+            f"a module's input and write that module's output are supported: give @MODULE to choose one."
+        )
+
+
+def _check_heads(coder: SparseCoder) -> None:
+    """Refuse an attention-head coder off the concatenated heads, or another coder on them."""
+    on_heads = reads_attention_heads(coder.site)
+    if coder.reads_heads is None or coder.reads_heads == on_heads:
+        return
+    if coder.reads_heads:
+        raise CoderShapeError(
+            f"{coder.kind} coder {coder.source!r} reads the concatenated attention heads (hook_z), but "
+            f"{coder.hookpoint}:{coder.reads} is not an attention output projection's input, so its width would match "
+            "only by accident; use @model.layers.N.self_attn.o_proj:input."
+        )
+    raise CoderShapeError(
+        f"{coder.kind} coder {coder.source!r} was not trained on attention heads, but {coder.hookpoint}:{coder.reads} "
+        "is the concatenated heads, whose width would match only by accident; give the module it was trained on."
+    )

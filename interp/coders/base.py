@@ -24,10 +24,15 @@ class SparseCoder(nn.Module, ABC):
     """Reads a tensor at a hookpoint and maps it to a few active latents and back.
 
     ``reads`` says whether the coder sees the hookpoint module's input (transcoders, MLP
-    neurons, resid_pre SAEs) or its output (residual-stream and MLP-output SAEs).
+    neurons, resid_pre and attention-head SAEs) or its output (residual-stream and MLP-output SAEs).
     """
 
     kind: str = "sparse-coder"
+    reads_heads: bool | None = None
+    """Whether the coder's own files say it reads the concatenated attention heads (TransformerLens
+    ``hook_z``); None when they do not say. Lets ``load_coder`` refuse a site whose width matches only by accident."""
+    writes_at: str | None = None
+    """For a transcoder, the TransformerLens hook its files name as its output (SAELens ``hook_name_out``), if any."""
 
     def __init__(self, *, hookpoint: str, reads: Reads, num_latents: int, d_in: int, source: str):
         super().__init__()
