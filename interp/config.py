@@ -73,7 +73,7 @@ class CoderConfig:
     """Which sparse coders to cache, given as specs ``KIND[:SOURCE][@HOOKPOINT]``."""
 
     coders: list[str] = field(default_factory=lambda: ["default"])
-    """Coder specs, e.g. sparsify:EleutherAI/sae-x@layers.6, saelens:DIR, gemmascope:DIR@model.layers.6, neurons@model.layers.6.mlp, topk-neurons@model.layers.6.mlp, default (train a TopK SAE)."""
+    """Coder specs, e.g. sparsify:EleutherAI/sae-x@layers.6, saelens:DIR, saelens:DIR@model.layers.2.self_attn.o_proj:input, gemmascope:DIR@model.layers.6, neurons@model.layers.6.mlp, topk-neurons@model.layers.6.mlp, default (train a TopK SAE)."""
 
     neuron_k: int = 32
     """k for top-k sparsified neurons."""
