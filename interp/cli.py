@@ -64,13 +64,13 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     for name, s in summary.get("coders", {}).items():
         print(
             f"{name}: {s['kind']}, {s['num_latents']} latents, {s['num_tokens']:,} tokens, "
-            f"mean L0 {s['mean_l0']:.1f}, dead {100 * s['dead_fraction']:.1f}%"
+            f"mean L0 {s['mean_l0']:.1f}, {100 * s['dead_fraction']:.1f}% of latents never fired on the cached tokens"
         )
     sae = summary.get("default_sae")
     if sae:
         print(
             f"default SAE at {sae['hookpoint']}: held-out FVU {sae['heldout_fvu']:.3f}, "
-            f"dead latents {100 * sae['heldout_dead_fraction']:.1f}%"
+            f"{100 * sae['heldout_dead_fraction']:.1f}% of latents never fired on its {sae['heldout_tokens']:,} held-out tokens"
         )
     counts = summary.get("explanations")
     if counts:

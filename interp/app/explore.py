@@ -78,7 +78,7 @@ def describe(run: OpenRun) -> str:
         c = coders.get(name, {})
         if c:
             lines.append(f"- coder {markdown_code(name)} ({markdown_text(c['kind'])}): {c['num_latents']:,} latents, mean L0 {c['mean_l0']:.1f}, "
-                         f"dead {100 * c['dead_fraction']:.1f}%")
+                         f"{100 * c['dead_fraction']:.1f}% never fired on the cached tokens")
         else:
             lines.append(f"- coder {markdown_code(name)}")
     counts: dict[str, dict[str, int]] = {}
