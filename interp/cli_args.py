@@ -6,6 +6,8 @@ from dataclasses import MISSING, fields, replace
 
 from simple_parsing.docstring import get_attribute_docstring
 
+from .config import choices
+
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
@@ -27,6 +29,11 @@ def add_config_args(parser: argparse.ArgumentParser, cls, group_title: str | Non
         kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS if given_only else default, "help": f"{doc} (default: {default})"}
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif choices(hint):
+            kwargs["choices"] = choices(hint)
+            if typing.get_origin(hint) is list:  # one metavar, the choices once in the help
+                kwargs.update(nargs="+", metavar=f.name.upper().removesuffix("S"))
+                kwargs["help"] = f"{doc} One or more of: {', '.join(choices(hint))} (default: {' '.join(default)})"
         elif typing.get_origin(hint) is list:
             kwargs.update(nargs="+", type=args[0])
         else:

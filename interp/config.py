@@ -8,9 +8,28 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Literal
 
 from .errors import ConfigError
 from .jsonl import read_json
+
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+Quantization = Literal["none", "8bit", "4bit"]
+Optimizer = Literal["signum", "adam", "muon"]
+TrainSampling = Literal["top", "quantiles"]
+Explainer = Literal["default", "activations", "contrastive", "logits", "intervention", "tokens"]
+ScorerName = Literal["embedding", "surprisal", "detection", "fuzzing", "intruder", "simulation", "intervention"]
+ScoreMode = Literal["logprob", "generative"]
+
+
+def at_least(low: int, default):
+    """A numeric field whose value must be at least ``low`` (``check_config`` says so otherwise)."""
+    return field(default=default, metadata={"min": low})
+
+
+def positive(default):
+    """A numeric field that must be greater than zero when given."""
+    return field(default=default, metadata={"positive": True})
 
 
 @dataclass
@@ -23,10 +42,10 @@ class ModelConfig:
     gguf_file: str | None = None
     """GGUF file name inside the model folder or repo, when the model is stored as GGUF."""
 
-    dtype: str = "auto"
+    dtype: Dtype = "auto"
     """Weight dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, float16 or bfloat16."""
 
-    quantization: str = "none"
+    quantization: Quantization = "none"
     """Quantize the subject model with bitsandbytes on CUDA: none, 8bit or 4bit."""
 
     device_map: str | None = None
@@ -55,10 +74,10 @@ class CorpusConfig:
     streaming: bool = False
     """Stream a Hub dataset instead of downloading it whole."""
 
-    ctx_len: int = 64
+    ctx_len: int = at_least(1, 64)
     """Tokens per window (the peer uses 256 for real runs)."""
 
-    num_tokens: int = 100_000
+    num_tokens: int = at_least(1, 100_000)
     """Tokens to cache in total (rounded down to whole windows)."""
 
     add_bos: bool = True
@@ -75,7 +94,7 @@ class CoderConfig:
     coders: list[str] = field(default_factory=lambda: ["default"])
     """Coder specs, e.g. sparsify:EleutherAI/sae-x@layers.6, saelens:DIR, saelens:DIR@model.layers.2.self_attn.o_proj:input, gemmascope:DIR@model.layers.6, neurons@model.layers.6.mlp, topk-neurons@model.layers.6.mlp, default (train a TopK SAE)."""
 
-    neuron_k: int = 32
+    neuron_k: int = at_least(1, 32)
     """k for top-k sparsified neurons."""
 
 
@@ -86,25 +105,25 @@ class TrainConfig:
     train_hookpoint: str = "model.layers.6"
     """Module whose output the default SAE reads."""
 
-    expansion_factor: int = 8
+    expansion_factor: int = at_least(1, 8)
     """Latents per input dimension."""
 
-    k: int = 32
+    k: int = at_least(1, 32)
     """Active latents per token."""
 
-    train_tokens: int = 200_000
+    train_tokens: int = at_least(0, 200_000)
     """Tokens to train on (the corpus continues past the cached windows)."""
 
-    train_batch_size: int = 16
+    train_batch_size: int = at_least(1, 16)
     """Windows per training step."""
 
     train_seed: int = 0
     """Seed for the SAE's initialisation."""
 
-    optimizer: str = "signum"
+    optimizer: Optimizer = "signum"
     """sparsify optimizer: signum, adam or muon."""
 
-    lr: float | None = 2e-3
+    lr: float | None = positive(2e-3)
     """Learning rate; None lets sparsify pick (tuned for billion-token runs: FVU 0.25 vs 0.16 here at 200k tokens)."""
 
 
@@ -112,10 +131,10 @@ class TrainConfig:
 class CacheConfig:
     """How the latent cache runs."""
 
-    batch_size: int = 16
+    batch_size: int = at_least(1, 16)
     """Windows per forward pass."""
 
-    shard_windows: int = 256
+    shard_windows: int = at_least(1, 256)
     """Windows per shard file; a multiple of batch_size keeps batches identical on resume."""
 
 
@@ -123,34 +142,34 @@ class CacheConfig:
 class RecordsConfig:
     """How each latent's examples and statistics are drawn from the cache."""
 
-    example_len: int = 32
+    example_len: int = at_least(1, 32)
     """Tokens per example; cache windows are cut into examples of this length (the peer uses 32)."""
 
-    n_train: int = 20
+    n_train: int = at_least(1, 20)
     """Activating examples shown to the explainer."""
 
-    train_sampling: str = "top"
+    train_sampling: TrainSampling = "top"
     """top: the highest-activating examples; quantiles: spread evenly over activation quantiles."""
 
-    n_test: int = 20
+    n_test: int = at_least(0, 20)
     """Held-out activating examples for scorers, over activation quantiles, never shown to the explainer."""
 
-    n_quantiles: int = 10
+    n_quantiles: int = at_least(1, 10)
     """Activation quantiles the test (and quantile-sampled train) examples are spread over."""
 
-    n_negatives: int = 10
+    n_negatives: int = at_least(0, 10)
     """Random examples where the latent does not fire."""
 
-    n_hard_negatives: int = 10
+    n_hard_negatives: int = at_least(0, 10)
     """Examples that contain the latent's top tokens but where it does not fire."""
 
-    min_examples: int = 10
+    min_examples: int = at_least(0, 10)
     """Latents with fewer activating examples are marked rare and not explained (the peer: 200 at 10M tokens)."""
 
     skip_bos: bool = True
     """Ignore activations on BOS tokens: attention sinks that many latents fire on regardless of text."""
 
-    n_logit_tokens: int = 10
+    n_logit_tokens: int = at_least(0, 10)
     """Promoted and suppressed tokens listed per latent (decoder direction through the unembedding)."""
 
     records_seed: int = 0
@@ -161,7 +180,7 @@ class RecordsConfig:
 class ExplainConfig:
     """Which latents to explain, how, and with which LLM."""
 
-    explainer: str = "default"
+    explainer: Explainer = "default"
     """default, activations, contrastive, logits, intervention (LLM explainers) or tokens (no LLM)."""
 
     llm: str = "local"
@@ -176,16 +195,16 @@ class ExplainConfig:
     latents: str = "sample:12"
     """Latents to explain: all, sample:N (random latents that fire), a range 0-99, or a list 1,5,9."""
 
-    explain_batch: int = 8
+    explain_batch: int = at_least(1, 8)
     """Latents per batched LLM call (local) or in flight together (server)."""
 
-    max_new_tokens: int = 40
+    max_new_tokens: int = at_least(1, 40)
     """Most tokens per explanation reply."""
 
-    max_retries: int = 2
+    max_retries: int = at_least(0, 2)
     """Extra attempts for replies that cannot be parsed."""
 
-    concurrency: int = 8
+    concurrency: int = at_least(1, 8)
     """Requests in flight at once to an OpenAI-compatible server."""
 
     redo: bool = False
@@ -196,13 +215,13 @@ class ExplainConfig:
 class ScoreConfig:
     """Which scorers judge the explanations, and how."""
 
-    scorers: list[str] = field(default_factory=lambda: ["embedding", "detection"])
-    """Scorers to run: embedding, surprisal, detection, fuzzing, intruder, simulation, intervention."""
+    scorers: list[ScorerName] = field(default_factory=lambda: ["embedding", "detection"])
+    """Scorers to run."""
 
-    score_mode: str = "logprob"
+    score_mode: ScoreMode = "logprob"
     """logprob (one forward pass per text, gives AUROC) or generative (parse a list of 0/1 per prompt)."""
 
-    texts_per_prompt: int = 5
+    texts_per_prompt: int = at_least(1, 5)
     """Texts per prompt in generative mode (more is cheaper but leaks between texts); the intruder's group size."""
 
     baseline: bool = True
@@ -216,19 +235,19 @@ class ScoreConfig:
 class InterveneConfig:
     """How latents are steered for the intervention explainer and scorer."""
 
-    target_kl: float = 1.0
+    target_kl: float = positive(1.0)
     """KL divergence (nats) of the next-token distribution that each latent's steering strength is calibrated to."""
 
     steer_prompts: str | None = None
     """Text file of prompts to steer from, one per line; None uses the builtin neutral prompts."""
 
-    num_steer_prompts: int = 8
+    num_steer_prompts: int = at_least(1, 8)
     """Prompts used (the first N)."""
 
-    steer_new_tokens: int = 16
+    steer_new_tokens: int = at_least(1, 16)
     """Tokens the intervention scorer generates after each prompt, with and without steering."""
 
-    steer_top_tokens: int = 5
+    steer_top_tokens: int = at_least(1, 5)
     """Most-promoted next tokens per prompt shown to the intervention explainer."""
 
 
@@ -282,6 +301,8 @@ def _fits(value, hint) -> bool:
         return any(_fits(value, a) for a in typing.get_args(hint))
     if typing.get_origin(hint) is list:
         return isinstance(value, list) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
+    if typing.get_origin(hint) is Literal:
+        return value in typing.get_args(hint)
     if hint is type(None):
         return value is None
     if hint is float:
@@ -295,35 +316,49 @@ def _describe(hint) -> str:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in typing.get_args(hint))
     if typing.get_origin(hint) is list:
-        return f"a list of {_describe(typing.get_args(hint)[0]).removeprefix('a ')}s"
+        inner = typing.get_args(hint)[0]
+        if typing.get_origin(inner) is Literal:
+            return f"a list of {', '.join(map(str, typing.get_args(inner)))}"
+        return f"a list of {_describe(inner).removeprefix('a ')}s"
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(hint)))
     return {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, hint.__name__)
 
 
-MINIMUM = {
-    "corpus.ctx_len": 1, "corpus.num_tokens": 1, "coders.neuron_k": 1,
-    "train.expansion_factor": 1, "train.k": 1, "train.train_tokens": 0, "train.train_batch_size": 1,
-    "cache.batch_size": 1, "cache.shard_windows": 1,
-    "records.example_len": 1, "records.n_train": 1, "records.n_test": 0, "records.n_quantiles": 1,
-    "records.n_negatives": 0, "records.n_hard_negatives": 0, "records.min_examples": 0, "records.n_logit_tokens": 0,
-    "explain.explain_batch": 1, "explain.max_new_tokens": 1, "explain.max_retries": 0, "explain.concurrency": 1,
-    "score.texts_per_prompt": 1,
-    "intervene.num_steer_prompts": 1, "intervene.steer_new_tokens": 1, "intervene.steer_top_tokens": 1,
-}
-"""The smallest sensible value of each numeric setting (a count, a size); below it a stage would fail or do nothing."""
 
-POSITIVE = ("train.lr", "intervene.target_kl")
-"""Settings that must be greater than zero when given."""
 
 
 def check_config(cfg: RunConfig) -> None:
-    """Raise ``ConfigError`` listing every setting out of range, before any work starts."""
-    values = {f"{section}.{key}": v for section, fields_ in cfg.to_dict().items() for key, v in fields_.items()}
-    problems = [f"{_label(name)} must be at least {low}, not {values[name]}" for name, low in MINIMUM.items() if values[name] < low]
-    problems += [f"{_label(name)} must be greater than 0, not {values[name]}" for name in POSITIVE if values[name] is not None and values[name] <= 0]
+    """Raise ``ConfigError`` listing every setting out of range or not among its choices, before any work starts."""
+    problems = []
+    for section in fields(cfg):
+        values = getattr(cfg, section.name)
+        hints = typing.get_type_hints(type(values))
+        for f in fields(values):
+            name, value, hint = f"{section.name}.{f.name}", getattr(values, f.name), hints[f.name]
+            low = f.metadata.get("min")
+            if low is not None and value < low:
+                problems.append(f"{_label(name)} must be at least {low}, not {value}")
+            if f.metadata.get("positive") and value is not None and value <= 0:
+                problems.append(f"{_label(name)} must be greater than 0, not {value}")
+            if _has_choices(hint) and not _fits(value, hint):
+                problems.append(f"{_label(name)} must be {_describe(hint)}, not {value!r}")
     if cfg.records.example_len > cfg.corpus.ctx_len:
         problems.append(f"{_label('records.example_len')} must not exceed {_label('corpus.ctx_len')} ({cfg.records.example_len} > {cfg.corpus.ctx_len})")
     if problems:
         raise ConfigError("Settings out of range: " + "; ".join(problems) + ".")
+
+
+def _has_choices(hint) -> bool:
+    """Whether a field's type is a fixed set of values (a ``Literal``, or a list of one)."""
+    return typing.get_origin(hint) is Literal or (typing.get_origin(hint) is list and _has_choices(typing.get_args(hint)[0]))
+
+
+def choices(hint) -> tuple | None:
+    """The values a ``Literal`` field (or a list of one) may take; None for a free field."""
+    if typing.get_origin(hint) is list:
+        return choices(typing.get_args(hint)[0])
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
 
 
 def _label(name: str) -> str:

@@ -15,9 +15,11 @@ import hashlib
 import json
 import re
 import time
+import typing
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 
+from .config import Explainer
 from .llm.base import Completion, GenerationParams, LLMClient, Prompt
 from .prompts import render
 from .records import Example, LatentRecord
@@ -27,7 +29,8 @@ LLM_EXPLAINERS = ("default", "activations", "contrastive", "logits")
 """LLM explainers that read the latent's activating examples."""
 STEERING_EXPLAINERS = ("intervention",)
 """LLM explainers that read what steering the latent does instead (they need the model and coder)."""
-EXPLAINERS = (*LLM_EXPLAINERS, *STEERING_EXPLAINERS, "tokens")
+EXPLAINERS: tuple[Explainer, ...] = typing.get_args(Explainer)
+"""Every explainer: the LLM ones, the steering one, and ``tokens`` (no LLM)."""
 MARKER = re.compile(r"\[?\s*explanation\s*\]?\s*:", re.IGNORECASE)
 ARTEFACTS = re.compile(r"<\|[^|>]*\|>|</?s>|^(assistant|answer)\s*:?\s*", re.IGNORECASE)
 MAX_WORDS = 40

@@ -1,12 +1,13 @@
 """Every scorer by name, built from a run's settings: the one list the pipeline, ``interp validate`` and the app use."""
 
-from ..config import RunConfig
-from ..errors import InterpError
+import typing
+
+from ..config import RunConfig, ScorerName, check_config
 from ..llm import LLMClient
 from ..models import LoadedModel
 from ..steer import load_steer_prompts
 from .base import Scorer
-from .classify import MODES, DetectionScorer, FuzzingScorer
+from .classify import DetectionScorer, FuzzingScorer
 from .embedding import EmbeddingScorer, load_embedder
 from .intervention import InterventionScorer
 from .intruder import IntruderScorer
@@ -16,7 +17,7 @@ from .surprisal import SurprisalScorer
 CLASSIFIERS = {"detection": DetectionScorer, "fuzzing": FuzzingScorer}
 LLM_SCORERS = (*CLASSIFIERS, "intruder", "simulation")
 """Scorers that ask an LLM; the others need only the subject model or an embedder."""
-SCORERS = ("embedding", "surprisal", *CLASSIFIERS, "intruder", "simulation", "intervention")
+SCORERS: tuple[ScorerName, ...] = typing.get_args(ScorerName)
 """Every scorer, in the order they are offered."""
 
 
@@ -28,12 +29,8 @@ def needs_llm(scorers: list[str]) -> bool:
 def make_scorers(cfg: RunConfig, client: LLMClient | None, lm: LoadedModel, coders: dict | None = None) -> list[Scorer]:
     """The scorers ``cfg.score`` names, sharing one LLM client; surprisal and intervention read the subject model
     (intervention steers ``coders``)."""
+    check_config(cfg)
     s = cfg.score
-    unknown = [name for name in s.scorers if name not in SCORERS]
-    if unknown:
-        raise InterpError(f"Unknown scorer {unknown[0]!r}: use {', '.join(SCORERS)}.")
-    if s.score_mode not in MODES:
-        raise InterpError(f"Unknown --score-mode {s.score_mode!r}: use {' or '.join(MODES)}.")
     tokenizer = lm.tokenizer
     scorers: list[Scorer] = []
     for name in s.scorers:
