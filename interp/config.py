@@ -75,7 +75,7 @@ class CorpusConfig:
     """Stream a Hub dataset instead of downloading it whole."""
 
     ctx_len: int = at_least(1, 64)
-    """Tokens per window (the peer uses 256 for real runs)."""
+    """Tokens per window (EleutherAI delphi uses 256 for real runs)."""
 
     num_tokens: int = at_least(1, 100_000)
     """Tokens to cache in total (rounded down to whole windows)."""
@@ -143,7 +143,7 @@ class RecordsConfig:
     """How each latent's examples and statistics are drawn from the cache."""
 
     example_len: int = at_least(1, 32)
-    """Tokens per example; cache windows are cut into examples of this length (the peer uses 32)."""
+    """Tokens per example; cache windows are cut into examples of this length (EleutherAI delphi uses 32)."""
 
     n_train: int = at_least(1, 20)
     """Activating examples shown to the explainer."""
@@ -164,7 +164,7 @@ class RecordsConfig:
     """Examples that contain the latent's top tokens but where it does not fire."""
 
     min_examples: int = at_least(0, 10)
-    """Latents with fewer activating examples are marked rare and not explained (the peer: 200 at 10M tokens)."""
+    """Latents with fewer activating examples are marked rare and not explained (EleutherAI delphi: 200 at 10M tokens)."""
 
     skip_bos: bool = True
     """Ignore activations on BOS tokens: attention sinks that many latents fire on regardless of text."""
