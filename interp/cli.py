@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
                           sections=())
     summary.add_argument("--explainer", default=None, help="Whose explanations' scores to summarise (default: the run's own explainer, from its config.json)")
     _run_parser(sub, "validate", "Check the scorers on planted latents of known meaning: true explanation vs a random one.",
-                run=False)
+                run=False, sections=("model", "corpus", "records", "explain", "score", "intervene"))
     _compare_parser(sub)
     _publish_parser(sub)
     _steer_parser(sub)
