@@ -179,7 +179,7 @@ rows = load_dataset("{repo_id}", "{first}", split="train")
 print(rows[0]["explanation"], rows[0]["scores"])
 ```
 
-With interp installed, `publish.imports.load_published("{repo_id}")` returns every config at once.
+With interp installed, `publish.published.load_published("{repo_id}")` returns every config at once.
 
 ## Schema (`{SCHEMA_VERSION}`)
 

@@ -20,12 +20,13 @@ from huggingface_hub.errors import HfHubHTTPError
 from hub_server import local_hub
 
 from interp.cli import main
+from interp.errors import InterpError
 from interp.jsonl import read_jsonl
 from interp.records import CacheView
 from interp.scoring.metrics import classification
 from publish.dataset import FEATURES, SCHEMA_VERSION, PublishError, build_dataset, data_file, read_run, score_entries
 from publish.hub import preview, publish_run, push_folder, write_folder
-from publish.imports import browse_rows, compare, load_published, read_eleuther
+from publish.published import browse_rows, compare_published, load_published, read_eleuther
 
 TOKEN = "hf_FAKEtokenForInterpTests9f3a7c"
 REPO = "interp-tests/smollm2-explanations"
@@ -238,7 +239,7 @@ def test_publishing_without_a_token_fails_before_building(run_dir, hub, tmp_path
 
 
 def test_a_directory_that_is_not_a_run_is_refused(tmp_path):
-    with pytest.raises(PublishError, match="not a run directory"):
+    with pytest.raises(InterpError, match="not a run directory"):
         read_run(tmp_path)
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(PublishError, match="no explanations"):
@@ -269,7 +270,7 @@ def test_the_eleuther_json_layout_is_read_into_the_same_schema(tmp_path):
 
     other = tmp_path / "other"
     _write(other / "Mine/res/model.layers.3_feature.json", {"5": "Right brackets", "11": "Numbers"})
-    pairs = compare(tables["Gemma_16k_res_model.layers.3"], read_eleuther(other)["Mine_res_model.layers.3"])
+    pairs = compare_published(tables["Gemma_16k_res_model.layers.3"], read_eleuther(other)["Mine_res_model.layers.3"])
     assert pairs == [{"hookpoint": "model.layers.3", "latent": 5,
                       "a": {"explanation": "Closing brackets", "scores": {"fuzz (eleuther)": 0.55}},
                       "b": {"explanation": "Right brackets", "scores": {}}}]

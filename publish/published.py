@@ -183,7 +183,7 @@ def _main_scores(row: dict) -> dict[str, float | None]:
     return {f"{s['scorer']} ({s['explainer']})": s["value"] for s in row["scores"]}
 
 
-def compare(a: Dataset, b: Dataset) -> list[dict]:
+def compare_published(a: Dataset, b: Dataset) -> list[dict]:
     """Latents present in both datasets (same hookpoint, ignoring a leading ``model.``, and index), side by side.
 
     Each item has ``hookpoint``, ``latent``, then ``a``/``b``: the explanation and the main
