@@ -17,14 +17,18 @@ class ScriptedServer(ThreadingHTTPServer):
     ``script`` holds behaviours for the next requests, consumed one per request: "ok", "500", "429",
     "400" (echoes the Authorization header back, as careless servers do), "truncated" (a 200
     with half a JSON body), "sleep" (answers after ``sleep`` seconds), "drop" (closes the
-    connection without answering) and "cut" (sends the headers and half the body, then closes).
+    connection without answering), "cut" (sends the headers and half the body, then closes) and
+    "die" (stops listening and drops the connection: the server has crashed; requests already
+    being answered still get their reply).
     Prompts listed in ``fail_contents`` always get a 500. ``logprob_shape`` is "chat" (OpenAI/vLLM),
-    "completions" (the legacy ``/v1/completions`` shape) or "none". ``body``, when set, gives
+    "completions" (the legacy ``/v1/completions`` shape) or "none"; the first ``top_logprobs``
+    entries of ``top(content)`` are listed, and a request for more than ``max_top_logprobs``
+    (when set) gets a 400, as OpenAI and vLLM answer more than 20. ``body``, when set, gives
     the raw text of a 200 reply instead (replies of any shape; None keeps the normal reply).
     """
 
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, port: int = 0):
+        super().__init__(("127.0.0.1", port), _Handler)
         self.base_url = f"http://127.0.0.1:{self.server_address[1]}/v1"
         self.script: list[str] = []
         self.fail_contents: set[str] = set()
@@ -34,12 +38,18 @@ class ScriptedServer(ThreadingHTTPServer):
         self.requests: list[dict] = []
         self.reply = lambda content: f"echo: {content}"
         self.top = lambda content: TOP
+        self.max_top_logprobs: int | None = None
         self.body = None
         self.in_flight = self.max_in_flight = 0
         self.lock = threading.Lock()
 
     def handle_error(self, request, client_address):
         """A client that gave up (timeout) leaves a broken pipe behind: expected, not a failure."""
+
+    def stop(self):
+        """Stop serving and close the listening socket: new connections are refused."""
+        self.shutdown()
+        self.server_close()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -67,13 +77,17 @@ class _Handler(BaseHTTPRequestHandler):
         time.sleep(random.Random(content).random() * s.jitter)
         if self.path != "/v1/chat/completions":
             return self._send(404, {"error": "not found"})
+        if s.max_top_logprobs is not None and body.get("top_logprobs", 0) > s.max_top_logprobs:
+            return self._send(400, {"error": f"top_logprobs must be at most {s.max_top_logprobs}"})
         if behaviour in ("500", "429") or content in s.fail_contents:
             return self._send(429 if behaviour == "429" else 500, {"error": "try again"})
         if behaviour == "400":
             return self._send(400, {"error": f"bad key {self.headers.get('Authorization')}"})
         if behaviour == "truncated":
             return self._send(200, '{"choices": [{"mess')
-        if behaviour == "drop":
+        if behaviour in ("drop", "die"):
+            if behaviour == "die":
+                s.stop()
             self.close_connection = True
             return self.connection.shutdown(socket.SHUT_RDWR)
         if behaviour == "sleep":
@@ -85,13 +99,17 @@ class _Handler(BaseHTTPRequestHandler):
             "choices": [{"message": {"role": "assistant", "content": s.reply(content)}}],
             "usage": {"prompt_tokens": len(content.split()), "completion_tokens": 2},
         }
-        if body.get("logprobs") and s.logprob_shape == "chat":
-            top = [{"token": t, "logprob": lp} for t, lp in s.top(content)[: body["top_logprobs"]]]
-            reply["choices"][0]["logprobs"] = {"content": [{**top[0], "top_logprobs": top}]}
-        elif body.get("logprobs") and s.logprob_shape == "completions":
-            ranked = s.top(content)
-            reply["choices"][0]["logprobs"] = {"tokens": [ranked[0][0]], "top_logprobs": [dict(ranked)]}
+        if body.get("logprobs") and s.logprob_shape != "none":
+            reply["choices"][0]["logprobs"] = self._logprobs(s.top(content)[: body["top_logprobs"]], s.logprob_shape)
         self._send(200, reply, cut=behaviour == "cut")
+
+    @staticmethod
+    def _logprobs(ranked: list[tuple[str, float]], shape: str) -> dict:
+        """The listed alternatives of the first reply token, in the chat or the legacy completions shape."""
+        if shape == "chat":
+            top = [{"token": t, "logprob": lp} for t, lp in ranked]
+            return {"content": [{**top[0], "top_logprobs": top}]}
+        return {"tokens": [ranked[0][0]], "top_logprobs": [dict(ranked)]}
 
     def _send(self, status: int, payload, cut: bool = False):
         data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
@@ -107,8 +125,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def serving() -> ScriptedServer:
-    """Start a ScriptedServer on a free port in a background thread."""
-    srv = ScriptedServer()
+def serving(port: int = 0) -> ScriptedServer:
+    """Start a ScriptedServer in a background thread, on ``port`` (default: a free one)."""
+    srv = ScriptedServer(port)
     threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return srv

@@ -9,10 +9,12 @@ import time
 import pytest
 import torch
 from conftest import tiny_llama
+from openai_server import ScriptedServer, serving
+from pipeline_support import save_tiny_model, scripted_reply
 from transformers import Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel
 
-from interp.llm.local import prefix_chunks
-from interp.models import LoadedModel
+from interp.config import CacheConfig, CoderConfig, CorpusConfig, ExplainConfig, ModelConfig, RunConfig
+from interp.jsonl import read_jsonl
 from interp.llm import (
     CachedClient,
     Completion,
@@ -22,9 +24,12 @@ from interp.llm import (
     TransformersClient,
     make_client,
 )
+from interp.llm.local import prefix_chunks
+from interp.models import LoadedModel
+from interp.run import run_cache, run_explain
+from interp.rundir import EXPLANATIONS
 
 SECRET = "sk-test-5ecret-do-not-leak"
-from openai_server import ScriptedServer
 
 
 def user(text: str) -> tuple[dict[str, str], ...]:
@@ -92,6 +97,64 @@ def test_a_down_server_raises_quickly():
     assert down.generate([], GenerationParams()) == []
 
 
+def test_a_server_that_dies_mid_batch_fails_the_rest_at_once_and_a_new_client_asks_again():
+    srv = serving()
+    srv.script = ["ok"] * 6 + ["die"]
+    dying = OpenAIClient(srv.base_url, "m", concurrency=4)  # the default retries: 5 tries over 7.5 s
+    start = time.monotonic()
+    replies = dying.generate([user(f"q{i}") for i in range(40)], GenerationParams())
+    assert time.monotonic() - start < 2.5  # not ~34 requests x 7.5 s / 4 = a minute
+    answered = [r for r in replies if r.error is None]
+    assert 6 <= len(answered) <= 12 and all(r.text.startswith("echo: q") for r in answered)  # and those it was answering
+    unreachable = f"the server at {srv.base_url} is unreachable"
+    failed = [r.error for r in replies if r.error]
+    assert all(unreachable in e or "ConnectionRefusedError" in e for e in failed)
+    assert sum(unreachable in e for e in failed) >= 24
+    start = time.monotonic()
+    [late] = dying.generate([user("late")], GenerationParams())  # recorded, not raised: the server was up once
+    assert unreachable in late.error and time.monotonic() - start < 0.1
+
+    back = serving(srv.server_address[1])
+    try:
+        [reply] = OpenAIClient(back.base_url, "m").generate([user("late")], GenerationParams())
+        assert reply.text == "echo: late" and back.base_url == srv.base_url
+    finally:
+        back.stop()
+
+
+def test_a_run_whose_server_dies_records_the_rest_as_failed_at_once_and_the_next_command_fills_them_in(
+    tmp_path, smollm_tokenizer
+):
+    srv = serving()
+    srv.reply = scripted_reply
+    cfg = RunConfig(
+        model=ModelConfig(model=str(save_tiny_model(tmp_path / "model", smollm_tokenizer))),
+        corpus=CorpusConfig(num_tokens=1024, ctx_len=32),
+        coders=CoderConfig(["topk-neurons@model.layers.1.mlp"], neuron_k=4),
+        cache=CacheConfig(batch_size=8, shard_windows=8),
+        explain=ExplainConfig(llm=srv.base_url, llm_model="scripted", latents="sample:12", explain_batch=4),
+    )
+    run = tmp_path / "run"
+    run_cache(cfg, run, progress=False)
+    srv.script = ["ok"] * 4 + ["die"]
+    start = time.monotonic()
+    run_explain(cfg, run, progress=False)  # the run's own client, with the default retries (5 tries over 7.5 s)
+    assert time.monotonic() - start < 5  # records, 4 replies, then failures at once: not 8 x 7.5 s
+    rows = read_jsonl(run / EXPLANATIONS)
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(rows) == 12 and 4 <= 12 - len(failed) <= 8
+    assert all("is unreachable" in r["note"] or "ConnectionRefusedError" in r["note"] for r in failed)
+
+    back = serving(srv.server_address[1])
+    back.reply = scripted_reply
+    try:
+        run_explain(cfg, run, progress=False)
+        assert len(back.requests) == len(failed)
+        assert {r["latent"]: r["status"] for r in read_jsonl(run / EXPLANATIONS)} == {r["latent"]: "ok" for r in rows}
+    finally:
+        back.stop()
+
+
 def test_the_api_key_travels_only_in_the_authorization_header(server, monkeypatch):
     monkeypatch.setenv("TEST_LLM_KEY", SECRET)
     keyed = client(server, api_key_env="TEST_LLM_KEY")
@@ -118,8 +181,32 @@ def test_answer_logprobs_are_read_from_the_top_alternatives(server, shape):
     server.logprob_shape = shape
     [scores] = client(server).answer_logprobs([user("Is it?")], ["Yes", "No", "Maybe"])
     assert scores == {"Yes": -0.2, "No": -2.3, "Maybe": -math.inf}
+    assert scores.ceiling == -4.0 and scores.value("Maybe") == (-4.0, True) and scores.value("No") == (-2.3, False)
     sent = json.loads(server.requests[0]["body"])
-    assert (sent["max_tokens"], sent["logprobs"], sent["top_logprobs"]) == (1, True, 20)
+    assert (sent["max_tokens"], sent["logprobs"], sent["top_logprobs"]) == (1, True, 200)
+
+
+def ranking(named: dict[str, float], fillers: int = 40) -> list[tuple[str, float]]:
+    """A whole next-token distribution, best first: ``named`` probabilities, the rest spread evenly over filler tokens."""
+    rest = (1 - sum(named.values())) / fillers
+    probs = {**named, **{f"w{k}": rest for k in range(fillers)}}
+    return sorted(((t, math.log(p)) for t, p in probs.items()), key=lambda tp: -tp[1])
+
+
+def test_unlisted_answers_are_bounded_and_a_server_refusing_a_wide_list_gets_20(server):
+    server.top = lambda content: ranking({"1": 0.8, "0": 0.001} if "cat" in content else {"1": 0.5, "0": 0.45})
+    server.max_top_logprobs = 20  # as OpenAI, and vLLM without --max-logprobs
+    llm = client(server, concurrency=1)
+    cat, dog = llm.answer_logprobs([user("cat"), user("dog")], ["1", "0"])
+    assert [json.loads(r["body"])["top_logprobs"] for r in server.requests] == [200, 20, 20]  # one refusal, then 20
+    least, rest = math.log(0.199 / 40), 1 - 0.8 - 19 * 0.199 / 40  # the 20th listed; what the 20 leave
+    assert cat["1"] == pytest.approx(math.log(0.8)) and cat["0"] == -math.inf
+    assert cat.ceiling == pytest.approx(min(least, math.log(rest))) and math.log(0.001) < cat.ceiling
+    assert dog == pytest.approx({"1": math.log(0.5), "0": math.log(0.45)})
+
+    server.max_top_logprobs = None  # a llama.cpp server lists 200: "0" is there
+    [wide] = client(server).answer_logprobs([user("cat")], ["1", "0"])
+    assert wide == pytest.approx({"1": math.log(0.8), "0": math.log(0.001)})
 
 
 def test_log_prob_mode_needs_a_server_with_logprobs(server):
@@ -157,7 +244,8 @@ def test_cache_sends_only_uncached_prompts_and_retries_failures(server, tmp_path
     assert len(server.requests) == 4 + 3
 
     scores = cached.answer_logprobs(prompts[:1], ["Yes", "Maybe"])
-    assert CachedClient(client(server), path).answer_logprobs(prompts[:1], ["Yes", "Maybe"]) == scores
+    [again] = CachedClient(client(server), path).answer_logprobs(prompts[:1], ["Yes", "Maybe"])
+    assert [again] == scores and again.ceiling == scores[0].ceiling == -4.0
     assert scores == [{"Yes": -0.2, "Maybe": -math.inf}] and len(server.requests) == 8
     assert all(json.loads(line) for line in path.read_text().splitlines())
 

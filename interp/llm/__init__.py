@@ -1,7 +1,7 @@
 """LLM clients for explaining and scoring latents: a local transformers model or an
 OpenAI-compatible server, optionally behind a response cache. ``make_client`` picks one."""
 
-from .base import Completion, GenerationParams, LLMClient, Message, Prompt
+from .base import AnswerLogprobs, Completion, GenerationParams, LLMClient, Message, Prompt
 from .errors import LLMError
 from .factory import make_client, run_client
 from .local import TransformersClient
@@ -9,6 +9,7 @@ from .openai_client import OpenAIClient
 from .response_cache import CachedClient
 
 __all__ = [
+    "AnswerLogprobs",
     "CachedClient",
     "Completion",
     "GenerationParams",

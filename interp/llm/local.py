@@ -16,7 +16,7 @@ import torch
 
 from ..config import ModelConfig
 from ..models import LoadedModel, load_model
-from .base import Completion, GenerationParams, Prompt
+from .base import AnswerLogprobs, Completion, GenerationParams, Prompt
 from .errors import LLMError
 
 MIN_SHARED_PREFIX = 16
@@ -119,16 +119,17 @@ class TransformersClient:
         return out  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def answer_logprobs(self, prompts: list[Prompt], answers: list[str]) -> list[dict[str, float]]:
+    def answer_logprobs(self, prompts: list[Prompt], answers: list[str]) -> list[AnswerLogprobs]:
         """Log-prob of each answer's first token as the first reply token, one forward pass per chunk.
 
         An answer is tried as written (stripped) and with a leading space, since tokenizers
         spell a word differently at the start of a reply; the larger of the two log-probs is
         kept (the max, not their logsumexp, so the top answer is the one greedy decoding would
         start with). Answers sharing a first token get the same value; empty answers get ``-inf``.
+        Every value is exact: the whole vocabulary is read, so there is no ceiling.
         """
         rows = [self.render(p) for p in prompts]
-        return [slots[0] for slots in self._read(rows, [[len(r) - 1] for r in rows], answers, self.batch_size)]
+        return [AnswerLogprobs(slots[0]) for slots in self._read(rows, [[len(r) - 1] for r in rows], answers, self.batch_size)]
 
     @torch.inference_mode()
     def reply_logprobs(

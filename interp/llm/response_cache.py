@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..jsonl import append_jsonl, drop_torn_tail
-from .base import Completion, GenerationParams, LLMClient, Prompt
+from .base import AnswerLogprobs, Completion, GenerationParams, LLMClient, Prompt
 from .errors import LLMError
 
 log = logging.getLogger(__name__)
@@ -58,18 +58,20 @@ class CachedClient:
             from_json=lambda v: Completion(**v),
         )
 
-    def answer_logprobs(self, prompts: list[Prompt], answers: list[str]) -> list[dict[str, float]]:
-        """``client.answer_logprobs`` for the prompts not cached yet; empty (failed) dicts are not stored.
+    def answer_logprobs(self, prompts: list[Prompt], answers: list[str]) -> list[AnswerLogprobs]:
+        """``client.answer_logprobs`` for the prompts not cached yet; empty (failed) results are not stored.
 
-        ``-inf`` is stored as ``null`` to keep the file strict JSON.
+        Stored as ``{"logprobs": ..., "ceiling": ...}`` with ``-inf`` as ``null`` to keep the
+        file strict JSON. The key names the ceiling, so entries written before there was one
+        (a server's unlisted answers stored as ``-inf`` with no bound) are asked again, not mixed in.
         """
         return self._through(
             "answer_logprobs",
             prompts,
-            list(answers),
+            {"answers": list(answers), "unlisted": "ceiling"},
             lambda todo: self.client.answer_logprobs(todo, answers),
-            to_json=lambda d: {a: None if v == -math.inf else v for a, v in d.items()} or None,
-            from_json=lambda v: {a: -math.inf if lp is None else lp for a, lp in v.items()},
+            to_json=lambda r: {"logprobs": _nulls(r), "ceiling": r.ceiling} if r else None,
+            from_json=lambda v: AnswerLogprobs(_infs(v["logprobs"]), v["ceiling"]),
         )
 
     def reply_logprobs(
@@ -87,8 +89,8 @@ class CachedClient:
             lambda todo: self.client.reply_logprobs(
                 [p[:-1] for p in todo], [json.loads(p[-1]["content"]) for p in todo], answers
             ),
-            to_json=lambda slots: [{a: None if v == -math.inf else v for a, v in d.items()} for d in slots],
-            from_json=lambda v: [{a: -math.inf if lp is None else lp for a, lp in d.items()} for d in v],
+            to_json=lambda slots: [_nulls(d) for d in slots],
+            from_json=lambda v: [_infs(d) for d in v],
         )
 
     def _through(
@@ -115,6 +117,16 @@ class CachedClient:
                 lines.append({"key": key, "method": method, "value": value})
         append_jsonl(self.path, lines)
         return [from_json(self._store[k]) if k in self._store else fresh[k] for k in keys]
+
+
+def _nulls(logprobs: dict[str, float]) -> dict[str, float | None]:
+    """``-inf`` (an answer never given) as ``null``, which strict JSON can hold."""
+    return {a: None if v == -math.inf else v for a, v in logprobs.items()}
+
+
+def _infs(stored: dict[str, float | None]) -> dict[str, float]:
+    """The inverse of ``_nulls``."""
+    return {a: -math.inf if v is None else v for a, v in stored.items()}
 
 
 def _load(path: Path) -> dict[str, Any]:

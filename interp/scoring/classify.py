@@ -8,25 +8,49 @@ non-activating text carry marks on random tokens.
 Two modes. ``generative`` puts ``batch_size`` texts in one prompt and parses a list of 0/1
 from the reply: works with any chat server. ``logprob`` puts one text per prompt and reads
 log P("1") - log P("0") for the first reply token from one forward pass, with no decoding:
-far cheaper per example, and a continuous score, so AUROC is defined.
+far cheaper per example, and a continuous score, so AUROC is defined. A server lists only its
+top alternatives; when one answer is not among them its log-prob is taken at the most it can
+be (``AnswerLogprobs.ceiling``), which keeps the score on one scale, and the example is
+flagged as ``bound`` (counted in the ``bounded`` metric).
 """
 
+import math
 import re
+import typing
 from abc import abstractmethod
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import ScoreMode
 from ..explain import TokenText, highlight
-from ..llm.base import GenerationParams, LLMClient, Prompt
+from ..llm.base import AnswerLogprobs, GenerationParams, LLMClient, Prompt
 from ..prompts import render
 from ..records import Example, LatentRecord
 from .base import Scorer, ScoredExample, labelled_examples
 from .metrics import classification
 
-MODES = ("generative", "logprob")
+MODES: tuple[ScoreMode, ...] = typing.get_args(ScoreMode)
 LIST = re.compile(r"\[([^\[\]]*)\]")
-FLOOR = -100.0
-"""Log-prob given to an answer the model or server did not rank, so log-odds stay finite."""
+
+
+@dataclass
+class ClassifiedExample(ScoredExample):
+    """A held-out example as detection or fuzzing judged it."""
+
+    bound: bool = False
+    """True when ``score`` is a bound on the log-odds, not its value: the server did not list
+    one of the two answers, whose ceiling stood in for its log-prob. The log-odds is then at
+    least ``score`` when "0" was the unlisted answer, at most ``score`` when "1" was; either way
+    the prediction (the sign) is right."""
+
+
+def log_odds(logprobs: AnswerLogprobs) -> tuple[float | None, bool]:
+    """log P("1") - log P("0"), and whether it is a bound; None when the request failed or neither answer was listed."""
+    (yes, yes_bound), (no, no_bound) = logprobs.value("1"), logprobs.value("0")
+    if (yes_bound and no_bound) or not math.isfinite(yes - no):
+        return None, False
+    return yes - no, yes_bound or no_bound
 
 
 def parse_labels(reply: str, n: int) -> list[bool] | None:
@@ -66,7 +90,7 @@ class ClassifierScorer(Scorer):
         return self.prompt if self.mode == "generative" else f"{self.prompt}-logprob"
 
     @abstractmethod
-    def cases(self, record: LatentRecord, rng) -> list[tuple[str, ScoredExample]]:
+    def cases(self, record: LatentRecord, rng) -> list[tuple[str, ClassifiedExample]]:
         """(text shown to the LLM, outcome to fill in) for each held-out example, shuffled."""
 
     def _system(self) -> dict:
@@ -93,7 +117,10 @@ class ClassifierScorer(Scorer):
             outcomes = [o for _, o in cases]
             m = classification([o.label for o in outcomes], [o.prediction for o in outcomes],
                                [o.score for o in outcomes] if self.mode == "logprob" else None)
-            out.append((m.to_dict(), outcomes))
+            metrics = m.to_dict()
+            if self.mode == "logprob":
+                metrics["bounded"] = sum(o.bound for o in outcomes)
+            out.append((metrics, outcomes))
         return out
 
     def _logprob(self, items, all_cases) -> None:
@@ -101,10 +128,8 @@ class ClassifierScorer(Scorer):
         answers = iter(self.client.answer_logprobs(prompts, ["1", "0"]))
         for cases in all_cases:
             for _, outcome in cases:
-                lp = next(answers)
-                yes, no = max(lp.get("1", FLOOR), FLOOR), max(lp.get("0", FLOOR), FLOOR)
-                if yes > FLOOR or no > FLOOR:  # else the request failed or neither answer was ranked
-                    outcome.score, outcome.prediction = yes - no, yes > no
+                outcome.score, outcome.bound = log_odds(next(answers))
+                outcome.prediction = None if outcome.score is None else outcome.score > 0
 
     def _generative(self, items, all_cases) -> None:
         groups = []
@@ -129,9 +154,9 @@ class DetectionScorer(ClassifierScorer):
 
     prompt = "detection"
 
-    def cases(self, record: LatentRecord, rng) -> list[tuple[str, ScoredExample]]:
+    def cases(self, record: LatentRecord, rng) -> list[tuple[str, ClassifiedExample]]:
         cases = [
-            (self._plain(ex), ScoredExample(ex.index, label, None, None, kind, q))
+            (self._plain(ex), ClassifiedExample(ex.index, label, None, None, kind, q))
             for ex, label, kind, q in labelled_examples(record)
         ]
         return [cases[i] for i in rng.permutation(len(cases))]
@@ -142,7 +167,7 @@ class FuzzingScorer(ClassifierScorer):
 
     prompt = "fuzzing"
 
-    def cases(self, record: LatentRecord, rng) -> list[tuple[str, ScoredExample]]:
+    def cases(self, record: LatentRecord, rng) -> list[tuple[str, ClassifiedExample]]:
         labelled = labelled_examples(record)
         active_counts = [sum(a > 0 for a in ex.acts) for ex, label, *_ in labelled if label]
         n_marks = max(1, int(np.median(active_counts))) if active_counts else 1
@@ -158,5 +183,5 @@ class FuzzingScorer(ClassifierScorer):
                 pool = [i for i in range(len(ex.tokens)) if i not in true] or list(range(len(ex.tokens)))
                 chosen = set(rng.choice(pool, size=min(len(true) or n_marks, len(pool)), replace=False).tolist())
                 marks = [1.0 if i in chosen else 0.0 for i in range(len(ex.tokens))]
-            cases.append((self._marked(ex, marks), ScoredExample(ex.index, correct, None, None, kind, q)))
+            cases.append((self._marked(ex, marks), ClassifiedExample(ex.index, correct, None, None, kind, q)))
         return [cases[i] for i in rng.permutation(len(cases))]
