@@ -196,7 +196,7 @@ class ExplainConfig:
     """Latents to explain: all, sample:N (random latents that fire), a range 0-99, or a list 1,5,9."""
 
     explain_batch: int = at_least(1, 8)
-    """Latents per batched LLM call (local) or in flight together (server)."""
+    """Latents per batched LLM call (local) or in flight together (server: at least --concurrency)."""
 
     max_new_tokens: int = at_least(1, 40)
     """Most tokens per explanation reply."""

@@ -90,6 +90,13 @@ def run_cache(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, progres
     return Cached(summary, Subject(lm, coders))
 
 
+def latents_per_batch(cfg: RunConfig) -> int:
+    """Latents explained (or scored) together: ``explain_batch`` for a local LLM; with a server, enough that
+    ``concurrency`` requests stay in flight across latents, not only within one."""
+    local = cfg.explain.llm == "local" or cfg.explain.llm.startswith("local:")
+    return cfg.explain.explain_batch if local else max(cfg.explain.explain_batch, cfg.explain.concurrency)
+
+
 def _open_run(cfg: RunConfig, run_dir: Path) -> RunDir:
     """The existing run at ``run_dir``, once ``cfg`` is known to agree with it and to be in range."""
     run = RunDir(run_dir)
@@ -134,8 +141,9 @@ def run_explain(
     failure: str | None = None
     for name, coder, todo in jobs:
         builder = run.record_builder(name, cfg, lm, coder)
-        for i in range(0, len(todo), cfg.explain.explain_batch):
-            records = list(builder.build(name, todo[i : i + cfg.explain.explain_batch]))
+        step = latents_per_batch(cfg)
+        for i in range(0, len(todo), step):
+            records = list(builder.build(name, todo[i : i + step]))
             effects = _intervention_effects(cfg, lm, coder, records) if explainer == "intervention" else None
             results = explain_batch(records, explainer, text, client, params, cfg.explain.max_retries, effects)
             run.add_explanations([r.to_dict() for r in results])
@@ -225,8 +233,9 @@ def run_score(
                 for is_baseline, text in ((False, r["explanation"]), (True, baseline.get((name, r["latent"])))):
                     if text is not None and ((scorer.name, name, r["latent"], explainer, is_baseline), text) not in done:
                         jobs.append((r["latent"], is_baseline, text))
-            for i in range(0, len(jobs), cfg.explain.explain_batch):
-                chunk = jobs[i : i + cfg.explain.explain_batch]
+            step = latents_per_batch(cfg)
+            for i in range(0, len(jobs), step):
+                chunk = jobs[i : i + step]
                 results = scorer.score([(records[latent], text) for latent, _, text in chunk])
                 new = [
                     ScoreResult(scorer.name, name, latent, explainer, is_baseline, text, metrics, outcomes).to_dict()
