@@ -14,10 +14,17 @@ SmolLM2 through the local batched client:
 
 Counted per latent: prompt tokens through the model, decode steps (generated tokens), wall
 time; and the quality each mode reaches: AUROC (log-prob) and balanced accuracy (generative;
-for 0/1 predictions this equals their AUROC, so the two are comparable).
+for 0/1 predictions this equals their AUROC, so the two are comparable). Before timing, the first
+latent is scored once in each mode, untimed, so that no row pays for start-up (kernels, the
+allocator, the first batch). Without eai-delphi installed, the peer's row is left out.
+
+``--model``, ``--device`` and ``--dtype`` choose the model (the scorer LLM); the planted latents are
+cut from ``--tokens`` tokens of ``--corpus`` in windows of ``--ctx-len``. Defaults: the embedded
+SmolLM2 on the CPU, 40,000 builtin tokens in windows of 64, 16 prompts per forward pass.
 
     python benchmarks/scoring_cost.py                # ~10 minutes on 2 CPU cores
     python benchmarks/scoring_cost.py --latents 4 --texts 10
+    python benchmarks/scoring_cost.py --model HuggingFaceTB/SmolLM2-1.7B-Instruct --device cuda
 """
 
 import argparse
@@ -26,10 +33,8 @@ import statistics
 import time
 
 import numpy as np
-import torch
 
-from interp.config import CorpusConfig, ModelConfig
-from interp.corpus import corpus_windows
+from common import add_model_args, cuda_sync, data, describe, model_config, set_threads
 from interp.llm import TransformersClient
 from interp.llm.base import GenerationParams
 from interp.models import load_model
@@ -61,10 +66,7 @@ class CountingClient:
 
 def peer_detection_prompt():
     """eai-delphi's detection prompt builder, read from its source file (its package imports vLLM)."""
-    spec = importlib.util.find_spec("delphi")
-    if spec is None:
-        raise SystemExit("The peer is not installed: pip install --no-deps eai-delphi")
-    path = spec.submodule_search_locations[0] + "/scorers/classifier/prompts/detection_prompt.py"
+    path = importlib.util.find_spec("delphi").submodule_search_locations[0] + "/scorers/classifier/prompts/detection_prompt.py"
     module_spec = importlib.util.spec_from_file_location("delphi_detection_prompt", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -93,10 +95,20 @@ def peer_detection(client, tokenizer, planted, batch: int, max_tokens: int) -> l
     return [classification([o.label for o in os], [o.prediction for o in os]).to_dict() for os in per_latent]
 
 
+def warm_up(client, tokenizer, planted, batch: int, max_tokens: int) -> None:
+    """Score the first planted latent once in each mode, untimed, so that no timed row pays for start-up."""
+    for mode in ("logprob", "generative"):
+        DetectionScorer(client, tokenizer, mode=mode, batch_size=batch, max_tokens=max_tokens).score(planted[:1])
+
+
 def measure(name, run, client, n_latents, metric):
+    """Run ``run()`` (metrics per latent); its cost per latent and mean quality."""
     client.prompt_tokens = client.decode_steps = 0
+    device = client.client.lm.device
+    cuda_sync(device)
     start = time.perf_counter()
     metrics = run()
+    cuda_sync(device)
     seconds = time.perf_counter() - start
     values = [m[metric] for m in metrics if m[metric] is not None]
     failed = sum(m["failed"] for m in metrics)
@@ -107,33 +119,19 @@ def measure(name, run, client, n_latents, metric):
     }
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_args(parser, tokens=40_000, ctx_len=64, batch_size=16, batch_help="prompts per forward pass of the local client")
     parser.add_argument("--latents", type=int, default=6, help="planted latents scored")
     parser.add_argument("--texts", type=int, default=10, help="activating and non-activating texts per latent, each")
     parser.add_argument("--batch", type=int, default=5, help="texts per generative prompt (the peer's default)")
     parser.add_argument("--max-tokens", type=int, default=32, help="decode cap per generative reply, both projects")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    return parser.parse_args(argv)
 
-    lm = load_model(ModelConfig())
-    windows = corpus_windows(CorpusConfig(ctx_len=64), lm.tokenizer, num_windows=40_000 // 64)
-    planted = planted_records(windows, lm.tokenizer, n_test=args.texts, n_negatives=args.texts)[: args.latents]
-    n = len(planted)
-    texts = sum(len(labelled_examples(r)) for r, _ in planted)
-    client = CountingClient(TransformersClient(lm=lm, batch_size=16))
-    rows = []
-    for kind in (DetectionScorer, FuzzingScorer):
-        for mode, metric in (("logprob", "auroc"), ("generative", "balanced_accuracy")):
-            scorer = kind(client, lm.tokenizer, mode=mode, batch_size=args.batch, max_tokens=args.max_tokens)
-            rows.append(measure(f"ours {scorer.name}", lambda: [m for m, _ in scorer.score(planted)], client, n, metric))
-    rows.append(measure(
-        "eai-delphi detection", lambda: peer_detection(client, lm.tokenizer, planted, args.batch, args.max_tokens),
-        client, n, "balanced_accuracy",
-    ))
 
-    print(f"\n{n} planted latents, {texts / n:.0f} texts each, SmolLM2-135M-Instruct on {torch.get_num_threads()} CPU threads")
+def print_report(rows: list[dict], header: str) -> None:
+    """The table, then how the modes and the peer compare."""
+    print(f"\n{header}\n")
     print("| scorer | prompt tokens / latent | decode steps / latent | seconds / latent | quality | failed texts |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
@@ -142,10 +140,40 @@ def main() -> None:
     by = {r["name"]: r for r in rows}
     for kind in ("detection", "fuzzing"):
         lp, gen = by[f"ours {kind}-logprob"], by[f"ours {kind}"]
-        print(f"{kind}: generative / log-prob wall time per latent = {gen['seconds'] / lp['seconds']:.2f}x")
+        print(f"\n{kind}: generative / log-prob wall time per latent = {gen['seconds'] / lp['seconds']:.2f}x")
+    if "eai-delphi detection" not in by:
+        print("\nNote: eai-delphi is not installed (pip install --no-deps eai-delphi): the peer's row is left out.")
+        return
     peer, lp = by["eai-delphi detection"], by["ours detection-logprob"]
-    print(f"detection: peer / ours (log-prob) wall time per latent = {peer['seconds'] / lp['seconds']:.2f}x, "
+    print(f"\ndetection: peer / ours (log-prob) wall time per latent = {peer['seconds'] / lp['seconds']:.2f}x, "
           f"prompt tokens {peer['prompt'] / lp['prompt']:.2f}x")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    cfg = model_config(args)
+    lm = load_model(cfg)
+    windows = data(args).windows(lm.tokenizer)
+    planted = planted_records(windows, lm.tokenizer, n_test=args.texts, n_negatives=args.texts)[: args.latents]
+    if not planted:
+        raise SystemExit(f"No planted latent fires often enough in {args.tokens:,} tokens of {args.corpus}: give more --tokens.")
+    n = len(planted)
+    texts = sum(len(labelled_examples(r)) for r, _ in planted)
+    client = CountingClient(TransformersClient(lm=lm, batch_size=args.batch_size))
+    warm_up(client, lm.tokenizer, planted, args.batch, args.max_tokens)
+    rows = []
+    for kind in (DetectionScorer, FuzzingScorer):
+        for mode, metric in (("logprob", "auroc"), ("generative", "balanced_accuracy")):
+            scorer = kind(client, lm.tokenizer, mode=mode, batch_size=args.batch, max_tokens=args.max_tokens)
+            rows.append(measure(f"ours {scorer.name}", lambda: [m for m, _ in scorer.score(planted)], client, n, metric))
+    if importlib.util.find_spec("delphi") is not None:
+        rows.append(measure(
+            "eai-delphi detection", lambda: peer_detection(client, lm.tokenizer, planted, args.batch, args.max_tokens),
+            client, n, "balanced_accuracy",
+        ))
+    print_report(rows, f"{n} planted latents, {texts / n:.0f} texts each, {describe(lm, cfg)}, "
+                       f"{args.batch_size} prompts per forward pass, warmed up on one latent")
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ def model_load_kwargs(cfg: ModelConfig, cuda: bool) -> dict:
     return kwargs
 
 
-def _source(cfg: ModelConfig) -> tuple[str, str | None]:
+def model_files(cfg: ModelConfig) -> tuple[str, str | None]:
     """(folder or hub id, gguf file name) for ``cfg.model``."""
     if cfg.model == EMBEDDED:
         return str(embedded_model_dir()), None
@@ -171,7 +171,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cuda = torch.cuda.is_available()
-    source, gguf_file = _source(cfg)
+    source, gguf_file = model_files(cfg)
     kwargs = model_load_kwargs(cfg, cuda)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:

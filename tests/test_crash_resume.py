@@ -48,7 +48,7 @@ def run_args(run_dir: Path, url: str) -> list[str]:
     return [
         "run", "--run-dir", str(run_dir), "--quiet",
         "--num-tokens", "1024", "--ctx-len", "32", "--shard-windows", "4", "--batch-size", "4",
-        "--coders", "topk-neurons@model.layers.3.mlp", "--latents", "sample:6", "--explain-batch", "2",
+        "--coders", "topk-neurons@model.layers.3.mlp", "--latents", "sample:6", "--explain-batch", "2", "--concurrency", "2",
         "--llm", url, "--llm-model", "scripted", "--explainer", "default",
         "--scorers", "detection", "--score-mode", "generative",
     ]

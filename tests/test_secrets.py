@@ -19,6 +19,7 @@ import pytest
 from pipeline_support import save_tiny_model, scripted_reply, tiny_run_args
 
 from interp.cli import build_parser
+from interp.cli_args import with_args
 from interp.config import ModelConfig, RunConfig
 from interp.errors import ModelLoadError
 from interp.models import load_model, model_load_kwargs
@@ -117,8 +118,8 @@ def test_trust_remote_code_is_off_by_default_everywhere():
     assert ModelConfig().trust_remote_code is False and RunConfig().model.trust_remote_code is False
     for command in ("run", "cache", "explain", "score", "steer"):
         argv = [command] + (["a prompt", "--latent", "0"] if command == "steer" else [])
-        assert build_parser().parse_args(argv).trust_remote_code is False
-        assert build_parser().parse_args(argv + ["--trust-remote-code"]).trust_remote_code is True
+        assert with_args(RunConfig(), build_parser().parse_args(argv)).model.trust_remote_code is False
+        assert with_args(RunConfig(), build_parser().parse_args(argv + ["--trust-remote-code"])).model.trust_remote_code is True
     assert model_load_kwargs(ModelConfig(), cuda=False)["trust_remote_code"] is False
     assert model_load_kwargs(ModelConfig(trust_remote_code=True), cuda=False)["trust_remote_code"] is True
 
