@@ -1,5 +1,7 @@
-"""Command line: ``interp run`` (the main job), ``interp cache``, ``interp explain``; also ``python -m interp``.
+"""Command line: ``interp run`` (the main job) and each stage on its own; also ``python -m interp``.
 
+``interp run RUN ...`` makes a run directory; ``interp explain|score|summary|publish|compare|steer|app``
+then take it alone (``interp score RUN --scorers ...``): what makes the run comes from its config.json.
 Each command is a thin shell over library functions; expected mistakes print one line.
 """
 
@@ -35,7 +37,7 @@ def _run_dir(ns: argparse.Namespace) -> Path:
 def _run_parser(
     sub, name: str, help: str, *, sections: tuple[str, ...] = tuple(SECTIONS), run: bool = True, makes_run: bool = False,
 ) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=help, conflict_handler="resolve")  # a command may redefine a flag
+    p = sub.add_parser(name, help=help, description=help)
     if run:
         _run_argument(p)
     if makes_run:
