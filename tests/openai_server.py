@@ -66,11 +66,19 @@ class _Handler(BaseHTTPRequestHandler):
             s.in_flight += 1
             s.max_in_flight = max(s.max_in_flight, s.in_flight)
             behaviour = s.script.pop(0) if s.script else "ok"
+        self._in_flight = True
         try:
             self._answer(s, json.loads(raw), behaviour)
         finally:
-            with s.lock:
-                s.in_flight -= 1
+            self._leave()
+
+    def _leave(self) -> None:
+        """Stop counting this request as in flight, once: before its reply is written, since the client may send
+        its next request the moment it has read this one (counting until after the write overlaps the two)."""
+        if self._in_flight:
+            self._in_flight = False
+            with self.server.lock:
+                self.server.in_flight -= 1
 
     def _answer(self, s: ScriptedServer, body: dict, behaviour: str):
         content = body["messages"][-1]["content"]
@@ -113,6 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, payload, cut: bool = False):
         data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
+        self._leave()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
