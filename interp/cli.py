@@ -62,6 +62,15 @@ def _fmt(value: float | None) -> str:
     return "  n/a" if value is None else f"{value:.3f}"
 
 
+def _verdict(entry: dict) -> str:
+    """How the margin over the random explanation reads: its 95% interval, and 'at chance' where it includes zero."""
+    ci = entry.get("margin_ci")
+    if ci is None:
+        return ""
+    said = f"  margin {entry['margin']:+.3f} (95% CI {ci[0]:+.3f} to {ci[1]:+.3f})"
+    return said if entry["above_chance"] else said + "  at chance: try a served explainer (README: A served LLM)"
+
+
 def _print_summary(summary: dict, run_dir: Path) -> None:
     for name, s in summary.get("coders", {}).items():
         print(
@@ -85,7 +94,7 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
         print(f"scores for {coder} of the {summary['explainer']} explanations (mean over latents; random explanation in brackets):")
         for scorer, e in scorers.items():
             mean, base = e["explanation"]["mean"], e["baseline"]["mean"]
-            print(f"  {scorer:<20} {e['metric']:<18} {_fmt(mean)}  [{_fmt(base)}]  n={e['explanation']['n']}")
+            print(f"  {scorer:<20} {e['metric']:<18} {_fmt(mean)}  [{_fmt(base)}]  n={e['explanation']['n']}{_verdict(e)}")
     print(f"results: {run_dir.resolve()}")
 
 

@@ -100,3 +100,26 @@ def test_a_run_scored_by_two_explainers_is_summarised_one_explainer_at_a_time(tm
     assert "embedding auroc 0.800 [0.500] n=2" in " ".join(capsys.readouterr().out.split())
     assert main(["summary", "--run-dir", str(run_dir), "--explainer", "logits"]) == 2
     assert "default, tokens" in capsys.readouterr().err
+
+
+def test_a_margin_whose_interval_includes_zero_is_called_at_chance(tmp_path, capsys):
+    clear = [(0.8, 0.5), (0.75, 0.52), (0.9, 0.45), (0.7, 0.55), (0.85, 0.5)]
+    noise = [(0.6, 0.5), (0.4, 0.55), (0.52, 0.5), (0.45, 0.6), (0.58, 0.41)]
+    rows = [ScoreResult(scorer, "sae", latent, "tokens", baseline, "x", {"auroc": pair[baseline]}, []).to_dict()
+            for scorer, pairs in (("embedding", clear), ("surprisal", noise))
+            for latent, pair in enumerate(pairs) for baseline in (False, True)]
+    summary = summarize_scores(rows)["sae"]
+    low, high = summary["embedding"]["margin_ci"]
+    assert summary["embedding"]["above_chance"] is True and 0 < low < summary["embedding"]["margin"] < high
+    assert summary["surprisal"]["above_chance"] is False and summary["surprisal"]["margin_ci"][0] < 0
+    one = summarize_scores(rows[:2])["sae"]["embedding"]
+    assert one["margin_ci"] is None and one["above_chance"] is None  # one latent: no interval to speak of
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_json_atomic(run_dir / "config.json", RunConfig(explain=ExplainConfig(explainer="tokens")).to_dict())
+    append_jsonl(run_dir / "scores.jsonl", rows)
+    assert main(["summary", str(run_dir)]) == 0
+    out = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert "margin +0.296 (95% CI +0.196 to +0.396)" in out["embedding"] and "at chance" not in out["embedding"]
+    assert "at chance: try a served explainer" in out["surprisal"]

@@ -20,7 +20,7 @@ from .workspace import Workspace
 BACKENDS = ("local", "url")
 """An LLM run in this process, or an OpenAI-compatible server."""
 EXPLAINED_HEADERS = ["latent", "status", "explanation", "LLM", "note"]
-SUMMARY_HEADERS = ["scorer", "metric", "mean", "median", "random explanation (mean)", "margin", "latents"]
+SUMMARY_HEADERS = ["scorer", "metric", "mean", "median", "random explanation (mean)", "margin", "vs random", "latents"]
 OUTCOME_HEADERS = ["call", "kind", "quantile", "fires", "prediction", "score", "text"]
 
 
@@ -103,12 +103,19 @@ def score(run: OpenRun, coder: str, explainer: str, scorers: list[str], score_mo
     return summary_table(run_score(cfg, run.path, coders=[coder], progress=progress)["scores"], coder)  # of this explainer alone
 
 
+def _against_random(entry: dict) -> str:
+    """'above chance' or 'at chance' (the margin's 95% interval includes zero), or '' with too few latents to say."""
+    if entry.get("above_chance") is None:
+        return ""
+    return "above chance" if entry["above_chance"] else "at chance: try a served explainer"
+
+
 def summary_table(summary: dict, coder: str) -> Table:
     """Per scorer of ``coder`` (from ``summarize_scores``): its main metric's mean and median against the random explanation's."""
     rows = []
     for scorer, e in summary.get(coder, {}).items():
         rows.append([scorer, e["metric"], e["explanation"]["mean"], e["explanation"]["median"], e["baseline"]["mean"],
-                     e["margin"], e["explanation"]["n"]])
+                     e["margin"], _against_random(e), e["explanation"]["n"]])
     return Table(SUMMARY_HEADERS, rows)
 
 

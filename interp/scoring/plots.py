@@ -54,7 +54,8 @@ def plot_diagnostics(rows: list[dict], frequencies: dict[tuple[str, int], float]
         ax.set_xlabel("firing frequency (fraction of tokens)")
         ax.set_ylabel("score")
         ax.set_title(f"score vs frequency — {coder}", fontsize=9)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # no latent with a known frequency: nothing to label
+            ax.legend(fontsize=7)
         fig.tight_layout()
         paths.append(out_dir / f"frequency_{coder}.png")
         save_figure_atomic(fig, paths[-1], dpi=100)

@@ -43,21 +43,41 @@ def _one_explainer(rows: list[dict]) -> None:
 
 
 def summarize_scores(rows: list[dict]) -> dict:
-    """``{coder: {scorer: {"metric", "explanation": stats, "baseline": stats, "margin"}}}`` from one explainer's score rows."""
+    """``{coder: {scorer: {"metric", "explanation": stats, "baseline": stats, "margin", "margin_ci", "above_chance"}}}``
+    from one explainer's score rows.
+
+    ``margin_ci`` is a 95% interval of the mean margin over the latents scored both ways (each
+    latent's explanation against its random explanation, paired); ``above_chance`` says whether
+    it lies above zero (None with fewer than two such latents), so a summary can say plainly when
+    explanations do no better than another latent's.
+    """
     _one_explainer(rows)
     out: dict = {}
+    paired: dict = {}
     for row in rows:
         metric = main_metric(row["scorer"])
         value = _metric(row, metric)
         entry = out.setdefault(row["coder"], {}).setdefault(row["scorer"], {"metric": metric, "explanation": [], "baseline": []})
         if value is not None:
             entry["baseline" if row["baseline"] else "explanation"].append(value)
-    for scorers in out.values():
-        for entry in scorers.values():
+            paired.setdefault((row["coder"], row["scorer"], row["latent"]), {})[row["baseline"]] = value
+    for coder, scorers in out.items():
+        for scorer, entry in scorers.items():
             entry["explanation"], entry["baseline"] = _describe(entry["explanation"]), _describe(entry["baseline"])
             a, b = entry["explanation"]["mean"], entry["baseline"]["mean"]
             entry["margin"] = a - b if a is not None and b is not None else None
+            both = [v for (c, s, _), v in paired.items() if (c, s) == (coder, scorer) and len(v) == 2]
+            entry["margin_ci"] = _mean_interval([v[False] - v[True] for v in both])
+            entry["above_chance"] = None if entry["margin_ci"] is None else entry["margin_ci"][0] > 0
     return out
+
+
+def _mean_interval(values: list[float]) -> list[float] | None:
+    """A 95% normal interval of the mean of ``values``; None with fewer than two."""
+    if len(values) < 2:
+        return None
+    mean, half = statistics.fmean(values), 1.96 * statistics.stdev(values) / len(values) ** 0.5
+    return [mean - half, mean + half]
 
 
 def _metric(row: dict, name: str) -> float | None:
