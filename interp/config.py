@@ -375,8 +375,5 @@ def read_config_file(path: str | Path) -> RunConfig:
 FIXED_SECTIONS = ("model", "corpus", "coders", "train", "cache", "records")
 """Sections that make a run what it is (what is cached, and how its records are drawn): a run refuses a change to any."""
 
-STAGE_SECTIONS = ("explain", "score", "intervene")
-"""Sections each stage takes from its own command line; the run's config.json holds the first command's."""
-
 SECTIONS = {f.name: f.default_factory().__class__ for f in fields(RunConfig)}  # type: ignore[misc]
 """Section name -> config class, in pipeline order."""

@@ -17,11 +17,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from test_scoring import CAT_TEXTS, MONEY_TEXTS, example
 
 from interp.llm import OpenAIClient, TransformersClient
 from interp.llm.openai_client import TOP_LOGPROBS
 from interp.models import embedded_gguf_path
-from interp.records import Example, LatentRecord, LatentStats
+from interp.records import LatentRecord, LatentStats
 from interp.scoring.classify import DetectionScorer
 
 LLAMA_PYTHON = "INTERP_LLAMA_PYTHON"
@@ -33,38 +34,16 @@ difference measured. Both run the same Q4_1 weights through different kernels (l
 quantized matmuls; transformers on the dequantized weights): on these 48 prompts the log-odds
 differed by 0.001 to 0.20 (median 0.055)."""
 
-CAT_TEXTS = [
-    "The cat slept on the warm windowsill all afternoon.",
-    "Her cat chased a ball of yarn across the floor.",
-    "The cat purred loudly when we stroked its fur.",
-    "A stray cat meowed outside the door at night.",
-    "The young cat drank milk from a small saucer.",
-    "Our old cat likes to hunt mice in the garden.",
-]
-MONEY_TEXTS = [
-    "The bank raised interest rates by half a percent.",
-    "Stock prices fell sharply after the earnings report.",
-    "She paid the invoice with a credit card yesterday.",
-    "The budget deficit grew to three billion dollars.",
-    "Investors bought government bonds for safety.",
-    "The loan must be repaid within five years.",
-]
 EXPLANATIONS = ["Mentions of a cat", "Words about money and finance", "The weather", "Verbs in the past tense"]
 
 
 def cat_record(tokenizer) -> LatentRecord:
     """A latent that fires on "cat" in six texts; six texts about money are its negatives."""
-
-    def example(text: str, index: int) -> Example:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        acts = [2.0 if tokenizer.decode([t]).strip().lower() == "cat" else 0.0 for t in ids]
-        return Example(ids, acts, index)
-
     stats = LatentStats(count=6, frequency=0.1, max=2.0, mean=2.0, histogram=[0] * 20, num_examples=6)
     return LatentRecord(
         "sae", 5, "ok", stats,
-        test=[example(t, i) for i, t in enumerate(CAT_TEXTS)], test_quantiles=[0, 0, 1, 1, 2, 2],
-        negatives=[example(t, 100 + i) for i, t in enumerate(MONEY_TEXTS)],
+        test=[example(tokenizer, t, i) for i, t in enumerate(CAT_TEXTS)], test_quantiles=[0, 0, 1, 1, 2, 2],
+        negatives=[example(tokenizer, t, 100 + i) for i, t in enumerate(MONEY_TEXTS)],
     )
 
 
