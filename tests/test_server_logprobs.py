@@ -3,8 +3,7 @@ is bounded, not floored, and a real llama.cpp server scores as the local model d
 
 The llama.cpp test starts ``python -m llama_cpp.server`` on the embedded GGUF. It needs a python
 that can import ``llama_cpp.server`` (``pip install 'llama-cpp-python[server]'``): the one named
-by ``$INTERP_LLAMA_PYTHON`` (an error if it cannot), else this one or ``/tmp/llamavenv/bin/python``;
-it is skipped when neither can.
+by ``$INTERP_LLAMA_PYTHON`` (an error if it cannot), else this one; it is skipped when neither can.
 """
 
 import math
@@ -26,7 +25,6 @@ from interp.records import LatentRecord, LatentStats
 from interp.scoring.classify import DetectionScorer
 
 LLAMA_PYTHON = "INTERP_LLAMA_PYTHON"
-KNOWN_LLAMA_PYTHON = "/tmp/llamavenv/bin/python"
 
 TOLERANCE = 0.4
 """Most a llama.cpp log-odds may differ from the local model's, in nats: twice the largest
@@ -80,13 +78,13 @@ def can_serve(python: str) -> bool:
 
 
 def llama_python() -> str | None:
-    """The python named by ``$INTERP_LLAMA_PYTHON`` (it must work), else this one or the known one if it can serve."""
+    """The python named by ``$INTERP_LLAMA_PYTHON`` (it must work), else this one if it can serve."""
     named = os.environ.get(LLAMA_PYTHON)
     if named:
         if not can_serve(named):
             pytest.fail(f"${LLAMA_PYTHON}={named} cannot import llama_cpp.server")
         return named
-    return next((python for python in (sys.executable, KNOWN_LLAMA_PYTHON) if can_serve(python)), None)
+    return sys.executable if can_serve(sys.executable) else None
 
 
 def free_port() -> int:
