@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 RUN_DIR ?= runs/demo
 
-.PHONY: install demo test bench app chromium
+.PHONY: install demo test test-fast bench app chromium
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -28,6 +28,10 @@ chromium:
 
 test: install chromium
 	$(PY) -m pytest -q
+
+# Everything but the long reliability suites (kills, faults, flaky servers, app load, browser).
+test-fast: install
+	$(PY) -m pytest -q -m "not reliability"
 
 app: install
 	$(VENV)/bin/interp app $(RUN_DIR)

@@ -28,6 +28,7 @@ WAIT = 60_000
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.reliability,
     pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs Debian's chromium (apt-get install chromium)"),
 ]
 

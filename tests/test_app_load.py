@@ -31,6 +31,8 @@ from interp.app.explore import MAX_QUERY_CHARS, MAX_TEXT_CHARS
 from interp.app.intervene import MAX_PROMPT_CHARS
 from interp.app.workspace import MAX_PATH_CHARS
 
+pytestmark = pytest.mark.reliability
+
 SESSIONS = 16
 """Browser sessions at once, each a gradio_client Client of its own."""
 ROUNDS = 2

@@ -36,7 +36,7 @@ from safetensors.torch import load_file
 from openai_server import serving
 from pipeline_support import scripted_reply
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="forkserver and SIGKILL semantics of Linux")]
+pytestmark = [pytest.mark.slow, pytest.mark.reliability, pytest.mark.skipif(sys.platform != "linux", reason="forkserver and SIGKILL semantics of Linux")]
 
 CODER = "model.layers.3.mlp.topk-neurons"
 TIMEOUT = 240.0

@@ -39,6 +39,8 @@ from interp.scoring.classify import DetectionScorer, FuzzingScorer, parse_labels
 from interp.scoring.intruder import parse_choice
 from interp.scoring.simulation import parse_activations
 
+pytestmark = pytest.mark.reliability
+
 CODER = "model.layers.1.mlp.topk-neurons"
 TRICKY = [
     "", " ", "\n\n", "\x00", "<<", ">>", "<<>>", "[EXPLANATION]:", "[EXPLANATION]: ", "Explanation:\n\n",

@@ -19,6 +19,8 @@ from interp.llm import GenerationParams, OpenAIClient, make_client
 from interp.run import run_cache, run_explain, run_score, summarize_run
 from interp.rundir import EXPLANATION_KEY, EXPLANATIONS, LLM_CACHE, SCORE_KEY, SCORES
 
+pytestmark = pytest.mark.reliability
+
 FAILURES = ["500", "429", "truncated", "drop", "cut", "sleep"]
 
 
