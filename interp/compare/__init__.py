@@ -4,9 +4,9 @@
 * ``sides`` — one coder of a run directory: its explained latents, explanations and decoder rows,
 * ``report`` — the comparison of two sides: explanation matching, decoder matching, their
   agreement and a shuffled baseline, written as ``compare.json`` + ``compare.png``,
-* ``plots`` — the matching figure, and every coder's score distributions side by side per scorer.
+* ``plots`` — the matching figure.
 
-Nothing is imported here so that ``interp.run`` can use ``plots`` without importing the rest.
+Nothing is imported here: ``interp compare`` loads what it needs.
 """
 
 DEFAULT_MAX_LATENTS = 4096
