@@ -1,13 +1,17 @@
 """Atomic file writes: a reader sees the old file or the new one, never half of one.
 
-The temporary file is named after the target, the writing process and the host
-(``.NAME.PID@HOST.XXXXXXXX.tmp``), so the temporary files a killed process leaves behind can be
-told from those of a process still writing, and removed (``remove_stale_temps``).
+The file is written into a temporary folder beside the target, named after the target, the
+writing process and the host (``.NAME.PID@HOST.XXXXXXXX.tmp/``), so what a killed process leaves
+behind can be told from what a process still writing holds, and removed (``remove_stale_temps``).
+A folder rather than a file, because some writers make temporary files of their own beside the
+path they are given (safetensors 0.8 writes ``.tmpXXXXXX`` and renames it): inside our folder,
+those are ours to remove too.
 """
 
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Callable
@@ -36,22 +40,21 @@ def _prefix(path: Path) -> str:
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` and rename the result onto ``path``.
 
-    The temporary file lives beside the target so the rename stays on one filesystem; it ends
-    in ``.tmp``, so writers that pick a format from the name (matplotlib) must be told the format.
+    ``tmp_path`` has the target's name, inside a temporary folder beside the target (so the
+    rename stays on one filesystem); the folder goes once the file has moved, or on failure.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_prefix(path), suffix=SUFFIX)
-    os.close(fd)
+    folder = Path(tempfile.mkdtemp(dir=path.parent, prefix=_prefix(path), suffix=SUFFIX))
+    tmp = folder / path.name
     try:
-        write(Path(tmp))
+        write(tmp)
         os.chmod(tmp, FILE_MODE)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     _fsync_dir(path.parent)
 
 
@@ -105,11 +108,14 @@ def remove_stale_temps(root: str | Path) -> int:
     if not root.is_dir():
         return 0
     host, removed = socket.gethostname(), 0
-    for path in root.rglob(f".*{SUFFIX}"):
+    for path in list(root.rglob(f".*{SUFFIX}")):
         writer = _writer(path.name)
         if writer is None or writer[1] != host or writer[0] == os.getpid() or _alive(writer[0]):
             continue
-        path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:  # a temporary file of an older version, which wrote beside the target
+            path.unlink(missing_ok=True)
         removed += 1
     if removed:
         log.info("%s: removed %d temporary file(s) left by an interrupted run", root, removed)

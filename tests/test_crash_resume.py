@@ -227,7 +227,7 @@ def check_whole(run_dir: Path) -> list[str]:
     """Every file a reader might open is whole; returns what is not. Temporary files of atomic writes are skipped."""
     problems = []
     for p in sorted(run_dir.rglob("*")):
-        if not p.is_file() or p.name.endswith(".tmp"):
+        if not p.is_file() or any(part.endswith(".tmp") for part in p.relative_to(run_dir).parts):
             continue
         try:
             if p.suffix == ".json":

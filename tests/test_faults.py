@@ -385,8 +385,29 @@ def test_temporaries_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
     (tmp_path / "sub").mkdir()
     for name in files:
         (tmp_path / "sub" / name).write_text("x")
-    assert remove_stale_temps(tmp_path) == 1
+    killed = tmp_path / "sub" / f".stats.safetensors.{dead}@{host}.ef567890.tmp"  # a folder, as write_atomic makes them
+    killed.mkdir()
+    (killed / ".tmpAb12Cd").write_text("x")  # what safetensors was writing inside it
+    live = tmp_path / "sub" / f".tokens.safetensors.{os.getpid()}@{host}.ef567890.tmp"
+    live.mkdir()
+    files[live.name] = True
+    assert remove_stale_temps(tmp_path) == 2
     assert {p.name for p in (tmp_path / "sub").iterdir()} == {name for name, kept in files.items() if kept}
+
+
+def test_an_atomic_write_leaves_no_temporary_file_even_of_a_writer_that_makes_its_own(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    write_atomic(tmp_path / "out.safetensors", lambda p: save_file({"x": torch.zeros(4)}, str(p)))
+
+    def fails(p):
+        (p.parent / ".tmpXy12Ab").write_text("half")  # as safetensors does beside the path it is given
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(tmp_path / "other.safetensors", fails)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.safetensors"]
 
 
 def test_atomic_writes_get_the_usual_file_mode(tmp_path):
