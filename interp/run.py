@@ -68,7 +68,8 @@ def run_cache(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, progres
     def train_default(folder: Path) -> None:
         run.write_config(cfg)  # every input has loaded: a killed training resumes under this config
         report = train_default_sae(lm, windows.train, windows.heldout, folder, cfg.train)
-        log.info("default SAE: held-out FVU %.3f, dead %.1f%%", report["heldout_fvu"], 100 * report["heldout_dead_fraction"])
+        log.info("default SAE: held-out FVU %.3f, %.1f%% of latents never fired on the held-out tokens",
+                 report["heldout_fvu"], 100 * report["heldout_dead_fraction"])
 
     with state.main_process_first():  # the default SAE is trained once, by the main process
         coders = open_coders(cfg, lm, run, train_default=train_default if state.is_main_process else None)
