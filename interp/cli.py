@@ -268,13 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _stage(ns: argparse.Namespace) -> int:
-    """``run`` and ``cache`` make (or resume) a run; ``explain``, ``score`` and ``summary`` need one made already."""
+    """``run`` and ``cache`` make (or resume) a run; ``explain``, ``score`` and ``summary`` refuse a folder that is none."""
     from . import run as pipeline
 
     run_dir = _run_dir(ns)
     run = RunDir(run_dir)
-    if ns.command in ("explain", "score", "summary"):
-        run.read_config()  # not a run: say so before anything else
     if ns.command == "summary":
         summary = pipeline.summarize_run(run_dir, ns.explainer)
     elif ns.command == "explain":

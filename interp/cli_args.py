@@ -42,11 +42,6 @@ def add_config_args(parser: argparse.ArgumentParser, cls, group_title: str | Non
         group.add_argument(_flag(f.name), **kwargs)
 
 
-def config_from_args(cls, ns: argparse.Namespace):
-    """Build dataclass ``cls`` from the flags ``add_config_args`` added."""
-    return cls(**{f.name: getattr(ns, f.name) for f in fields(cls)})
-
-
 def with_args(base, ns: argparse.Namespace):
     """``base`` (a config dataclass of sections, such as ``RunConfig``) with every flag given in ``ns`` set over it."""
     sections = {}

@@ -22,7 +22,7 @@ from .config import RunConfig, check_config
 from .corpus import split_windows
 from .errors import InterpError, StageFailedError
 from .explain import TokenText, explain_batch
-from .llm import GenerationParams, LLMClient, run_client
+from .llm import GenerationParams, LLMClient, run_client, runs_locally
 from .models import LoadedModel, load_model, resolve_hookpoint
 from .records import LatentRecord, select_latents
 from .rundir import SCORE_KEY, RunDir
@@ -94,8 +94,8 @@ def run_cache(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, progres
 def latents_per_batch(cfg: RunConfig) -> int:
     """Latents explained (or scored) together: ``explain_batch`` for a local LLM; with a server, enough that
     ``concurrency`` requests stay in flight across latents, not only within one."""
-    local = cfg.explain.llm == "local" or cfg.explain.llm.startswith("local:")
-    return cfg.explain.explain_batch if local else max(cfg.explain.explain_batch, cfg.explain.concurrency)
+    e = cfg.explain
+    return e.explain_batch if runs_locally(e.llm) else max(e.explain_batch, e.concurrency)
 
 
 def _open_run(cfg: RunConfig, run_dir: Path) -> RunDir:

@@ -3,7 +3,7 @@ OpenAI-compatible server, optionally behind a response cache. ``make_client`` pi
 
 from .base import AnswerLogprobs, Completion, GenerationParams, LLMClient, Message, Prompt
 from .errors import LLMError
-from .factory import make_client, run_client
+from .factory import make_client, run_client, runs_locally
 from .local import TransformersClient
 from .openai_client import OpenAIClient
 from .response_cache import CachedClient
@@ -21,4 +21,5 @@ __all__ = [
     "TransformersClient",
     "make_client",
     "run_client",
+    "runs_locally",
 ]

@@ -11,6 +11,11 @@ from .openai_client import OpenAIClient
 from .response_cache import CachedClient
 
 
+def runs_locally(spec: str) -> bool:
+    """Whether the client ``spec`` names runs its model in this process (``local``, ``local:...``), not on a server."""
+    return spec == "local" or spec.startswith("local:")
+
+
 def make_client(
     spec: str, model: str | None = None, *, cache_path: str | Path | None = None, **options
 ) -> LLMClient:
@@ -27,7 +32,7 @@ def make_client(
     >>> make_client("local")
     >>> make_client("http://127.0.0.1:8000/v1", "Qwen/Qwen2.5-7B-Instruct", concurrency=32)
     """
-    if spec == "local" or spec.startswith("local:"):
+    if runs_locally(spec):
         name = spec.partition(":")[2] or model or EMBEDDED
         client: LLMClient = TransformersClient(ModelConfig(model=name), **options)
     elif spec.startswith(("http://", "https://")):
@@ -52,7 +57,7 @@ def run_client(cfg: RunConfig, lm: LoadedModel | None, cache_path: str | Path | 
     ``lm`` itself: the model is not loaded a second time.
     """
     e = cfg.explain
-    if e.llm == "local" or e.llm.startswith("local:"):
+    if runs_locally(e.llm):
         same = e.llm == "local" and cfg.model.model == EMBEDDED and cfg.model.quantization == "none" and lm is not None
         options = {"batch_size": e.explain_batch, **({"lm": lm} if same else {})}
     else:
