@@ -12,8 +12,10 @@ API, by module (nothing is imported here, so ``import interp`` stays cheap):
   subject model, sparse coders (``load_coder``), token windows, the latent cache, latent records;
 * ``interp.llm`` — LLM clients (``make_client``, ``run_client``); ``interp.explain`` — explainers;
 * ``interp.scoring`` — scorers (``registry.make_scorers``), metrics and summaries;
-* ``interp.steer``, ``interp.compare``, ``interp.validate``, ``interp.app`` — steering, comparing
-  coders, checking scorers on planted latents, the Gradio app; ``publish`` (top level) — the Hub.
+* ``interp.steer`` (the steering hook), ``interp.steer_effects`` (strength calibration, next-token
+  effects), ``interp.steer_side_by_side`` (clean vs steered continuations) — steering;
+* ``interp.compare``, ``interp.validate``, ``interp.app`` — comparing coders, checking scorers on
+  planted latents, the Gradio app; ``publish`` (top level) — the Hub.
 
 >>> from interp.config import RunConfig
 >>> from interp.run import run

@@ -190,7 +190,7 @@ def _columns(left: str, right: str, width: int) -> list[str]:
 def _steer(ns: argparse.Namespace) -> int:
     import shutil
 
-    from .steer import generate_side_by_side, pick_coder
+    from .steer_side_by_side import generate_side_by_side, pick_coder
     from .subject import open_subject
 
     if hasattr(ns, "coders"):  # no run: the model comes from the flags, the coders from their specs

@@ -6,7 +6,7 @@ LLM explainers (prompts in ``interp/prompts/``):
   contrastive  activating examples beside hard negatives that contain the same tokens
   logits       the same examples, plus the tokens the latent promotes and suppresses
   intervention no examples: the next tokens that steering the latent made more likely after
-               a few prompts (``steer.latent_effects``), for latents whose meaning is in their output
+               a few prompts (``steer_effects.latent_effects``), for latents whose meaning is in their output
 The ``tokens`` explainer needs no LLM: it lists the tokens the latent fires on most, so the
 pipeline runs end to end without a model and scorers have a floor to beat.
 """
@@ -23,7 +23,7 @@ from .config import Explainer
 from .llm.base import Completion, GenerationParams, LLMClient, Prompt
 from .prompts import render
 from .records import Example, LatentRecord
-from .steer import PromptEffect
+from .steer_effects import PromptEffect
 
 LLM_EXPLAINERS = ("default", "activations", "contrastive", "logits")
 """LLM explainers that read the latent's activating examples."""

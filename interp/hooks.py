@@ -123,14 +123,15 @@ class StopForward(Exception):
     """Raised inside a hook to end a forward pass early; caught by ``capture``."""
 
 
-def _first_tensor(value) -> torch.Tensor:
+def first_tensor(value) -> torch.Tensor:
+    """``value`` itself, or its first element when a module returns (or is called with) a tuple."""
     return value[0] if isinstance(value, tuple) else value
 
 
-def _module_input(args: tuple, kwargs: dict) -> torch.Tensor:
-    """The first positional tensor, or ``hidden_states`` when the caller passed it by name."""
+def module_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The tensor a module was called with: its first positional argument, or ``hidden_states`` if passed by name."""
     if args:
-        return _first_tensor(args)
+        return first_tensor(args)
     return kwargs.get("hidden_states", next(iter(kwargs.values())))
 
 
@@ -157,8 +158,8 @@ def capture(
 
     def make_hook(site: Site):
         def hook(module, args, kwargs, output):
-            value = _module_input(args, kwargs) if site.reads == "input" else output
-            found[site] = _first_tensor(value).detach()
+            value = module_input(args, kwargs) if site.reads == "input" else output
+            found[site] = first_tensor(value).detach()
             if stop and len(found) == len(sites):
                 raise StopForward
 

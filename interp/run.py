@@ -30,7 +30,7 @@ from .scoring.base import ScoreResult
 from .scoring.plots import plot_coder_scores, plot_diagnostics, plot_scores
 from .scoring.registry import make_scorers, needs_llm
 from .scoring.results import explainer_rows, scored_explainers, summarize_scores
-from .steer import PromptEffect, latent_effects, load_steer_prompts
+from .steer_effects import PromptEffect, latent_effects, load_steer_prompts
 from .subject import Subject, open_coders, open_subject
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from interp.cache import iter_shards, load_stats
 from interp.cli import main
 from interp.errors import InterpError
 from interp.jsonl import read_jsonl
-from interp.steer import generate_side_by_side
+from interp.steer_side_by_side import generate_side_by_side
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # gradio_client would report to its makers otherwise
 

@@ -18,7 +18,7 @@ from interp.llm import GenerationParams, OpenAIClient
 from interp.prompts import render
 from interp.records import LatentRecord, LatentStats
 from interp.scoring.intervention import InterventionScorer, statement_parts
-from interp.steer import latent_effects, load_steer_prompts
+from interp.steer_effects import latent_effects, load_steer_prompts
 from test_steer import planted_word_coder
 
 PROMPTS = 4

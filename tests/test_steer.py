@@ -20,19 +20,15 @@ from interp.coders.sparsify_coder import SparsifyCoder
 from interp.config import CoderConfig, ModelConfig, RunConfig
 from interp.errors import UnknownHookpointError
 from interp.hooks import Site, capture_tokens
-from interp.steer import (
-    Edit,
-    SteeringError,
+from interp.steer import Edit, SteeringError, steer, writes
+from interp.steer_effects import (
     calibrate_strength,
     continue_prompts,
     encode_prompts,
-    generate_side_by_side,
     load_steer_prompts,
     next_token_logprobs,
-    pick_coder,
-    steer,
-    writes,
 )
+from interp.steer_side_by_side import generate_side_by_side, pick_coder
 
 TEXT = "The quick brown fox jumps over the lazy dog, and sparse autoencoders find its features."
 D_MODEL, D_MLP, N_LATENTS = 32, 64, 128

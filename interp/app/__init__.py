@@ -1,8 +1,8 @@
 """The Gradio app: explore, explain, score, intervene and publish one run directory.
 
 A thin shell over the same library functions as the CLI: panels are plain functions
-(``explore``, ``pipeline``, ``intervene``, ``publishing``); ``ui`` lays them out in Gradio
-Blocks. Everything the browser names is resolved inside one workspace folder (``workspace``).
+(``explore``, ``pipeline``, ``intervene``, ``publishing``); ``tabs`` builds each tab's Gradio
+widgets and wires them to ``handlers``; ``ui`` puts the tabs together. Everything the browser names is resolved inside one workspace folder (``workspace``).
 
     python app.py [RUN_DIR]        # or: interp app [RUN_DIR] --workspace DIR --host 0.0.0.0
 """

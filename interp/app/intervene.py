@@ -4,7 +4,8 @@ import math
 from typing import NamedTuple
 
 from ..errors import InterpError
-from ..steer import MODES, SideBySide, generate_side_by_side
+from ..steer import MODES
+from ..steer_side_by_side import SideBySide, generate_side_by_side
 from .explore import Table
 from .render import markdown_code
 from .session import OpenRun
@@ -29,7 +30,7 @@ def steer_prompt(
     run: OpenRun, coder: str, latent: int, prompt: str, *, mode: str = "add", strength: float | None = None,
     target_kl: float | None = None, max_new_tokens: int = 32, top_k: int = 10,
 ) -> Steered:
-    """Continue ``prompt`` greedily without and with ``latent`` of ``coder`` steered (``steer.generate_side_by_side``)."""
+    """Continue ``prompt`` greedily without and with ``latent`` of ``coder`` steered (``steer_side_by_side.generate_side_by_side``)."""
     if mode not in MODES:
         raise InterpError(f"Unknown steering mode {mode!r}: use {', '.join(MODES)}.")
     if not (math.isfinite(max_new_tokens) and 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS):

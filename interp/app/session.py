@@ -1,8 +1,17 @@
 """Run directories as the app holds them open: config, lines on disk, and the model loaded once.
 
 Several browser sessions share one ``OpenRun`` per run directory, so the subject model and
-its coders are loaded once per process. Forward passes on that shared model take turns
-(``OpenRun.lock``): a steering hook registered for one user must never act on another user's pass.
+its coders are loaded once per process. Every lock and cache the app's visitors share is here:
+
+- ``Runs`` keeps the last ``KEEP_OPEN`` run directories open, keyed by path and the time
+  ``config.json`` was written, so a rewritten config opens the run afresh; ``Runs._lock``
+  makes each lookup atomic, so two visitors never open the same run twice.
+- ``OpenRun.lock`` (re-entrant) lets one thread at a time load the model and the record
+  builders, and makes forward passes on the shared model take turns: a steering hook
+  registered for one user must never act on another user's pass (``intervene``, ``explore``).
+- ``OpenRun`` reads ``explanations.jsonl`` and ``scores.jsonl`` again only when their size or
+  time of writing has changed, so the CLI or another visitor writing lines shows up at once.
+- ``Runs.build_default`` builds the default run once however many visitors ask at the same time.
 """
 
 import threading
@@ -98,6 +107,7 @@ class Runs:
         self.workspace = workspace
         self._open: OrderedDict[tuple[Path, int], OpenRun] = OrderedDict()
         self._lock = threading.Lock()
+        self._building = threading.Lock()
 
     def get(self, path: str) -> OpenRun:
         """The run at ``path`` (inside the workspace), opened once per version of its config.json."""
@@ -110,6 +120,11 @@ class Runs:
                     self._open.popitem(last=False)
             self._open.move_to_end(key)
             return self._open[key]
+
+    def build_default(self, path: str) -> Path:
+        """``build_default_run`` into ``path``; a visitor who asks while it runs waits for it, then finds it built."""
+        with self._building:
+            return build_default_run(self.workspace, path)
 
 
 def run_is_complete(path: Path) -> bool:

@@ -24,7 +24,8 @@ from ..errors import InterpError
 from ..models import LoadedModel
 from ..prompts import render
 from ..records import LatentRecord
-from ..steer import Calibration, Edit, calibrate_strength, continue_prompts, encode_prompts, steer
+from ..steer import Edit, steer
+from ..steer_effects import Calibration, calibrate_strength, continue_prompts, encode_prompts
 from .base import Scorer, ScoredExample
 from .metrics import auroc
 from .surprisal import SurprisalScorer

@@ -5,7 +5,7 @@ import typing
 from ..config import RunConfig, ScorerName, check_config
 from ..llm import LLMClient
 from ..models import LoadedModel
-from ..steer import load_steer_prompts
+from ..steer_effects import load_steer_prompts
 from .base import Scorer
 from .classify import DetectionScorer, FuzzingScorer
 from .embedding import EmbeddingScorer, load_embedder
