@@ -1,31 +1,29 @@
-"""Shared fixtures: a tiny random Llama for speed, the embedded SmolLM2 loaded once per session."""
+"""Shared fixtures: a tiny random Llama for speed, the embedded SmolLM2 loaded once per session.
+
+Plain helpers (functions, constants, the fake servers) are in ``tests/helpers/``; the fixtures
+here are built from them.
+"""
+
+from pathlib import Path
 
 import pytest
 import torch
 import transformers
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-from openai_server import serving
+from transformers import AutoTokenizer
 
 from interp.config import ModelConfig
 from interp.models import LoadedModel, embedded_model_dir, load_model
+from interp.records import LatentRecord, LatentStats
+from tests.helpers.app import make_workspace
+from tests.helpers.models import tiny_llama
+from tests.helpers.openai_server import serving
+from tests.helpers.scoring import CAT_TEXTS, MONEY_TEXTS, example
 
 
 @pytest.fixture(scope="session")
 def smollm_tokenizer():
     """The embedded model's real tokenizer (cheap once the GGUF has been converted)."""
     return AutoTokenizer.from_pretrained(embedded_model_dir())
-
-
-def tiny_llama(tokenizer, seed: int = 0, layers: int = 4, hidden: int = 32) -> LoadedModel:
-    """A randomly initialised 4-layer Llama sharing the embedded model's tokenizer."""
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-    )
-    model = LlamaForCausalLM(cfg).eval().requires_grad_(False)
-    return LoadedModel(model=model, tokenizer=tokenizer, name="tiny-llama")
 
 
 @pytest.fixture
@@ -69,3 +67,19 @@ def one_cpu_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def cat_record(smollm_tokenizer) -> LatentRecord:
+    """A record of the latent planted on cats: the cat texts as test examples, the money texts as negatives."""
+    test = [example(smollm_tokenizer, t, i) for i, t in enumerate(CAT_TEXTS)]
+    assert all(ex.max_act > 0 for ex in test)
+    negatives = [example(smollm_tokenizer, t, 100 + i) for i, t in enumerate(MONEY_TEXTS)]
+    stats = LatentStats(count=8, frequency=0.1, max=2.0, mean=2.0, histogram=[0] * 20, num_examples=6)
+    return LatentRecord("sae", 5, "ok", stats, test=test, test_quantiles=[0, 0, 1, 1, 2, 2], negatives=negatives)
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory, smollm_tokenizer) -> Path:
+    """The app tests' shared workspace with the small run at ``tests.helpers.app.RUN``."""
+    return make_workspace(tmp_path_factory.getbasetemp() / "app-workspace", smollm_tokenizer)

@@ -18,13 +18,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from safetensors.torch import load_file
 
-from app_support import (  # noqa: F401 (workspace is a fixture)
-    CODER, INJECTION, RUN, TOKEN, copy_workspace, everything_written, free_port, local_hub, serve_app, workspace,
-)
-from openai_server import serving
-
-from interp.app import AppConfig, config_from_env
-from interp.app import explore, intervene, pipeline, publishing
+from interp.app import AppConfig, config_from_env, explore, intervene, pipeline, publishing
 from interp.app.render import escape, examples_html, tokens_html
 from interp.app.session import OpenRun, Runs, build_default_run, run_is_complete
 from interp.app.workspace import Workspace, WorkspaceError
@@ -33,6 +27,9 @@ from interp.cli import main
 from interp.errors import InterpError
 from interp.jsonl import read_jsonl
 from interp.steer_side_by_side import generate_side_by_side
+from tests.helpers.app import CODER, INJECTION, RUN, TOKEN, copy_workspace, everything_written, free_port, serve_app
+from tests.helpers.hub_server import local_hub
+from tests.helpers.openai_server import serving
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # gradio_client would report to its makers otherwise
 

@@ -1,6 +1,6 @@
 """The real app in a real browser: Debian's headless chromium, driven by Playwright, clicks through every panel.
 
-The app serves a copy of the small run (see app_support) with one planted explanation that
+The app serves a copy of the small run (see tests/helpers/app.py) with one planted explanation that
 would run script if it were rendered as HTML; the LLM is a scripted OpenAI-compatible server
 and the Hub a local fake, both on 127.0.0.1. A screenshot of each panel goes to the test's
 temporary folder. Skipped where chromium or Playwright is missing (``make test`` installs both).
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from app_support import CODER, INJECTION, RUN, TOKEN, free_port, local_hub, workspace  # noqa: F401
-from openai_server import serving
-
 from interp.app import AppConfig, launch
+from tests.helpers.app import CODER, INJECTION, RUN, TOKEN, free_port
+from tests.helpers.hub_server import local_hub
+from tests.helpers.openai_server import serving
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]

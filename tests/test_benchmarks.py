@@ -17,7 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from interp.cli import build_parser
 from interp.models import layer_hookpoints, resolve_hookpoint
-from pipeline_support import save_tiny_model
+from tests.helpers.models import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"

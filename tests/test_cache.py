@@ -6,8 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from sparsify import SaeConfig
-from sparsify import SparseCoder as SparsifyModule
 
 from interp.cache import build_cache, finalize_stats, iter_shards, load_stats, read_shard, shard_file, verify_shard
 from interp.coders import CoderSpec, load_coder
@@ -16,16 +14,10 @@ from interp.config import CacheConfig
 from interp.errors import CacheCorruptError, RunConfigMismatchError
 from interp.hooks import Site, capture_tokens
 from interp.records import CacheView
+from tests.helpers.coders import random_sae
 
 CTX = 16
 CFG = CacheConfig(batch_size=4, shard_windows=8)
-
-
-def random_sae(d_in: int, hookpoint: str, seed: int = 0, k: int = 6, bias_std: float = 0.1) -> SparsifyCoder:
-    torch.manual_seed(seed)
-    sae = SparsifyModule(d_in, SaeConfig(expansion_factor=4, k=k))
-    sae.encoder.bias.data.normal_(0, bias_std)
-    return SparsifyCoder(sae.requires_grad_(False), hookpoint=hookpoint, source="random")
 
 
 @pytest.fixture

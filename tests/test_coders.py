@@ -9,7 +9,6 @@ and run on that model's real activations.
 import json
 import sys
 
-import numpy as np
 import pytest
 import sparsify
 import torch
@@ -19,11 +18,8 @@ from sparsify import SaeConfig
 from interp.coders import CoderSpec, Latents, load_coder
 from interp.errors import CoderFormatError, CoderShapeError, UnknownHookpointError
 from interp.hooks import Site, capture_tokens, site_widths
-from interp.models import LoadedModel
-
-TEXT = "The quick brown fox jumps over the lazy dog, and sparse autoencoders find its features."
-D_MODEL, D_MLP, D_SAE = 32, 64, 128
-
+from tests.helpers.coders import D_SAE, random_dense_weights, write_gemmascope, write_saelens
+from tests.helpers.models import D_MLP, D_MODEL, TEXT, tiny_gemma2
 
 # --------------------------------------------------------------------------- helpers
 
@@ -72,40 +68,6 @@ def random_sparsify(d_in: int = D_MODEL, *, seed: int = 0, **cfg) -> sparsify.Sp
         for p in sae.parameters():
             p.normal_(0, 0.5)
     return sae.requires_grad_(False)
-
-
-def random_dense_weights(x: torch.Tensor, *, seed: int = 0, threshold: bool = False) -> dict[str, torch.Tensor]:
-    """SAELens / Gemma Scope weights scaled so that pre-activations on ``x`` are O(1) and sparse after ReLU."""
-    g = torch.Generator().manual_seed(seed)
-    scale = x.norm(dim=-1).mean()
-    w = {
-        "W_enc": torch.randn(D_MODEL, D_SAE, generator=g) / scale,
-        "W_dec": torch.randn(D_SAE, D_MODEL, generator=g),
-        "b_enc": torch.randn(D_SAE, generator=g) * 0.5 - 1.0,
-        "b_dec": torch.randn(D_MODEL, generator=g) * x.std(),
-    }
-    if threshold:
-        w["threshold"] = torch.rand(D_SAE, generator=g)
-    return w
-
-
-def write_saelens(folder, w, *, architecture="standard", k=None, hook_name="blocks.2.hook_resid_post",
-                  apply_b_dec_to_input=True, normalize_activations="none"):
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = {
-        "d_in": D_MODEL, "d_sae": D_SAE, "architecture": architecture, "hook_name": hook_name,
-        "apply_b_dec_to_input": apply_b_dec_to_input, "normalize_activations": normalize_activations,
-        "activation_fn_kwargs": {"k": k} if k else {},
-    }
-    (folder / "cfg.json").write_text(json.dumps(cfg))
-    save_file({name: t.contiguous() for name, t in w.items()}, folder / "sae_weights.safetensors")
-    return folder
-
-
-def write_gemmascope(folder, w):
-    folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / "params.npz", **{name: t.numpy() for name, t in w.items()})
-    return folder
 
 
 def reference_pre_acts(w, x, *, apply_b_dec_to_input=True):
@@ -302,21 +264,6 @@ def test_saelens_transformerlens_hook_names_map_to_llama_modules(tiny_lm, tmp_pa
     assert coder.site == site
     (at_site,) = activations(tiny_lm, coder.site)
     assert coder.encode(at_site).acts.shape[0] == len(at_site)
-
-
-def tiny_gemma2(tokenizer):
-    """A random 4-layer Gemma 2: unlike Llama it normalises attention and MLP outputs before adding them."""
-    from transformers import Gemma2Config, Gemma2ForCausalLM
-
-    torch.manual_seed(0)
-    cfg = Gemma2Config(vocab_size=len(tokenizer), hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=4,
-                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256)
-    model = Gemma2ForCausalLM(cfg).eval().requires_grad_(False)
-    with torch.no_grad():  # Gemma norms scale by (1 + weight); make them visibly non-trivial
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.normal_(0, 0.5)
-    return LoadedModel(model=model, tokenizer=tokenizer, name="tiny-gemma2")
 
 
 MLP_NORM = {"llama": "post_attention_layernorm", "gemma2": "pre_feedforward_layernorm"}

@@ -13,7 +13,7 @@ Exclusions from the comparison, and why:
   * ``batch_seconds_per_latent`` in explanations.jsonl: wall time, which differs on every run.
 Nothing else is excluded: caches, LLM cache, scores, plots and summary must be byte-identical.
 
-The LLM is the scripted OpenAI-compatible server of ``openai_server.py`` on 127.0.0.1 with a
+The LLM is the scripted OpenAI-compatible server of ``tests/helpers/openai_server.py`` on 127.0.0.1 with a
 deterministic reply (explain: the first marked token; detect: whether a text holds that token).
 """
 
@@ -33,8 +33,8 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
-from openai_server import serving
-from pipeline_support import scripted_reply
+from tests.helpers.openai_server import serving
+from tests.helpers.pipeline import scripted_reply
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability, pytest.mark.skipif(sys.platform != "linux", reason="forkserver and SIGKILL semantics of Linux")]
 
@@ -178,7 +178,7 @@ class Harness:
         self.url = url
         self.log = str(logs)
         self.ctx = multiprocessing.get_context("forkserver")
-        self.ctx.set_forkserver_preload(["interp.cli", "interp.run", "test_crash_resume"])
+        self.ctx.set_forkserver_preload(["interp.cli", "interp.run", __name__])
         warm = self.ctx.Process(target=time.sleep, args=(0,))  # start the server now, so no run's time includes it
         warm.start()
         warm.join()

@@ -20,9 +20,6 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from openai_server import serving
-from pipeline_support import save_tiny_model, scripted_reply, tiny_run_args
-
 from interp.atomic import remove_stale_temps, write_atomic
 from interp.cache import build_cache, iter_shards, shard_file, verify_shard
 from interp.cli import main
@@ -38,6 +35,9 @@ from interp.records import CacheView, RecordBuilder
 from interp.scoring.classify import DetectionScorer, FuzzingScorer, parse_labels
 from interp.scoring.intruder import parse_choice
 from interp.scoring.simulation import parse_activations
+from tests.helpers.models import save_tiny_model, tiny_llama
+from tests.helpers.openai_server import serving
+from tests.helpers.pipeline import scripted_reply, tiny_run_args
 
 pytestmark = pytest.mark.reliability
 
@@ -307,8 +307,6 @@ def test_extra_files_in_a_run_directory_are_left_alone(tmp_path, finished_run, t
 
 @pytest.fixture(scope="module")
 def small_cache(tmp_path_factory, smollm_tokenizer):
-    from conftest import tiny_llama
-
     lm = tiny_llama(smollm_tokenizer)
     coders = {"n": load_coder(CoderSpec.parse("topk-neurons@model.layers.1.mlp"), lm.model, neuron_k=4)}
     windows = torch.randint(3, 5000, (12, 16), generator=torch.Generator().manual_seed(0), dtype=torch.int32)

@@ -2,7 +2,7 @@
 
 The run completes (retrying what a retry can fix, recording the rest as failures, never raising)
 and a later run against the recovered server fills in exactly the failures, ending where a run
-against a healthy server ends. The server is the real HTTP server of ``openai_server.py``.
+against a healthy server ends. The server is the real HTTP server of ``tests/helpers/openai_server.py``.
 """
 
 import hashlib
@@ -11,13 +11,13 @@ import random
 
 import pytest
 
-from pipeline_support import save_tiny_model, scripted_reply
-
 from interp.config import CacheConfig, CoderConfig, CorpusConfig, ExplainConfig, ModelConfig, RunConfig, ScoreConfig
 from interp.jsonl import latest_rows, read_jsonl
 from interp.llm import GenerationParams, OpenAIClient, make_client
 from interp.run import run_cache, run_explain, run_score, summarize_run
 from interp.rundir import EXPLANATION_KEY, EXPLANATIONS, LLM_CACHE, SCORE_KEY, SCORES
+from tests.helpers.models import save_tiny_model
+from tests.helpers.pipeline import scripted_reply
 
 pytestmark = pytest.mark.reliability
 

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_coders import D_MODEL, TEXT, random_dense_weights, tiny_gemma2, write_gemmascope, write_saelens
 
 from interp.coders import CoderSpec, load_coder
 from interp.errors import CoderFormatError, CoderShapeError, UnknownHookpointError
 from interp.hooks import Site, capture_tokens, hooks_removed, site_widths
 from interp.steer import Edit, steer, writes
+from tests.helpers.coders import random_dense_weights, write_gemmascope, write_saelens
+from tests.helpers.models import D_MODEL, TEXT, tiny_gemma2
 
 GOLDEN = Path(__file__).parent / "golden" / "saelens"
 """SAELens-written coders: ``hook_z`` reads blocks.2.attn.hook_z, ``standard`` blocks.2.hook_resid_post."""

@@ -19,7 +19,7 @@ from interp.prompts import render
 from interp.records import LatentRecord, LatentStats
 from interp.scoring.intervention import InterventionScorer, statement_parts
 from interp.steer_effects import latent_effects, load_steer_prompts
-from test_steer import planted_word_coder
+from tests.helpers.coders import planted_word_coder
 
 PROMPTS = 4
 TRUE, RANDOM = "cats", "legal contracts and court cases"

@@ -8,9 +8,6 @@ import time
 
 import pytest
 import torch
-from conftest import tiny_llama
-from openai_server import ScriptedServer, serving
-from pipeline_support import save_tiny_model, scripted_reply
 from transformers import Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from interp.config import CacheConfig, CoderConfig, CorpusConfig, ExplainConfig, ModelConfig, RunConfig
@@ -28,6 +25,9 @@ from interp.llm.local import prefix_chunks
 from interp.models import LoadedModel
 from interp.run import run_cache, run_explain
 from interp.rundir import EXPLANATIONS
+from tests.helpers.models import save_tiny_model, tiny_llama
+from tests.helpers.openai_server import ScriptedServer, serving
+from tests.helpers.pipeline import scripted_reply
 
 SECRET = "sk-test-5ecret-do-not-leak"
 

@@ -6,9 +6,8 @@ import sys
 
 import pytest
 
-from pipeline_support import save_tiny_model
-
 from interp.cli import main
+from tests.helpers.models import save_tiny_model
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """Publishing: a real run becomes a dataset and a card, is pushed to a local Hub and read back.
 
-The Hub is ``hub_server.FakeHub`` on 127.0.0.1, driven by the real huggingface_hub client; a
+The Hub is ``tests.helpers.hub_server.FakeHub`` on 127.0.0.1, driven by the real huggingface_hub client; a
 client hook fails any request for another host, so nothing can reach huggingface.co.
 """
 
@@ -17,8 +17,6 @@ import torch
 from huggingface_hub import DatasetCard, HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
-from hub_server import local_hub
-
 from interp.cli import main
 from interp.errors import InterpError
 from interp.jsonl import read_jsonl
@@ -27,6 +25,7 @@ from interp.scoring.metrics import classification
 from publish.dataset import FEATURES, SCHEMA_VERSION, PublishError, build_dataset, data_file, read_run, score_entries
 from publish.hub import preview, publish_run, push_folder, write_folder
 from publish.published import browse_rows, compare_published, load_published, read_eleuther
+from tests.helpers.hub_server import local_hub
 
 TOKEN = "hf_FAKEtokenForInterpTests9f3a7c"
 REPO = "interp-tests/smollm2-explanations"

@@ -8,8 +8,7 @@ from interp.cache import build_cache, finalize_stats
 from interp.config import CacheConfig, RecordsConfig
 from interp.hooks import capture_tokens
 from interp.records import CacheView, RecordBuilder, logit_lens
-
-from test_cache import random_sae
+from tests.helpers.coders import random_sae
 
 BOS = 1
 CTX, E = 32, 8

@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from openai_server import serving
-from pipeline_support import save_tiny_model, scripted_reply
-from test_coders import D_MODEL, random_dense_weights, write_saelens
-
 from interp.app import pipeline
 from interp.app.session import Runs
 from interp.app.workspace import Workspace
 from interp.cli import main
 from interp.errors import InterpError
 from interp.rundir import RunDir
+from tests.helpers.coders import random_dense_weights, write_saelens
+from tests.helpers.models import D_MODEL, save_tiny_model
+from tests.helpers.openai_server import serving
+from tests.helpers.pipeline import scripted_reply
 
 NEURONS, SAE = "model.layers.1.mlp.topk-neurons", "model.layers.2"
 SMALL = ["--num-tokens", "1024", "--ctx-len", "32", "--shard-windows", "8", "--batch-size", "8", "--quiet"]

@@ -1,52 +1,16 @@
-"""Scorers on planted records whose meaning is known: cats fire the latent, money does not."""
+"""Scorers on planted records whose meaning is known: cats fire the latent, money does not.
+
+The record is the ``cat_record`` fixture (conftest.py), made of ``tests.helpers.scoring``'s texts.
+"""
 
 import re
 
 import pytest
 import torch
 
-from interp.llm import OpenAIClient
-from interp.records import Example, LatentRecord, LatentStats
 from interp.scoring.classify import DetectionScorer, FuzzingScorer, parse_labels
 from interp.scoring.embedding import EmbeddingScorer
-
-CAT_TEXTS = [
-    "The cat slept on the warm windowsill all afternoon.",
-    "Her cat chased a ball of yarn across the floor.",
-    "The cat purred loudly when we stroked its fur.",
-    "A stray cat meowed outside the door at night.",
-    "The young cat drank milk from a small saucer.",
-    "Our old cat likes to hunt mice in the garden.",
-]
-MONEY_TEXTS = [
-    "The bank raised interest rates by half a percent.",
-    "Stock prices fell sharply after the earnings report.",
-    "She paid the invoice with a credit card yesterday.",
-    "The budget deficit grew to three billion dollars.",
-    "Investors bought government bonds for safety.",
-    "The loan must be repaid within five years.",
-]
-CAT_WORDS = {"cat", "kitten"}
-
-
-def example(tokenizer, text: str, index: int) -> Example:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    pieces = tokenizer.batch_decode([[t] for t in ids])
-    acts = [2.0 if p.strip().lower() in CAT_WORDS else 0.0 for p in pieces]
-    return Example(ids, acts, index)
-
-
-@pytest.fixture
-def cat_record(smollm_tokenizer) -> LatentRecord:
-    test = [example(smollm_tokenizer, t, i) for i, t in enumerate(CAT_TEXTS)]
-    assert all(ex.max_act > 0 for ex in test)
-    negatives = [example(smollm_tokenizer, t, 100 + i) for i, t in enumerate(MONEY_TEXTS)]
-    stats = LatentStats(count=8, frequency=0.1, max=2.0, mean=2.0, histogram=[0] * 20, num_examples=6)
-    return LatentRecord("sae", 5, "ok", stats, test=test, test_quantiles=[0, 0, 1, 1, 2, 2], negatives=negatives)
-
-
-def keyword(content: str) -> str:
-    return re.search(r"Explanation: (.*)", content).group(1).split()[-1].lower()
+from tests.helpers.scoring import keyword, scripted
 
 
 def judge_texts(content: str) -> str:
@@ -67,10 +31,6 @@ def judge_marks(content: str) -> str:
     texts = re.findall(r"Text \d+: (.*)", content)
     marked = [" ".join(re.findall(r"<<(.*?)>>", t)).lower() for t in texts]
     return "[" + ", ".join("1" if word in m else "0" for m in marked) + "]"
-
-
-def scripted(server) -> OpenAIClient:
-    return OpenAIClient(server.base_url, "scripted-model", concurrency=4, timeout=5, max_retries=1, backoff=0.01)
 
 
 def test_parse_labels_reads_the_last_list_or_bare_digits():

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_support import save_tiny_model, scripted_reply, tiny_run_args
-
 from interp.cli import build_parser
 from interp.cli_args import with_args
 from interp.config import ModelConfig, RunConfig
 from interp.errors import ModelLoadError
 from interp.models import load_model, model_load_kwargs
+from tests.helpers.models import save_tiny_model
+from tests.helpers.pipeline import scripted_reply, tiny_run_args
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENAI_KEY = "sk-INTERPFAKE-" + "0123456789abcdef" * 16  # long: a server message cut at 200 characters cuts through it

@@ -16,13 +16,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_scoring import CAT_TEXTS, MONEY_TEXTS, example
 
 from interp.llm import OpenAIClient, TransformersClient
 from interp.llm.openai_client import TOP_LOGPROBS
 from interp.models import embedded_gguf_path
 from interp.records import LatentRecord, LatentStats
 from interp.scoring.classify import DetectionScorer
+from tests.helpers.scoring import CAT_TEXTS, MONEY_TEXTS, example
 
 LLAMA_PYTHON = "INTERP_LLAMA_PYTHON"
 

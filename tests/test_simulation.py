@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from interp.errors import InterpError
 from interp.llm import CachedClient, TransformersClient
 from interp.scoring.simulation import SimulationScorer, expected_value, parse_activations
-from test_scoring import cat_record, keyword, scripted  # noqa: F401 (cat_record is a fixture)
+from tests.helpers.scoring import keyword, scripted
 
 
 def simulate_tokens(content: str) -> str:

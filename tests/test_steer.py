@@ -29,9 +29,10 @@ from interp.steer_effects import (
     next_token_logprobs,
 )
 from interp.steer_side_by_side import generate_side_by_side, pick_coder
+from tests.helpers.coders import planted_word_coder
+from tests.helpers.models import D_MODEL, TEXT
 
-TEXT = "The quick brown fox jumps over the lazy dog, and sparse autoencoders find its features."
-D_MODEL, D_MLP, N_LATENTS = 32, 64, 128
+N_LATENTS = 128
 
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -263,25 +264,6 @@ def test_steering_prompts_come_from_the_builtin_file_or_a_users_file(tmp_path):
 
 
 # --------------------------------------------------------------------------- the real model
-
-
-def planted_word_coder(lm, word: str = " cat", hookpoint: str = "model.layers.24") -> DenseEncoderCoder:
-    """A coder whose latent 0 writes the (unit) input embedding of ``word``: steering it makes the model say the word.
-
-    SmolLM2 ties its input and output embeddings, so the direction also raises the word's logit.
-    The encoder never fires (bias -1, zero weights): the latent matters only through its output.
-    """
-    token = lm.tokenizer(word, add_special_tokens=False)["input_ids"]
-    assert len(token) == 1, f"{word!r} is not one token"
-    d = lm.model.config.hidden_size
-    direction = lm.model.get_input_embeddings().weight[token[0]].detach().float()
-    g = torch.Generator().manual_seed(0)
-    W_dec = torch.randn(4, d, generator=g) / d**0.5
-    W_dec[0] = direction / direction.norm()
-    return DenseEncoderCoder(
-        W_enc=torch.zeros(d, 4), b_enc=-torch.ones(4), W_dec=W_dec, b_dec=torch.zeros(d),
-        activation="relu", hookpoint=hookpoint, reads="output", source="planted", kind="saelens",
-    )
 
 
 def kl_by_hand(lm, coder, latent: int, strength: float, prompts: list[str]) -> float:

@@ -1,9 +1,10 @@
-"""Shared by the reliability tests: a deterministic scripted LLM and a tiny model folder that loads in a blink."""
+"""A whole ``interp run`` in seconds: a deterministic LLM for the scripted server, and the run's arguments.
+
+The model folder such a run reads is ``tests.helpers.models.save_tiny_model``.
+"""
 
 import re
 from pathlib import Path
-
-from conftest import tiny_llama
 
 
 def first_marked_token(content: str) -> str:
@@ -19,14 +20,6 @@ def scripted_reply(content: str) -> str:
     token = match.group(1) if match else None
     texts = re.findall(r"^Text \d+: (.*)$", content, flags=re.MULTILINE)
     return "[" + ", ".join("1" if token and token in t else "0" for t in texts) + "]"
-
-
-def save_tiny_model(folder: Path, tokenizer) -> Path:
-    """A 4-layer random Llama with the embedded model's tokenizer, saved as safetensors: a real model folder for ``--model``."""
-    lm = tiny_llama(tokenizer)
-    lm.model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def tiny_run_args(run_dir: Path, model_dir: Path, url: str) -> list[str]:

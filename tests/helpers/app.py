@@ -1,8 +1,9 @@
-"""What the app's tests share: a small real run in a workspace, the app served from it, a local Hub.
+"""What the app's tests share: a small real run in a workspace and the app served from it.
 
-The run is made once per test session (both app test modules reuse it): a tiny random Llama
-saved into the workspace as the subject model (with the embedded model's tokenizer), top-k
-MLP neurons as the coder, token-list explanations and embedding scores.
+The run is made once per test session (the ``workspace`` fixture in conftest.py; every app test
+module reuses it): a tiny random Llama saved into the workspace as the subject model (with the
+embedded model's tokenizer), top-k MLP neurons as the coder, token-list explanations and
+embedding scores.
 """
 
 import shutil
@@ -12,11 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_llama
-from hub_server import local_hub  # noqa: F401 (the app tests import it from here)
-
 from interp.app import AppConfig, launch
 from interp.cli import main
+from tests.helpers.models import tiny_llama
 
 CODER = "model.layers.1.mlp.topk-neurons"
 RUN = "runs/small"
@@ -39,12 +38,6 @@ def make_workspace(root: Path, tokenizer) -> Path:
             "--neuron-k", "8", "--min-examples", "3", "--latents", "sample:4", "--explainer", "tokens", "--scorers", "embedding"]
     assert main(args) == 0
     return root
-
-
-@pytest.fixture(scope="session")
-def workspace(tmp_path_factory, smollm_tokenizer) -> Path:
-    """The shared workspace with the small run at ``RUN``."""
-    return make_workspace(tmp_path_factory.getbasetemp() / "app-workspace", smollm_tokenizer)
 
 
 def copy_workspace(workspace: Path, parent: Path) -> Path:
