@@ -5,10 +5,14 @@ Environment variables, each the upper-case field name with ``INTERP_`` in front
 own ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``, which Hugging Face Spaces set.
 """
 
+import argparse
 import os
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from ..cli_args import add_config_args, with_args
+from ..config import SECTIONS, RunConfig, check_config
 from ..errors import InterpError
 
 ENV_PREFIX = "INTERP_"
@@ -40,9 +44,43 @@ class AppConfig:
     llm_url: str = ""
     """An OpenAI-compatible server the owner trusts with $OPENAI_API_KEY even when ``env_token`` is off (a Space's own vLLM endpoint); the Server URL box starts with it."""
 
+    demo_args: str = ""
+    """`interp run` flags for the default run that build_demo builds, set over its defaults (e.g. '--num-tokens 20000 --latents sample:4' for a quicker first start); empty: the defaults."""
+
     def __post_init__(self):
         if not 0 < int(self.port) < 65536:
             raise InterpError(f"Port {self.port} is not a TCP port (1-65535).")
+        self.demo_config()  # a mistyped flag stops the app at its start, not at the first visit
+
+    def demo_config(self) -> RunConfig:
+        """The configuration of the default run: ``RunConfig()`` with ``demo_args`` set over it, as ``interp run`` sets its flags.
+
+        >>> AppConfig(demo_args="--num-tokens 4096 --latents sample:2").demo_config().corpus.num_tokens
+        4096
+        """
+        parser = _Flags(prog="demo_args", add_help=False, allow_abbrev=False)
+        for section in SECTIONS.values():
+            add_config_args(parser, section, given_only=True)
+        try:
+            words = shlex.split(self.demo_args)
+        except ValueError as e:
+            raise InterpError(f"demo_args ($INTERP_DEMO_ARGS): cannot split {self.demo_args!r} into flags: {e}.") from None
+        ns, unknown = parser.parse_known_args(words)
+        if unknown:
+            raise InterpError(f"demo_args ($INTERP_DEMO_ARGS): {' '.join(unknown)!r} is not an `interp run` setting.")
+        cfg = with_args(RunConfig(), ns)
+        try:
+            check_config(cfg)
+        except InterpError as e:
+            raise InterpError(f"demo_args ($INTERP_DEMO_ARGS): {e}") from None
+        return cfg
+
+
+class _Flags(argparse.ArgumentParser):
+    """The ``interp run`` settings' flags, raising ``InterpError`` where argparse would exit."""
+
+    def error(self, message):
+        raise InterpError(f"demo_args ($INTERP_DEMO_ARGS): {message}.")
 
 
 def _parse(text: str, kind: type):

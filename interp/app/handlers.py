@@ -108,7 +108,7 @@ class Handlers:
         try:
             if self.config.build_demo and default and not run_is_complete(self.workspace.resolve(path)):
                 progress(0, desc="building the default run (first start only)")
-                self.runs.build_default(path)
+                self.runs.build_default(path, self.config.demo_config())
             return (*self.open_run(path), gr.Button(visible=False))
         except InterpError as e:
             message = markdown_text(str(e))
@@ -117,7 +117,7 @@ class Handlers:
 
     @show_errors
     def build(self, progress=gr.Progress(track_tqdm=True)):
-        self.runs.build_default(self.config.run_dir)
+        self.runs.build_default(self.config.run_dir, self.config.demo_config())
         return gr.Dropdown(choices=self.workspace.runs(), value=self.config.run_dir)
 
     @show_errors

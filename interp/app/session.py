@@ -121,10 +121,10 @@ class Runs:
             self._open.move_to_end(key)
             return self._open[key]
 
-    def build_default(self, path: str) -> Path:
+    def build_default(self, path: str, cfg: RunConfig | None = None) -> Path:
         """``build_default_run`` into ``path``; a visitor who asks while it runs waits for it, then finds it built."""
         with self._building:
-            return build_default_run(self.workspace, path)
+            return build_default_run(self.workspace, path, cfg)
 
 
 def run_is_complete(path: Path) -> bool:
@@ -132,9 +132,9 @@ def run_is_complete(path: Path) -> bool:
     return "scores" in RunDir(path).summary()
 
 
-def build_default_run(workspace: Workspace, path: str, *, progress: bool = True) -> Path:
-    """Run the main job on the embedded default into ``path`` (inside the workspace), resuming a partial one."""
+def build_default_run(workspace: Workspace, path: str, cfg: RunConfig | None = None, *, progress: bool = True) -> Path:
+    """Run the main job (``cfg``, default: the embedded default) into ``path`` (inside the workspace), resuming a partial one."""
     full = workspace.resolve(path)
     if not run_is_complete(full):
-        run(RunConfig(), full, progress=progress)
+        run(cfg or RunConfig(), full, progress=progress)
     return full
