@@ -1,4 +1,5 @@
 # Two entry points: `make demo` (the main job on the embedded default) and `make test`.
+# `make test` lints first (`make lint`), so CI (.ci/run) enforces ruff too.
 # TORCH picks the torch wheel installed before the project; the default is the CPU build
 # that this kind of machine carries on disk. On a CUDA box: `make demo TORCH=torch`.
 VENV ?= .venv
@@ -6,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 RUN_DIR ?= runs/demo
 
-.PHONY: install demo test test-fast bench app chromium
+.PHONY: install demo lint test test-fast bench app chromium
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -26,11 +27,15 @@ demo: install
 chromium:
 	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium) || echo "no chromium: the app's browser test will be skipped"
 
-test: install chromium
+# ruff's rules and its formatter (settings in pyproject.toml); `ruff check --fix . && ruff format .` fixes most.
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+test: lint chromium
 	$(PY) -m pytest -q
 
 # Everything but the long reliability suites (kills, faults, flaky servers, app load, browser).
-test-fast: install
+test-fast: lint
 	$(PY) -m pytest -q -m "not reliability"
 
 app: install

@@ -59,7 +59,7 @@ from common import add_model_args, cuda_sync, data, describe, load_tokenizer, mi
 from interp.cache import build_cache, finalize_stats
 from interp.coders import CoderSpec
 from interp.config import CacheConfig, CoderConfig, ModelConfig, RunConfig
-from interp.models import model_files, layer_hookpoints, load_model, resolve_hookpoint
+from interp.models import layer_hookpoints, load_model, model_files, resolve_hookpoint
 from interp.subject import open_coders
 
 EXPANSION = 32
@@ -161,12 +161,22 @@ def cache_ours(job: Job) -> Result:
         return finalize_stats(job.out_dir / name, coder.num_latents, len(job.windows), cfg.shard_windows)
 
     stats, seconds, cache_mib, process_mib, cuda_mib = measure(work, lm.device)
-    return Result(job.windows.numel(), seconds, stats["nnz"], cache_mib, process_mib, cuda_mib,
-                  describe(lm, job.model), coder_label(coder.describe()))
+    return Result(
+        job.windows.numel(),
+        seconds,
+        stats["nnz"],
+        cache_mib,
+        process_mib,
+        cuda_mib,
+        describe(lm, job.model),
+        coder_label(coder.describe()),
+    )
 
 
 def _stub_faiss() -> None:
-    """Stand in for faiss, if missing: ``delphi.latents`` imports it for its FAISS example constructor, which caching never uses."""
+    """Stand in for faiss, if missing: ``delphi.latents`` imports it for its FAISS example
+    constructor, which caching never uses.
+    """
     if importlib.util.find_spec("faiss") is None:
         faiss = types.ModuleType("faiss")
         faiss.__spec__ = importlib.machinery.ModuleSpec("faiss", None)
@@ -187,7 +197,10 @@ def move_peer_saes(encoders: dict, device: torch.device) -> str | None:
             sae.to(device)
     if not moved:
         return None
-    return f"delphi loaded its local SAE on {', '.join(sorted(moved))} and never moves it; moved to {device} here, for a fair comparison"
+    return (
+        f"delphi loaded its local SAE on {', '.join(sorted(moved))} and never moves it; "
+        f"moved to {device} here, for a fair comparison"
+    )
 
 
 def cache_peer(job: Job) -> Result:
@@ -221,7 +234,9 @@ def cache_peer(job: Job) -> Result:
 
     cache, seconds, cache_mib, process_mib, cuda_mib = measure(work, lm.device)
     nnz = sum(len(a) for a in cache.cache.latent_activations.values())
-    return Result(tokens.numel(), seconds, nnz, cache_mib, process_mib, cuda_mib, describe(lm, job.model), hookpoint, note)
+    return Result(
+        tokens.numel(), seconds, nnz, cache_mib, process_mib, cuda_mib, describe(lm, job.model), hookpoint, note
+    )
 
 
 def peer_installed() -> bool:
@@ -236,7 +251,9 @@ def in_fresh_process(fn, job: Job) -> Result:
 
 
 def model_skeleton(cfg: ModelConfig) -> nn.Module:
-    """The model's modules on the meta device (names and widths, no weights): to name hookpoints before any worker loads it."""
+    """The model's modules on the meta device (names and widths, no weights): to name hookpoints
+    before any worker loads it.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     source, gguf_file = model_files(cfg)
@@ -282,7 +299,11 @@ def spec_targets(specs: list[str]) -> list[Target]:
         spec = CoderSpec.parse(text)
         if spec.kind == "default":
             raise SystemExit("--coders default trains an SAE inside a run; give a coder that exists (or --layers).")
-        peer = (spec.source, spec.hookpoint.removeprefix("model.")) if spec.kind == "sparsify" and spec.hookpoint else None
+        peer = (
+            (spec.source, spec.hookpoint.removeprefix("model."))
+            if spec.kind == "sparsify" and spec.hookpoint
+            else None
+        )
         targets.append(Target(text, peer))
     return targets
 
@@ -290,7 +311,9 @@ def spec_targets(specs: list[str]) -> list[Target]:
 def run_job(fn, target: Target, windows: torch.Tensor, args, scratch: Path) -> Result:
     """Run ``fn`` (``cache_ours`` or ``cache_peer``) on one configuration, in a fresh process and output folder."""
     out_dir = Path(tempfile.mkdtemp(dir=scratch))
-    job = Job(model_config(args), args.threads, target, windows, args.batch_size, args.shard_windows, args.n_splits, out_dir)
+    job = Job(
+        model_config(args), args.threads, target, windows, args.batch_size, args.shard_windows, args.n_splits, out_dir
+    )
     return in_fresh_process(fn, job)
 
 
@@ -306,7 +329,9 @@ def best(results: list[Result]) -> Result:
     )
 
 
-def compare(targets: list[Target], windows: torch.Tensor, args, scratch: Path) -> tuple[list[tuple[Result, Result | None]], list[str]]:
+def compare(
+    targets: list[Target], windows: torch.Tensor, args, scratch: Path
+) -> tuple[list[tuple[Result, Result | None]], list[str]]:
     """Both sides on every target, ``args.repeats`` times in alternation: the best run of each (None: delphi did not
     run), and notes on delphi's failures (ours failing stops the benchmark)."""
     sides = (("ours", cache_ours), ("peer", cache_peer)) if peer_installed() else (("ours", cache_ours),)
@@ -330,8 +355,19 @@ def compare(targets: list[Target], windows: torch.Tensor, args, scratch: Path) -
 def comparison_table(rows: list[tuple[Result, Result | None]]) -> str:
     """Ours against delphi, one row per coder; CUDA columns when the model ran on a GPU."""
     cuda = rows[0][0].cuda_mib is not None
-    head = ["coder", "tokens", "ours tok/s", "delphi tok/s", "ratio", "ours peak MiB", "delphi peak MiB",
-            "ours cache MiB", "delphi cache MiB", *(["ours CUDA MiB", "delphi CUDA MiB"] if cuda else []), "same nnz"]
+    head = [
+        "coder",
+        "tokens",
+        "ours tok/s",
+        "delphi tok/s",
+        "ratio",
+        "ours peak MiB",
+        "delphi peak MiB",
+        "ours cache MiB",
+        "delphi cache MiB",
+        *(["ours CUDA MiB", "delphi CUDA MiB"] if cuda else []),
+        "same nnz",
+    ]
     out = []
     for ours, peer in rows:
         if peer is None:
@@ -340,11 +376,21 @@ def comparison_table(rows: list[tuple[Result, Result | None]]) -> str:
             peer_cells = [f"{peer.tok_per_s:,.0f}", mib(peer.process_mib), mib(peer.cache_mib)]
             ratio = f"{ours.tok_per_s / peer.tok_per_s:.2f}x"
             same = "yes" if ours.nnz == peer.nnz else f"{ours.nnz:,} vs {peer.nnz:,}"
-        out.append([
-            ours.coder, f"{ours.tokens:,}", f"{ours.tok_per_s:,.0f}", peer_cells[0], ratio,
-            mib(ours.process_mib), peer_cells[1], mib(ours.cache_mib), peer_cells[2],
-            *([mib(ours.cuda_mib), mib(peer.cuda_mib if peer else None)] if cuda else []), same,
-        ])
+        out.append(
+            [
+                ours.coder,
+                f"{ours.tokens:,}",
+                f"{ours.tok_per_s:,.0f}",
+                peer_cells[0],
+                ratio,
+                mib(ours.process_mib),
+                peer_cells[1],
+                mib(ours.cache_mib),
+                peer_cells[2],
+                *([mib(ours.cuda_mib), mib(peer.cuda_mib if peer else None)] if cuda else []),
+                same,
+            ]
+        )
     return table(head, out)
 
 
@@ -352,8 +398,20 @@ def scaling_table(results: list[Result]) -> str:
     """Our memory against tokens cached, for one coder."""
     cuda = results[0].cuda_mib is not None
     head = ["coder", "tokens", "ours tok/s", "ours peak MiB", "ours cache MiB", *(["ours CUDA MiB"] if cuda else [])]
-    return table(head, [[r.coder, f"{r.tokens:,}", f"{r.tok_per_s:,.0f}", mib(r.process_mib), mib(r.cache_mib),
-                         *([mib(r.cuda_mib)] if cuda else [])] for r in results])
+    return table(
+        head,
+        [
+            [
+                r.coder,
+                f"{r.tokens:,}",
+                f"{r.tok_per_s:,.0f}",
+                mib(r.process_mib),
+                mib(r.cache_mib),
+                *([mib(r.cuda_mib)] if cuda else []),
+            ]
+            for r in results
+        ],
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -361,22 +419,46 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_model_args(p, tokens=8192, ctx_len=64, batch_size=16, batch_help="windows per forward pass, both sides")
     g = p.add_argument_group("coders (default: a random sparsify TopK SAE at layers 6 and the last)")
     where = g.add_mutually_exclusive_group()
-    where.add_argument("--layers", type=int, nargs="+", default=None,
-                       help="blocks whose output the random SAE reads (default: 6 and the last; 6 29 on the embedded model)")
-    where.add_argument("--hookpoint", nargs="+", default=None,
-                       help="modules the random SAE reads instead, e.g. model.layers.6.mlp (their output must be the model's width)")
-    where.add_argument("--coders", nargs="+", default=None,
-                       help="this project's coder specs instead of a random SAE, e.g. sparsify:EleutherAI/sae-x@layers.10")
-    g.add_argument("--latents", type=int, default=None, help=f"random SAE width (default: {EXPANSION} x the model's width)")
+    where.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="blocks whose output the random SAE reads (default: 6 and the last; 6 29 on the embedded model)",
+    )
+    where.add_argument(
+        "--hookpoint",
+        nargs="+",
+        default=None,
+        help="modules the random SAE reads instead, e.g. model.layers.6.mlp (their output must be the model's width)",
+    )
+    where.add_argument(
+        "--coders",
+        nargs="+",
+        default=None,
+        help="this project's coder specs instead of a random SAE, e.g. sparsify:EleutherAI/sae-x@layers.10",
+    )
+    g.add_argument(
+        "--latents", type=int, default=None, help=f"random SAE width (default: {EXPANSION} x the model's width)"
+    )
     g.add_argument("--k", type=int, default=32, help="random SAE's active latents per token (default: 32)")
     g.add_argument("--seed", type=int, default=0, help="seed of the random SAE")
-    p.add_argument("--shard-windows", type=int, default=CacheConfig.shard_windows,
-                   help=f"windows per shard of our cache (default: {CacheConfig.shard_windows})")
+    p.add_argument(
+        "--shard-windows",
+        type=int,
+        default=CacheConfig.shard_windows,
+        help=f"windows per shard of our cache (default: {CacheConfig.shard_windows})",
+    )
     p.add_argument("--n-splits", type=int, default=5, help="files delphi splits each cache into (default: 5)")
-    p.add_argument("--repeats", type=int, default=2,
-                   help="runs of each side, alternating; the fastest counts (default: 2)")
-    p.add_argument("--scale", type=int, default=8,
-                   help="also run ours at this many times --tokens on the first coder, to show flat memory (default: 8; 1 skips)")
+    p.add_argument(
+        "--repeats", type=int, default=2, help="runs of each side, alternating; the fastest counts (default: 2)"
+    )
+    p.add_argument(
+        "--scale",
+        type=int,
+        default=8,
+        help="also run ours at this many times --tokens on the first coder, to show flat memory (default: 8; 1 skips)",
+    )
     return p.parse_args(argv)
 
 
@@ -396,12 +478,17 @@ def main(argv=None) -> None:
             targets = random_sae_targets(model_skeleton(cfg), args, scratch / "sae")
         rows, failures = compare(targets, windows, args, scratch)
         ours = rows[0][0]
-        print(f"\n{ours.setup}; ctx_len {args.ctx_len}, batch {args.batch_size} windows, corpus {args.corpus}, "
-              f"best of {args.repeats}, load average {load:.1f} before / {os.getloadavg()[0]:.1f} after\n")
+        print(
+            f"\n{ours.setup}; ctx_len {args.ctx_len}, batch {args.batch_size} windows, corpus {args.corpus}, "
+            f"best of {args.repeats}, load average {load:.1f} before / {os.getloadavg()[0]:.1f} after\n"
+        )
         print(comparison_table(rows))
         notes = sorted({peer.note for _, peer in rows if peer is not None and peer.note}) + failures
         if not peer_installed():
-            notes.append("delphi is not installed (pip install --no-deps eai-delphi; pip install orjson jaxtyping blobfile asyncer): ours ran alone")
+            notes.append(
+                "delphi is not installed "
+                "(pip install --no-deps eai-delphi; pip install orjson jaxtyping blobfile asyncer): ours ran alone"
+            )
         for note in notes:
             print(f"\nNote: {note}.")
         if args.scale > 1:

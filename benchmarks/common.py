@@ -28,19 +28,34 @@ class Data:
         cfg = CorpusConfig(corpus=self.corpus, ctx_len=self.ctx_len, num_tokens=tokens or self.tokens)
         windows = corpus_windows(cfg, tokenizer)
         if len(windows) < batch_size:
-            raise SystemExit(f"--tokens {cfg.num_tokens} makes {len(windows)} windows of {self.ctx_len}, less than one batch of {batch_size}.")
+            raise SystemExit(
+                f"--tokens {cfg.num_tokens} makes {len(windows)} windows of {self.ctx_len}, "
+                f"less than one batch of {batch_size}."
+            )
         return windows[: len(windows) // batch_size * batch_size]
 
 
-def add_model_args(parser: argparse.ArgumentParser, *, tokens: int, ctx_len: int, batch_size: int, batch_help: str) -> None:
+def add_model_args(
+    parser: argparse.ArgumentParser, *, tokens: int, ctx_len: int, batch_size: int, batch_help: str
+) -> None:
     """The flags every benchmark takes: --model --device --dtype --threads --corpus --tokens --ctx-len --batch-size."""
     g = parser.add_argument_group("model, device and data")
-    g.add_argument("--model", default=EMBEDDED,
-                   help="Hugging Face id, local folder, .gguf file, or 'embedded' (SmolLM2-135M-Instruct; the default)")
+    g.add_argument(
+        "--model",
+        default=EMBEDDED,
+        help="Hugging Face id, local folder, .gguf file, or 'embedded' (SmolLM2-135M-Instruct; the default)",
+    )
     g.add_argument("--device", choices=DEVICES, default="cpu", help="where the model runs (default: cpu)")
-    g.add_argument("--dtype", choices=DTYPES, default="auto", help="model weights (default: auto, float32 on cpu, bfloat16 on cuda)")
+    g.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="model weights (default: auto, float32 on cpu, bfloat16 on cuda)",
+    )
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
-    g.add_argument("--corpus", default="builtin", help="'builtin', a local file or folder, or a Hub dataset id (default: builtin)")
+    g.add_argument(
+        "--corpus", default="builtin", help="'builtin', a local file or folder, or a Hub dataset id (default: builtin)"
+    )
     g.add_argument("--tokens", type=int, default=tokens, help=f"tokens of corpus windows (default: {tokens:,})")
     g.add_argument("--ctx-len", type=int, default=ctx_len, help=f"tokens per window (default: {ctx_len})")
     g.add_argument("--batch-size", type=int, default=batch_size, help=f"{batch_help} (default: {batch_size})")
@@ -79,7 +94,10 @@ def describe(lm: LoadedModel, cfg: ModelConfig) -> str:
     dtype = str(lm.model.dtype).removeprefix("torch.")
     if cfg.quantization != "none":
         dtype = f"{cfg.quantization} bitsandbytes, compute {dtype}"
-    return f"{name} ({lm.model.num_parameters() / 1e6:,.0f}M parameters) on {where}, {dtype}, {torch.get_num_threads()} torch threads"
+    return (
+        f"{name} ({lm.model.num_parameters() / 1e6:,.0f}M parameters) on {where}, {dtype}, "
+        f"{torch.get_num_threads()} torch threads"
+    )
 
 
 def table(head: list[str], rows: list[list]) -> str:

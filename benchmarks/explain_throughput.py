@@ -49,12 +49,16 @@ def main() -> None:
         cfg = RunConfig(
             corpus=CorpusConfig(num_tokens=16384),
             coders=CoderConfig(coders=["topk-neurons@model.layers.3.mlp"]),
-            explain=ExplainConfig(latents=f"sample:{args.latents}", max_new_tokens=args.max_new_tokens),
+            explain=ExplainConfig(
+                explainer="default", latents=f"sample:{args.latents}", max_new_tokens=args.max_new_tokens
+            ),
         )
         run_cache(cfg, run_dir, progress=False)
         client = TransformersClient(lm=load_model(cfg.model))
-        rows = [("one at a time", *explain_rate(cfg, run_dir, 1, client)),
-                (f"batched ({args.batch})", *explain_rate(cfg, run_dir, args.batch, client))]
+        rows = [
+            ("one at a time", *explain_rate(cfg, run_dir, 1, client)),
+            (f"batched ({args.batch})", *explain_rate(cfg, run_dir, args.batch, client)),
+        ]
 
     print(f"\nexplainer: embedded SmolLM2-135M-Instruct, {args.max_new_tokens} new tokens, {args.threads} threads")
     print(f"{'mode':<16}{'latents':>8}{'latents/min':>14}")

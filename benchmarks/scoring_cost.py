@@ -66,7 +66,10 @@ class CountingClient:
 
 def peer_detection_prompt():
     """eai-delphi's detection prompt builder, read from its source file (its package imports vLLM)."""
-    path = importlib.util.find_spec("delphi").submodule_search_locations[0] + "/scorers/classifier/prompts/detection_prompt.py"
+    path = (
+        importlib.util.find_spec("delphi").submodule_search_locations[0]
+        + "/scorers/classifier/prompts/detection_prompt.py"
+    )
     module_spec = importlib.util.spec_from_file_location("delphi_detection_prompt", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -87,7 +90,7 @@ def peer_detection(client, tokenizer, planted, batch: int, max_tokens: int) -> l
             owners.append(k)
     replies = client.generate([p for p, _ in groups], GenerationParams(max_tokens=max_tokens))
     per_latent: list[list] = [[] for _ in planted]
-    for (_, group), reply, k in zip(groups, replies, owners):
+    for (_, group), reply, k in zip(groups, replies, owners, strict=True):
         labels = parse_labels(reply.text, len(group))
         for j, (_, outcome) in enumerate(group):
             outcome.prediction = None if labels is None else labels[j]
@@ -113,15 +116,21 @@ def measure(name, run, client, n_latents, metric):
     values = [m[metric] for m in metrics if m[metric] is not None]
     failed = sum(m["failed"] for m in metrics)
     return {
-        "name": name, "prompt": client.prompt_tokens / n_latents, "decode": client.decode_steps / n_latents,
-        "seconds": seconds / n_latents, "metric": metric, "quality": statistics.fmean(values) if values else None,
+        "name": name,
+        "prompt": client.prompt_tokens / n_latents,
+        "decode": client.decode_steps / n_latents,
+        "seconds": seconds / n_latents,
+        "metric": metric,
+        "quality": statistics.fmean(values) if values else None,
         "failed": failed,
     }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_args(parser, tokens=40_000, ctx_len=64, batch_size=16, batch_help="prompts per forward pass of the local client")
+    add_model_args(
+        parser, tokens=40_000, ctx_len=64, batch_size=16, batch_help="prompts per forward pass of the local client"
+    )
     parser.add_argument("--latents", type=int, default=6, help="planted latents scored")
     parser.add_argument("--texts", type=int, default=10, help="activating and non-activating texts per latent, each")
     parser.add_argument("--batch", type=int, default=5, help="texts per generative prompt (the peer's default)")
@@ -136,7 +145,10 @@ def print_report(rows: list[dict], header: str) -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         quality = "n/a" if r["quality"] is None else f"{r['metric']} {r['quality']:.3f}"
-        print(f"| {r['name']} | {r['prompt']:,.0f} | {r['decode']:,.0f} | {r['seconds']:.2f} | {quality} | {r['failed']} |")
+        print(
+            f"| {r['name']} | {r['prompt']:,.0f} | {r['decode']:,.0f} | {r['seconds']:.2f} "
+            f"| {quality} | {r['failed']} |"
+        )
     by = {r["name"]: r for r in rows}
     for kind in ("detection", "fuzzing"):
         lp, gen = by[f"ours {kind}-logprob"], by[f"ours {kind}"]
@@ -145,8 +157,10 @@ def print_report(rows: list[dict], header: str) -> None:
         print("\nNote: eai-delphi is not installed (pip install --no-deps eai-delphi): the peer's row is left out.")
         return
     peer, lp = by["eai-delphi detection"], by["ours detection-logprob"]
-    print(f"\ndetection: peer / ours (log-prob) wall time per latent = {peer['seconds'] / lp['seconds']:.2f}x, "
-          f"prompt tokens {peer['prompt'] / lp['prompt']:.2f}x")
+    print(
+        f"\ndetection: peer / ours (log-prob) wall time per latent = {peer['seconds'] / lp['seconds']:.2f}x, "
+        f"prompt tokens {peer['prompt'] / lp['prompt']:.2f}x"
+    )
 
 
 def main(argv=None) -> None:
@@ -157,7 +171,9 @@ def main(argv=None) -> None:
     windows = data(args).windows(lm.tokenizer)
     planted = planted_records(windows, lm.tokenizer, n_test=args.texts, n_negatives=args.texts)[: args.latents]
     if not planted:
-        raise SystemExit(f"No planted latent fires often enough in {args.tokens:,} tokens of {args.corpus}: give more --tokens.")
+        raise SystemExit(
+            f"No planted latent fires often enough in {args.tokens:,} tokens of {args.corpus}: give more --tokens."
+        )
     n = len(planted)
     texts = sum(len(labelled_examples(r)) for r, _ in planted)
     client = CountingClient(TransformersClient(lm=lm, batch_size=args.batch_size))
@@ -166,14 +182,30 @@ def main(argv=None) -> None:
     for kind in (DetectionScorer, FuzzingScorer):
         for mode, metric in (("logprob", "auroc"), ("generative", "balanced_accuracy")):
             scorer = kind(client, lm.tokenizer, mode=mode, batch_size=args.batch, max_tokens=args.max_tokens)
-            rows.append(measure(f"ours {scorer.name}", lambda: [m for m, _ in scorer.score(planted)], client, n, metric))
+            rows.append(
+                measure(
+                    f"ours {scorer.name}",
+                    lambda scorer=scorer: [m for m, _ in scorer.score(planted)],
+                    client,
+                    n,
+                    metric,
+                )
+            )
     if importlib.util.find_spec("delphi") is not None:
-        rows.append(measure(
-            "eai-delphi detection", lambda: peer_detection(client, lm.tokenizer, planted, args.batch, args.max_tokens),
-            client, n, "balanced_accuracy",
-        ))
-    print_report(rows, f"{n} planted latents, {texts / n:.0f} texts each, {describe(lm, cfg)}, "
-                       f"{args.batch_size} prompts per forward pass, warmed up on one latent")
+        rows.append(
+            measure(
+                "eai-delphi detection",
+                lambda: peer_detection(client, lm.tokenizer, planted, args.batch, args.max_tokens),
+                client,
+                n,
+                "balanced_accuracy",
+            )
+        )
+    print_report(
+        rows,
+        f"{n} planted latents, {texts / n:.0f} texts each, {describe(lm, cfg)}, "
+        f"{args.batch_size} prompts per forward pass, warmed up on one latent",
+    )
 
 
 if __name__ == "__main__":

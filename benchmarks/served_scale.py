@@ -4,7 +4,7 @@ A local OpenAI-compatible server on 127.0.0.1 answers every request after a fixe
 runs no model: the latency stands for one request's time on a real server) and counts what it
 gets: requests, the most in flight at once, and the prompt and reply tokens (counted with the
 run's tokenizer). The pipeline is the real one, as ``interp explain`` and ``interp score`` run it:
-the default explainer, then detection and fuzzing in log-prob mode with the random-explanation
+the `default` explainer (delphi's prompt), then detection and fuzzing in log-prob mode with the random-explanation
 baseline, over ``--latents`` latents of a small run (a random Llama with SmolLM2's tokenizer,
 top-k MLP neurons, cached once and copied for each concurrency). The server is bounded: loopback
 only, shut down at the end.
@@ -82,7 +82,8 @@ class _Handler(BaseHTTPRequestHandler):
         with s.lock:
             s.prompt_tokens += prompt_tokens
             s.reply_tokens += reply_tokens
-            s.in_flight -= 1  # before the reply is written: the client may send its next request as soon as it reads it
+            # before the reply is written: the client may send its next request as soon as it reads it
+            s.in_flight -= 1
         self._send(_reply(reply, body, len(prompt)))
 
     def _send(self, payload: dict) -> None:
@@ -108,8 +109,15 @@ def make_model(folder: Path) -> Path:
     """A random 4-layer Llama with SmolLM2's tokenizer, saved as a model folder (the served LLM does the work here)."""
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -125,19 +133,30 @@ def measure(base: Path, work: Path, cfg: RunConfig, server: LatencyServer, concu
     explained = run_explain(cfg, run_dir, progress=False)["explanations"].get("ok", 0)
     run_score(cfg, run_dir, progress=False)
     seconds = time.perf_counter() - start
-    return {"concurrency": concurrency, "latents": explained, "requests": server.requests, "max_in_flight": server.max_in_flight,
-            "seconds": seconds, "prompt_tokens": server.prompt_tokens, "reply_tokens": server.reply_tokens}
+    return {
+        "concurrency": concurrency,
+        "latents": explained,
+        "requests": server.requests,
+        "max_in_flight": server.max_in_flight,
+        "seconds": seconds,
+        "prompt_tokens": server.prompt_tokens,
+        "reply_tokens": server.reply_tokens,
+    }
 
 
 def table(rows: list[dict], latency: float) -> str:
     """The measured table, one row per concurrency."""
-    lines = [f"served LLM stand-in: {latency * 1000:.0f} ms per request; default explainer + detection and fuzzing "
-             "(log-prob) with the random-explanation baseline",
-             "| concurrency | latents | requests / latent | most in flight | seconds | latents / hour |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"served LLM stand-in: {latency * 1000:.0f} ms per request; default explainer + detection and fuzzing "
+        "(log-prob) with the random-explanation baseline",
+        "| concurrency | latents | requests / latent | most in flight | seconds | latents / hour |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
-        lines.append(f"| {r['concurrency']} | {r['latents']} | {r['requests'] / r['latents']:.1f} | {r['max_in_flight']} | "
-                     f"{r['seconds']:.1f} | {3600 * r['latents'] / r['seconds']:,.0f} |")
+        lines.append(
+            f"| {r['concurrency']} | {r['latents']} | {r['requests'] / r['latents']:.1f} | {r['max_in_flight']} | "
+            f"{r['seconds']:.1f} | {3600 * r['latents'] / r['seconds']:,.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -145,18 +164,29 @@ def projection(row: dict, prefill: float, decode: float) -> str:
     """Latents per hour on a server that prefills ``prefill`` and decodes ``decode`` tokens per second."""
     prompt, reply = row["prompt_tokens"] / row["latents"], row["reply_tokens"] / row["latents"]
     per_hour = 3600 / (prompt / prefill + reply / decode)
-    return (f"tokens per latent: {prompt:,.0f} prompt, {reply:,.0f} reply. At {prefill:,.0f} prompt and {decode:,.0f} reply "
-            f"tokens/s (assumed, no prefix cache): {per_hour:,.0f} latents per GPU-hour, "
-            f"{per_hour / PEER_LATENTS_PER_GPU_HOUR:.0f}x delphi's published {PEER_LATENTS_PER_GPU_HOUR:.0f}.")
+    return (
+        f"tokens per latent: {prompt:,.0f} prompt, {reply:,.0f} reply. "
+        f"At {prefill:,.0f} prompt and {decode:,.0f} reply "
+        f"tokens/s (assumed, no prefix cache): {per_hour:,.0f} latents per GPU-hour, "
+        f"{per_hour / PEER_LATENTS_PER_GPU_HOUR:.0f}x delphi's published {PEER_LATENTS_PER_GPU_HOUR:.0f}."
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--latency", type=float, default=0.05, help="seconds the server takes per request (default: 0.05)")
-    p.add_argument("--latents", type=int, default=16, help="latents explained and scored per concurrency (default: 16)")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64], help="requests in flight (default: 1 8 64)")
-    p.add_argument("--prefill-rate", type=float, default=20_000, help="projected server's prompt tokens/s (default: 20000)")
-    p.add_argument("--decode-rate", type=float, default=2_500, help="projected server's generated tokens/s (default: 2500)")
+    p.add_argument(
+        "--latents", type=int, default=16, help="latents explained and scored per concurrency (default: 16)"
+    )
+    p.add_argument(
+        "--concurrency", type=int, nargs="+", default=[1, 8, 64], help="requests in flight (default: 1 8 64)"
+    )
+    p.add_argument(
+        "--prefill-rate", type=float, default=20_000, help="projected server's prompt tokens/s (default: 20000)"
+    )
+    p.add_argument(
+        "--decode-rate", type=float, default=2_500, help="projected server's generated tokens/s (default: 2500)"
+    )
     args = p.parse_args(argv)
     hf_logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
@@ -166,7 +196,9 @@ def main(argv: list[str] | None = None) -> None:
             model=ModelConfig(model=str(model)),
             corpus=CorpusConfig(num_tokens=16_384, ctx_len=64),
             coders=CoderConfig(coders=["topk-neurons@model.layers.1.mlp"], neuron_k=8),
-            explain=ExplainConfig(llm="", llm_model="served", api_key_env="", latents=f"sample:{args.latents}"),
+            explain=ExplainConfig(
+                explainer="default", llm="", llm_model="served", api_key_env="", latents=f"sample:{args.latents}"
+            ),
             score=ScoreConfig(scorers=["detection", "fuzzing"], score_mode="logprob"),
         )
         run_cache(cfg, work / "base", progress=False)

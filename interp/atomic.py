@@ -30,7 +30,9 @@ def _file_mode() -> int:
 
 
 FILE_MODE = _file_mode()
-"""Read once at import: mkstemp makes files private (0600), which would hide results from the rest of a shared machine."""
+"""Read once at import: mkstemp makes files private (0600), which would hide results from the rest
+of a shared machine.
+"""
 
 
 def _prefix(path: Path) -> str:

@@ -32,8 +32,8 @@ from .atomic import write_atomic, write_json_atomic
 from .coders import SparseCoder
 from .config import CacheConfig
 from .errors import CacheCorruptError, RunConfigMismatchError
-from .jsonl import read_json
 from .hooks import capture_tokens
+from .jsonl import read_json
 from .models import LoadedModel
 
 FORMAT = "interp-cache/1"
@@ -107,7 +107,9 @@ def verify_shard(coder_dir: Path, index: int) -> ShardMeta:
 
 
 def load_tensors(path: Path, names: tuple[str, ...], hint: str = RESUME) -> dict[str, torch.Tensor]:
-    """The safetensors file ``path``, holding at least ``names``; a ``CacheCorruptError`` naming it (and ``hint``) if not."""
+    """The safetensors file ``path``, holding at least ``names``; a ``CacheCorruptError`` naming it
+    (and ``hint``) if not.
+    """
     try:
         tensors = load_file(path)
     except (OSError, SafetensorError) as e:
@@ -170,7 +172,8 @@ def _check_tokens(cache_dir: Path, windows: torch.Tensor) -> None:
     if old is not None:
         if old.shape != windows.shape or not torch.equal(old, windows):
             raise RunConfigMismatchError(
-                f"{path} holds different token windows than this run would cache; use a new run directory or --overwrite."
+                f"{path} holds different token windows than this run would cache; "
+                "use a new run directory or --overwrite."
             )
     else:
         write_atomic(path, lambda p: save_file({"tokens": windows.contiguous()}, str(p)))
@@ -180,7 +183,9 @@ def _check_coder(coder_dir: Path, coder: SparseCoder) -> None:
     path = coder_dir / "coder.json"
     desc = coder.describe()
     if path.is_file():
-        old = read_json(path, hint="delete it if this cache was made with the same coder, or start again with --overwrite")
+        old = read_json(
+            path, hint="delete it if this cache was made with the same coder, or start again with --overwrite"
+        )
         if old != desc:
             raise RunConfigMismatchError(
                 f"{coder_dir} was cached with a different coder ({old}); use a new run directory or --overwrite."
@@ -244,7 +249,7 @@ def build_cache(
                 parts[name].append(to_triples(latents, ctx_len, b * ctx_len))
             bar.update(batch.numel())
         for name in names:
-            merged = Triples(*(torch.cat(cols) for cols in zip(*parts[name])))
+            merged = Triples(*(torch.cat(cols) for cols in zip(*parts[name], strict=True)))
             _write_shard(dirs[name], index, first, len(shard), ctx_len, merged)
     bar.close()
     if progress and total:
@@ -278,7 +283,8 @@ def iter_shards(coder_dir: Path, num_windows: int | None = None) -> Iterator[tup
         if meta.first_window != covered or meta.num_windows < 1:
             raise CacheCorruptError(
                 f"Shard sidecar {_meta_file(coder_dir, index)} says it starts at window {meta.first_window} with "
-                f"{meta.num_windows} windows, but shard {index} must start at window {covered}; delete it to recompute the shard."
+                f"{meta.num_windows} windows, but shard {index} must start at window {covered}; "
+                "delete it to recompute the shard."
             )
         yield meta, triples
         covered += meta.num_windows

@@ -10,11 +10,10 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import SECTIONS, RunConfig
 from .cli_args import add_config_args, with_args
+from .config import SECTIONS, RunConfig
 from .errors import InterpError
 from .rundir import RunDir
-
 
 DEFAULT_RUN = Path("runs/demo")
 
@@ -22,7 +21,9 @@ DEFAULT_RUN = Path("runs/demo")
 def _run_argument(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
     """The run directory, as ``RUN`` or ``--run-dir RUN``."""
     if positional:
-        p.add_argument("run", metavar="RUN", type=Path, nargs="?", default=None, help=f"Run directory (default: {DEFAULT_RUN})")
+        p.add_argument(
+            "run", metavar="RUN", type=Path, nargs="?", default=None, help=f"Run directory (default: {DEFAULT_RUN})"
+        )
     p.add_argument("--run-dir", type=Path, default=None, help="The run directory, as a flag")
 
 
@@ -35,7 +36,13 @@ def _run_dir(ns: argparse.Namespace) -> Path:
 
 
 def _run_parser(
-    sub, name: str, help: str, *, sections: tuple[str, ...] = tuple(SECTIONS), run: bool = True, makes_run: bool = False,
+    sub,
+    name: str,
+    help: str,
+    *,
+    sections: tuple[str, ...] = tuple(SECTIONS),
+    run: bool = True,
+    makes_run: bool = False,
 ) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help)
     if run:
@@ -81,35 +88,66 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     if sae:
         print(
             f"default SAE at {sae['hookpoint']}: held-out FVU {sae['heldout_fvu']:.3f}, "
-            f"{100 * sae['heldout_dead_fraction']:.1f}% of latents never fired on its {sae['heldout_tokens']:,} held-out tokens"
+            f"{100 * sae['heldout_dead_fraction']:.1f}% of latents never fired on its "
+            f"{sae['heldout_tokens']:,} held-out tokens"
         )
     counts = summary.get("explanations")
     if counts:
-        print(f"explanations ({summary['explainer']}): " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+        print(
+            f"explanations ({summary['explainer']}): "
+            + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        )
         if summary.get("failed_now"):
             print(f"  {summary['failed_now']} failed this time (recorded as failed: the same command retries them)")
         for r in RunDir(run_dir).usable_explanations(summary["explainer"])[:5]:
             print(f"  {r['coder']} #{r['latent']}: {r.get('explanation')}")
     for coder, scorers in summary.get("scores", {}).items():
-        print(f"scores for {coder} of the {summary['explainer']} explanations (mean over latents; random explanation in brackets):")
+        print(
+            f"scores for {coder} of the {summary['explainer']} explanations "
+            "(mean over latents; random explanation in brackets):"
+        )
         for scorer, e in scorers.items():
             mean, base = e["explanation"]["mean"], e["baseline"]["mean"]
-            print(f"  {scorer:<20} {e['metric']:<18} {_fmt(mean)}  [{_fmt(base)}]  n={e['explanation']['n']}{_verdict(e)}")
+            print(
+                f"  {scorer:<20} {e['metric']:<18} {_fmt(mean)}  [{_fmt(base)}]  "
+                f"n={e['explanation']['n']}{_verdict(e)}"
+            )
     print(f"results: {run_dir.resolve()}")
 
 
 def _compare_parser(sub) -> None:
     from .compare import DEFAULT_MAX_LATENTS
 
-    help = "Compare two coders by meaning: Hungarian matching of their explanations (and decoder directions) against a shuffled baseline."
+    help = (
+        "Compare two coders by meaning: Hungarian matching of their explanations (and decoder directions) "
+        "against a shuffled baseline."
+    )
     p = sub.add_parser("compare", help=help, description=help)
-    p.add_argument("a", metavar="RUN_A[:CODER]", help="A run directory, and which of its coders (e.g. runs/demo:model.layers.6)")
+    p.add_argument(
+        "a", metavar="RUN_A[:CODER]", help="A run directory, and which of its coders (e.g. runs/demo:model.layers.6)"
+    )
     p.add_argument("b", metavar="RUN_B[:CODER]", help="Another coder: of the same run or of another one")
-    p.add_argument("--explainer", default=None, help="Whose explanations to compare (default: the only explainer each coder has)")
-    p.add_argument("--max-latents", type=int, default=DEFAULT_MAX_LATENTS, help=f"Compare at most this many latents per coder, a seeded sample (default: {DEFAULT_MAX_LATENTS})")
-    p.add_argument("--seed", type=int, default=0, help="Seed of the latent sample and the shuffled baseline (default: 0)")
-    p.add_argument("--embedder", default=None, help="Sentence-transformers model (default: the embedded all-MiniLM-L6-v2)")
-    p.add_argument("--no-decoders", dest="decoders", action="store_false", help="Skip decoder matching (it loads the runs' model and coders)")
+    p.add_argument(
+        "--explainer", default=None, help="Whose explanations to compare (default: the only explainer each coder has)"
+    )
+    p.add_argument(
+        "--max-latents",
+        type=int,
+        default=DEFAULT_MAX_LATENTS,
+        help=f"Compare at most this many latents per coder, a seeded sample (default: {DEFAULT_MAX_LATENTS})",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="Seed of the latent sample and the shuffled baseline (default: 0)"
+    )
+    p.add_argument(
+        "--embedder", default=None, help="Sentence-transformers model (default: the embedded all-MiniLM-L6-v2)"
+    )
+    p.add_argument(
+        "--no-decoders",
+        dest="decoders",
+        action="store_false",
+        help="Skip decoder matching (it loads the runs' model and coders)",
+    )
     p.add_argument("--top", type=int, default=10, help="Best and worst matched pairs to print (default: 10)")
     p.add_argument("--out", type=Path, default=None, help="Output folder (default: RUN_A/compare/CODER_A--CODER_B)")
     p.add_argument("--quiet", action="store_true", help="No progress bars")
@@ -122,8 +160,15 @@ def _compare(ns: argparse.Namespace) -> int:
     if ns.max_latents < 1:
         raise InterpError("--max-latents must be at least 1.")
     a, b = load_side(ns.a, ns.explainer), load_side(ns.b, ns.explainer)
-    comparison = compare_sides(a, b, embedder_name=ns.embedder, decoders=ns.decoders, max_latents=ns.max_latents,
-                               seed=ns.seed, progress=not ns.quiet)
+    comparison = compare_sides(
+        a,
+        b,
+        embedder_name=ns.embedder,
+        decoders=ns.decoders,
+        max_latents=ns.max_latents,
+        seed=ns.seed,
+        progress=not ns.quiet,
+    )
     paths = write_comparison(comparison, ns.out or default_out_dir(a, b))
     print(format_report(comparison.report, top=ns.top))
     print("results: " + ", ".join(str(p.resolve()) for p in paths))
@@ -134,9 +179,17 @@ def _publish_parser(sub) -> None:
     help = "Publish a run's explanations as a Hugging Face dataset (Parquet + dataset card), in one commit."
     p = sub.add_parser("publish", help=help, description=help)
     p.add_argument("run_dir", metavar="RUN", type=Path, help="The run directory to publish")
-    p.add_argument("repo", metavar="REPO", help="Dataset repository on the Hub (owner/name); created if missing, updated if not")
-    p.add_argument("--private", action="store_true", help="Create the repository private (an existing public one is refused)")
-    p.add_argument("--token-env", default="HF_TOKEN", help="Environment variable holding the Hub token (default: HF_TOKEN; else the huggingface_hub login)")
+    p.add_argument(
+        "repo", metavar="REPO", help="Dataset repository on the Hub (owner/name); created if missing, updated if not"
+    )
+    p.add_argument(
+        "--private", action="store_true", help="Create the repository private (an existing public one is refused)"
+    )
+    p.add_argument(
+        "--token-env",
+        default="HF_TOKEN",
+        help="Environment variable holding the Hub token (default: HF_TOKEN; else the huggingface_hub login)",
+    )
     p.add_argument("--out", type=Path, default=None, help="Where to write the dataset folder (default: RUN/publish)")
     p.add_argument("--dry-run", action="store_true", help="Only write the folder; upload nothing")
     p.add_argument("--license", default="cc-by-4.0", help="License in the dataset card (default: cc-by-4.0)")
@@ -146,8 +199,16 @@ def _publish_parser(sub) -> None:
 def _publish(ns: argparse.Namespace) -> int:
     from publish.hub import publish_run  # publish is the last stage: the core never imports it up front
 
-    result = publish_run(ns.run_dir, ns.repo, token_env=ns.token_env, private=ns.private, out_dir=ns.out,
-                         dry_run=ns.dry_run, license=ns.license, progress=not ns.quiet)
+    result = publish_run(
+        ns.run_dir,
+        ns.repo,
+        token_env=ns.token_env,
+        private=ns.private,
+        out_dir=ns.out,
+        dry_run=ns.dry_run,
+        license=ns.license,
+        progress=not ns.quiet,
+    )
     rows = ", ".join(f"{name}: {n} rows" for name, n in result.rows.items())
     print(f"dataset folder: {result.folder.resolve()} ({rows})")
     if result.commit_oid is None:
@@ -166,15 +227,38 @@ def _steer_parser(sub) -> None:
     p = sub.add_parser("steer", help=help, description=help)
     p.add_argument("prompts", nargs="+", metavar="PROMPT", help="Text for the model to continue")
     p.add_argument("--latent", type=int, required=True, help="The latent to steer")
-    p.add_argument("--hookpoint", default=None, help="Which coder: its hookpoint, MLP module or name (default: the only one)")
-    p.add_argument("--mode", choices=MODES, default="add", help="add a strength, clamp to it, or ablate to zero (default: add)")
-    p.add_argument("--strength", type=float, default=None, help="add: amount added to the latent; clamp: value it is set to")
-    p.add_argument("--target-kl", type=float, default=None, help="Instead of --strength: the strength whose next-token KL is this many nats")
+    p.add_argument(
+        "--hookpoint", default=None, help="Which coder: its hookpoint, MLP module or name (default: the only one)"
+    )
+    p.add_argument(
+        "--mode", choices=MODES, default="add", help="add a strength, clamp to it, or ablate to zero (default: add)"
+    )
+    p.add_argument(
+        "--strength", type=float, default=None, help="add: amount added to the latent; clamp: value it is set to"
+    )
+    p.add_argument(
+        "--target-kl",
+        type=float,
+        default=None,
+        help="Instead of --strength: the strength whose next-token KL is this many nats",
+    )
     p.add_argument("--max-new-tokens", type=int, default=32, help="Tokens to generate per continuation (default: 32)")
-    p.add_argument("--top-tokens", type=int, default=8, help="Next tokens listed whose probability rose most (default: 8)")
+    p.add_argument(
+        "--top-tokens", type=int, default=8, help="Next tokens listed whose probability rose most (default: 8)"
+    )
     _run_argument(p, positional=False)
-    p.add_argument("--coders", nargs="+", default=argparse.SUPPRESS, help="Coder specs (KIND[:SOURCE][@HOOKPOINT]) instead of a run's; the model comes from --model")
-    p.add_argument("--neuron-k", type=int, default=argparse.SUPPRESS, help="k for top-k sparsified neurons (with --coders; default: 32)")
+    p.add_argument(
+        "--coders",
+        nargs="+",
+        default=argparse.SUPPRESS,
+        help="Coder specs (KIND[:SOURCE][@HOOKPOINT]) instead of a run's; the model comes from --model",
+    )
+    p.add_argument(
+        "--neuron-k",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="k for top-k sparsified neurons (with --coders; default: 32)",
+    )
     p.add_argument("--quiet", action="store_true", help="No progress bars")
     add_config_args(p, ModelConfig, "model (with --coders; a run directory uses its own)", given_only=True)
 
@@ -184,7 +268,7 @@ def _columns(left: str, right: str, width: int) -> list[str]:
 
     a, b = textwrap.wrap(left, width) or [""], textwrap.wrap(right, width) or [""]
     a, b = a + [""] * (len(b) - len(a)), b + [""] * (len(a) - len(b))
-    return [f"{x:<{width}} | {y}" for x, y in zip(a, b)]
+    return [f"{x:<{width}} | {y}" for x, y in zip(a, b, strict=True)]
 
 
 def _steer(ns: argparse.Namespace) -> int:
@@ -201,16 +285,31 @@ def _steer(ns: argparse.Namespace) -> int:
         subject = open_subject(_config(ns, run), run)
     name, coder = pick_coder(subject.coders, ns.hookpoint, subject.lm.model)
     results = [
-        generate_side_by_side(subject.lm, coder, prompt, ns.latent, mode=ns.mode, strength=ns.strength, target_kl=ns.target_kl,
-                              max_new_tokens=ns.max_new_tokens, top_k=ns.top_tokens)
+        generate_side_by_side(
+            subject.lm,
+            coder,
+            prompt,
+            ns.latent,
+            mode=ns.mode,
+            strength=ns.strength,
+            target_kl=ns.target_kl,
+            max_new_tokens=ns.max_new_tokens,
+            top_k=ns.top_tokens,
+        )
         for prompt in ns.prompts
     ]
     width = max(20, (shutil.get_terminal_size((100, 20)).columns - 3) // 2)
-    for prompt, r in zip(ns.prompts, results):
+    for prompt, r in zip(ns.prompts, results, strict=True):
         how = "ablate" if ns.mode == "ablate" else f"{ns.mode} {r.strength:.4g}"
         print(f"{name} latent {ns.latent}: {how}, next-token KL {r.kl:.4g} nats")
         print(f"prompt: {prompt}")
-        print("\n".join(_columns("clean", "steered", width) + ["-" * width + "-+-" + "-" * width] + _columns(r.clean, r.steered, width)))
+        print(
+            "\n".join(
+                _columns("clean", "steered", width)
+                + ["-" * width + "-+-" + "-" * width]
+                + _columns(r.clean, r.steered, width)
+            )
+        )
         rises = ", ".join(f"{c.token!r} {c.clean:.3f}->{c.steered:.3f}" for c in r.top_token_changes)
         print(f"more likely next: {rises or '(none)'}\n")
     return 0
@@ -223,8 +322,16 @@ def _app_parser(sub) -> None:
 
     help = "Serve the Gradio app over a run directory: explore, explain, score, intervene, publish."
     p = sub.add_parser("app", help=help, description=help + " Settings also come from INTERP_* environment variables.")
-    p.add_argument("run", metavar="RUN_DIR", nargs="?", default=None, help="Run directory to open first, inside the workspace (default: runs/demo)")
-    p.add_argument("--quiet", action="store_true", help="No progress bars in the console (the page still shows progress)")
+    p.add_argument(
+        "run",
+        metavar="RUN_DIR",
+        nargs="?",
+        default=None,
+        help="Run directory to open first, inside the workspace (default: runs/demo)",
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="No progress bars in the console (the page still shows progress)"
+    )
     add_config_args(p, AppConfig, "app")
     p.set_defaults(**{f.name: None for f in fields(AppConfig)})  # unset flags fall back to the environment
 
@@ -237,8 +344,9 @@ def _app(ns: argparse.Namespace) -> int:
     given = {f.name: getattr(ns, f.name) for f in fields(AppConfig) if getattr(ns, f.name) is not None}
     config = replace(config_from_env(), **given, **({"run_dir": ns.run} if ns.run else {}))
     try:
-        from .app import launch
         import gradio  # noqa: F401  (the app's one optional dependency)
+
+        from .app import launch
     except ImportError:
         raise InterpError("The app needs Gradio: pip install 'interp[app]'.") from None
     launch(config)
@@ -251,15 +359,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub, "run", "The main job: every pipeline stage, in order, into one run directory.", makes_run=True)
     _run_parser(sub, "cache", "Cache sparse latent activations over a corpus (resumable).", makes_run=True)
-    _run_parser(sub, "explain", "Explain latents of a cached run with an LLM (resumable). The model, corpus, coders and "
-                "record settings are the run's own.")
-    _run_parser(sub, "score", "Score a run's explanations against held-out examples and a random baseline (resumable). "
-                "The model, corpus, coders and record settings are the run's own.")
-    summary = _run_parser(sub, "summary", "Print the summary of one explainer's scores of a run (and rewrite its plots).",
-                          sections=())
-    summary.add_argument("--explainer", default=None, help="Whose explanations' scores to summarise (default: the run's own explainer, from its config.json)")
-    _run_parser(sub, "validate", "Check the scorers on planted latents of known meaning: true explanation vs a random one.",
-                run=False, sections=("model", "corpus", "records", "explain", "score", "intervene"))
+    _run_parser(
+        sub,
+        "explain",
+        "Explain latents of a cached run with an LLM (resumable). The model, corpus, coders and "
+        "record settings are the run's own.",
+    )
+    _run_parser(
+        sub,
+        "score",
+        "Score a run's explanations against held-out examples and a random baseline (resumable). "
+        "The model, corpus, coders and record settings are the run's own.",
+    )
+    summary = _run_parser(
+        sub, "summary", "Print the summary of one explainer's scores of a run (and rewrite its plots).", sections=()
+    )
+    summary.add_argument(
+        "--explainer",
+        default=None,
+        help="Whose explanations' scores to summarise (default: the run's own explainer, from its config.json)",
+    )
+    _run_parser(
+        sub,
+        "validate",
+        "Check the scorers on planted latents of known meaning: true explanation vs a random one.",
+        run=False,
+        sections=("model", "corpus", "records", "explain", "score", "intervene"),
+    )
     _compare_parser(sub)
     _publish_parser(sub)
     _steer_parser(sub)
@@ -268,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _stage(ns: argparse.Namespace) -> int:
-    """``run`` and ``cache`` make (or resume) a run; ``explain``, ``score`` and ``summary`` refuse a folder that is none."""
+    """``run`` and ``cache`` make (or resume) a run; ``explain``, ``score`` and ``summary`` refuse a folder that is
+    none."""
     from . import run as pipeline
 
     run_dir = _run_dir(ns)
@@ -295,8 +422,16 @@ def _validate(ns: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "run": _stage, "cache": _stage, "explain": _stage, "score": _stage, "summary": _stage, "validate": _validate,
-    "compare": _compare, "publish": _publish, "steer": _steer, "app": _app,
+    "run": _stage,
+    "cache": _stage,
+    "explain": _stage,
+    "score": _stage,
+    "summary": _stage,
+    "validate": _validate,
+    "compare": _compare,
+    "publish": _publish,
+    "steer": _steer,
+    "app": _app,
 }
 
 

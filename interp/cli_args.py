@@ -13,7 +13,9 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls, group_title: str | None = None, *, given_only: bool = False) -> None:
+def add_config_args(
+    parser: argparse.ArgumentParser, cls, group_title: str | None = None, *, given_only: bool = False
+) -> None:
     """Add one flag per field of dataclass ``cls`` to ``parser``; defaults come from the class.
 
     With ``given_only`` a flag left out sets nothing (``with_args`` then keeps the value it
@@ -26,7 +28,11 @@ def add_config_args(parser: argparse.ArgumentParser, cls, group_title: str | Non
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
         hint = hints[f.name]
         args = typing.get_args(hint)
-        kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS if given_only else default, "help": f"{doc} (default: {default})"}
+        kwargs: dict = {
+            "dest": f.name,
+            "default": argparse.SUPPRESS if given_only else default,
+            "help": f"{doc} (default: {default})",
+        }
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif choices(hint):

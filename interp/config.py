@@ -17,7 +17,7 @@ Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 Quantization = Literal["none", "8bit", "4bit"]
 Optimizer = Literal["signum", "adam", "muon"]
 TrainSampling = Literal["top", "quantiles"]
-Explainer = Literal["default", "activations", "contrastive", "logits", "intervention", "tokens"]
+Explainer = Literal["short", "default", "activations", "contrastive", "logits", "intervention", "tokens"]
 ScorerName = Literal["embedding", "surprisal", "detection", "fuzzing", "intruder", "simulation", "intervention"]
 ScoreMode = Literal["logprob", "generative"]
 
@@ -92,7 +92,9 @@ class CoderConfig:
     """Which sparse coders to cache, given as specs ``KIND[:SOURCE][@HOOKPOINT]``."""
 
     coders: list[str] = field(default_factory=lambda: ["default"])
-    """Coder specs, e.g. sparsify:EleutherAI/sae-x@layers.6, saelens:DIR, saelens:DIR@model.layers.2.self_attn.o_proj:input, gemmascope:DIR@model.layers.6, neurons@model.layers.6.mlp, topk-neurons@model.layers.6.mlp, default (train a TopK SAE)."""
+    """Coder specs, e.g. sparsify:EleutherAI/sae-x@layers.6, saelens:DIR,
+    saelens:DIR@model.layers.2.self_attn.o_proj:input, gemmascope:DIR@model.layers.6, neurons@model.layers.6.mlp,
+    topk-neurons@model.layers.6.mlp, default (train a TopK SAE)."""
 
     neuron_k: int = at_least(1, 32)
     """k for top-k sparsified neurons."""
@@ -164,7 +166,8 @@ class RecordsConfig:
     """Examples that contain the latent's top tokens but where it does not fire."""
 
     min_examples: int = at_least(0, 10)
-    """Latents with fewer activating examples are marked rare and not explained (EleutherAI delphi: 200 at 10M tokens)."""
+    """Latents with fewer activating examples are marked rare and not explained (EleutherAI delphi: 200 at 10M
+    tokens)."""
 
     skip_bos: bool = True
     """Ignore activations on BOS tokens: attention sinks that many latents fire on regardless of text."""
@@ -180,8 +183,9 @@ class RecordsConfig:
 class ExplainConfig:
     """Which latents to explain, how, and with which LLM."""
 
-    explainer: Explainer = "default"
-    """default, activations, contrastive, logits, intervention (LLM explainers) or tokens (no LLM)."""
+    explainer: Explainer = "short"
+    """short (made for small models such as the embedded one; served models answer it too), default, activations,
+    contrastive, logits, intervention (LLM explainers) or tokens (no LLM). README: Explanation quality."""
 
     llm: str = "local"
     """'local' (the embedded SmolLM2), 'local:<hub id or folder>', or an OpenAI-compatible base URL (http://host:port/v1)."""
@@ -208,15 +212,17 @@ class ExplainConfig:
     """Requests in flight at once to an OpenAI-compatible server."""
 
     redo: bool = False
-    """Explain the chosen latents again where this explainer has already explained them (e.g. with another LLM); the new line replaces the old, and its scores are redone."""
+    """Explain the chosen latents again where this explainer has already explained them (e.g. with another LLM); the
+    new line replaces the old, and its scores are redone."""
 
 
 @dataclass
 class ScoreConfig:
     """Which scorers judge the explanations, and how."""
 
-    scorers: list[ScorerName] = field(default_factory=lambda: ["embedding", "detection"])
-    """Scorers to run."""
+    scorers: list[ScorerName] = field(default_factory=lambda: ["embedding", "surprisal"])
+    """Scorers to run. The default two need no LLM judge and pass ``interp validate`` with the embedded models; the
+    LLM judges (detection, fuzzing, simulation, intruder) want a served model."""
 
     score_mode: ScoreMode = "logprob"
     """logprob (one forward pass per text, gives AUROC) or generative (parse a list of 0/1 per prompt)."""
@@ -289,7 +295,9 @@ class RunConfig:
             for g in fields(section_cls):
                 if g.name in given:
                     if not _fits(given[g.name], hints[g.name]):
-                        raise ConfigError(f"{source}: {f.name}.{g.name} must be {_describe(hints[g.name])}, not {given[g.name]!r}.")
+                        raise ConfigError(
+                            f"{source}: {f.name}.{g.name} must be {_describe(hints[g.name])}, not {given[g.name]!r}."
+                        )
                     values[g.name] = given[g.name]
             kwargs[f.name] = section_cls(**values)
         return cls(**kwargs)
@@ -322,10 +330,9 @@ def _describe(hint) -> str:
         return f"a list of {_describe(inner).removeprefix('a ')}s"
     if typing.get_origin(hint) is Literal:
         return "one of " + ", ".join(map(str, typing.get_args(hint)))
-    return {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, hint.__name__)
-
-
-
+    return {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, hint.__name__
+    )
 
 
 def check_config(cfg: RunConfig) -> None:
@@ -344,14 +351,19 @@ def check_config(cfg: RunConfig) -> None:
             if _has_choices(hint) and not _fits(value, hint):
                 problems.append(f"{_label(name)} must be {_describe(hint)}, not {value!r}")
     if cfg.records.example_len > cfg.corpus.ctx_len:
-        problems.append(f"{_label('records.example_len')} must not exceed {_label('corpus.ctx_len')} ({cfg.records.example_len} > {cfg.corpus.ctx_len})")
+        problems.append(
+            f"{_label('records.example_len')} must not exceed {_label('corpus.ctx_len')} "
+            f"({cfg.records.example_len} > {cfg.corpus.ctx_len})"
+        )
     if problems:
         raise ConfigError("Settings out of range: " + "; ".join(problems) + ".")
 
 
 def _has_choices(hint) -> bool:
     """Whether a field's type is a fixed set of values (a ``Literal``, or a list of one)."""
-    return typing.get_origin(hint) is Literal or (typing.get_origin(hint) is list and _has_choices(typing.get_args(hint)[0]))
+    return typing.get_origin(hint) is Literal or (
+        typing.get_origin(hint) is list and _has_choices(typing.get_args(hint)[0])
+    )
 
 
 def choices(hint) -> tuple | None:
@@ -373,7 +385,8 @@ def read_config_file(path: str | Path) -> RunConfig:
 
 
 FIXED_SECTIONS = ("model", "corpus", "coders", "train", "cache", "records")
-"""Sections that make a run what it is (what is cached, and how its records are drawn): a run refuses a change to any."""
+"""Sections that make a run what it is (what is cached, and how its records are drawn): a run refuses a change to
+any."""
 
 SECTIONS = {f.name: f.default_factory().__class__ for f in fields(RunConfig)}  # type: ignore[misc]
 """Section name -> config class, in pipeline order."""

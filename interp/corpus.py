@@ -69,7 +69,9 @@ def _local_documents(path: Path, text_column: str) -> Iterator[str]:
                 try:
                     text = json.loads(line)[text_column]
                 except (json.JSONDecodeError, KeyError, TypeError, IndexError) as e:
-                    raise CorpusError(f"{f}:{i + 1}: expected a JSON object with a {text_column!r} field ({e}).") from e
+                    raise CorpusError(
+                        f"{f}:{i + 1}: expected a JSON object with a {text_column!r} field ({e})."
+                    ) from e
                 if not isinstance(text, str):
                     raise CorpusError(f"{f}:{i + 1}: the {text_column!r} field holds {text!r:.40}, not text.")
                 yield text
@@ -89,7 +91,9 @@ def _column(ds, column: str, name: str) -> Iterator[str]:
     for row in ds:
         text = row[column]
         if text is not None and not isinstance(text, str):
-            raise CorpusError(f"Column {column!r} of {name} holds {type(text).__name__} values, not text. Use --text-column.")
+            raise CorpusError(
+                f"Column {column!r} of {name} holds {type(text).__name__} values, not text. Use --text-column."
+            )
         yield text or ""
 
 
@@ -154,7 +158,9 @@ def cut_windows(
     return torch.tensor(windows, dtype=torch.int32)
 
 
-def corpus_windows(cfg: CorpusConfig, tokenizer, *, num_windows: int | None = None, skip_windows: int = 0) -> torch.Tensor:
+def corpus_windows(
+    cfg: CorpusConfig, tokenizer, *, num_windows: int | None = None, skip_windows: int = 0
+) -> torch.Tensor:
     """Token windows for ``cfg`` (``num_tokens // ctx_len`` of them unless ``num_windows`` is given)."""
     n = num_windows if num_windows is not None else cfg.num_tokens // cfg.ctx_len
     if n < 1:

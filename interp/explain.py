@@ -1,6 +1,8 @@
 """Explainers: turn a latent record into a one-sentence explanation.
 
 LLM explainers (prompts in ``interp/prompts/``):
+  short        for small models (the embedded default): the top firing tokens as facts, short
+               contexts, worked examples, the reply started as "Fires on" (``explain_short``)
   default      activating examples with the firing tokens marked <<like this>>
   activations  the same, plus the strongest tokens with activations scaled 0-10
   contrastive  activating examples beside hard negatives that contain the same tokens
@@ -20,12 +22,13 @@ from collections import Counter
 from dataclasses import asdict, dataclass, replace
 
 from .config import Explainer
+from .explain_short import copies_a_worked_example, read_phrase, short_prompt
 from .llm.base import Completion, GenerationParams, LLMClient, Prompt
 from .prompts import render
 from .records import Example, LatentRecord
 from .steer_effects import PromptEffect
 
-LLM_EXPLAINERS = ("default", "activations", "contrastive", "logits")
+LLM_EXPLAINERS = ("short", "default", "activations", "contrastive", "logits")
 """LLM explainers that read the latent's activating examples."""
 STEERING_EXPLAINERS = ("intervention",)
 """LLM explainers that read what steering the latent does instead (they need the model and coder)."""
@@ -47,7 +50,7 @@ class TokenText:
     def __call__(self, ids: list[int]) -> list[str]:
         missing = [i for i in dict.fromkeys(ids) if i not in self._text]
         if missing:
-            for i, text in zip(missing, self.tokenizer.batch_decode([[i] for i in missing])):
+            for i, text in zip(missing, self.tokenizer.batch_decode([[i] for i in missing]), strict=True):
                 self._text[i] = text
         return [self._text[i] for i in ids]
 
@@ -55,7 +58,7 @@ class TokenText:
 def highlight(pieces: list[str], acts: list[float]) -> str:
     """Join token texts, wrapping each run of active tokens in << >>."""
     out, inside = [], False
-    for piece, act in zip(pieces, acts):
+    for piece, act in zip(pieces, acts, strict=True):
         if act > 0 and not inside:
             lead = len(piece) - len(piece.lstrip())
             out.append(piece[:lead] + "<<" + piece[lead:])
@@ -80,7 +83,7 @@ def _examples_block(examples: list[Example], text: TokenText, marked: bool = Tru
 def _activations_block(examples: list[Example], text: TokenText, limit: int = 20) -> str:
     top = max((ex.max_act for ex in examples), default=0.0) or 1.0
     pairs = sorted(
-        ((a, t) for ex in examples for t, a in zip(ex.tokens, ex.acts) if a > 0), reverse=True
+        ((a, t) for ex in examples for t, a in zip(ex.tokens, ex.acts, strict=True) if a > 0), reverse=True
     )[:limit]
     return ", ".join(f"{text([t])[0].strip()!r} ({round(10 * a / top)})" for a, t in pairs)
 
@@ -97,11 +100,15 @@ def _effects_block(effects: list[PromptEffect]) -> str:
     return "\n\n".join(lines)
 
 
-def explain_prompt(record: LatentRecord, explainer: str, text: TokenText, effects: list[PromptEffect] | None = None) -> Prompt:
+def explain_prompt(
+    record: LatentRecord, explainer: str, text: TokenText, effects: list[PromptEffect] | None = None
+) -> Prompt:
     """The chat prompt that asks an LLM to explain ``record`` in the style of ``explainer``.
 
     The intervention explainer needs ``effects``: what steering the latent did after each prompt.
     """
+    if explainer == "short":
+        return short_prompt(record, text)
     examples = _examples_block(record.train, text)
     values = {"examples": examples}
     system = "explain_system"
@@ -118,7 +125,9 @@ def explain_prompt(record: LatentRecord, explainer: str, text: TokenText, effect
         values["promoted"] = _token_list(record.promoted, text)
         values["suppressed"] = _token_list(record.suppressed, text)
     elif explainer != "default":
-        raise ValueError(f"{explainer!r} is not an LLM explainer; use one of {', '.join(LLM_EXPLAINERS + STEERING_EXPLAINERS)}")
+        raise ValueError(
+            f"{explainer!r} is not an LLM explainer; use one of {', '.join(LLM_EXPLAINERS + STEERING_EXPLAINERS)}"
+        )
     # No worked example: SmolLM2-135M copied one verbatim for 8 latents of 8.
     return (
         {"role": "system", "content": render(system)},
@@ -136,7 +145,7 @@ def parse_explanation(reply: str) -> str | None:
     text = ARTEFACTS.sub("", reply or "").strip()
     parts = MARKER.split(text)
     candidate = parts[-1] if len(parts) > 1 else text
-    lines = [l.strip() for l in candidate.splitlines() if l.strip()]
+    lines = [line.strip() for line in candidate.splitlines() if line.strip()]
     if not lines:
         return None
     line = lines[0] if len(parts) > 1 else re.split(r"(?<=[a-z0-9\)\"'])\. ", lines[0])[0]
@@ -156,14 +165,18 @@ def flag(explanation: str) -> str | None:
     if len(explanation.split()) > MAX_WORDS:
         return f"longer than {MAX_WORDS} words"
     lowered = explanation.lower().rstrip(".")
-    if "your one-sentence explanation" in lowered or (len(lowered) > 20 and lowered in render("explain_system").lower()):
+    if copies_a_worked_example(explanation):
+        return "copies a worked example"
+    if "your one-sentence explanation" in lowered or (
+        len(lowered) > 20 and lowered in render("explain_system").lower()
+    ):
         return "echoes the prompt"
     return None
 
 
 def token_list_explanation(record: LatentRecord, text: TokenText, n: int = 5) -> str:
     """The baseline explanation: the tokens the latent fires on most often in its train examples."""
-    counts = Counter(t for ex in record.train for t, a in zip(ex.tokens, ex.acts) if a > 0)
+    counts = Counter(t for ex in record.train for t, a in zip(ex.tokens, ex.acts, strict=True) if a > 0)
     words = [w.strip() or repr(w) for w in text([t for t, _ in counts.most_common(n)])]
     return "The tokens " + ", ".join(f'"{w}"' for w in words) if words else "(no activating tokens)"
 
@@ -199,10 +212,10 @@ def prompt_sha(prompt: Prompt) -> str:
     return hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _judge(reply: Completion) -> tuple[str | None, str, str | None]:
+def _judge(reply: Completion, explainer: str) -> tuple[str | None, str, str | None]:
     if reply.error:
         return None, "failed", reply.error
-    parsed = parse_explanation(reply.text)
+    parsed = read_phrase(reply.text) if explainer == "short" else parse_explanation(reply.text)
     if parsed is None:
         return None, "failed", "no explanation found in the reply"
     reason = flag(parsed)
@@ -234,7 +247,9 @@ def explain_batch(
         elif explainer == "tokens":
             out.append(Explanation(r.coder, r.latent, explainer, token_list_explanation(r, text), "ok"))
         else:
-            out.append(Explanation(r.coder, r.latent, explainer, None, "failed", model=client.model, params=params.to_dict()))
+            out.append(
+                Explanation(r.coder, r.latent, explainer, None, "failed", model=client.model, params=params.to_dict())
+            )
             todo.append(len(out) - 1)
     prompts = {i: explain_prompt(records[i], explainer, text, effects[i] if effects else None) for i in todo}
     for attempt in range(1 + max_retries):
@@ -243,8 +258,8 @@ def explain_batch(
         p = params if attempt == 0 else replace(params, temperature=0.7, seed=params.seed + attempt)
         replies = client.generate([prompts[i] for i in todo], p)
         still = []
-        for i, reply in zip(todo, replies):
-            parsed, status, note = _judge(reply)
+        for i, reply in zip(todo, replies, strict=True):
+            parsed, status, note = _judge(reply, explainer)
             e = out[i]
             e.explanation, e.status, e.note, e.attempts = parsed, status, note, attempt + 1
             e.prompt_sha, e.params = prompt_sha(prompts[i]), p.to_dict()

@@ -40,7 +40,8 @@ def parse_site(text: str) -> tuple[str, Reads | None]:
         return text, None
     if side not in SIDES or not module:
         raise UnknownHookpointError(
-            f"Hookpoint {text!r} is not MODULE, MODULE:input or MODULE:output (e.g. model.layers.2.self_attn.o_proj:input)."
+            f"Hookpoint {text!r} is not MODULE, MODULE:input or MODULE:output "
+            "(e.g. model.layers.2.self_attn.o_proj:input)."
         )
     return module, side
 
@@ -108,7 +109,8 @@ def tl_site(model: nn.Module, name: str | None) -> Site | None:
     blocks = layer_hookpoints(model)
     if layer >= len(blocks):
         raise UnknownHookpointError(
-            f"TransformerLens hook {name!r} names layer {layer}, but the model has {len(blocks)} (0-{len(blocks) - 1})."
+            f"TransformerLens hook {name!r} names layer {layer}, "
+            f"but the model has {len(blocks)} (0-{len(blocks) - 1})."
         )
     gemma_style = hasattr(model.get_submodule(blocks[layer]), "pre_feedforward_layernorm")
     return Site(_tl_module(blocks[layer], hook, gemma_style), TL_SIDES[hook])
@@ -116,7 +118,10 @@ def tl_site(model: nn.Module, name: str | None) -> Site | None:
 
 def reads_attention_heads(site: Site) -> bool:
     """Whether ``site`` is the input of an attention output projection: the concatenated heads (``hook_z``)."""
-    return site.reads == "input" and re.search(r"(attn|attention)\.(o_proj|out_proj|c_proj|dense)$", site.module) is not None
+    return (
+        site.reads == "input"
+        and re.search(r"(attn|attention)\.(o_proj|out_proj|c_proj|dense)$", site.module) is not None
+    )
 
 
 class StopForward(Exception):
@@ -145,9 +150,7 @@ def hooks_removed(handles: list) -> Iterator[list]:
             h.remove()
 
 
-def capture(
-    model: nn.Module, sites: Iterable[Site], run, *, stop: bool = True
-) -> dict[Site, torch.Tensor]:
+def capture(model: nn.Module, sites: Iterable[Site], run, *, stop: bool = True) -> dict[Site, torch.Tensor]:
     """Call ``run()`` (a forward pass of ``model``) and return the tensors at ``sites``.
 
     With ``stop`` the pass ends as soon as the last site has been read.

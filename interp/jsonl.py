@@ -84,7 +84,9 @@ def latest_rows(rows: Iterable[dict], key: tuple[str, ...]) -> list[dict]:
 
 
 def read_json(path: str | Path, hint: str = "delete it to have it rebuilt, or restore it") -> Any:
-    """The JSON value in ``path``; a ``CorruptFileError`` naming the file (and what to do: ``hint``) if it cannot be read."""
+    """The JSON value in ``path``; a ``CorruptFileError`` naming the file (and what to do: ``hint``)
+    if it cannot be read.
+    """
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))

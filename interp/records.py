@@ -138,7 +138,7 @@ def _spread(indices: np.ndarray, n: int, n_quantiles: int, rng) -> tuple[list[in
     bins = np.array_split(np.arange(len(indices)), min(n_quantiles, len(indices)))
     per_bin = [n // len(bins) + (1 if i < n % len(bins) else 0) for i in range(len(bins))]
     chosen, quantile = [], []
-    for q, (members, want) in enumerate(zip(bins, per_bin)):
+    for q, (members, want) in enumerate(zip(bins, per_bin, strict=True)):
         take = rng.choice(members, size=min(want, len(members)), replace=False)
         chosen.extend(indices[sorted(take)].tolist())
         quantile.extend([q] * len(take))
@@ -146,7 +146,9 @@ def _spread(indices: np.ndarray, n: int, n_quantiles: int, rng) -> tuple[list[in
 
 
 def _train_share(available: int, n_train: int, n_test: int) -> int:
-    """Train examples to take: ``n_train`` when there are enough, else a proportional share, so the test set is never empty."""
+    """Train examples to take: ``n_train`` when there are enough, else a proportional share, so the
+    test set is never empty.
+    """
     if available >= n_train + n_test or available < 2:
         return min(n_train, available)
     return max(1, min(n_train, available * n_train // (n_train + n_test)))
@@ -178,7 +180,9 @@ class RecordBuilder:
         return example, pos % e
 
     def _examples_with_token(self, token_id: int) -> torch.Tensor:
-        lo, hi = torch.searchsorted(self._sorted_tokens, torch.tensor([token_id, token_id + 1], dtype=self._sorted_tokens.dtype)).tolist()
+        lo, hi = torch.searchsorted(
+            self._sorted_tokens, torch.tensor([token_id, token_id + 1], dtype=self._sorted_tokens.dtype)
+        ).tolist()
         return torch.unique(self._sorted_positions[lo:hi] // self.cfg.example_len)
 
     def _make(self, example: int, offsets: torch.Tensor, values: torch.Tensor) -> Example:
@@ -194,8 +198,8 @@ class RecordBuilder:
         n = self.cfg.n_logit_tokens
         up, down = logits.topk(n), (-logits).topk(n)
         return (
-            [(int(i), float(v)) for v, i in zip(up.values, up.indices)],
-            [(int(i), float(-v)) for v, i in zip(down.values, down.indices)],
+            [(int(i), float(v)) for v, i in zip(up.values, up.indices, strict=True)],
+            [(int(i), float(-v)) for v, i in zip(down.values, down.indices, strict=True)],
         )
 
     def build(self, coder: str, latents: list[int]) -> Iterator[LatentRecord]:
@@ -209,16 +213,22 @@ class RecordBuilder:
         keep = example >= 0
         example, offset, lat, act = example[keep], offset[keep], lat[keep], act[keep]
         lo, hi = torch.searchsorted(lat, wanted), torch.searchsorted(lat, wanted + 1)
-        for latent, a, b in zip(wanted.tolist(), lo.tolist(), hi.tolist()):
+        for latent, a, b in zip(wanted.tolist(), lo.tolist(), hi.tolist(), strict=True):
             yield self._record(coder, latent, example[a:b], offset[a:b], act[a:b])
 
-    def _record(self, coder: str, latent: int, example: torch.Tensor, offset: torch.Tensor, act: torch.Tensor) -> LatentRecord:
+    def _record(
+        self, coder: str, latent: int, example: torch.Tensor, offset: torch.Tensor, act: torch.Tensor
+    ) -> LatentRecord:
         cfg = self.cfg
         rng = np.random.default_rng([cfg.records_seed, latent])
         count = len(act)
         top_act = float(act.max()) if count else 0.0
         ids, inverse = torch.unique(example, return_inverse=True)
-        maxima = torch.zeros(len(ids)).scatter_reduce(0, inverse, act, "amax", include_self=False) if count else torch.zeros(0)
+        maxima = (
+            torch.zeros(len(ids)).scatter_reduce(0, inverse, act, "amax", include_self=False)
+            if count
+            else torch.zeros(0)
+        )
         stats = LatentStats(
             count=count,
             frequency=count / max(self.view.num_tokens, 1),
@@ -280,14 +290,18 @@ class RecordBuilder:
                 peak_tokens.append(t)
         candidates: list[int] = []
         for t in peak_tokens:
-            candidates.extend(j for j in self._examples_with_token(t).tolist() if j not in active and j not in candidates)
+            candidates.extend(
+                j for j in self._examples_with_token(t).tolist() if j not in active and j not in candidates
+            )
         if len(candidates) > n:
             candidates = sorted(rng.choice(candidates, size=n, replace=False).tolist())
         return [self._inactive(j) for j in candidates]
 
 
 def select_latents(spec: str, count: torch.Tensor, *, min_count: int, seed: int) -> list[int]:
-    """Latent indices for ``spec``: all, sample:N (among latents firing at least ``min_count`` times), A-B, or A,B,C."""
+    """Latent indices for ``spec``: all, sample:N (among latents firing at least ``min_count``
+    times), A-B, or A,B,C.
+    """
     n = len(count)
     try:
         if spec == "all":
@@ -307,7 +321,9 @@ def select_latents(spec: str, count: torch.Tensor, *, min_count: int, seed: int)
         else:
             chosen = [int(x) for x in spec.split(",") if x.strip()]
     except ValueError:
-        raise InterpError(f"Cannot read latent selection {spec!r}: use all, sample:N (N >= 1), A-B or A,B,C.") from None
+        raise InterpError(
+            f"Cannot read latent selection {spec!r}: use all, sample:N (N >= 1), A-B or A,B,C."
+        ) from None
     if not chosen:
         raise InterpError(f"Latent selection {spec!r} selects no latents (a range A-B needs A <= B).")
     bad = [i for i in chosen if not 0 <= i < n]
@@ -317,7 +333,9 @@ def select_latents(spec: str, count: torch.Tensor, *, min_count: int, seed: int)
 
 
 def logit_lens(model, decoder: torch.Tensor):
-    """``direction -> logits`` (final norm gain, then unembedding) if ``decoder`` writes to the residual stream, else None."""
+    """``direction -> logits`` (final norm gain, then unembedding) if ``decoder`` writes to the
+    residual stream, else None.
+    """
     head = model.get_output_embeddings().weight.detach().float()
     if decoder.shape[-1] != head.shape[1]:
         return None

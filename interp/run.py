@@ -68,25 +68,38 @@ def run_cache(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, progres
     def train_default(folder: Path) -> None:
         run.write_config(cfg)  # every input has loaded: a killed training resumes under this config
         report = train_default_sae(lm, windows.train, windows.heldout, folder, cfg.train)
-        log.info("default SAE: held-out FVU %.3f, %.1f%% of latents never fired on the held-out tokens",
-                 report["heldout_fvu"], 100 * report["heldout_dead_fraction"])
+        log.info(
+            "default SAE: held-out FVU %.3f, %.1f%% of latents never fired on the held-out tokens",
+            report["heldout_fvu"],
+            100 * report["heldout_dead_fraction"],
+        )
 
     with state.main_process_first():  # the default SAE is trained once, by the main process
         coders = open_coders(cfg, lm, run, train_default=train_default if state.is_main_process else None)
     if state.is_main_process:
         run.write_config(cfg)
     build_cache(
-        lm, coders, windows.cache, run.cache_dir, cfg.cache,
-        process_index=state.process_index, num_processes=state.num_processes, progress=progress,
+        lm,
+        coders,
+        windows.cache,
+        run.cache_dir,
+        cfg.cache,
+        process_index=state.process_index,
+        num_processes=state.num_processes,
+        progress=progress,
     )
     state.wait_for_everyone()
     summary = {"coders": {}}
     if state.is_main_process:
         for name, coder in coders.items():
-            stats = finalize_stats(run.coder_cache(name), coder.num_latents, len(windows.cache), cfg.cache.shard_windows)
+            stats = finalize_stats(
+                run.coder_cache(name), coder.num_latents, len(windows.cache), cfg.cache.shard_windows
+            )
             summary["coders"][name] = {**coder.describe(), **stats}
         if train:
-            summary["default_sae"] = load_train_report(run.default_sae_dir(resolve_hookpoint(lm.model, cfg.train.train_hookpoint)))
+            summary["default_sae"] = load_train_report(
+                run.default_sae_dir(resolve_hookpoint(lm.model, cfg.train.train_hookpoint))
+            )
         run.write_summary(summary)
     return Cached(summary, Subject(lm, coders))
 
@@ -108,8 +121,13 @@ def _open_run(cfg: RunConfig, run_dir: Path) -> RunDir:
 
 
 def run_explain(
-    cfg: RunConfig, run_dir: Path, *, subject: Subject | None = None, client: LLMClient | None = None,
-    coders: list[str] | None = None, progress: bool = True,
+    cfg: RunConfig,
+    run_dir: Path,
+    *,
+    subject: Subject | None = None,
+    client: LLMClient | None = None,
+    coders: list[str] | None = None,
+    progress: bool = True,
 ) -> dict:
     """Stage 2-3: build records and explain the selected latents of ``coders`` (default: all), appending to the run.
 
@@ -132,11 +150,18 @@ def run_explain(
     jobs, kept = [], []
     for name, coder in subject.only(coders).items():
         r = cfg.records
-        chosen = select_latents(cfg.explain.latents, run.latent_counts(name), min_count=r.min_examples, seed=r.records_seed)
+        chosen = select_latents(
+            cfg.explain.latents, run.latent_counts(name), min_count=r.min_examples, seed=r.records_seed
+        )
         kept += [done[(name, i)] for i in chosen if (name, i) in done]
         jobs.append((name, coder, [i for i in chosen if cfg.explain.redo or (name, i) not in done]))
     _note_other_models(explainer, model, kept, cfg.explain.redo)
-    bar = tqdm(total=sum(len(todo) for *_, todo in jobs), unit="latent", desc=f"explaining ({explainer})", disable=not progress)
+    bar = tqdm(
+        total=sum(len(todo) for *_, todo in jobs),
+        unit="latent",
+        desc=f"explaining ({explainer})",
+        disable=not progress,
+    )
     start = time.perf_counter()
     now: Counter = Counter()
     failure: str | None = None
@@ -159,12 +184,16 @@ def run_explain(
             f"All {asked} latents sent to the LLM failed ({failure}); they are recorded as failed, and the same "
             "command retries them once the LLM answers."
         )
-    return {"explanations": dict(Counter(str(r.get("status")) for r in run.explanations(explainer))), "explainer": explainer,
-            "failed_now": now["failed"]}
+    return {
+        "explanations": dict(Counter(str(r.get("status")) for r in run.explanations(explainer))),
+        "explainer": explainer,
+        "failed_now": now["failed"],
+    }
 
 
 def _note_other_models(explainer: str, model: str | None, explained: list[dict], redo: bool) -> None:
-    """Say (one line) when chosen latents keep explanations by another LLM than this command's: they are not redone silently."""
+    """Say (one line) when chosen latents keep explanations by another LLM than this command's: they are not redone
+    silently."""
     others = Counter(r.get("model") for r in explained if r.get("model") != model and r.get("status") == "ok")
     if not others or model is None:
         return
@@ -172,12 +201,20 @@ def _note_other_models(explainer: str, model: str | None, explained: list[dict],
     if redo:
         log.info("explaining again with %s the latents that have %s explanations %s", model, explainer, by)
     else:
-        log.warning("%d chosen latents already have %s explanations (%s), kept; to explain them again with %s, add --redo.",
-                    sum(others.values()), explainer, by, model)
+        log.warning(
+            "%d chosen latents already have %s explanations (%s), kept; to explain them again with %s, add --redo.",
+            sum(others.values()),
+            explainer,
+            by,
+            model,
+        )
 
 
-def _intervention_effects(cfg: RunConfig, lm: LoadedModel, coder: SparseCoder, records: list[LatentRecord]) -> list[list[PromptEffect] | None]:
-    """What steering each explainable latent (at the calibrated strength) does to the next token after the steering prompts."""
+def _intervention_effects(
+    cfg: RunConfig, lm: LoadedModel, coder: SparseCoder, records: list[LatentRecord]
+) -> list[list[PromptEffect] | None]:
+    """What steering each explainable latent (at the calibrated strength) does to the next token after the steering
+    prompts."""
     v = cfg.intervene
     prompts = load_steer_prompts(v.steer_prompts, v.num_steer_prompts)
     return [
@@ -193,14 +230,20 @@ def _baseline_explanations(rows: list[dict], seed: int) -> dict[tuple[str, int],
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     shifted = order[1:] + order[:1]
-    return {(rows[i]["coder"], rows[i]["latent"]): rows[j]["explanation"] for i, j in zip(order, shifted)}
+    return {(rows[i]["coder"], rows[i]["latent"]): rows[j]["explanation"] for i, j in zip(order, shifted, strict=True)}
 
 
 def run_score(
-    cfg: RunConfig, run_dir: Path, *, subject: Subject | None = None, client: LLMClient | None = None,
-    coders: list[str] | None = None, progress: bool = True,
+    cfg: RunConfig,
+    run_dir: Path,
+    *,
+    subject: Subject | None = None,
+    client: LLMClient | None = None,
+    coders: list[str] | None = None,
+    progress: bool = True,
 ) -> dict:
-    """Stage 4: score the explanations of ``cfg.explain.explainer`` (and a random baseline) of ``coders`` (default: all).
+    """Stage 4: score the explanations of ``cfg.explain.explainer`` (and a random baseline) of ``coders`` (default:
+    all).
 
     ``cfg`` must agree with the run on what makes it; its score settings are this stage's.
     Resumable: (scorer, coder, latent, explainer, baseline) already scored are skipped, except
@@ -211,7 +254,9 @@ def run_score(
     explainer = cfg.explain.explainer
     explained = run.usable_explanations(explainer)
     if not explained:
-        raise InterpError(f"No usable {explainer!r} explanations in {run.path}: run `interp explain {run.path}` first.")
+        raise InterpError(
+            f"No usable {explainer!r} explanations in {run.path}: run `interp explain {run.path}` first."
+        )
     subject = subject or open_subject(cfg, run)
     lm = subject.lm
     if client is None and needs_llm(cfg.score.scorers):
@@ -219,10 +264,17 @@ def run_score(
     scorers = make_scorers(cfg, client, lm, subject.coders)
     baseline = _baseline_explanations(explained, cfg.records.records_seed) if cfg.score.baseline else {}
     previous = {tuple(r[k] for k in SCORE_KEY): r for r in run.scores()}
-    done = {(key, r["explanation"]) for key, r in previous.items() if not _has_failures(r)}  # a new explanation is rescored
+    done = {
+        (key, r["explanation"]) for key, r in previous.items() if not _has_failures(r)
+    }  # a new explanation is rescored
     chosen = subject.only(coders)
     new_lines: list[dict] = []
-    bar = tqdm(total=sum(r["coder"] in chosen for r in explained) * len(scorers), unit="score", desc="scoring", disable=not progress)
+    bar = tqdm(
+        total=sum(r["coder"] in chosen for r in explained) * len(scorers),
+        unit="score",
+        desc="scoring",
+        disable=not progress,
+    )
     for name in chosen:
         rows = [r for r in explained if r["coder"] == name]
         if not rows:
@@ -232,7 +284,10 @@ def run_score(
             jobs = []
             for r in rows:
                 for is_baseline, text in ((False, r["explanation"]), (True, baseline.get((name, r["latent"])))):
-                    if text is not None and ((scorer.name, name, r["latent"], explainer, is_baseline), text) not in done:
+                    if (
+                        text is not None
+                        and ((scorer.name, name, r["latent"], explainer, is_baseline), text) not in done
+                    ):
                         jobs.append((r["latent"], is_baseline, text))
             step = latents_per_batch(cfg)
             for i in range(0, len(jobs), step):
@@ -240,7 +295,7 @@ def run_score(
                 results = scorer.score([(records[latent], text) for latent, _, text in chunk])
                 new = [
                     ScoreResult(scorer.name, name, latent, explainer, is_baseline, text, metrics, outcomes).to_dict()
-                    for (latent, is_baseline, text), (metrics, outcomes) in zip(chunk, results)
+                    for (latent, is_baseline, text), (metrics, outcomes) in zip(chunk, results, strict=True)
                 ]
                 run.add_scores([r for r in new if previous.get(tuple(r[k] for k in SCORE_KEY)) != r])
                 new_lines += new
@@ -280,8 +335,10 @@ def summarize_run(run_dir: Path, explainer: str | None = None) -> dict:
     summary = summarize_scores(mine)
     if not summary:
         if rows:
-            raise InterpError(f"No scores of the {explainer!r} explainer in {run.path}; it has scores of "
-                              f"{', '.join(scored_explainers(rows))}: pick one with --explainer.")
+            raise InterpError(
+                f"No scores of the {explainer!r} explainer in {run.path}; it has scores of "
+                f"{', '.join(scored_explainers(rows))}: pick one with --explainer."
+            )
         raise InterpError(f"No scores in {run.path}: run `interp score {run.path}` first.")
     plots = run.plots_dir(explainer, own)
     plot_scores(summary, plots)
@@ -291,7 +348,8 @@ def summarize_run(run_dir: Path, explainer: str | None = None) -> dict:
 
 
 def run(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, progress: bool = True) -> dict:
-    """The main job: every stage, in order, into ``run_dir``; the model, the coders and the LLM are each loaded once."""
+    """The main job: every stage, in order, into ``run_dir``; the model, the coders and the LLM are each loaded
+    once."""
     cached = run_cache(cfg, run_dir, overwrite=overwrite, progress=progress)
     directory = RunDir(run_dir)
     client = None

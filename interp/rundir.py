@@ -105,7 +105,8 @@ class RunDir:
         return self.path / "coders" / hookpoint
 
     def plots_dir(self, explainer: str, own: str) -> Path:
-        """``plots/`` for the run's ``own`` explainer, ``plots/<explainer>/`` for another: one explainer's summary never
+        """``plots/`` for the run's ``own`` explainer, ``plots/<explainer>/`` for another: one
+        explainer's summary never
         overwrites another's plots. ``explainer`` must be a known explainer's name: it becomes a folder."""
         if explainer not in EXPLAINERS:
             raise InterpError(f"Unknown explainer {explainer!r}: use one of {', '.join(EXPLAINERS)}.")
@@ -125,7 +126,9 @@ class RunDir:
     def read_config(self) -> RunConfig:
         """The RunConfig that made the run; a clear error when the folder is not a run."""
         if not self.is_run():
-            raise NotARunDirError(not_a_run(str(self.path), f"make one with `interp run --run-dir {self.path}` first."))
+            raise NotARunDirError(
+                not_a_run(str(self.path), f"make one with `interp run --run-dir {self.path}` first.")
+            )
         return read_config_file(self.config_file)
 
     def check(self, cfg: RunConfig) -> None:
@@ -134,18 +137,23 @@ class RunDir:
         problems = fixed_differences(saved, cfg)
         if problems:
             raise RunConfigMismatchError(
-                f"{self.path} was made with {'; '.join(problems)}. These are fixed for a run: leave them out to use the "
+                f"{self.path} was made with {'; '.join(problems)}. "
+                "These are fixed for a run: leave them out to use the "
                 "run's own, or use a new --run-dir (or --overwrite to start this one again)."
             )
 
     def start(self, *, overwrite: bool = False) -> None:
-        """Before a stage writes: with ``overwrite`` the old run is deleted; files a killed writer left half-done go."""
+        """Before a stage writes: with ``overwrite`` the old run is deleted; files a killed writer
+        left half-done go.
+        """
         if overwrite and self.path.exists():
             shutil.rmtree(self.path)
         remove_stale_temps(self.path)
 
     def write_config(self, cfg: RunConfig) -> None:
-        """Save ``cfg`` as the run's config.json once its inputs are known to load (a failed first command leaves none)."""
+        """Save ``cfg`` as the run's config.json once its inputs are known to load (a failed first
+        command leaves none).
+        """
         check_config(cfg)
         write_json_atomic(self.config_file, cfg.to_dict())
 
@@ -158,7 +166,11 @@ class RunDir:
 
     def usable_explanations(self, explainer: str | None = None) -> list[dict]:
         """The latest lines that hold an explanation (status ok), of ``explainer`` alone when given."""
-        return [r for r in self.explanations(explainer) if r.get("status") == "ok" and isinstance(r.get("explanation"), str)]
+        return [
+            r
+            for r in self.explanations(explainer)
+            if r.get("status") == "ok" and isinstance(r.get("explanation"), str)
+        ]
 
     def add_explanations(self, rows: list[dict]) -> None:
         """Append explanation lines (whole lines, synced)."""
@@ -207,7 +219,9 @@ class RunDir:
         return load_stats(self.coder_cache(coder))["count"]
 
     def firing_frequencies(self, coders: set[str]) -> dict[tuple[str, int], float]:
-        """(coder, latent) -> fraction of cached tokens on which the latent fires; coders with no finished cache are left out."""
+        """(coder, latent) -> fraction of cached tokens on which the latent fires; coders with no
+        finished cache are left out.
+        """
         out = {}
         for coder in coders:
             if not is_finished(self.coder_cache(coder)):

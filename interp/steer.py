@@ -37,7 +37,9 @@ MODES: tuple[Mode, ...] = ("add", "clamp", "ablate")
 
 
 class SteeringError(InterpError, ValueError):
-    """An intervention that cannot be made: unknown latent or mode, a strength that breaks the model, a prompt too long."""
+    """An intervention that cannot be made: unknown latent or mode, a strength that breaks the
+    model, a prompt too long.
+    """
 
 
 class Edit(NamedTuple):
@@ -102,7 +104,9 @@ def latent_values(coder: SparseCoder, x: torch.Tensor, latents: torch.Tensor) ->
 
 
 def edit_delta(coder: SparseCoder, x: torch.Tensor, edits: Sequence[Edit]) -> torch.Tensor:
-    """``[tokens, d_out]``: what ``edits`` add to the tensor the coder writes, for inputs ``x`` (``[tokens, d_in]``)."""
+    """``[tokens, d_out]``: what ``edits`` add to the tensor the coder writes, for inputs ``x``
+    (``[tokens, d_in]``).
+    """
     if x.shape[-1] != coder.d_in:
         raise CoderShapeError(
             f"The {coder.kind} coder at {coder.hookpoint} expects width {coder.d_in}, but the model's "
@@ -124,7 +128,9 @@ def _add(base: torch.Tensor, delta: torch.Tensor, edits: Sequence[Edit]) -> torc
     new = base + delta.to(device=base.device, dtype=base.dtype).reshape(base.shape)
     if not torch.isfinite(new).all() and torch.isfinite(base).all():
         values = ", ".join(f"{e.mode} {e.value:g} on latent {e.latent}" for e in edits)
-        raise SteeringError(f"Steering ({values}) overflows the model's {base.dtype} hidden state to NaN/inf; use a smaller strength.")
+        raise SteeringError(
+            f"Steering ({values}) overflows the model's {base.dtype} hidden state to NaN/inf; use a smaller strength."
+        )
     return new
 
 

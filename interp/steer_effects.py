@@ -55,7 +55,9 @@ class TokenChange(NamedTuple):
 
 
 def encode_prompts(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 0) -> list[list[int]]:
-    """Token ids of each prompt; a ``SteeringError`` if one is empty or, with ``max_new_tokens``, too long for the model."""
+    """Token ids of each prompt; a ``SteeringError`` if one is empty or, with ``max_new_tokens``,
+    too long for the model.
+    """
     limit = getattr(lm.model.config, "max_position_embeddings", None)
     out = []
     for prompt in prompts:
@@ -100,7 +102,8 @@ def kl_divergence(steered: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def continue_prompts(lm: LoadedModel, ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """Greedy continuation (new token ids, cut before end-of-sequence) of each prompt, under whatever steering is active.
+    """Greedy continuation (new token ids, cut before end-of-sequence) of each prompt, under
+    whatever steering is active.
 
     Greedy so that a clean and a steered run differ only by the steering. Rows are left-padded;
     ``generate`` counts positions from the attention mask, so a row continues as it would alone.
@@ -111,8 +114,14 @@ def continue_prompts(lm: LoadedModel, ids: list[list[int]], max_new_tokens: int)
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids], device=lm.device)
     stop = lm.eos_ids
     out = lm.model.generate(
-        input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-        pad_token_id=pad, eos_token_id=sorted(stop), return_dict_in_generate=True, output_logits=True,
+        input_ids=input_ids,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=pad,
+        eos_token_id=sorted(stop),
+        return_dict_in_generate=True,
+        output_logits=True,
     )
     _finite(torch.stack(out.logits))
     rows = []
@@ -184,8 +193,15 @@ def calibrate_strength(
             log_s = lo[0] + min(max(t, 0.1), 0.9) * (hi[0] - lo[0])
         else:
             # KL ~ strength^2 while the push is small: aim straight at the target, at most 16x away
-            jump = (log_target - log_kl) / 2 if math.isfinite(log_kl) else (math.log(16) if kl < target_kl else -math.log(16))
-            moved = min(max(log_s + min(max(jump, -math.log(16)), math.log(16)), math.log(MIN_STRENGTH)), math.log(MAX_STRENGTH))
+            jump = (
+                (log_target - log_kl) / 2
+                if math.isfinite(log_kl)
+                else (math.log(16) if kl < target_kl else -math.log(16))
+            )
+            moved = min(
+                max(log_s + min(max(jump, -math.log(16)), math.log(16)), math.log(MIN_STRENGTH)),
+                math.log(MAX_STRENGTH),
+            )
             if moved == log_s:  # already at the edge of the range
                 break
             log_s = moved
@@ -195,7 +211,9 @@ def calibrate_strength(
 # --------------------------------------------------------------------------- what steering does
 
 
-def top_token_changes(next_clean: torch.Tensor, next_steered: torch.Tensor, tokenizer, k: int = 10) -> list[TokenChange]:
+def top_token_changes(
+    next_clean: torch.Tensor, next_steered: torch.Tensor, tokenizer, k: int = 10
+) -> list[TokenChange]:
     """The ``k`` next tokens (of one ``[vocab]`` log-prob pair) whose probability rose most, largest first."""
     clean, steered = next_clean.exp(), next_steered.exp()
     rise = (steered - clean).topk(k)
@@ -221,13 +239,18 @@ def steering_effects(
     clean = next_token_logprobs(lm, ids)
     with steer(lm.model, coder, edits):
         steered = next_token_logprobs(lm, ids)
-    return [PromptEffect(p, top_token_changes(c, s, lm.tokenizer, k)) for p, c, s in zip(prompts, clean, steered)]
+    return [
+        PromptEffect(p, top_token_changes(c, s, lm.tokenizer, k))
+        for p, c, s in zip(prompts, clean, steered, strict=True)
+    ]
 
 
 def latent_effects(
     lm: LoadedModel, coder: SparseCoder, latent: int, prompts: Sequence[str], target_kl: float, k: int = 5
 ) -> tuple[Calibration, list[PromptEffect]]:
-    """Steer ``latent`` (add) at the strength that reaches ``target_kl`` and report the tokens it promotes after each prompt."""
+    """Steer ``latent`` (add) at the strength that reaches ``target_kl`` and report the tokens it
+    promotes after each prompt.
+    """
     cal = calibrate_strength(lm, coder, latent, prompts, target_kl)
     return cal, steering_effects(lm, coder, [Edit(latent, "add", cal.strength)], prompts, k)
 

@@ -37,7 +37,9 @@ class SideBySide(NamedTuple):
 
 
 def pick_coder(coders: Mapping[str, SparseCoder], which: str | None, model: nn.Module) -> tuple[str, SparseCoder]:
-    """The coder named ``which``, or the one at hookpoint ``which`` (for neurons, their MLP module); the only coder when None."""
+    """The coder named ``which``, or the one at hookpoint ``which`` (for neurons, their MLP module);
+    the only coder when None.
+    """
     if which in coders:
         return which, coders[which]
     listing = ", ".join(f"{name} (at {c.hookpoint})" for name, c in coders.items())

@@ -60,19 +60,23 @@ def open_coders(
     _check_widths(lm, [c for c in loaded if c is not None])
     if any(spec.kind == "default" for spec in specs):
         if run is None:
-            raise InterpError("The default SAE lives in a run directory: give the run instead of the coder spec 'default'.")
+            raise InterpError(
+                "The default SAE lives in a run directory: give the run instead of the coder spec 'default'."
+            )
         hookpoint = resolve_hookpoint(lm.model, cfg.train.train_hookpoint)
         folder = run.default_sae_dir(hookpoint)
         if load_train_report(folder) is None:
             if train_default is None:
-                raise InterpError(f"The default SAE of {run.path} is not trained yet: run `interp cache {run.path}` first.")
+                raise InterpError(
+                    f"The default SAE of {run.path} is not trained yet: run `interp cache {run.path}` first."
+                )
             train_default(folder)
         default = load_sparsify(str(folder), hookpoint).to(lm.device)
         default.source = "default"  # not the absolute path: the run directory may move
         _check_widths(lm, [default])
         loaded = [default if c is None else c for c in loaded]
     coders: dict[str, SparseCoder] = {}
-    for spec, coder in zip(specs, loaded):
+    for spec, coder in zip(specs, loaded, strict=True):
         coders[_coder_name(coder, spec, set(coders))] = coder
     return coders
 

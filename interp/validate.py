@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 from .config import RunConfig
 from .corpus import corpus_windows
 from .explain import TokenText
+from .llm import run_client
 from .models import LoadedModel, load_model
 from .records import Example, LatentRecord, LatentStats
-from .llm import run_client
 from .scoring.base import Scorer
 from .scoring.registry import make_scorers, needs_llm
 from .scoring.results import main_metric
@@ -75,15 +75,20 @@ def planted_records(
             for index, tokens, text in examples
             if any(w in words for w in text)
         ]
-        quiet = [Example(tokens, [0.0] * len(tokens), index) for index, tokens, text in examples
-                 if not any(w in words for w in text)]
+        quiet = [
+            Example(tokens, [0.0] * len(tokens), index)
+            for index, tokens, text in examples
+            if not any(w in words for w in text)
+        ]
         if len(fires) < 4:
             continue
         test = rng.sample(fires, min(n_test, len(fires)))
         negatives = rng.sample(quiet, min(n_negatives, len(quiet)))
         count = sum(sum(a > 0 for a in ex.acts) for ex in fires)
         stats = LatentStats(count, count / (len(examples) * example_len), 1.0, 1.0, [0] * 19 + [count], len(fires))
-        record = LatentRecord("planted", latent, "ok", stats, test=test, test_quantiles=[0] * len(test), negatives=negatives)
+        record = LatentRecord(
+            "planted", latent, "ok", stats, test=test, test_quantiles=[0] * len(test), negatives=negatives
+        )
         out.append((record, explanation))
     return out
 
@@ -97,18 +102,22 @@ def validate_scorers(
     for scorer in tqdm(scorers, desc="validating scorers", unit="scorer", disable=not progress):
         metric = main_metric(scorer.name)
         # One call for both, so work shared by a record's two explanations (surprisal's neutral losses) is done once.
-        scored = scorer.score([*planted, *((record, other) for (record, _), other in zip(planted, shuffled))])
+        scored = scorer.score(
+            [*planted, *((record, other) for (record, _), other in zip(planted, shuffled, strict=True))]
+        )
         true, rand = scored[: len(planted)], scored[len(planted) :]
-        pairs = [(t[0].get(metric), r[0].get(metric)) for t, r in zip(true, rand)]
+        pairs = [(t[0].get(metric), r[0].get(metric)) for t, r in zip(true, rand, strict=True)]
         pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-        results.append(PlantedResult(
-            scorer=scorer.name,
-            metric=metric,
-            true_mean=statistics.fmean(a for a, _ in pairs) if pairs else None,
-            random_mean=statistics.fmean(b for _, b in pairs) if pairs else None,
-            wins=sum(a > b for a, b in pairs),
-            latents=len(pairs),
-        ))
+        results.append(
+            PlantedResult(
+                scorer=scorer.name,
+                metric=metric,
+                true_mean=statistics.fmean(a for a, _ in pairs) if pairs else None,
+                random_mean=statistics.fmean(b for _, b in pairs) if pairs else None,
+                wins=sum(a > b for a, b in pairs),
+                latents=len(pairs),
+            )
+        )
     return results
 
 
@@ -120,7 +129,9 @@ def run_validation(cfg: RunConfig, *, lm: LoadedModel | None = None, progress: b
     lm = lm or load_model(cfg.model)
     client = run_client(cfg, lm, None) if needs_llm(cfg.score.scorers) else None
     windows = corpus_windows(cfg.corpus, lm.tokenizer)
-    planted = planted_records(windows, lm.tokenizer, example_len=cfg.records.example_len, seed=cfg.records.records_seed)
+    planted = planted_records(
+        windows, lm.tokenizer, example_len=cfg.records.example_len, seed=cfg.records.records_seed
+    )
     return validate_scorers(make_scorers(cfg, client, lm), planted, progress=progress)
 
 

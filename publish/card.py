@@ -19,7 +19,13 @@ from interp.scoring.results import explainer_rows, scored_explainers, summarize_
 from .dataset import EMBEDDED_ID, FEATURES, SCHEMA_VERSION, SPLIT, RunData, data_file, model_id, rows_per_config
 
 TAGS = ["interpretability", "sparse-autoencoder", "auto-interp", "explanations"]
-SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")]
+SIZES = [
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+]
 
 
 def size_category(rows: int) -> str:
@@ -50,7 +56,9 @@ def card_data(run: RunData, *, license: str = "cc-by-4.0") -> DatasetCardData:
     configs[first]["default"] = True
     MetadataConfigs(configs).to_dataset_card_data(data)
     infos = {
-        name: DatasetInfo(features=FEATURES, config_name=name, splits=SplitDict({SPLIT: SplitInfo(SPLIT, num_examples=n)}))
+        name: DatasetInfo(
+            features=FEATURES, config_name=name, splits=SplitDict({SPLIT: SplitInfo(SPLIT, num_examples=n)})
+        )
         for name, n in counts.items()
     }
     DatasetInfosDict(infos).to_dataset_card_data(data)
@@ -70,23 +78,32 @@ def _scorer_setting(name: str, run: RunData) -> str:
     if base == "surprisal":
         return "the subject model's loss on each text after the explanation, against a neutral prefix; AUROC."
     if base == "intervention":
-        return ("steers the latent until the next-token distribution moves by a target KL, then asks how much more "
-                "likely the explanation is after steered continuations than after clean ones; AUROC.")
+        return (
+            "steers the latent until the next-token distribution moves by a target KL, then asks how much more "
+            "likely the explanation is after steered continuations than after clean ones; AUROC."
+        )
     llm = f"LLM `{cfg.explain.llm_model or cfg.explain.llm}`"
     if base == "simulation":
-        return f"{llm} predicts each token's activation (0-10) from the explanation; correlation with the true activations."
+        return (
+            f"{llm} predicts each token's activation (0-10) from the explanation; "
+            "correlation with the true activations."
+        )
     if base == "intruder":
         how = "log-probs of the answer" if name.endswith("-logprob") else "parsed replies"
         return f"{llm} finds the non-activating text among {cfg.score.texts_per_prompt} ({how}); accuracy."
     if name.endswith("-logprob"):
-        return f"{llm}, log P(\"1\") - log P(\"0\") of the first reply token, one text per forward pass; AUROC."
+        return f'{llm}, log P("1") - log P("0") of the first reply token, one text per forward pass; AUROC.'
     return f"{llm}, {cfg.score.texts_per_prompt} texts per prompt, a parsed list of 0/1; balanced accuracy."
 
 
 def _made_with(run: RunData) -> str:
     cfg = run.config
     model = model_id(cfg.model)
-    note = " (the embedded Q4_1 GGUF build, de-quantized to float32)" if model == EMBEDDED_ID and cfg.model.model == "embedded" else ""
+    note = (
+        " (the embedded Q4_1 GGUF build, de-quantized to float32)"
+        if model == EMBEDDED_ID and cfg.model.model == "embedded"
+        else ""
+    )
     quant = f", {cfg.model.quantization} quantization" if cfg.model.quantization != "none" else ""
     tokens = next(iter(run.stats.values()), {}).get("num_tokens", cfg.corpus.num_tokens)
     corpus = cfg.corpus.corpus + (f" ({cfg.corpus.corpus_config})" if cfg.corpus.corpus_config else "")
@@ -110,8 +127,11 @@ def _made_with(run: RunData) -> str:
         )
     sae = run.summary.get("default_sae")
     if sae:
-        lines += ["", f"The default SAE was trained by the run itself: held-out FVU {sae['heldout_fvu']:.3f}, "
-                      f"{100 * sae['heldout_dead_fraction']:.1f}% dead latents."]
+        lines += [
+            "",
+            f"The default SAE was trained by the run itself: held-out FVU {sae['heldout_fvu']:.3f}, "
+            f"{100 * sae['heldout_dead_fraction']:.1f}% dead latents.",
+        ]
     r = cfg.records
     lines += [
         "",
@@ -133,8 +153,10 @@ def _made_with(run: RunData) -> str:
         lines.append(f"* **Explainer `{name}`**: {by}; {status}.")
     scorers = sorted({row["scorer"] for row in run.scores})
     if scorers:
-        lines.append("* **Scorers** (settings of the run's last `interp score`), each also scoring a random explanation "
-                     "(another latent's) on the same examples:")
+        lines.append(
+            "* **Scorers** (settings of the run's last `interp score`), each also scoring a random explanation "
+            "(another latent's) on the same examples:"
+        )
         lines += [f"  * `{name}`: {_scorer_setting(name, run)}" for name in scorers]
     return "\n".join(lines)
 

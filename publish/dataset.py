@@ -27,8 +27,8 @@ from interp.explain import TokenText
 from interp.models import EMBEDDED, LoadedModel, load_model
 from interp.records import LatentRecord
 from interp.rundir import RunDir
-from interp.subject import open_coders
 from interp.scoring.results import main_metric
+from interp.subject import open_coders
 
 SCHEMA_VERSION = "interp-explanations/1"
 """Name and major version of the row schema below."""
@@ -42,54 +42,72 @@ RECORD_CHUNK = 1024
 """Latents whose records are built per pass over the shards."""
 
 INT_METRICS = ("n", "positives", "negatives", "failed", "groups")
-FLOAT_METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "auroc", "chance", "correlation", "spearman")
+FLOAT_METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "auroc",
+    "chance",
+    "correlation",
+    "spearman",
+)
 """Metrics with a column of their own; any other metric a scorer reports goes to ``other_metrics`` (JSON)."""
 
 _TOKEN = {"token": Value("string"), "token_id": Value("int64"), "logit": Value("float32")}
 _METRICS = {**{k: Value("int64") for k in INT_METRICS}, **{k: Value("float64") for k in FLOAT_METRICS}}
 
-FEATURES = Features({
-    "schema_version": Value("string"),
-    "model": Value("string"),
-    "hookpoint": Value("string"),
-    "coder": Value("string"),
-    "coder_kind": Value("string"),
-    "coder_source": Value("string"),
-    "latent": Value("int64"),
-    "status": Value("string"),
-    "explanation": Value("string"),
-    "explainer": Value("string"),
-    "explanations": List({
-        "explainer": Value("string"),
-        "explanation": Value("string"),
+FEATURES = Features(
+    {
+        "schema_version": Value("string"),
+        "model": Value("string"),
+        "hookpoint": Value("string"),
+        "coder": Value("string"),
+        "coder_kind": Value("string"),
+        "coder_source": Value("string"),
+        "latent": Value("int64"),
         "status": Value("string"),
-        "llm": Value("string"),
-        "note": Value("string"),
-    }),
-    "scores": List({
-        "scorer": Value("string"),
+        "explanation": Value("string"),
         "explainer": Value("string"),
-        "metric": Value("string"),
-        "value": Value("float64"),
-        "baseline_value": Value("float64"),
-        "baseline_explanation": Value("string"),
-        "metrics": _METRICS,
-        "other_metrics": Value("string"),
-    }),
-    "count": Value("int64"),
-    "frequency": Value("float64"),
-    "max_activation": Value("float32"),
-    "mean_activation": Value("float32"),
-    "num_examples": Value("int64"),
-    "top_examples": List({
-        "index": Value("int64"),
-        "tokens": List(Value("string")),
-        "token_ids": List(Value("int32")),
-        "activations": List(Value("float32")),
-    }),
-    "promoted_tokens": List(_TOKEN),
-    "suppressed_tokens": List(_TOKEN),
-})
+        "explanations": List(
+            {
+                "explainer": Value("string"),
+                "explanation": Value("string"),
+                "status": Value("string"),
+                "llm": Value("string"),
+                "note": Value("string"),
+            }
+        ),
+        "scores": List(
+            {
+                "scorer": Value("string"),
+                "explainer": Value("string"),
+                "metric": Value("string"),
+                "value": Value("float64"),
+                "baseline_value": Value("float64"),
+                "baseline_explanation": Value("string"),
+                "metrics": _METRICS,
+                "other_metrics": Value("string"),
+            }
+        ),
+        "count": Value("int64"),
+        "frequency": Value("float64"),
+        "max_activation": Value("float32"),
+        "mean_activation": Value("float32"),
+        "num_examples": Value("int64"),
+        "top_examples": List(
+            {
+                "index": Value("int64"),
+                "tokens": List(Value("string")),
+                "token_ids": List(Value("int32")),
+                "activations": List(Value("float32")),
+            }
+        ),
+        "promoted_tokens": List(_TOKEN),
+        "suppressed_tokens": List(_TOKEN),
+    }
+)
 """The row schema of every config (see the README's "Publishing" section)."""
 
 
@@ -149,26 +167,34 @@ def score_entries(rows: list[dict]) -> list[dict]:
         metric = main_metric(scorer)
         true, base = pair.get(False), pair.get(True)
         metrics, other = _metric_columns(true["metrics"] if true else {})
-        out.append({
-            "scorer": scorer,
-            "explainer": explainer,
-            "metric": metric,
-            "value": true["metrics"].get(metric) if true else None,
-            "baseline_value": base["metrics"].get(metric) if base else None,
-            "baseline_explanation": base["explanation"] if base else None,
-            "metrics": metrics,
-            "other_metrics": other,
-        })
+        out.append(
+            {
+                "scorer": scorer,
+                "explainer": explainer,
+                "metric": metric,
+                "value": true["metrics"].get(metric) if true else None,
+                "baseline_value": base["metrics"].get(metric) if base else None,
+                "baseline_explanation": base["explanation"] if base else None,
+                "metrics": metrics,
+                "other_metrics": other,
+            }
+        )
     return out
 
 
 def _tokens(pairs: list[tuple[int, float]], text: TokenText) -> list[dict]:
     pieces = text([i for i, _ in pairs])
-    return [{"token": p, "token_id": i, "logit": v} for p, (i, v) in zip(pieces, pairs)]
+    return [{"token": p, "token_id": i, "logit": v} for p, (i, v) in zip(pieces, pairs, strict=True)]
 
 
 def latent_row(
-    record: LatentRecord, coder: dict, model: str, explanations: list[dict], scores: list[dict], primary: str, text: TokenText
+    record: LatentRecord,
+    coder: dict,
+    model: str,
+    explanations: list[dict],
+    scores: list[dict],
+    primary: str,
+    text: TokenText,
 ) -> dict:
     """The dataset row of one latent from its record, its explanation lines and its score lines."""
     chosen = next((r for r in explanations if r["explainer"] == primary and r["status"] == "ok"), None)
@@ -184,7 +210,13 @@ def latent_row(
         "explanation": chosen["explanation"] if chosen else None,
         "explainer": primary if chosen else None,
         "explanations": [
-            {"explainer": r["explainer"], "explanation": r["explanation"], "status": r["status"], "llm": r.get("model"), "note": r.get("note")}
+            {
+                "explainer": r["explainer"],
+                "explanation": r["explanation"],
+                "status": r["status"],
+                "llm": r.get("model"),
+                "note": r.get("note"),
+            }
             for r in sorted(explanations, key=lambda r: r["explainer"])
         ],
         "scores": score_entries(scores),
@@ -194,7 +226,8 @@ def latent_row(
         "mean_activation": record.stats.mean,
         "num_examples": record.stats.num_examples,
         "top_examples": [
-            {"index": ex.index, "tokens": text(ex.tokens), "token_ids": ex.tokens, "activations": ex.acts} for ex in record.top
+            {"index": ex.index, "tokens": text(ex.tokens), "token_ids": ex.tokens, "activations": ex.acts}
+            for ex in record.top
         ],
         "promoted_tokens": _tokens(record.promoted, text),
         "suppressed_tokens": _tokens(record.suppressed, text),
@@ -248,9 +281,17 @@ def build_dataset(
         with tqdm(total=len(latents), desc=f"dataset rows ({name})", unit="latent", disable=not progress) as bar:
             for chunk in _chunks(latents, RECORD_CHUNK):
                 for record in builder.build(name, chunk):
-                    rows.append(latent_row(
-                        record, info, model, explanations[record.latent], scores.get(record.latent, []), cfg.explain.explainer, text
-                    ))
+                    rows.append(
+                        latent_row(
+                            record,
+                            info,
+                            model,
+                            explanations[record.latent],
+                            scores.get(record.latent, []),
+                            cfg.explain.explainer,
+                            text,
+                        )
+                    )
                 bar.update(len(chunk))
         tables[name] = Dataset.from_list(rows, features=FEATURES)
     return tables

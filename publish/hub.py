@@ -139,7 +139,10 @@ def ensure_repo(api: HfApi, repo_id: str, *, private: bool = False) -> bool:
 
     is_private = _hub_call(repo_id, api.endpoint, call)
     if private and not is_private:
-        raise PublishError(f"{repo_id} already exists and is public; make it private on the Hub first, or publish to a new repository.")
+        raise PublishError(
+            f"{repo_id} already exists and is public; "
+            "make it private on the Hub first, or publish to a new repository."
+        )
     return is_private
 
 
@@ -158,8 +161,15 @@ def _commit(api: HfApi, folder: Folder, repo_id: str, is_private: bool) -> Publi
     commit, stale = _hub_call(repo_id, api.endpoint, call)
     log.info("published %d rows to %s/datasets/%s (commit %s)", rows, api.endpoint, repo_id, commit.oid)
     return PublishResult(
-        repo_id, f"{api.endpoint}/datasets/{repo_id}", folder.path, folder.rows, commit.commit_url, commit.oid,
-        list(folder.files), stale, is_private,
+        repo_id,
+        f"{api.endpoint}/datasets/{repo_id}",
+        folder.path,
+        folder.rows,
+        commit.commit_url,
+        commit.oid,
+        list(folder.files),
+        stale,
+        is_private,
     )
 
 
@@ -194,7 +204,9 @@ def publish_run(
     endpoint = hub_endpoint(endpoint)
     if dry_run:
         folder = write_folder(run, out_dir, repo_id=repo_id, license=license, lm=lm, progress=progress)
-        return PublishResult(repo_id, f"{endpoint}/datasets/{repo_id}", folder.path, folder.rows, None, None, [], [], None)
+        return PublishResult(
+            repo_id, f"{endpoint}/datasets/{repo_id}", folder.path, folder.rows, None, None, [], [], None
+        )
     api = _api(endpoint, resolve_token(token, token_env))
     is_private = ensure_repo(api, repo_id, private=private)  # a refused token or repo fails before the slow build
     folder = write_folder(run, out_dir, repo_id=repo_id, license=license, lm=lm, progress=progress)

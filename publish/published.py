@@ -39,7 +39,9 @@ def load_folder(folder: str | Path, *, cache_dir: str | None = None) -> dict[str
     if version is None:
         raise PublishError(f"{folder / CARD} has no interp.schema_version: this is not a dataset published by interp.")
     if version != SCHEMA_VERSION:
-        raise PublishError(f"{folder} uses schema {version}; this interp reads {SCHEMA_VERSION}. Upgrade interp to read it.")
+        raise PublishError(
+            f"{folder} uses schema {version}; this interp reads {SCHEMA_VERSION}. Upgrade interp to read it."
+        )
     configs = MetadataConfigs.from_dataset_card_data(card.data)
     return {name: load_dataset(str(folder), name, split=SPLIT, cache_dir=cache_dir) for name in configs}
 
@@ -69,7 +71,9 @@ def _layer(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _imported_row(model: str, hookpoint: str, coder: str, latent: int, text: str | None, scores: dict[str, float | None]) -> dict:
+def _imported_row(
+    model: str, hookpoint: str, coder: str, latent: int, text: str | None, scores: dict[str, float | None]
+) -> dict:
     empty = {k: None for k in (*INT_METRICS, *FLOAT_METRICS)}
     return {
         "schema_version": SCHEMA_VERSION,
@@ -82,14 +86,32 @@ def _imported_row(model: str, hookpoint: str, coder: str, latent: int, text: str
         "status": "ok" if text else None,
         "explanation": text,
         "explainer": IMPORTED_EXPLAINER if text else None,
-        "explanations": [{"explainer": IMPORTED_EXPLAINER, "explanation": text, "status": "ok", "llm": None, "note": None}] if text else [],
+        "explanations": [
+            {"explainer": IMPORTED_EXPLAINER, "explanation": text, "status": "ok", "llm": None, "note": None}
+        ]
+        if text
+        else [],
         "scores": [
-            {"scorer": s, "explainer": IMPORTED_EXPLAINER, "metric": "score", "value": v, "baseline_value": None,
-             "baseline_explanation": None, "metrics": empty, "other_metrics": "{}"}
+            {
+                "scorer": s,
+                "explainer": IMPORTED_EXPLAINER,
+                "metric": "score",
+                "value": v,
+                "baseline_value": None,
+                "baseline_explanation": None,
+                "metrics": empty,
+                "other_metrics": "{}",
+            }
             for s, v in sorted(scores.items())
         ],
-        "count": None, "frequency": None, "max_activation": None, "mean_activation": None, "num_examples": None,
-        "top_examples": [], "promoted_tokens": [], "suppressed_tokens": [],
+        "count": None,
+        "frequency": None,
+        "max_activation": None,
+        "mean_activation": None,
+        "num_examples": None,
+        "top_examples": [],
+        "promoted_tokens": [],
+        "suppressed_tokens": [],
     }
 
 
@@ -108,8 +130,12 @@ def read_eleuther(folder: str | Path) -> dict[str, Dataset]:
         hookpoint = EXPLANATION_FILE.match(path.name).group("hookpoint")
         site = "/".join(rel.parts[:-1])
         units[(site.lower(), _layer(hookpoint))] = {
-            "model": rel.parts[0] if len(rel.parts) > 1 else "", "hookpoint": hookpoint, "coder": site,
-            "config": "_".join([*rel.parts[:-1], hookpoint]), "explanations": _read_map(path, str, "a string"), "scores": {},
+            "model": rel.parts[0] if len(rel.parts) > 1 else "",
+            "hookpoint": hookpoint,
+            "coder": site,
+            "config": "_".join([*rel.parts[:-1], hookpoint]),
+            "explanations": _read_map(path, str, "a string"),
+            "scores": {},
         }
     score_root = folder / SCORES_DIR
     for path in sorted(score_root.rglob("*.json")) if score_root.is_dir() else []:
@@ -118,19 +144,33 @@ def read_eleuther(folder: str | Path) -> dict[str, Dataset]:
             raise PublishError(f"{path}: score files are named <scorer>_layer_<N>.json.")
         rel = path.relative_to(score_root)
         site, layer = "/".join(rel.parts[:-1]), int(m.group("layer"))
-        unit = units.setdefault((site.lower(), layer), {
-            "model": rel.parts[0] if len(rel.parts) > 1 else "", "hookpoint": f"layers.{layer}", "coder": site,
-            "config": "_".join([*rel.parts[:-1], f"layers.{layer}"]), "explanations": {}, "scores": {},
-        })
+        unit = units.setdefault(
+            (site.lower(), layer),
+            {
+                "model": rel.parts[0] if len(rel.parts) > 1 else "",
+                "hookpoint": f"layers.{layer}",
+                "coder": site,
+                "config": "_".join([*rel.parts[:-1], f"layers.{layer}"]),
+                "explanations": {},
+                "scores": {},
+            },
+        )
         unit["scores"][m.group("scorer")] = _read_map(path, (int, float), "a number")
     if not units:
-        raise PublishError(f"{folder} has no *_feature.json explanation files nor {SCORES_DIR}/**/<scorer>_layer_<N>.json score files.")
+        raise PublishError(
+            f"{folder} has no *_feature.json explanation files "
+            f"nor {SCORES_DIR}/**/<scorer>_layer_<N>.json score files."
+        )
     tables = {}
     for unit in sorted(units.values(), key=lambda u: u["config"]):
         latents = sorted(set(unit["explanations"]).union(*unit["scores"].values()))
         rows = [
             _imported_row(
-                unit["model"], unit["hookpoint"], unit["coder"], i, unit["explanations"].get(i),
+                unit["model"],
+                unit["hookpoint"],
+                unit["coder"],
+                i,
+                unit["explanations"].get(i),
                 {s: values[i] for s, values in unit["scores"].items() if i in values},
             )
             for i in latents
@@ -162,10 +202,17 @@ def load_published(
         if str(source).count("/") != 1:
             raise PublishError(f"{source} is neither a folder nor a Hub dataset id (owner/name).")
         try:
-            path = Path(snapshot_download(
-                str(source), repo_type="dataset", revision=revision, endpoint=hub_endpoint(endpoint), token=token,
-                allow_patterns=allow_patterns, cache_dir=cache_dir,
-            ))
+            path = Path(
+                snapshot_download(
+                    str(source),
+                    repo_type="dataset",
+                    revision=revision,
+                    endpoint=hub_endpoint(endpoint),
+                    token=token,
+                    allow_patterns=allow_patterns,
+                    cache_dir=cache_dir,
+                )
+            )
         except (HfHubHTTPError, OfflineModeIsEnabled, EntryNotFoundError, ValueError) as e:
             first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
             raise PublishError(f"Cannot download dataset {source}: {first}") from e
@@ -194,20 +241,30 @@ def compare_published(a: Dataset, b: Dataset) -> list[dict]:
     for row in a:
         other = right.get(_key(row))
         if other is not None:
-            out.append({
-                "hookpoint": row["hookpoint"],
-                "latent": row["latent"],
-                "a": {"explanation": row["explanation"], "scores": _main_scores(row)},
-                "b": {"explanation": other["explanation"], "scores": _main_scores(other)},
-            })
+            out.append(
+                {
+                    "hookpoint": row["hookpoint"],
+                    "latent": row["latent"],
+                    "a": {"explanation": row["explanation"], "scores": _main_scores(row)},
+                    "b": {"explanation": other["explanation"], "scores": _main_scores(other)},
+                }
+            )
     return out
 
 
 def browse_rows(tables: dict[str, Dataset]) -> list[dict]:
-    """One flat dict per latent (config, hookpoint, latent, status, explanation, then one column per scorer), for a table view."""
+    """One flat dict per latent (config, hookpoint, latent, status, explanation, then one column per
+    scorer), for a table view.
+    """
     return [
-        {"config": name, "hookpoint": r["hookpoint"], "latent": r["latent"], "status": r["status"],
-         "explanation": r["explanation"], **_main_scores(r)}
+        {
+            "config": name,
+            "hookpoint": r["hookpoint"],
+            "latent": r["latent"],
+            "status": r["status"],
+            "explanation": r["explanation"],
+            **_main_scores(r),
+        }
         for name, table in tables.items()
         for r in table
     ]

@@ -44,7 +44,9 @@ def run(workspace) -> OpenRun:
 
 def test_configuration_comes_from_the_environment_and_a_space_changes_the_defaults():
     assert config_from_env({}) == AppConfig()
-    cfg = config_from_env({"INTERP_WORKSPACE": "/data", "INTERP_PORT": "8000", "INTERP_BUILD_DEMO": "yes", "INTERP_HOST": "0.0.0.0"})
+    cfg = config_from_env(
+        {"INTERP_WORKSPACE": "/data", "INTERP_PORT": "8000", "INTERP_BUILD_DEMO": "yes", "INTERP_HOST": "0.0.0.0"}
+    )
     assert (cfg.workspace, cfg.port, cfg.build_demo, cfg.host, cfg.env_token) == ("/data", 8000, True, "0.0.0.0", True)
     space = config_from_env({"SPACE_ID": "me/interp", "GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "7861"})
     assert (space.build_demo, space.env_token, space.host, space.port) == (True, False, "0.0.0.0", 7861)
@@ -74,7 +76,9 @@ def test_paths_from_the_page_stay_inside_the_workspace(tmp_path):
             ws.resolve(bad)
     with pytest.raises(WorkspaceError, match="No path given"):
         ws.resolve("  ")
-    with pytest.raises(WorkspaceError, match=r"There is no run directory 'runs/nope' in the workspace.*the runs here are runs/a"):
+    with pytest.raises(
+        WorkspaceError, match=r"There is no run directory 'runs/nope' in the workspace.*the runs here are runs/a"
+    ):
         ws.run_dir("runs/nope")
     with pytest.raises(WorkspaceError, match="'deep' is not a run directory"):
         ws.run_dir("deep")
@@ -108,7 +112,9 @@ def test_the_latent_table_searches_and_sorts_what_the_run_holds(run, workspace):
     for latent, status, text, frequency, auroc in table.rows:
         line = next(r for r in lines if r["latent"] == latent)
         assert (status, text) == (line["status"], line["explanation"]) and frequency == count[latent].item() / 2048
-        assert auroc == next(r["metrics"]["auroc"] for r in run.scores() if r["latent"] == latent and not r["baseline"])
+        assert auroc == next(
+            r["metrics"]["auroc"] for r in run.scores() if r["latent"] == latent and not r["baseline"]
+        )
     by_score = explore.latent_table(run, CODER, sort="score: embedding")
     assert [row[4] for row in by_score.rows] == sorted((row[4] for row in table.rows), reverse=True)
     by_freq = explore.latent_table(run, CODER, sort="frequency")
@@ -133,18 +139,26 @@ def test_a_latent_view_shows_its_record_from_the_cache(run, workspace):
     fired = {}
     for meta, t in iter_shards(workspace / RUN / "cache" / CODER):
         keep = t.latent == latent
-        for tok, act in zip((t.token[keep].long() + meta.first_window * meta.ctx_len).tolist(), t.activation[keep].tolist()):
+        for tok, act in zip(
+            (t.token[keep].long() + meta.first_window * meta.ctx_len).tolist(),
+            t.activation[keep].tolist(),
+            strict=True,
+        ):
             if tokens.flatten()[tok] != bos:
                 fired[tok] = act
     assert record.stats.count == len(fired) and record.stats.max == pytest.approx(max(fired.values()))
     assert sum(record.stats.histogram) == len(fired)
     assert f"latent {latent}" in view.stats and f"fires on {len(fired):,} tokens" in view.stats
     assert view.top.count('class="example"') == len(record.top) and view.top.count('class="tok on"') == sum(
-        sum(a > 0 for a in ex.acts) for ex in record.top)
+        sum(a > 0 for a in ex.acts) for ex in record.top
+    )
     strongest = f'title="{record.top[0].max_act:.4g}"'
     assert strongest in view.top  # hovering the strongest token shows its value
     assert view.quantiles.count('class="example"') == len(record.test)
-    assert len(view.promoted.rows) == run.cfg.records.n_logit_tokens and view.promoted.rows[0][2] >= view.promoted.rows[-1][2]
+    assert (
+        len(view.promoted.rows) == run.cfg.records.n_logit_tokens
+        and view.promoted.rows[0][2] >= view.promoted.rows[-1][2]
+    )
     assert view.explanations.rows[0][:2] == ["tokens", "ok"]
     (scorer, explainer, metric, value, baseline, *_rest) = view.scores.rows[0]
     assert (scorer, explainer, metric) == ("embedding", "tokens", "auroc") and 0 <= value <= 1 and 0 <= baseline <= 1
@@ -164,7 +178,9 @@ def test_test_my_text_finds_the_latents_the_cache_found_on_the_same_tokens(run, 
     for meta, t in iter_shards(workspace / RUN / "cache" / CODER):
         position = t.token.long() + meta.first_window * meta.ctx_len - 3 * 32
         keep = (position >= 1) & (position < 32)
-        for p, latent, act in zip(position[keep].tolist(), t.latent[keep].tolist(), t.activation[keep].tolist()):
+        for p, latent, act in zip(
+            position[keep].tolist(), t.latent[keep].tolist(), t.activation[keep].tolist(), strict=True
+        ):
             cached[(p - 1, latent)] = act
     strongest = max(cached, key=cached.get)
     shown = explore.text_latents(run, CODER, text, latent=strongest[1])
@@ -172,7 +188,9 @@ def test_test_my_text_finds_the_latents_the_cache_found_on_the_same_tokens(run, 
     assert first[0] == strongest[1] and first[1] == pytest.approx(cached[strongest], rel=1e-4, abs=1e-6)
     assert first[2] == sum(1 for (_, latent) in cached if latent == strongest[1])
     acts = [float(a) for a in re.findall(r'data-act="([^"]+)"', shown.highlight)]
-    assert acts == pytest.approx([cached[(p, strongest[1])] for p in range(31) if (p, strongest[1]) in cached], rel=1e-3)
+    assert acts == pytest.approx(
+        [cached[(p, strongest[1])] for p in range(31) if (p, strongest[1]) in cached], rel=1e-3
+    )
     with pytest.raises(InterpError, match="Type some text"):
         explore.text_latents(run, CODER, "")
     with pytest.raises(InterpError, match="limit is 256"):
@@ -192,7 +210,9 @@ def test_explain_one_latent_or_a_selection_with_a_server_and_find_it_in_the_run(
         summary, table = pipeline.explain(run, CODER, "default", llm, "7,9,11", progress=False)
         assert [row[0] for row in table.rows] == [7, 9, 11] and len(srv.requests) == 3  # 7 was done already
         lines = [r for r in read_jsonl(ws / RUN / "explanations.jsonl") if r["explainer"] == "default"]
-        assert sorted(r["latent"] for r in lines) == [7, 9, 11] and {r["explanation"] for r in lines} == {"cats and dogs"}
+        assert sorted(r["latent"] for r in lines) == [7, 9, 11] and {r["explanation"] for r in lines} == {
+            "cats and dogs"
+        }
         assert pipeline.explainers(run) == ["tokens", "default"]
         assert [row[0] for row in explore.latent_table(run, CODER, query="DOGS").rows] == [7, 9, 11]
     finally:
@@ -205,7 +225,9 @@ def test_explain_one_latent_or_a_selection_with_a_server_and_find_it_in_the_run(
     with pytest.raises(WorkspaceError, match="outside the workspace"):
         pipeline.llm_spec(Workspace(ws), "local", model="../../elsewhere")
     assert pipeline.llm_spec(Workspace(ws), "local") == pipeline.LLMChoice("local", None)
-    assert pipeline.llm_spec(Workspace(ws), "local", model="models/tiny-llama").llm == "local:" + str(ws.resolve() / "models/tiny-llama")
+    assert pipeline.llm_spec(Workspace(ws), "local", model="models/tiny-llama").llm == "local:" + str(
+        ws.resolve() / "models/tiny-llama"
+    )
     with pytest.raises(InterpError, match="Latents \\[128\\] do not exist: this coder has 128 latents"):
         pipeline.explain(run, CODER, "tokens", pipeline.LLMChoice("local"), "128", progress=False)
 
@@ -222,7 +244,9 @@ def test_the_owners_key_goes_only_to_the_owners_server(tmp_path, workspace, monk
         for srv, latent in ((owners, "7"), (visitors, "9")):
             llm = pipeline.llm_spec(Workspace(ws), "url", url=srv.base_url, server_model="m", keyed_urls=keyed)
             pipeline.explain(run, CODER, "default", llm, latent, progress=False)
-        anyone = pipeline.llm_spec(Workspace(ws), "url", url=visitors.base_url, server_model="m")  # env_token on: the owner's own machine
+        anyone = pipeline.llm_spec(
+            Workspace(ws), "url", url=visitors.base_url, server_model="m"
+        )  # env_token on: the owner's own machine
         pipeline.explain(run, CODER, "default", anyone, "11", progress=False)
     finally:
         for srv in (owners, visitors):
@@ -236,8 +260,17 @@ def test_a_model_named_in_the_page_never_runs_its_own_code(tmp_path, workspace):
     ws = copy_workspace(workspace, tmp_path)
     evil = ws / "models" / "evil"
     shutil.copytree(ws / "models" / "tiny-llama", evil, ignore=shutil.ignore_patterns("*.safetensors", "config.json"))
-    (evil / "config.json").write_text(json.dumps({"model_type": "evil-llama", "auto_map": {
-        "AutoConfig": "configuration_evil.EvilConfig", "AutoModelForCausalLM": "modeling_evil.EvilModel"}}))
+    (evil / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "evil-llama",
+                "auto_map": {
+                    "AutoConfig": "configuration_evil.EvilConfig",
+                    "AutoModelForCausalLM": "modeling_evil.EvilModel",
+                },
+            }
+        )
+    )
     code = f"open({str(tmp_path / 'ran')!r}, 'w').write('remote code ran')\n"
     (evil / "configuration_evil.py").write_text(code)
     (evil / "modeling_evil.py").write_text(code)
@@ -252,15 +285,22 @@ def test_score_shows_every_examples_outcome_and_the_plots(tmp_path, workspace):
     ws = copy_workspace(workspace, tmp_path)
     (ws / RUN / "scores.jsonl").unlink()  # score again, here
     run = Runs(Workspace(ws)).get(RUN)
-    summary = pipeline.score(run, CODER, "tokens", ["embedding"], "logprob", pipeline.LLMChoice("local"), progress=False)
+    summary = pipeline.score(
+        run, CODER, "tokens", ["embedding"], "logprob", pipeline.LLMChoice("local"), progress=False
+    )
     assert summary.rows[0][:2] == ["embedding", "auroc"] and summary.rows[0][-1] == 4
-    assert {caption for _, caption in pipeline.plots(run, CODER)} >= {f"scores_{CODER}_embedding", f"frequency_{CODER}"}
+    assert {caption for _, caption in pipeline.plots(run, CODER)} >= {
+        f"scores_{CODER}_embedding",
+        f"frequency_{CODER}",
+    }
     latent = explore.latent_table(run, CODER).rows[0][0]
     o = pipeline.outcomes(run, CODER, latent, "embedding", "tokens")
     row = next(r for r in run.scores() if r["latent"] == latent and r["scorer"] == "embedding" and not r["baseline"])
     assert len(o.table.rows) == len(row["examples"]) == o.right + o.wrong
     positives = sum(e["label"] for e in row["examples"])
-    called = [r for r in o.table.rows if (r[0] == "right") == r[3]]  # called positive: right on a positive, wrong on a negative
+    called = [
+        r for r in o.table.rows if (r[0] == "right") == r[3]
+    ]  # called positive: right on a positive, wrong on a negative
     assert len(called) == positives  # ranking scorers call the top P examples positive
     top_score = min(r[5] for r in called)
     assert all(r[5] <= top_score for r in o.table.rows if r not in called)
@@ -272,18 +312,27 @@ def test_score_shows_every_examples_outcome_and_the_plots(tmp_path, workspace):
 
 
 def test_verdicts_use_answers_when_there_are_answers_and_rank_otherwise():
-    answers = [{"label": True, "prediction": True, "score": None}, {"label": False, "prediction": True, "score": None},
-               {"label": True, "prediction": None, "score": None}]
+    answers = [
+        {"label": True, "prediction": True, "score": None},
+        {"label": False, "prediction": True, "score": None},
+        {"label": True, "prediction": None, "score": None},
+    ]
     assert pipeline._verdicts(answers) == [True, False, None]
-    ranked = [{"label": True, "prediction": None, "score": 0.9}, {"label": False, "prediction": None, "score": 0.8},
-              {"label": True, "prediction": None, "score": 0.1}, {"label": False, "prediction": None, "score": 0.0}]
+    ranked = [
+        {"label": True, "prediction": None, "score": 0.9},
+        {"label": False, "prediction": None, "score": 0.8},
+        {"label": True, "prediction": None, "score": 0.1},
+        {"label": False, "prediction": None, "score": 0.0},
+    ]
     assert pipeline._verdicts(ranked) == [True, False, False, True]
 
 
 def test_intervene_is_the_steering_library_side_by_side(run):
     lm, _ = run.model()
     s = intervene.steer_prompt(run, CODER, 5, "The king said", mode="add", strength=3.0, max_new_tokens=6)
-    direct = generate_side_by_side(lm, run.coder(CODER), "The king said", 5, mode="add", strength=3.0, max_new_tokens=6)
+    direct = generate_side_by_side(
+        lm, run.coder(CODER), "The king said", 5, mode="add", strength=3.0, max_new_tokens=6
+    )
     assert (s.result.clean, s.result.steered, s.result.kl) == (direct.clean, direct.steered, direct.kl)
     assert [row[1] for row in s.changes.rows] == [c.token_id for c in direct.top_token_changes]
     assert "add 3" in s.summary and s.result.kl > 0
@@ -308,11 +357,15 @@ def test_the_default_run_is_built_only_when_it_is_not_complete(workspace, tmp_pa
         build_default_run(ws, "../elsewhere", progress=False)
 
 
-def test_publish_previews_and_pushes_with_a_typed_token_that_goes_nowhere_else(tmp_path, workspace, monkeypatch, caplog, capfd):
+def test_publish_previews_and_pushes_with_a_typed_token_that_goes_nowhere_else(
+    tmp_path, workspace, monkeypatch, caplog, capfd
+):
     ws = copy_workspace(workspace, tmp_path)
     run = Runs(Workspace(ws)).get(RUN)
     table, card = publishing.preview_table(run)
-    assert [row[1] for row in table.rows] == sorted(r["latent"] for r in run.explanations()) and "auroc" in table.rows[0][7]
+    assert [row[1] for row in table.rows] == sorted(r["latent"] for r in run.explanations()) and "auroc" in table.rows[
+        0
+    ][7]
     assert card.startswith("---") and "embedding" in card
     caplog.set_level(logging.DEBUG)
     with local_hub(monkeypatch, tmp_path, TOKEN) as hub:
@@ -348,19 +401,37 @@ def test_the_api_serves_every_panel(served, run):
     page, client = served
     assert page.local_url.startswith("http://127.0.0.1:")
     endpoints = set(client.view_api(return_format="dict")["named_endpoints"])
-    assert {"/open_run", "/latents", "/latent", "/test_text", "/explain", "/score", "/outcomes", "/steer", "/preview", "/publish"} <= endpoints
+    assert {
+        "/open_run",
+        "/latents",
+        "/latent",
+        "/test_text",
+        "/explain",
+        "/score",
+        "/outcomes",
+        "/steer",
+        "/preview",
+        "/publish",
+    } <= endpoints
     status, coder, *_ = client.predict(RUN, api_name="/open_run")
     assert f"**{RUN}**" in status and "explanations (tokens): 4 ok" in status and coder["value"] == CODER
     table = client.predict(RUN, CODER, "", "latent", api_name="/latents")
     assert [row[0] for row in table["data"]] == [row[0] for row in explore.latent_table(run, CODER).rows]
     latent = table["data"][0][0]
-    stats, _hist, explanations, scores, top, quantiles, promoted, _suppressed = client.predict(RUN, CODER, latent, api_name="/latent")
+    stats, _hist, explanations, scores, top, quantiles, promoted, _suppressed = client.predict(
+        RUN, CODER, latent, api_name="/latent"
+    )
     view = explore.latent_view(run, CODER, latent)
     assert stats == view.stats and top == view.top and quantiles == view.quantiles
-    assert explanations["data"][0][:3] == view.explanations.rows[0][:3] and promoted["data"][0][1] == view.promoted.rows[0][1]
+    assert (
+        explanations["data"][0][:3] == view.explanations.rows[0][:3]
+        and promoted["data"][0][1] == view.promoted.rows[0][1]
+    )
     highlight, fired = client.predict(RUN, CODER, "To be or not to be", latent, api_name="/test_text")
     assert fired["data"] and 'class="example"' in highlight
-    summary, clean, steered, changes = client.predict(RUN, CODER, latent, "The king said", "add", "strength", 3.0, 6, api_name="/steer")
+    summary, clean, steered, changes = client.predict(
+        RUN, CODER, latent, "The king said", "add", "strength", 3.0, 6, api_name="/steer"
+    )
     direct = intervene.steer_prompt(run, CODER, latent, "The king said", strength=3.0, max_new_tokens=6)
     assert (clean, steered) == (direct.result.clean, direct.result.steered) and "add 3" in summary
     outcome_md, outcomes = client.predict(RUN, CODER, latent, "embedding", "tokens", api_name="/outcomes")
@@ -387,7 +458,9 @@ def test_long_work_is_queued_with_progress_and_browsing_stays_served(served):
     srv.sleep = 4.0
     srv.reply = lambda content: "[EXPLANATION]: slow answers"
     try:
-        job = client.submit(RUN, CODER, 0, "default", "a selection", "20-21", "url", "", srv.base_url, "m", api_name="/explain")
+        job = client.submit(
+            RUN, CODER, 0, "default", "a selection", "20-21", "url", "", srv.base_url, "m", api_name="/explain"
+        )
         deadline = time.time() + 30
         while not srv.requests and time.time() < deadline:
             time.sleep(0.05)
@@ -403,7 +476,10 @@ def test_long_work_is_queued_with_progress_and_browsing_stays_served(served):
             time.sleep(0.1)
         assert ("explaining (default)", 0, 2) in progress  # the library's tqdm bar, shown by Gradio
         status, explained, _ = job.result(timeout=60)
-        assert "done" in status and [row[:3] for row in explained["data"]] == [[20, "ok", "slow answers"], [21, "ok", "slow answers"]]
+        assert "done" in status and [row[:3] for row in explained["data"]] == [
+            [20, "ok", "slow answers"],
+            [21, "ok", "slow answers"],
+        ]
     finally:
         srv.shutdown()
         srv.server_close()
@@ -426,9 +502,16 @@ def test_interp_app_reports_bad_settings_in_one_line(tmp_path, capsys, monkeypat
 
 def test_python_app_py_serves_the_run_on_localhost_with_settings_from_the_environment(workspace, tmp_path):
     port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
-           "INTERP_PORT": str(port), "INTERP_WORKSPACE": str(workspace)}
-    proc = subprocess.Popen([sys.executable, "app.py", RUN], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
+        "INTERP_PORT": str(port),
+        "INTERP_WORKSPACE": str(workspace),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "app.py", RUN], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         lines = []
         for line in proc.stdout:

@@ -36,8 +36,17 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def app(workspace, tmp_path_factory):
     """The app on a copy of the workspace with a planted explanation, a scripted LLM server and a local Hub."""
-    root = shutil.copytree(workspace, tmp_path_factory.mktemp("browser") / "ws", ignore=shutil.ignore_patterns(".gradio"))
-    line = {"coder": CODER, "latent": PLANTED, "explainer": "default", "explanation": INJECTION, "status": "ok", "model": "planted"}
+    root = shutil.copytree(
+        workspace, tmp_path_factory.mktemp("browser") / "ws", ignore=shutil.ignore_patterns(".gradio")
+    )
+    line = {
+        "coder": CODER,
+        "latent": PLANTED,
+        "explainer": "default",
+        "explanation": INJECTION,
+        "status": "ok",
+        "model": "planted",
+    }
     with open(root / RUN / "explanations.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")
     llm = serving()
@@ -161,7 +170,9 @@ def test_every_panel_in_a_browser(app, browser, tmp_path):
     token_box = page.locator("#token input[type=password], #token textarea").first
     token_box.fill(TOKEN)
     page.click("#publish")
-    page.wait_for_function("document.querySelector('#publish-result')?.innerText.includes('Published to')", timeout=WAIT)
+    page.wait_for_function(
+        "document.querySelector('#publish-result')?.innerText.includes('Published to')", timeout=WAIT
+    )
     assert token_box.input_value() == "" and TOKEN not in page.content()
     assert "me/browser-set" in hub.repos and hub.repos["me/browser-set"].head.files
     page.screenshot(path=str(shot), full_page=True)
@@ -177,7 +188,13 @@ def test_every_panel_in_a_browser(app, browser, tmp_path):
     assert page.evaluate("window.__pwned") is None and errors == []
     assert TOKEN.encode() not in b"".join(p.read_bytes() for p in root.rglob("*") if p.is_file())
     assert sorted(p.name for p in tmp_path.glob("*.png")) == [
-        "errors.png", "explain.png", "explore.png", "intervene.png", "publish.png", "score.png"]
+        "errors.png",
+        "explain.png",
+        "explore.png",
+        "intervene.png",
+        "publish.png",
+        "score.png",
+    ]
     page.close()
     if os.environ.get("INTERP_KEEP_SCREENSHOTS"):
         shutil.copytree(tmp_path, os.environ["INTERP_KEEP_SCREENSHOTS"], dirs_exist_ok=True)
@@ -189,7 +206,9 @@ def test_a_missing_default_run_is_explained_and_offered_to_build(app, browser, t
     try:
         page = browser.new_page()
         page.goto(missing.local_url)
-        page.wait_for_function("document.querySelector('#status')?.innerText.includes('Cannot open the run')", timeout=WAIT)
+        page.wait_for_function(
+            "document.querySelector('#status')?.innerText.includes('Cannot open the run')", timeout=WAIT
+        )
         status = page.inner_text("#status")
         assert "There is no run directory 'runs/demo' in the workspace" in status and "runs/small" in status
         assert page.locator("#build").is_visible() and "runs/demo" in page.inner_text("#build")

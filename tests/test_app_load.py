@@ -44,7 +44,7 @@ SECRET = "OUTSIDE-THE-WORKSPACE-7f3a"
 """Written in the run and the file kept outside the workspace: no answer may ever hold it."""
 PLANTED = 100
 """The latent whose explanations are planted markup."""
-LINK = "[click me](javascript:alert(document.cookie)) **bold** <a href=\"javascript:alert(3)\">x</a>"
+LINK = '[click me](javascript:alert(document.cookie)) **bold** <a href="javascript:alert(3)">x</a>'
 """Markdown and HTML links that would run script if rendered."""
 MARKUP_NAME = '<img src=x onerror="alert(4)">[x](javascript:alert(5))'
 """A run folder, a coder folder and an explainer called this must show as text."""
@@ -60,9 +60,32 @@ class App(NamedTuple):
 def _plant(root: Path, outside: Path) -> None:
     """Markup in explanations and names inside the workspace; a run outside it, linked from inside."""
     run = root / RUN
-    lines = [{"coder": CODER, "latent": PLANTED, "explainer": "default", "explanation": INJECTION, "status": "ok", "model": "planted"},
-             {"coder": CODER, "latent": PLANTED + 1, "explainer": "default", "explanation": LINK, "status": "ok", "model": "planted"},
-             {"coder": CODER, "latent": PLANTED + 2, "explainer": MARKUP_NAME, "explanation": "x", "status": "ok", "model": "planted"}]
+    lines = [
+        {
+            "coder": CODER,
+            "latent": PLANTED,
+            "explainer": "default",
+            "explanation": INJECTION,
+            "status": "ok",
+            "model": "planted",
+        },
+        {
+            "coder": CODER,
+            "latent": PLANTED + 1,
+            "explainer": "default",
+            "explanation": LINK,
+            "status": "ok",
+            "model": "planted",
+        },
+        {
+            "coder": CODER,
+            "latent": PLANTED + 2,
+            "explainer": MARKUP_NAME,
+            "explanation": "x",
+            "status": "ok",
+            "model": "planted",
+        },
+    ]
     with open(run / "explanations.jsonl", "a") as f:
         f.writelines(json.dumps(line) + "\n" for line in lines)
     named = shutil.copytree(run, root / "runs" / MARKUP_NAME)
@@ -89,8 +112,12 @@ def app(workspace, tmp_path_factory) -> App:
 
 def _snapshot(*roots: Path) -> dict:
     """Every file under ``roots`` (Gradio's own cache left out) with its size and modification time."""
-    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for root in roots for p in sorted(root.rglob("*"))
-            if p.is_file() and ".gradio" not in p.parts}
+    return {
+        p: (p.stat().st_size, p.stat().st_mtime_ns)
+        for root in roots
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".gradio" not in p.parts
+    }
 
 
 def _refused(client: Client, *args, api: str) -> str:
@@ -200,7 +227,9 @@ def test_many_sessions_at_once_each_get_their_own_answers_and_the_server_stays_u
                 if client is not None:
                     _close(client)
 
-        threads += [threading.Thread(target=session, args=(i,), name=f"load-session-{i}", daemon=True) for i in range(SESSIONS)]
+        threads += [
+            threading.Thread(target=session, args=(i,), name=f"load-session-{i}", daemon=True) for i in range(SESSIONS)
+        ]
         start = time.monotonic()
         for t in threads:
             t.start()
@@ -209,7 +238,10 @@ def test_many_sessions_at_once_each_get_their_own_answers_and_the_server_stays_u
         wall = time.monotonic() - start
         assert not any(t.is_alive() for t in threads), "a session was still running after the time cap"
 
-        expected, lone_seconds = {}, []  # asked afterwards, so the sessions above met a cold app: the model loads under load
+        expected, lone_seconds = (
+            {},
+            [],
+        )  # asked afterwards, so the sessions above met a cold app: the model loads under load
         for call in {c for plan in plans for c in plan}:
             start = time.perf_counter()
             expected[call] = lone.predict(*call.args, api_name=call.api)
@@ -219,18 +251,35 @@ def test_many_sessions_at_once_each_get_their_own_answers_and_the_server_stays_u
         seconds = [s for _, s in latencies] or [float("nan")]
         planned = SESSIONS * ROUNDS * len(plans[0])
         p50, p95 = statistics.median(seconds), _percentile(seconds, 0.95)
-        figures = {"sessions": SESSIONS, "rounds": ROUNDS, "calls_planned": planned, "calls_answered": sum(done),
-                   "errors": len(errors), "answers_differing": len(mismatches), "p50_s": round(p50, 3), "p95_s": round(p95, 3),
-                   "max_s": round(max(seconds), 3), "wall_s": round(wall, 1), "lone_p50_s": round(statistics.median(lone_seconds), 3)}
+        figures = {
+            "sessions": SESSIONS,
+            "rounds": ROUNDS,
+            "calls_planned": planned,
+            "calls_answered": sum(done),
+            "errors": len(errors),
+            "answers_differing": len(mismatches),
+            "p50_s": round(p50, 3),
+            "p95_s": round(p95, 3),
+            "max_s": round(max(seconds), 3),
+            "wall_s": round(wall, 1),
+            "lone_p50_s": round(statistics.median(lone_seconds), 3),
+        }
         request.node.user_properties += [(f"load_{name}", value) for name, value in figures.items()]
         per_api = {api: sorted(s for a, s in latencies if a == api) for api in sorted({a for a, _ in latencies})}
-        print(f"\napp under load: {SESSIONS} sessions x {ROUNDS} rounds x {len(plans[0])} calls = {planned} calls, "
-              f"{sum(done)} answered in {wall:.1f} s ({sum(done) / wall:.1f} calls/s), {len(errors)} errors, "
-              f"{len(mismatches)} answers differing from a lone client's")
-        print(f"  latency p50 {p50:.3f} s, p95 {p95:.3f} s, max {max(seconds):.3f} s; "
-              f"a lone client: p50 {statistics.median(lone_seconds):.3f} s over {len(lone_seconds)} calls")
+        print(
+            f"\napp under load: {SESSIONS} sessions x {ROUNDS} rounds x {len(plans[0])} calls = {planned} calls, "
+            f"{sum(done)} answered in {wall:.1f} s ({sum(done) / wall:.1f} calls/s), {len(errors)} errors, "
+            f"{len(mismatches)} answers differing from a lone client's"
+        )
+        print(
+            f"  latency p50 {p50:.3f} s, p95 {p95:.3f} s, max {max(seconds):.3f} s; "
+            f"a lone client: p50 {statistics.median(lone_seconds):.3f} s over {len(lone_seconds)} calls"
+        )
         for api, values in per_api.items():
-            print(f"  {api:<11} n={len(values):<4} p50 {statistics.median(values):.3f} s  p95 {_percentile(values, 0.95):.3f} s")
+            print(
+                f"  {api:<11} n={len(values):<4} p50 {statistics.median(values):.3f} s  "
+                f"p95 {_percentile(values, 0.95):.3f} s"
+            )
 
         assert errors == [] and mismatches == [], (errors[:5], mismatches[:5])
         assert sum(done) == planned, f"only {sum(done)} of {planned} calls were answered within {CAP_S:.0f} s"
@@ -270,9 +319,14 @@ def test_paths_out_of_the_workspace_are_refused_on_every_field_and_nothing_outsi
     }
     for path, message in refusals.items():
         assert message in _refused(client, path, api="/open_run"), path
-    for api, args in [("/latents", (CODER, "", "latent")), ("/latent", (CODER, 0)), ("/test_text", (CODER, "hello", 0)),
-                      ("/outcomes", (CODER, 0, "embedding", "tokens")), ("/preview", ()),
-                      ("/steer", (CODER, 0, "Hi", "add", "strength", 1.0, 2))]:
+    for api, args in [
+        ("/latents", (CODER, "", "latent")),
+        ("/latent", (CODER, 0)),
+        ("/test_text", (CODER, "hello", 0)),
+        ("/outcomes", (CODER, 0, "embedding", "tokens")),
+        ("/preview", ()),
+        ("/steer", (CODER, 0, "Hi", "add", "strength", 1.0, 2)),
+    ]:
         for path in ("runs/escape", outside_run):
             assert "outside the workspace" in _refused(client, path, *args, api=api), (api, path)
 
@@ -282,14 +336,22 @@ def test_paths_out_of_the_workspace_are_refused_on_every_field_and_nothing_outsi
         assert "outside the workspace" in message, model
     for coder in (f"../../../outside/run/cache/{CODER}", "../../../../nowhere", "/etc"):  # a coder name becomes a path
         message = _refused(client, RUN, coder, 0, "tokens", "a selection", "0", "local", "", "", "", api="/explain")
-        assert "has no finished coder" in message and "stats.safetensors" not in message  # refused before any file is read
+        assert (
+            "has no finished coder" in message and "stats.safetensors" not in message
+        )  # refused before any file is read
         assert "has no coder" in _refused(client, RUN, coder, 0, api="/latent")
         assert "has no coder" in _refused(client, RUN, coder, "", "latent", api="/latents")
 
     files = app.url.rstrip("/") + "/gradio_api/file="  # Gradio's own file route serves the workspace, no more
     assert httpx.get(files + str(app.root / RUN / "config.json")).status_code == 200
-    for path in (app.outside / "secret.txt", app.root / "runs" / "escape" / "config.json", app.root / "models" / "escape" / "secret.txt",
-                 f"{app.root}/../outside/secret.txt", f"{app.root}/runs/..%2f..%2foutside/secret.txt", "/etc/passwd"):
+    for path in (
+        app.outside / "secret.txt",
+        app.root / "runs" / "escape" / "config.json",
+        app.root / "models" / "escape" / "secret.txt",
+        f"{app.root}/../outside/secret.txt",
+        f"{app.root}/runs/..%2f..%2foutside/secret.txt",
+        "/etc/passwd",
+    ):
         answer = httpx.get(files + str(path))
         assert answer.status_code == 403 and SECRET not in answer.text, path
 
@@ -308,33 +370,44 @@ def test_oversized_and_out_of_range_inputs_are_refused_quickly_and_the_server_st
         message = _refused(client, RUN, CODER, "word " * (size // 5), 0, api="/test_text")
         assert f"The text has {size:,} characters; the limit is {MAX_TEXT_CHARS:,}" in message
         assert time.perf_counter() - start < 10.0  # refused before the text is tokenized
-    assert f"the limit is {MAX_QUERY_CHARS}" in _refused(client, RUN, CODER, "cat " * 250_000, "latent", api="/latents")
+    assert f"the limit is {MAX_QUERY_CHARS}" in _refused(
+        client, RUN, CODER, "cat " * 250_000, "latent", api="/latents"
+    )
     message = _refused(client, RUN, CODER, 3, "the " * 250_000, "add", "strength", 1.0, 4, api="/steer")
     assert f"The prompt has 1,000,000 characters; the limit is {MAX_PROMPT_CHARS:,}" in message
 
     huge = 10**30
     assert f"Latent {huge} does not exist" in _refused(client, RUN, CODER, huge, api="/latent")
     assert f"Latent {huge} does not exist" in _refused(client, RUN, CODER, "hello there", huge, api="/test_text")
-    assert f"Latent {huge} does not exist" in _refused(client, RUN, CODER, huge, "Hi", "add", "strength", 1.0, 2, api="/steer")
+    assert f"Latent {huge} does not exist" in _refused(
+        client, RUN, CODER, huge, "Hi", "add", "strength", 1.0, 2, api="/steer"
+    )
     assert "less than minimum value 0" in _refused(client, RUN, CODER, -1, api="/latent")
     assert "less than minimum value 0" in _refused(client, RUN, CODER, "hello there", -7, api="/test_text")
 
     steer = (RUN, CODER, 3, "The king said", "add")
     for value in ("nan", "inf", "-inf"):
         assert "is not a finite number" in _refused(client, *steer, "strength", value, 4, api="/steer"), value
-        assert "The target KL must be a positive number" in _refused(client, *steer, "target KL", value, 4, api="/steer"), value
+        assert "The target KL must be a positive number" in _refused(
+            client, *steer, "target KL", value, 4, api="/steer"
+        ), value
     assert "The target KL must be a positive number" in _refused(client, *steer, "target KL", -1.0, 4, api="/steer")
     assert "'abc' is not a number" in _refused(client, *steer, "strength", "abc", 4, api="/steer")
     assert "greater than maximum value 128" in _refused(client, *steer, "strength", 1.0, 10**9, api="/steer")
-    raw = ('{"data": ["%s", "%s", 3, "The king said", "add", "strength", %s, %s]}')  # JSON's NaN, which no client sends
-    for strength, tokens, message in (("NaN", "4", "is not a finite number"), ("1.0", "NaN", "Ask for 1 to 128 new tokens")):
+    raw = '{"data": ["%s", "%s", 3, "The king said", "add", "strength", %s, %s]}'  # JSON's NaN, which no client sends
+    for strength, tokens, message in (
+        ("NaN", "4", "is not a finite number"),
+        ("1.0", "NaN", "Ask for 1 to 128 new tokens"),
+    ):
         assert message in _raw_error(app.url, "steer", raw % (RUN, CODER, strength, tokens))
 
     explain = (RUN, CODER, 0, "tokens", "a selection")
     start = time.perf_counter()
     assert "do not all exist" in _refused(client, *explain, "0-1000000000000", "local", "", "", "", api="/explain")
     assert time.perf_counter() - start < 10.0  # not a list of a trillion latents
-    assert "Cannot read latent selection" in _refused(client, *explain, "1" * 100_000 + "x", "local", "", "", "", api="/explain")
+    assert "Cannot read latent selection" in _refused(
+        client, *explain, "1" * 100_000 + "x", "local", "", "", "", api="/explain"
+    )
     assert _snapshot(app.root) == before
     assert client.predict(RUN, CODER, "", "latent", api_name="/latents")["data"]
 
@@ -373,14 +446,19 @@ def _live(markdown: str) -> _Tags:
 
 
 def _inert(tags: _Tags) -> bool:
-    return (not tags.tags & {"script", "img", "a", "iframe", "svg"} and not any(a.startswith("on") for a in tags.attributes)
-            and not any("javascript:" in link for link in tags.links))
+    return (
+        not tags.tags & {"script", "img", "a", "iframe", "svg"}
+        and not any(a.startswith("on") for a in tags.attributes)
+        and not any("javascript:" in link for link in tags.links)
+    )
 
 
 def test_markup_in_explanations_names_and_typed_text_comes_back_as_text(app):
     client = Client(app.url, verbose=False)
     tables = [c["props"] for c in client.config["components"] if c["type"] == "dataframe"]
-    assert tables and all(p["datatype"] == "str" for p in tables)  # every table cell is shown as text, never HTML or Markdown
+    assert tables and all(
+        p["datatype"] == "str" for p in tables
+    )  # every table cell is shown as text, never HTML or Markdown
 
     rows = {row[0]: row[2] for row in client.predict(RUN, CODER, "", "latent", api_name="/latents")["data"]}
     assert rows[PLANTED] == INJECTION and rows[PLANTED + 1] == LINK  # the text itself, for a text cell
@@ -390,7 +468,9 @@ def test_markup_in_explanations_names_and_typed_text_comes_back_as_text(app):
 
     highlight, fired = client.predict(RUN, CODER, INJECTION + " " + LINK, None, api_name="/test_text")
     assert _inert(_Tags(highlight)) and "${" not in highlight and "{{" not in highlight
-    assert (INJECTION + " " + LINK) in html.unescape(re.sub(r"<[^>]+>", "", highlight)) and fired["data"]  # shown, as typed
+    assert (INJECTION + " " + LINK) in html.unescape(re.sub(r"<[^>]+>", "", highlight)) and fired[
+        "data"
+    ]  # shown, as typed
 
     status = client.predict(RUN, api_name="/open_run")[0]
     assert _inert(_live(status)) and "explanations (" in status
@@ -399,10 +479,17 @@ def test_markup_in_explanations_names_and_typed_text_comes_back_as_text(app):
     status, coder, *_ = client.predict(named, api_name="/open_run")
     assert _inert(_live(status)) and MARKUP_NAME in coder["choices"][1]  # a choice is a label, shown as text
     shown = re.sub(r"<[^>]+>", "", MarkdownIt("commonmark").render(status))
-    assert html.escape(f"{named}") in shown and html.escape(MARKUP_NAME) in shown  # the run and the coder, named as they are
+    assert (
+        html.escape(f"{named}") in shown and html.escape(MARKUP_NAME) in shown
+    )  # the run and the coder, named as they are
 
-    for message in (_refused(client, MARKUP_NAME, api="/open_run"), _refused(client, RUN, INJECTION, "", "latent", api="/latents"),
-                    _refused(client, RUN, CODER, "", LINK, api="/latents")):
-        assert "<" not in message and "&lt;" in message  # what was typed, quoted in an error Gradio shows as HTML: escaped
+    for message in (
+        _refused(client, MARKUP_NAME, api="/open_run"),
+        _refused(client, RUN, INJECTION, "", "latent", api="/latents"),
+        _refused(client, RUN, CODER, "", LINK, api="/latents"),
+    ):
+        assert (
+            "<" not in message and "&lt;" in message
+        )  # what was typed, quoted in an error Gradio shows as HTML: escaped
     steered = client.predict(RUN, CODER, 3, INJECTION, "add", "strength", 1.0, 3, api_name="/steer")
     assert _inert(_live(steered[0])) and steered[1] is not None  # continuations go to plain text boxes

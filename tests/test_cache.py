@@ -45,14 +45,14 @@ def dense_reference(lm, coder, windows) -> dict[tuple[int, int], float]:
     else:
         dense = acts.clamp_min(0)
     nz = dense.nonzero()
-    return {(int(t), int(l)): float(dense[t, l]) for t, l in nz}
+    return {(int(tok), int(lat)): float(dense[tok, lat]) for tok, lat in nz}
 
 
 def cached(cache_dir: Path, name: str) -> dict[tuple[int, int], float]:
     out = {}
     for meta, t in iter_shards(cache_dir / name):
         base = meta.first_window * meta.ctx_len
-        for tok, lat, act in zip(t.token.tolist(), t.latent.tolist(), t.activation.tolist()):
+        for tok, lat, act in zip(t.token.tolist(), t.latent.tolist(), t.activation.tolist(), strict=True):
             out[(base + tok, lat)] = act
     return out
 
@@ -92,7 +92,7 @@ def test_stats_match_the_triples(tiny_lm, coders, windows, tmp_path):
     summary = finalize_stats(coder_dir, 128, len(windows), CFG.shard_windows)
     stats = load_stats(coder_dir)
     ref = cached(tmp_path, "model.layers.1")
-    lat = torch.tensor([l for _, l in ref])
+    lat = torch.tensor([latent for _, latent in ref])
     act = torch.tensor(list(ref.values()))
     assert torch.equal(stats["count"], torch.bincount(lat, minlength=128))
     assert torch.allclose(stats["max"], torch.zeros(128).scatter_reduce(0, lat, act, "amax"))
@@ -170,7 +170,9 @@ def test_processes_split_shards_and_together_cover_all(tiny_lm, windows, tmp_pat
     sae = random_sae(32, "model.layers.1")
     build_cache(tiny_lm, {"sae": sae}, windows, tmp_path / "one", CFG, progress=False)
     for rank in (1, 0):
-        build_cache(tiny_lm, {"sae": sae}, windows, tmp_path / "two", CFG, process_index=rank, num_processes=2, progress=False)
+        build_cache(
+            tiny_lm, {"sae": sae}, windows, tmp_path / "two", CFG, process_index=rank, num_processes=2, progress=False
+        )
         if rank == 1:
             assert sorted(p.name for p in (tmp_path / "two" / "sae").glob("shard-*.json")) == ["shard-00001.json"]
     assert files(tmp_path / "two") == files(tmp_path / "one")
@@ -192,4 +194,4 @@ def test_shard_files_past_the_last_index_are_ignored_and_left_alone(tiny_lm, win
 
     shard_file(coder_dir, 3).write_bytes(shard_file(coder_dir, 2).read_bytes())  # now a whole, valid shard 3
     got = CacheView.open(tmp_path, "sae").triples(every)
-    assert all(torch.equal(a, b) for a, b in zip(got, want_triples))  # its triples are not read twice
+    assert all(torch.equal(a, b) for a, b in zip(got, want_triples, strict=True))  # its triples are not read twice

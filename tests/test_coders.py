@@ -48,8 +48,8 @@ def activations(lm, *sites: Site) -> list[torch.Tensor]:
 def active_entries(latents: Latents) -> dict[tuple[int, int], float]:
     """``{(token, latent): value}`` for every strictly positive activation; a latent at most once per token."""
     out: dict[tuple[int, int], float] = {}
-    for t, (acts, indices) in enumerate(zip(latents.acts.tolist(), latents.indices.tolist())):
-        for a, i in zip(acts, indices):
+    for t, (acts, indices) in enumerate(zip(latents.acts.tolist(), latents.indices.tolist(), strict=True)):
+        for a, i in zip(acts, indices, strict=True):
             if a > 0:
                 assert (t, i) not in out, f"latent {i} listed twice for token {t}"
                 out[(t, i)] = a
@@ -97,8 +97,12 @@ def reference_acts(w, x, architecture, *, k=None, apply_b_dec_to_input=True) -> 
         ("sparsify:EleutherAI/sae-x", "sparsify", "EleutherAI/sae-x", None),
         ("sparsify:/runs/demo/coders/model.layers.6", "sparsify", "/runs/demo/coders/model.layers.6", None),
         ("saelens:./my sae@model.layers.2", "saelens", "./my sae", "model.layers.2"),
-        ("gemmascope:google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82",
-         "gemmascope", "google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82", None),
+        (
+            "gemmascope:google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82",
+            "gemmascope",
+            "google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82",
+            None,
+        ),
         # the hookpoint is what follows the *last* '@', so a source may contain '@' when a hookpoint is given
         ("saelens:/data/user@host/sae@model.layers.1", "saelens", "/data/user@host/sae", "model.layers.1"),
         # a source may contain ':' (only the first one separates the kind)
@@ -149,8 +153,14 @@ def test_sparsify_sae_encodes_and_reconstructs_exactly_like_sparsify(tiny_lm, tm
     assert coder.site == Site("model.layers.2", "output")
     assert (coder.kind, coder.num_latents, coder.d_in) == ("sparsify", 4 * D_MODEL, D_MODEL)
     assert coder.describe() | {"source": None} == {
-        "kind": "sparsify", "source": None, "hookpoint": "model.layers.2", "reads": "output",
-        "num_latents": 128, "d_in": 32, "k": 8, "transcode": False,
+        "kind": "sparsify",
+        "source": None,
+        "hookpoint": "model.layers.2",
+        "reads": "output",
+        "num_latents": 128,
+        "d_in": 32,
+        "k": 8,
+        "transcode": False,
     }
 
     (x,) = activations(tiny_lm, coder.site)
@@ -170,7 +180,9 @@ def test_sparsify_hookpoint_defaults_to_the_folder_name(tiny_lm, tmp_path):
 
 def test_a_sparsify_folder_named_for_no_module_asks_for_one(tiny_lm, tmp_path):
     random_sparsify().save_to_disk(tmp_path / "my-sae")
-    with pytest.raises(UnknownHookpointError, match=r"\('my-sae' is a guess from its files\): add @MODULE, e\.g\. sparsify:"):
+    with pytest.raises(
+        UnknownHookpointError, match=r"\('my-sae' is a guess from its files\): add @MODULE, e\.g\. sparsify:"
+    ):
         load(f"sparsify:{tmp_path / 'my-sae'}", tiny_lm)
     assert load(f"sparsify:{tmp_path / 'my-sae'}@model.layers.2", tiny_lm).hookpoint == "model.layers.2"
 
@@ -280,21 +292,30 @@ TL_MEANING = {
 """What TransformerLens hooks read, in terms of block 1's residual stream before, between and after."""
 
 
-
 @pytest.mark.parametrize(
     "arch, hook",
     [
-        ("llama", "hook_resid_pre"), ("llama", "hook_resid_post"), ("llama", "hook_attn_out"),
-        ("llama", "hook_mlp_out"), ("llama", "hook_mlp_in"), ("llama", "hook_resid_mid"),
-        ("gemma2", "hook_resid_pre"), ("gemma2", "hook_resid_post"),
+        ("llama", "hook_resid_pre"),
+        ("llama", "hook_resid_post"),
+        ("llama", "hook_attn_out"),
+        ("llama", "hook_mlp_out"),
+        ("llama", "hook_mlp_in"),
+        ("llama", "hook_resid_mid"),
+        ("gemma2", "hook_resid_pre"),
+        ("gemma2", "hook_resid_post"),
         ("gemma2", "hook_attn_out"),
         ("gemma2", "hook_mlp_out"),
-        ("gemma2", "hook_mlp_in"), ("gemma2", "hook_resid_mid"),
+        ("gemma2", "hook_mlp_in"),
+        ("gemma2", "hook_resid_mid"),
     ],
 )
 def test_saelens_coders_read_what_their_transformerlens_hook_read(tiny_lm, tmp_path, arch, hook):
     lm = tiny_lm if arch == "llama" else tiny_gemma2(tiny_lm.tokenizer)
-    pre, mid, post = Site("model.layers.1", "input"), Site(f"model.layers.1.{MLP_NORM[arch]}", "input"), Site("model.layers.1")
+    pre, mid, post = (
+        Site("model.layers.1", "input"),
+        Site(f"model.layers.1.{MLP_NORM[arch]}", "input"),
+        Site("model.layers.1"),
+    )
     write_saelens(tmp_path / "sae", random_dense_weights(torch.ones(1, D_MODEL)), hook_name=f"blocks.1.{hook}")
     coder = load(f"saelens:{tmp_path / 'sae'}", lm)
 
@@ -323,22 +344,33 @@ def test_saelens_unknown_hook_name_needs_an_explicit_hookpoint(tiny_lm, tmp_path
 @pytest.mark.parametrize(
     "cfg_change, message",
     [
-        ({"normalize_activations": "expected_average_only_in"}, r"normalize_activations='expected_average_only_in'.*activation_scaler\.json"),
+        (
+            {"normalize_activations": "expected_average_only_in"},
+            r"normalize_activations='expected_average_only_in'.*activation_scaler\.json",
+        ),
         ({"normalize_activations": True}, r"normalize_activations=True.*activation_scaler\.json"),
         ({"normalize_activations": "layer_norm"}, "normalize_activations='layer_norm'"),
         ({"architecture": "abstopk", "k": 4}, "architecture='abstopk'"),
         ({"architecture": "sparse_pca"}, "architecture='sparse_pca' is not one interp knows"),
         ({"activation_fn_str": "tanh-relu"}, "activation_fn='tanh-relu'"),
-        ({"rescale_acts_by_decoder_norm": True}, r"rescale_acts_by_decoder_norm=True is a TopK option, but architecture='standard'"),
+        (
+            {"rescale_acts_by_decoder_norm": True},
+            r"rescale_acts_by_decoder_norm=True is a TopK option, but architecture='standard'",
+        ),
         ({"reshape_activations": "hook_z"}, r"reshape_activations='hook_z'.*hook_name='blocks\.2\.hook_resid_post'"),
         ({"hook_point_head_index": 2}, "hook_head_index=2"),
         ({"d_sae": 99}, "d_sae=99 but its weights have 128"),
         ({"architecture": "topk"}, "does not say its k"),
         ({"architecture": "jumprelu"}, "no threshold"),
-        ({"architecture": "transcoder", "apply_b_dec_to_input": True}, "apply_b_dec_to_input=True cannot apply to a transcoder"),
+        (
+            {"architecture": "transcoder", "apply_b_dec_to_input": True},
+            "apply_b_dec_to_input=True cannot apply to a transcoder",
+        ),
     ],
 )
-def test_saelens_unsupported_configs_are_one_line_format_errors_naming_the_field(tiny_lm, tmp_path, cfg_change, message):
+def test_saelens_unsupported_configs_are_one_line_format_errors_naming_the_field(
+    tiny_lm, tmp_path, cfg_change, message
+):
     (x,) = activations(tiny_lm, Site("model.layers.2", "output"))
     write_saelens(tmp_path / "sae", random_dense_weights(x))
     cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text()) | cfg_change
@@ -352,7 +384,9 @@ def test_saelens_unsupported_configs_are_one_line_format_errors_naming_the_field
 def test_weights_a_coder_would_not_use_are_refused_not_ignored(tiny_lm, tmp_path, kind):
     (x,) = activations(tiny_lm, Site("model.layers.2", "output"))
     w = random_dense_weights(x, threshold=kind == "gemmascope") | {"W_skip": torch.zeros(D_MODEL, D_MODEL)}
-    folder = (write_saelens if kind == "saelens" else write_gemmascope)(tmp_path / "gemma-scope-2b-pt-res" / "layer_2", w)
+    folder = (write_saelens if kind == "saelens" else write_gemmascope)(
+        tmp_path / "gemma-scope-2b-pt-res" / "layer_2", w
+    )
     with pytest.raises(CoderFormatError, match="holds W_skip, which this coder does not use"):
         load(f"{kind}:{folder}", tiny_lm)
 
@@ -366,16 +400,27 @@ def test_saelens_applies_b_dec_to_the_input_unless_the_config_says_not(tiny_lm, 
     del cfg["apply_b_dec_to_input"]
     (tmp_path / "sae" / "cfg.json").write_text(json.dumps(cfg))
     coder = load(f"saelens:{tmp_path / 'sae'}", tiny_lm)
-    assert active_entries(coder.encode(x)) == pytest.approx(dense_entries(reference_acts(w, x, "standard")), rel=1e-5, abs=1e-6)
+    assert active_entries(coder.encode(x)) == pytest.approx(
+        dense_entries(reference_acts(w, x, "standard")), rel=1e-5, abs=1e-6
+    )
 
 
 def test_saelens_5_configs_name_hooks_and_topk_their_own_way(tiny_lm, tmp_path):
     (x,) = activations(tiny_lm, Site("model.layers.2", "output"))
     w = random_dense_weights(x)
     (tmp_path / "sae").mkdir()
-    cfg = {"d_in": D_MODEL, "d_sae": D_SAE, "hook_point": "blocks.2.hook_resid_pre", "hook_point_head_index": None,
-           "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 5}, "normalize_activations": False,
-           "apply_b_dec_to_input": False, "finetuning_scaling_factor": False, "sae_lens_training_version": "3.5.0"}
+    cfg = {
+        "d_in": D_MODEL,
+        "d_sae": D_SAE,
+        "hook_point": "blocks.2.hook_resid_pre",
+        "hook_point_head_index": None,
+        "activation_fn_str": "topk",
+        "activation_fn_kwargs": {"k": 5},
+        "normalize_activations": False,
+        "apply_b_dec_to_input": False,
+        "finetuning_scaling_factor": False,
+        "sae_lens_training_version": "3.5.0",
+    }
     (tmp_path / "sae" / "cfg.json").write_text(json.dumps(cfg))
     save_file(w | {"scaling_factor": torch.ones(D_SAE)}, tmp_path / "sae" / "sae_weights.safetensors")
 
@@ -424,14 +469,18 @@ def test_gemmascope_guesses_the_layer_from_its_folder_and_encodes_jumprelu(tiny_
 
 def test_gemmascope_explicit_hookpoint_wins_over_the_folder_name(tiny_lm, tmp_path):
     (x,) = activations(tiny_lm, Site("model.layers.2", "output"))
-    folder = write_gemmascope(tmp_path / "layer_2" / "width_16k" / "average_l0_10", random_dense_weights(x, threshold=True))
+    folder = write_gemmascope(
+        tmp_path / "layer_2" / "width_16k" / "average_l0_10", random_dense_weights(x, threshold=True)
+    )
     assert load(f"gemmascope:{folder}@model.layers.1", tiny_lm).site == Site("model.layers.1", "output")
 
 
 def test_gemmascope_mlp_release_reads_the_mlp_output(tiny_lm, tmp_path):
     (x,) = activations(tiny_lm, Site("model.layers.2", "output"))
-    folder = write_gemmascope(tmp_path / "gemma-scope-2b-pt-mlp" / "layer_3" / "width_16k" / "average_l0_10",
-                              random_dense_weights(x, threshold=True))
+    folder = write_gemmascope(
+        tmp_path / "gemma-scope-2b-pt-mlp" / "layer_3" / "width_16k" / "average_l0_10",
+        random_dense_weights(x, threshold=True),
+    )
     assert load(f"gemmascope:{folder}", tiny_lm).site == Site("model.layers.3.mlp", "output")
 
 
@@ -460,8 +509,10 @@ def test_gemmascope_layer_guess_uses_the_folder_nearest_the_file(tiny_lm, tmp_pa
 
 def test_gemmascope_attention_release_reads_the_input_of_the_output_projection(tiny_lm, tmp_path):
     (x,) = activations(tiny_lm, Site("model.layers.2", "output"))
-    folder = write_gemmascope(tmp_path / "gemma-scope-2b-pt-att" / "layer_1" / "width_16k" / "average_l0_10",
-                              random_dense_weights(x, threshold=True))
+    folder = write_gemmascope(
+        tmp_path / "gemma-scope-2b-pt-att" / "layer_1" / "width_16k" / "average_l0_10",
+        random_dense_weights(x, threshold=True),
+    )
     assert load(f"gemmascope:{folder}", tiny_lm).site == Site("model.layers.1.self_attn.o_proj", "input")
 
 
@@ -500,7 +551,7 @@ def test_topk_neurons_keep_exactly_the_k_largest_per_token(tiny_lm):
 
     latents = coder.encode(h)
     assert latents.acts.shape == latents.indices.shape == (len(h), 5)
-    for row, acts, indices in zip(h, latents.acts, latents.indices):
+    for row, acts, indices in zip(h, latents.acts, latents.indices, strict=True):
         assert len(set(indices.tolist())) == 5
         torch.testing.assert_close(acts, row[indices])
         dropped = torch.ones(D_MLP, dtype=torch.bool)
@@ -544,8 +595,12 @@ def test_a_saelens_folder_given_as_sparsify_says_to_use_saelens(tiny_lm, tmp_pat
 
 @pytest.mark.parametrize(
     "spec",
-    ["sparsify:{tmp}/model.layers.2@model.layers.9", "saelens:{tmp}/sae@model.layers.9",
-     "neurons@model.layers.9.mlp", "topk-neurons@model.mlp"],
+    [
+        "sparsify:{tmp}/model.layers.2@model.layers.9",
+        "saelens:{tmp}/sae@model.layers.9",
+        "neurons@model.layers.9.mlp",
+        "topk-neurons@model.mlp",
+    ],
 )
 def test_a_wrong_hookpoint_lists_the_valid_ones(tiny_lm, tmp_path, spec):
     random_sparsify().save_to_disk(tmp_path / "model.layers.2")
@@ -562,7 +617,9 @@ def no_hub(monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["sparsify", "saelens", "gemmascope"])
-@pytest.mark.parametrize("path", ["/no/such/coder", "./no/such/coder", "../no/such", "~/no/such/interp-coder", "nosuchfolder"])
+@pytest.mark.parametrize(
+    "path", ["/no/such/coder", "./no/such/coder", "../no/such", "~/no/such/interp-coder", "nosuchfolder"]
+)
 def test_a_missing_local_path_is_a_format_error_without_touching_the_hub(tiny_lm, no_hub, kind, path):
     with pytest.raises(CoderFormatError, match="not found.*neither a local path nor a Hub repo id"):
         load(f"{kind}:{path}@model.layers.2", tiny_lm)

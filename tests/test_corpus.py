@@ -14,7 +14,7 @@ def test_builtin_corpus_has_shakespeare_and_python_docs():
     docs = builtin_documents()
     assert len(docs) > 500
     assert any("Twelfth Night" in d for d in docs)
-    assert any("for_stmt" in d or "The \"for\" statement" in d for d in docs)
+    assert any("for_stmt" in d or 'The "for" statement' in d for d in docs)
     assert not any("**" in d for d in docs[:200])
 
 

@@ -36,7 +36,11 @@ from safetensors.torch import load_file
 from tests.helpers.openai_server import serving
 from tests.helpers.pipeline import scripted_reply
 
-pytestmark = [pytest.mark.slow, pytest.mark.reliability, pytest.mark.skipif(sys.platform != "linux", reason="forkserver and SIGKILL semantics of Linux")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.reliability,
+    pytest.mark.skipif(sys.platform != "linux", reason="forkserver and SIGKILL semantics of Linux"),
+]
 
 CODER = "model.layers.3.mlp.topk-neurons"
 TIMEOUT = 240.0
@@ -46,11 +50,36 @@ TIMEOUT = 240.0
 def run_args(run_dir: Path, url: str) -> list[str]:
     """A run small enough for seconds per process, with several shards, explain batches and score chunks."""
     return [
-        "run", "--run-dir", str(run_dir), "--quiet",
-        "--num-tokens", "1024", "--ctx-len", "32", "--shard-windows", "4", "--batch-size", "4",
-        "--coders", "topk-neurons@model.layers.3.mlp", "--latents", "sample:6", "--explain-batch", "2", "--concurrency", "2",
-        "--llm", url, "--llm-model", "scripted", "--explainer", "default",
-        "--scorers", "detection", "--score-mode", "generative",
+        "run",
+        "--run-dir",
+        str(run_dir),
+        "--quiet",
+        "--num-tokens",
+        "1024",
+        "--ctx-len",
+        "32",
+        "--shard-windows",
+        "4",
+        "--batch-size",
+        "4",
+        "--coders",
+        "topk-neurons@model.layers.3.mlp",
+        "--latents",
+        "sample:6",
+        "--explain-batch",
+        "2",
+        "--concurrency",
+        "2",
+        "--llm",
+        url,
+        "--llm-model",
+        "scripted",
+        "--explainer",
+        "default",
+        "--scorers",
+        "detection",
+        "--score-mode",
+        "generative",
     ]
 
 
@@ -124,7 +153,9 @@ def writing(folder: str) -> Event:
 
     def event(run_dir: Path, start: dict) -> bool:
         try:
-            return any(e.name.endswith(".tmp") and f"{folder}/{e.name}" not in start for e in os.scandir(run_dir / folder))
+            return any(
+                e.name.endswith(".tmp") and f"{folder}/{e.name}" not in start for e in os.scandir(run_dir / folder)
+            )
         except FileNotFoundError:
             return False
 
@@ -248,7 +279,9 @@ def check_whole(run_dir: Path) -> list[str]:
 
 
 def mid_write(run_dir: Path) -> bool:
-    """Did the process die while writing: a temporary file of an atomic write, or a JSONL file not ending in a newline?"""
+    """Did the process die while writing: a temporary file of an atomic write, or a JSONL file not
+    ending in a newline?
+    """
     torn = any(p.stat().st_size and p.read_bytes()[-1:] != b"\n" for p in run_dir.glob("*.jsonl"))
     return torn or any(run_dir.rglob(".*.tmp"))
 
@@ -296,7 +329,9 @@ def reference(harness, tmp_path_factory):
     return normalised(run_dir), outcome.seconds
 
 
-def kill_chain(harness: Harness, run_dir: Path, kills: list[tuple[str, Event]], *, skip_ahead: bool, real_first: bool = False) -> list[str]:
+def kill_chain(
+    harness: Harness, run_dir: Path, kills: list[tuple[str, Event]], *, skip_ahead: bool, real_first: bool = False
+) -> list[str]:
     """Run, killing at each point in turn (each resume starts where the last kill left off); then finish the run.
 
     With ``skip_ahead``, a process is killed at the first of all the remaining points that it
@@ -313,7 +348,7 @@ def kill_chain(harness: Harness, run_dir: Path, kills: list[tuple[str, Event]], 
         window = remaining if skip_ahead else remaining[:1]
         fired = []
 
-        def event(d: Path, start: dict) -> bool:
+        def event(d: Path, start: dict, window=window, fired=fired) -> bool:
             fired[:] = [i for i, (_, e) in enumerate(window) if e(d, start)][:1]
             return bool(fired)
 
@@ -349,6 +384,9 @@ def test_sigkill_at_random_times_then_resume_equals_an_uninterrupted_run(harness
     times = [rng.uniform(0.1, 0.6) * seconds * 0.75**k for k in range(8)]
     reached = kill_chain(harness, tmp_path / "run", [(f"{t:.2f} s", after(t)) for t in times], skip_ahead=False)
     diffs = differences(want, normalised(tmp_path / "run"))
-    print(f"\nkill points (random times, seed {seed}, reference run {seconds:.1f} s): {len(reached)} reached and passed: {reached}")
+    print(
+        f"\nkill points (random times, seed {seed}, reference run {seconds:.1f} s): "
+        f"{len(reached)} reached and passed: {reached}"
+    )
     assert not diffs, diffs
     assert reached, "no random kill landed before the run finished"

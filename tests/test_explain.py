@@ -5,8 +5,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from interp.explain import (
-    EXPLAINERS, LLM_EXPLAINERS, TokenText, explain_prompt, flag, highlight, parse_explanation, token_list_explanation,
+    EXPLAINERS,
+    LLM_EXPLAINERS,
+    TokenText,
+    explain_prompt,
+    flag,
+    highlight,
+    parse_explanation,
+    token_list_explanation,
 )
+from interp.explain_short import REPLY_START, read_phrase, worked_examples
 from interp.records import Example, LatentRecord, LatentStats
 
 
@@ -19,7 +27,9 @@ def record(tokenizer, texts: list[tuple[str, str]], **extra) -> LatentRecord:
         acts = [3.0 if p.strip() == word else 0.0 for p in pieces]
         assert any(acts), (text, word, pieces)
         train.append(Example(ids, acts, i))
-    stats = LatentStats(count=len(train), frequency=0.01, max=3.0, mean=3.0, histogram=[0] * 20, num_examples=len(train))
+    stats = LatentStats(
+        count=len(train), frequency=0.01, max=3.0, mean=3.0, histogram=[0] * 20, num_examples=len(train)
+    )
     return LatentRecord("sae", 7, "ok", stats, train=train, **extra)
 
 
@@ -28,16 +38,26 @@ def test_highlight_marks_runs_of_active_tokens():
     assert highlight(["a", "b"], [1, 1]) == "<<ab>>"
 
 
-@pytest.mark.parametrize("explainer", LLM_EXPLAINERS)
+@pytest.mark.parametrize("explainer", [e for e in LLM_EXPLAINERS if e != "short"])
 def test_every_llm_explainer_builds_a_chat_prompt_with_marked_examples(explainer, smollm_tokenizer):
     neg = Example(smollm_tokenizer("A dog barked.", add_special_tokens=False)["input_ids"], [0.0] * 4, 9)
-    r = record(smollm_tokenizer, [("The cat sat on the mat.", "cat"), ("My cat is old.", "cat")],
-               hard_negatives=[neg], promoted=[(smollm_tokenizer(" purr", add_special_tokens=False)["input_ids"][0], 2.0)], suppressed=[])
+    r = record(
+        smollm_tokenizer,
+        [("The cat sat on the mat.", "cat"), ("My cat is old.", "cat")],
+        hard_negatives=[neg],
+        promoted=[(smollm_tokenizer(" purr", add_special_tokens=False)["input_ids"][0], 2.0)],
+        suppressed=[],
+    )
     system, user = explain_prompt(r, explainer, TokenText(smollm_tokenizer))
     assert system["role"] == "system" and "[EXPLANATION]:" in system["content"]
     assert "Example 1: The <<cat>> sat on the mat." in user["content"]
     assert "Example 2: My <<cat>> is old." in user["content"]
-    extra = {"activations": "'cat' (10)", "contrastive": "A dog barked.", "logits": "more likely to say: 'p", "default": ""}[explainer]
+    extra = {
+        "activations": "'cat' (10)",
+        "contrastive": "A dog barked.",
+        "logits": "more likely to say: 'p",
+        "default": "",
+    }[explainer]
     assert extra in user["content"]
     assert "${" not in user["content"]
 
@@ -45,11 +65,11 @@ def test_every_llm_explainer_builds_a_chat_prompt_with_marked_examples(explainer
 @pytest.mark.parametrize(
     "reply, want",
     [
-        ("Some thinking.\n[EXPLANATION]: The word \"cat\" and other pets.", 'The word "cat" and other pets.'),
+        ('Some thinking.\n[EXPLANATION]: The word "cat" and other pets.', 'The word "cat" and other pets.'),
         ("[explanation]:  **Mentions of cats**<|im_end|>", "Mentions of cats"),
         ("Explanation: 'kings and queens'\nMore text", "kings and queens"),
         ("References to felines. They include cats.\nMore", "References to felines"),
-        ("The word \"tell\". It detects speech", 'The word "tell"'),
+        ('The word "tell". It detects speech', 'The word "tell"'),
         ("assistant: [EXPLANATION]: <numbers in code>", "numbers in code"),
         ("", None),
         ("[EXPLANATION]:   ", None),
@@ -72,7 +92,10 @@ def test_flag_catches_empty_long_and_echoed_explanations():
     assert flag("123 456") == "no words"
     assert "longer than" in flag("word " * 60)
     assert flag("<your one-sentence explanation>") == "echoes the prompt"
-    assert flag("You are a meticulous AI researcher studying one feature of a language model's neurons.") == "echoes the prompt"
+    assert (
+        flag("You are a meticulous AI researcher studying one feature of a language model's neurons.")
+        == "echoes the prompt"
+    )
     assert flag("Mentions of cats") is None
 
 
@@ -81,3 +104,42 @@ def test_token_list_baseline_needs_no_llm(smollm_tokenizer):
     assert token_list_explanation(r, TokenText(smollm_tokenizer)) == 'The tokens "cat", "dog"'
     assert "tokens" in EXPLAINERS
 
+
+def test_the_short_prompt_gives_counts_short_contexts_worked_turns_and_the_started_reply(smollm_tokenizer):
+    long = "Once upon a time in a land far away there lived a very old cat near the sea shore today."
+    r = record(smollm_tokenizer, [(long, "cat"), ("My cat is old.", "cat"), ("A dog barked.", "dog")])
+    prompt = explain_prompt(r, "short", TokenText(smollm_tokenizer))
+    assert [m["role"] for m in prompt] == ["system"] + ["user", "assistant"] * (len(worked_examples()) + 1)
+    assert prompt[-1]["content"] == REPLY_START
+    question = prompt[-2]["content"]
+    assert "Tokens it fires on: ' cat' (2), ' dog' (1)" in question
+    assert "1. away there lived a very old<<cat>> near the\n" in question.replace(
+        " <<", "<<"
+    )  # six tokens before, two after
+    assert "Once upon" not in question  # a short context, not the whole example
+    assert "2. My<<cat>> is old\n" in question.replace(" <<", "<<")
+    assert "${" not in question
+
+
+@pytest.mark.parametrize(
+    "reply, want",
+    [
+        (' "the sea" and "the sky"\nFires on more', '"the sea" and "the sky"'),
+        (" : 'pay' (10), 'money' (3)", "'pay', 'money'"),
+        (" <<class>> keywords.", "class keywords"),
+        ("Fires on: royal titles", "royal titles"),  # a server that answered afresh
+        (' "sea and sky', '"sea and sky"'),
+        (' the word sea"', "the word sea"),
+        (' : "IL", "', '"IL"'),  # cut after an opening quote
+        ("", None),
+        ("  \n ", None),
+    ],
+)
+def test_a_short_reply_is_read_as_the_phrase_that_continues_fires_on(reply, want):
+    assert read_phrase(reply) == want
+
+
+def test_copying_a_worked_example_is_flagged():
+    copied = worked_examples()[-1][1]
+    assert flag(copied + ".") == "copies a worked example"
+    assert flag("royal titles in the plays") is None

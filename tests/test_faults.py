@@ -43,12 +43,38 @@ pytestmark = pytest.mark.reliability
 
 CODER = "model.layers.1.mlp.topk-neurons"
 TRICKY = [
-    "", " ", "\n\n", "\x00", "<<", ">>", "<<>>", "[EXPLANATION]:", "[EXPLANATION]: ", "Explanation:\n\n",
-    "<|im_end|>", "</s>", "assistant:", "```\n[1, 0]\n```", "[", "]", "[1, 0, 1", "1 0 1 0 1", "👍" * 50,
-    "e\u0301\u0301\u0301", "\u202eevil", "ab\u200bcd", "\ud7ff\ue000", "The token \"<<x>>\"", "$explanation ${x}",
+    "",
+    " ",
+    "\n\n",
+    "\x00",
+    "<<",
+    ">>",
+    "<<>>",
+    "[EXPLANATION]:",
+    "[EXPLANATION]: ",
+    "Explanation:\n\n",
+    "<|im_end|>",
+    "</s>",
+    "assistant:",
+    "```\n[1, 0]\n```",
+    "[",
+    "]",
+    "[1, 0, 1",
+    "1 0 1 0 1",
+    "👍" * 50,
+    "e\u0301\u0301\u0301",
+    "\u202eevil",
+    "ab\u200bcd",
+    "\ud7ff\ue000",
+    'The token "<<x>>"',
+    "$explanation ${x}",
 ]
-"""Replies and texts that have broken parsers before: markers, chat artefacts, half lists, combining marks, RTL overrides."""
-texts = st.one_of(st.sampled_from(TRICKY), st.text(), st.text(alphabet=st.sampled_from(list("[]01,: \n<>\"'*EXPLANATIONexplain"))))
+"""Replies and texts that have broken parsers before: markers, chat artefacts, half lists, combining
+marks, RTL overrides.
+"""
+texts = st.one_of(
+    st.sampled_from(TRICKY), st.text(), st.text(alphabet=st.sampled_from(list("[]01,: \n<>\"'*EXPLANATIONexplain")))
+)
 
 
 # --- LLM replies of any shape -----------------------------------------------------------------
@@ -90,14 +116,41 @@ def llm():
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["choices", "message", "content", "usage", "logprobs", "top_logprobs", "token", "logprob", "text", "type", "prompt_tokens"]) | st.text(max_size=5), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "choices",
+                    "message",
+                    "content",
+                    "usage",
+                    "logprobs",
+                    "top_logprobs",
+                    "token",
+                    "logprob",
+                    "text",
+                    "type",
+                    "prompt_tokens",
+                ]
+            )
+            | st.text(max_size=5),
+            inner,
+            max_size=4,
+        )
+    ),
     max_leaves=12,
 )
 """JSON of any shape, biased towards the field names an OpenAI reply uses, so half-right replies turn up."""
 
 
 def _shaped(content) -> str:
-    return json.dumps({"choices": [{"message": {"role": "assistant", "content": content}, "logprobs": {"content": content}}], "usage": content})
+    return json.dumps(
+        {
+            "choices": [{"message": {"role": "assistant", "content": content}, "logprobs": {"content": content}}],
+            "usage": content,
+        }
+    )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -117,8 +170,20 @@ def test_any_server_reply_is_a_completion_or_a_recorded_failure(llm, body):
 
 
 def test_content_parts_lists_are_joined(llm):
-    llm.body = lambda content: json.dumps({"choices": [{"message": {"content": [{"type": "text", "text": "a "}, {"type": "image"}, {"type": "text", "text": "b"}]}}]})
-    [reply] = OpenAIClient(llm.base_url, "m", max_retries=0).generate([({"role": "user", "content": "hi"},)], GenerationParams())
+    llm.body = lambda content: json.dumps(
+        {
+            "choices": [
+                {
+                    "message": {
+                        "content": [{"type": "text", "text": "a "}, {"type": "image"}, {"type": "text", "text": "b"}]
+                    }
+                }
+            ]
+        }
+    )
+    [reply] = OpenAIClient(llm.base_url, "m", max_retries=0).generate(
+        [({"role": "user", "content": "hi"},)], GenerationParams()
+    )
     assert reply.text == "a b" and reply.error is None
 
 
@@ -201,18 +266,21 @@ def test_the_cli_names_a_hand_edited_config_in_one_line(tmp_path, finished_run, 
     assert "\n" not in err and "corpus.num_tokens must be an integer, not 'many'" in err
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--ctx-len", "0"], "corpus.ctx_len (--ctx-len) must be at least 1"),
-    (["--shard-windows", "0"], "cache.shard_windows (--shard-windows) must be at least 1"),
-    (["--batch-size", "0"], "cache.batch_size (--batch-size) must be at least 1"),
-    (["--explain-batch", "0"], "explain.explain_batch (--explain-batch) must be at least 1"),
-    (["--example-len", "64"], "must not exceed corpus.ctx_len (--ctx-len) (64 > 32)"),
-    (["--n-quantiles", "0"], "records.n_quantiles (--n-quantiles) must be at least 1"),
-    (["--max-retries", "-1"], "explain.max_retries (--max-retries) must be at least 0"),
-    (["--neuron-k", "65"], "k=65 top neurons asked of model.layers.1.mlp, which has 64"),
-    (["--latents", "5-2"], "selects no latents"),
-    (["--latents", "sample:0"], "Cannot read latent selection 'sample:0'"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--ctx-len", "0"], "corpus.ctx_len (--ctx-len) must be at least 1"),
+        (["--shard-windows", "0"], "cache.shard_windows (--shard-windows) must be at least 1"),
+        (["--batch-size", "0"], "cache.batch_size (--batch-size) must be at least 1"),
+        (["--explain-batch", "0"], "explain.explain_batch (--explain-batch) must be at least 1"),
+        (["--example-len", "64"], "must not exceed corpus.ctx_len (--ctx-len) (64 > 32)"),
+        (["--n-quantiles", "0"], "records.n_quantiles (--n-quantiles) must be at least 1"),
+        (["--max-retries", "-1"], "explain.max_retries (--max-retries) must be at least 0"),
+        (["--neuron-k", "65"], "k=65 top neurons asked of model.layers.1.mlp, which has 64"),
+        (["--latents", "5-2"], "selects no latents"),
+        (["--latents", "sample:0"], "Cannot read latent selection 'sample:0'"),
+    ],
+)
 def test_settings_out_of_range_are_refused_in_one_line(tmp_path, tiny_model, llm, capsys, flags, message):
     assert main(tiny_run_args(tmp_path / "run", tiny_model, llm.base_url) + ["--neuron-k", "4"] + flags) == 2
     err = capsys.readouterr().err.strip()
@@ -239,18 +307,30 @@ DAMAGE = {"missing": Path.unlink, "truncated": _truncate, "garbage": _garbage, "
 SHARDS = f"cache/{CODER}"
 RECOVERS, NAMED = "recovers", "named"
 CASES = [
-    ("config.json", "missing", RECOVERS), ("config.json", "truncated", NAMED), ("config.json", "wrong JSON", NAMED),
-    ("cache/tokens.safetensors", "missing", RECOVERS), ("cache/tokens.safetensors", "garbage", RECOVERS),
-    (f"{SHARDS}/coder.json", "missing", RECOVERS), (f"{SHARDS}/coder.json", "garbage", NAMED),
-    (f"{SHARDS}/shard-00001.safetensors", "missing", RECOVERS), (f"{SHARDS}/shard-00001.safetensors", "truncated", RECOVERS),
+    ("config.json", "missing", RECOVERS),
+    ("config.json", "truncated", NAMED),
+    ("config.json", "wrong JSON", NAMED),
+    ("cache/tokens.safetensors", "missing", RECOVERS),
+    ("cache/tokens.safetensors", "garbage", RECOVERS),
+    (f"{SHARDS}/coder.json", "missing", RECOVERS),
+    (f"{SHARDS}/coder.json", "garbage", NAMED),
+    (f"{SHARDS}/shard-00001.safetensors", "missing", RECOVERS),
+    (f"{SHARDS}/shard-00001.safetensors", "truncated", RECOVERS),
     (f"{SHARDS}/shard-00001.safetensors", "garbage", RECOVERS),
-    (f"{SHARDS}/shard-00001.json", "missing", RECOVERS), (f"{SHARDS}/shard-00001.json", "garbage", RECOVERS),
+    (f"{SHARDS}/shard-00001.json", "missing", RECOVERS),
+    (f"{SHARDS}/shard-00001.json", "garbage", RECOVERS),
     (f"{SHARDS}/shard-00001.json", "wrong JSON", RECOVERS),
-    (f"{SHARDS}/stats.safetensors", "garbage", RECOVERS), (f"{SHARDS}/stats.json", "wrong JSON", RECOVERS),
-    ("explanations.jsonl", "missing", RECOVERS), ("explanations.jsonl", "truncated", RECOVERS),
+    (f"{SHARDS}/stats.safetensors", "garbage", RECOVERS),
+    (f"{SHARDS}/stats.json", "wrong JSON", RECOVERS),
+    ("explanations.jsonl", "missing", RECOVERS),
+    ("explanations.jsonl", "truncated", RECOVERS),
     ("explanations.jsonl", "wrong JSON", RECOVERS),
-    ("scores.jsonl", "missing", RECOVERS), ("scores.jsonl", "truncated", RECOVERS), ("scores.jsonl", "garbage", RECOVERS),
-    ("llm_cache.jsonl", "missing", RECOVERS), ("llm_cache.jsonl", "truncated", RECOVERS), ("llm_cache.jsonl", "garbage", NAMED),
+    ("scores.jsonl", "missing", RECOVERS),
+    ("scores.jsonl", "truncated", RECOVERS),
+    ("scores.jsonl", "garbage", RECOVERS),
+    ("llm_cache.jsonl", "missing", RECOVERS),
+    ("llm_cache.jsonl", "truncated", RECOVERS),
+    ("llm_cache.jsonl", "garbage", NAMED),
     ("summary.json", "garbage", RECOVERS),
 ]
 """(file, damage, outcome): the run either rebuilds what it needs and ends as the undamaged run did,
@@ -275,7 +355,9 @@ def outputs(run_dir: Path) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rel, damage, outcome", CASES, ids=[f"{r}-{d}" for r, d, _ in CASES])
-def test_a_damaged_run_directory_recovers_or_names_the_file(tmp_path, finished_run, tiny_model, llm, capsys, rel, damage, outcome):
+def test_a_damaged_run_directory_recovers_or_names_the_file(
+    tmp_path, finished_run, tiny_model, llm, capsys, rel, damage, outcome
+):
     llm.body, llm.reply = None, scripted_reply
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir)
@@ -294,7 +376,12 @@ def test_extra_files_in_a_run_directory_are_left_alone(tmp_path, finished_run, t
     llm.body, llm.reply = None, scripted_reply
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir)
-    extras = {"notes.txt": b"mine", f"{SHARDS}/shard-00099.json": b"{}", "plots/old.png": b"not a png", "cache/junk.bin": b"\0"}
+    extras = {
+        "notes.txt": b"mine",
+        f"{SHARDS}/shard-00099.json": b"{}",
+        "plots/old.png": b"not a png",
+        "cache/junk.bin": b"\0",
+    }
     for rel, data in extras.items():
         (run_dir / rel).write_bytes(data)
     assert main(tiny_run_args(run_dir, tiny_model, llm.base_url) + ["--neuron-k", "4"]) == 0
@@ -372,7 +459,9 @@ def test_temporaries_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
     import sys
 
     host = socket.gethostname()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     files = {
         f".shard-00001.safetensors.{dead}@{host}.abcd1234.tmp": False,  # its writer was killed
         f".summary.json.{os.getpid()}@{host}.abcd1234.tmp": True,  # this process is writing it
@@ -383,7 +472,9 @@ def test_temporaries_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
     (tmp_path / "sub").mkdir()
     for name in files:
         (tmp_path / "sub" / name).write_text("x")
-    killed = tmp_path / "sub" / f".stats.safetensors.{dead}@{host}.ef567890.tmp"  # a folder, as write_atomic makes them
+    killed = (
+        tmp_path / "sub" / f".stats.safetensors.{dead}@{host}.ef567890.tmp"
+    )  # a folder, as write_atomic makes them
     killed.mkdir()
     (killed / ".tmpAb12Cd").write_text("x")  # what safetensors was writing inside it
     live = tmp_path / "sub" / f".tokens.safetensors.{os.getpid()}@{host}.ef567890.tmp"
@@ -433,7 +524,19 @@ def _writes(call: ast.Call, writers: set[str]) -> bool:
 def test_every_library_write_is_atomic_or_an_append():
     """A source audit: each call that writes a file sits inside ``write_atomic`` (or is the JSONL appender)."""
     root = Path(__file__).resolve().parents[1]
-    writers = {"savefig", "write_text", "write_bytes", "save_file", "to_parquet", "save", "save_pretrained", "save_model", "to_csv", "to_json", "dump"}
+    writers = {
+        "savefig",
+        "write_text",
+        "write_bytes",
+        "save_file",
+        "to_parquet",
+        "save",
+        "save_pretrained",
+        "save_model",
+        "to_csv",
+        "to_json",
+        "dump",
+    }
     allowed = {
         "interp/atomic.py": "the atomic writer itself",
         "interp/jsonl.py": "the JSONL appender itself: whole lines, flushed and synced",
@@ -447,7 +550,9 @@ def test_every_library_write_is_atomic_or_an_append():
         tree = ast.parse(path.read_text())
         calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
         inside = {id(n) for call in calls if _name(call) == "write_atomic" for n in ast.walk(call)}
-        found += [f"{rel}:{c.lineno}: {ast.unparse(c)[:90]}" for c in calls if id(c) not in inside and _writes(c, writers)]
+        found += [
+            f"{rel}:{c.lineno}: {ast.unparse(c)[:90]}" for c in calls if id(c) not in inside and _writes(c, writers)
+        ]
     assert not found, "writes outside write_atomic / append_jsonl:\n" + "\n".join(found)
 
 
@@ -455,7 +560,9 @@ def test_every_library_write_is_atomic_or_an_append():
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer with no merges: every UTF-8 byte is a token, so an emoji is 4 tokens that decode to nothing whole."""
+    """A byte-level tokenizer with no merges: every UTF-8 byte is a token, so an emoji is 4 tokens
+    that decode to nothing whole.
+    """
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {"<s>": 0, "</s>": 1, **{ch: i + 2 for i, ch in enumerate(sorted(alphabet))}}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
@@ -479,8 +586,15 @@ def odd_run(tmp_path_factory):
     """A cache over unicode-heavy text with a byte-level tokenizer and a tiny Llama of its vocabulary."""
     tokenizer = byte_tokenizer()
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     lm = LoadedModel(LlamaForCausalLM(cfg).eval().requires_grad_(False), tokenizer, "byte-llama")
     windows = cut_windows(UNICODE_DOCS, tokenizer, ctx_len=64, num_windows=1000, add_bos=True)
     coders = {"n": load_coder(CoderSpec.parse("topk-neurons@model.layers.1.mlp"), lm.model, neuron_k=4)}
@@ -495,12 +609,16 @@ def odd_run(tmp_path_factory):
 def test_a_byte_level_tokenizer_and_unicode_text_go_through_records_prompts_and_scorers(odd_run):
     lm, cache_dir = odd_run
     view = CacheView.open(cache_dir, "n", bos_token_id=lm.tokenizer.bos_token_id)
-    records = [r for r in RecordBuilder(view, RecordsConfig(example_len=16, min_examples=2)).build("n", list(range(64))) if r.status == "ok"]
+    records = [
+        r
+        for r in RecordBuilder(view, RecordsConfig(example_len=16, min_examples=2)).build("n", list(range(64)))
+        if r.status == "ok"
+    ]
     assert len(records) > 10
     text = TokenText(lm.tokenizer)
     assert "\ufffd" in "".join(text(list(range(2, len(lm.tokenizer)))))  # lone bytes of multi-byte characters
     for record in records:
-        for explainer in LLM_EXPLAINERS[:-1]:  # the intervention explainer steers a model: tested in test_intervention
+        for explainer in LLM_EXPLAINERS:  # the intervention explainer steers a model: tested in test_intervention
             prompt = explain_prompt(record, explainer, text)
             assert all(isinstance(m["content"], str) and m["content"] for m in prompt)
         for scorer in (DetectionScorer(None, lm.tokenizer), FuzzingScorer(None, lm.tokenizer)):
@@ -529,13 +647,16 @@ def test_a_very_long_document_without_spaces_is_cut_into_windows(smollm_tokenize
     assert windows.shape == (8, 256) and bool((windows[:, 0] == smollm_tokenizer.bos_token_id).all())
 
 
-@pytest.mark.parametrize("name, data, outcome", [
-    ("bad-utf8.txt", b"caf\xe9 au lait\n" * 100, None),
-    ("bad-utf8.jsonl", b'{"text": "caf\xe9 au lait"}\n' * 100, None),
-    ("numbers.jsonl", b'{"text": 42}\n', "the 'text' field holds 42, not text"),
-    ("list.jsonl", b'[1, 2]\n', "expected a JSON object"),
-    ("empty.txt", b"", "no complete token windows"),
-])
+@pytest.mark.parametrize(
+    "name, data, outcome",
+    [
+        ("bad-utf8.txt", b"caf\xe9 au lait\n" * 100, None),
+        ("bad-utf8.jsonl", b'{"text": "caf\xe9 au lait"}\n' * 100, None),
+        ("numbers.jsonl", b'{"text": 42}\n', "the 'text' field holds 42, not text"),
+        ("list.jsonl", b"[1, 2]\n", "expected a JSON object"),
+        ("empty.txt", b"", "no complete token windows"),
+    ],
+)
 def test_odd_corpus_files_are_read_or_named(smollm_tokenizer, tmp_path, name, data, outcome):
     path = tmp_path / name
     path.write_bytes(data)

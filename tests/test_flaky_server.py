@@ -31,7 +31,9 @@ def user(text: str) -> tuple[dict[str, str], ...]:
 @pytest.mark.parametrize("failure", ["drop", "cut"])
 def test_dropped_and_cut_connections_are_retried(server, failure):
     server.script = [failure, failure]
-    [reply] = OpenAIClient(server.base_url, "m", max_retries=2, backoff=0.01).generate([user("hi")], GenerationParams())
+    [reply] = OpenAIClient(server.base_url, "m", max_retries=2, backoff=0.01).generate(
+        [user("hi")], GenerationParams()
+    )
     assert reply.text == "echo: hi" and reply.error is None and len(server.requests) == 3
 
 
@@ -72,13 +74,24 @@ def config(model_dir, url: str) -> RunConfig:
 
 def client(server, run_dir):
     """A client that gives up fast: 0.2 s per try, 3 tries, through the run's response cache."""
-    return make_client(server.base_url, "scripted", cache_path=run_dir / LLM_CACHE, concurrency=4, timeout=0.2, max_retries=2, backoff=0.01)
+    return make_client(
+        server.base_url,
+        "scripted",
+        cache_path=run_dir / LLM_CACHE,
+        concurrency=4,
+        timeout=0.2,
+        max_retries=2,
+        backoff=0.01,
+    )
 
 
 def latest(path, key, fields=None) -> list[dict]:
     """The latest line per key (``fields`` of it, or all but timing), in a stable order."""
     rows = latest_rows(read_jsonl(path), key)
-    return sorted(({k: v for k, v in r.items() if (k in fields if fields else k != "batch_seconds_per_latent")} for r in rows), key=json.dumps)
+    return sorted(
+        ({k: v for k, v in r.items() if (k in fields if fields else k != "batch_seconds_per_latent")} for r in rows),
+        key=json.dumps,
+    )
 
 
 def test_a_run_against_a_flaky_server_completes_and_resumes_to_the_healthy_result(tmp_path, server, smollm_tokenizer):
@@ -94,7 +107,9 @@ def test_a_run_against_a_flaky_server_completes_and_resumes_to_the_healthy_resul
     run_dir = tmp_path / "run"
     run_cache(cfg, run_dir, progress=False)
     flaky(server, seed=1)
-    run_explain(cfg, run_dir, client=client(server, run_dir), progress=False)  # completes: failures are recorded, not raised
+    run_explain(
+        cfg, run_dir, client=client(server, run_dir), progress=False
+    )  # completes: failures are recorded, not raised
     rows = read_jsonl(run_dir / EXPLANATIONS)
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(rows) == 8 and 0 < len(failed) < 8

@@ -80,19 +80,28 @@ def test_a_module_input_can_be_named_with_a_side(tiny_lm):
     assert coder.site == Site("model.layers.1.self_attn.o_proj", "input")
     torch.testing.assert_close(read(tiny_lm, coder.site), hooked(tiny_lm, "model.layers.1.self_attn.o_proj")["input"])
     # a residual SAE can read an MLP's input or output when told to
-    assert load(f"saelens:{GOLDEN / 'standard'}@layers.1.mlp:input", tiny_lm).site == Site("model.layers.1.mlp", "input")
-    assert load(f"saelens:{GOLDEN / 'standard'}@layers.1.mlp:output", tiny_lm).site == Site("model.layers.1.mlp", "output")
+    assert load(f"saelens:{GOLDEN / 'standard'}@layers.1.mlp:input", tiny_lm).site == Site(
+        "model.layers.1.mlp", "input"
+    )
+    assert load(f"saelens:{GOLDEN / 'standard'}@layers.1.mlp:output", tiny_lm).site == Site(
+        "model.layers.1.mlp", "output"
+    )
 
 
 @pytest.mark.parametrize(
     "hookpoint",
-    ["model.layers.2",  # resid_pre: the same width as the heads, by accident
-     "model.layers.2.self_attn.o_proj:output"],
+    [
+        "model.layers.2",  # resid_pre: the same width as the heads, by accident
+        "model.layers.2.self_attn.o_proj:output",
+    ],
 )
 def test_a_hook_z_coder_off_the_heads_is_refused_though_its_width_matches(tiny_lm, hookpoint):
     with pytest.raises(CoderShapeError, match=r"concatenated attention heads \(hook_z\).*only by accident"):
         load(f"saelens:{GOLDEN / 'hook_z'}@{hookpoint}", tiny_lm)
-    assert site_widths(tiny_lm.model, [Site("model.layers.2", "input")], "cpu")[Site("model.layers.2", "input")] == D_MODEL
+    assert (
+        site_widths(tiny_lm.model, [Site("model.layers.2", "input")], "cpu")[Site("model.layers.2", "input")]
+        == D_MODEL
+    )
 
 
 def test_a_residual_coder_on_the_heads_is_refused_though_its_width_matches(tiny_lm):
@@ -122,8 +131,10 @@ def test_resid_mid_and_mlp_in_are_one_tensor_the_residual_stream_between_attenti
 
 
 def test_a_gemma_scope_transcoder_path_reads_the_mlp_input_and_writes_its_output(tiny_lm, tmp_path, caplog):
-    folder = write_gemmascope(tmp_path / "gemma-scope-2b-pt-transcoders" / "layer_1" / "width_16k" / "average_l0_10",
-                              random_dense_weights(torch.ones(1, D_MODEL), threshold=True))
+    folder = write_gemmascope(
+        tmp_path / "gemma-scope-2b-pt-transcoders" / "layer_1" / "width_16k" / "average_l0_10",
+        random_dense_weights(torch.ones(1, D_MODEL), threshold=True),
+    )
     with caplog.at_level(logging.INFO, logger="interp.coders.dense"):
         coder = load(f"gemmascope:{folder}", tiny_lm)
     assert coder.site == Site("model.layers.1.mlp", "input")
@@ -140,20 +151,26 @@ def test_a_gemma_scope_transcoder_path_reads_the_mlp_input_and_writes_its_output
     clean = hooked(tiny_lm, "model.layers.2")["input"]
     with steer(tiny_lm.model, coder, [Edit(7, "add", 2.0)]):
         steered = hooked(tiny_lm, "model.layers.2")["input"]
-    torch.testing.assert_close(steered - clean, (2.0 * coder.decoder_weight()[7]).expand_as(clean), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        steered - clean, (2.0 * coder.decoder_weight()[7]).expand_as(clean), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_a_gemma_scope_transcoder_refuses_to_read_an_output(tiny_lm, tmp_path):
-    folder = write_gemmascope(tmp_path / "gemma-scope-2b-pt-transcoders" / "layer_1" / "width_16k" / "average_l0_10",
-                              random_dense_weights(torch.ones(1, D_MODEL), threshold=True))
+    folder = write_gemmascope(
+        tmp_path / "gemma-scope-2b-pt-transcoders" / "layer_1" / "width_16k" / "average_l0_10",
+        random_dense_weights(torch.ones(1, D_MODEL), threshold=True),
+    )
     assert load(f"gemmascope:{folder}@model.layers.2.mlp", tiny_lm).site == Site("model.layers.2.mlp", "input")
     with pytest.raises(CoderFormatError, match="reads its module's input and writes its output; drop ':output'"):
         load(f"gemmascope:{folder}@model.layers.2.mlp:output", tiny_lm)
 
 
 def test_a_path_without_a_release_is_guessed_residual_and_says_so(tiny_lm, tmp_path, caplog):
-    folder = write_gemmascope(tmp_path / "saes" / "layer_2" / "width_16k" / "average_l0_10",
-                              random_dense_weights(torch.ones(1, D_MODEL), threshold=True))
+    folder = write_gemmascope(
+        tmp_path / "saes" / "layer_2" / "width_16k" / "average_l0_10",
+        random_dense_weights(torch.ones(1, D_MODEL), threshold=True),
+    )
     with caplog.at_level(logging.INFO, logger="interp.coders.dense"):
         assert load(f"gemmascope:{folder}", tiny_lm).site == Site("model.layers.2", "output")
     (line,) = [r.getMessage() for r in caplog.records]
@@ -161,15 +178,21 @@ def test_a_path_without_a_release_is_guessed_residual_and_says_so(tiny_lm, tmp_p
 
 
 def test_an_unknown_gemma_scope_release_is_not_guessed(tiny_lm, tmp_path):
-    folder = write_gemmascope(tmp_path / "gemma-scope-2b-pt-embeddings" / "layer_2" / "width_16k" / "average_l0_10",
-                              random_dense_weights(torch.ones(1, D_MODEL), threshold=True))
-    with pytest.raises(CoderFormatError, match=r"Cannot tell what Gemma Scope release 'gemma-scope-2b-pt-embeddings' reads"):
+    folder = write_gemmascope(
+        tmp_path / "gemma-scope-2b-pt-embeddings" / "layer_2" / "width_16k" / "average_l0_10",
+        random_dense_weights(torch.ones(1, D_MODEL), threshold=True),
+    )
+    with pytest.raises(
+        CoderFormatError, match=r"Cannot tell what Gemma Scope release 'gemma-scope-2b-pt-embeddings' reads"
+    ):
         load(f"gemmascope:{folder}", tiny_lm)
 
 
 def test_a_gemma_scope_attention_coder_must_read_the_heads(tiny_lm, tmp_path):
-    folder = write_gemmascope(tmp_path / "gemma-scope-2b-pt-att" / "layer_1" / "width_16k" / "average_l0_10",
-                              random_dense_weights(torch.ones(1, D_MODEL), threshold=True))
+    folder = write_gemmascope(
+        tmp_path / "gemma-scope-2b-pt-att" / "layer_1" / "width_16k" / "average_l0_10",
+        random_dense_weights(torch.ones(1, D_MODEL), threshold=True),
+    )
     with pytest.raises(CoderShapeError, match="only by accident"):
         load(f"gemmascope:{folder}@model.layers.1", tiny_lm)
 
@@ -180,12 +203,32 @@ def test_a_gemma_scope_attention_coder_must_read_the_heads(tiny_lm, tmp_path):
 @pytest.mark.parametrize(
     "spec, error, message",
     [
-        ("saelens:{golden}/standard@model.layers.2:inptu", UnknownHookpointError, r"is not MODULE, MODULE:input or MODULE:output"),
-        ("saelens:{golden}/standard@model.layers.9:input", UnknownHookpointError, r"Valid hookpoints: .*model\.layers\.\{0\.\.3\}\.mlp"),
-        ("saelens:{golden}/standard@blocks.2.attn.hook_pattern", UnknownHookpointError,
-         r"'blocks\.2\.attn\.hook_pattern' is no Hugging Face module's input or output; supported: blocks\.N\.\{hook_resid_pre, .*attn\.hook_z"),
-        ("saelens:{golden}/standard@blocks.9.hook_resid_post", UnknownHookpointError, r"names layer 9, but the model has 4 \(0-3\)"),
-        ("saelens:{golden}/standard@blocks.2.hook_resid_pre:output", CoderFormatError, r"already says what it reads; drop ':output'"),
+        (
+            "saelens:{golden}/standard@model.layers.2:inptu",
+            UnknownHookpointError,
+            r"is not MODULE, MODULE:input or MODULE:output",
+        ),
+        (
+            "saelens:{golden}/standard@model.layers.9:input",
+            UnknownHookpointError,
+            r"Valid hookpoints: .*model\.layers\.\{0\.\.3\}\.mlp",
+        ),
+        (
+            "saelens:{golden}/standard@blocks.2.attn.hook_pattern",
+            UnknownHookpointError,
+            r"'blocks\.2\.attn\.hook_pattern' is no Hugging Face module's input or output; "
+            r"supported: blocks\.N\.\{hook_resid_pre, .*attn\.hook_z",
+        ),
+        (
+            "saelens:{golden}/standard@blocks.9.hook_resid_post",
+            UnknownHookpointError,
+            r"names layer 9, but the model has 4 \(0-3\)",
+        ),
+        (
+            "saelens:{golden}/standard@blocks.2.hook_resid_pre:output",
+            CoderFormatError,
+            r"already says what it reads; drop ':output'",
+        ),
         ("neurons@model.layers.1.mlp:input", CoderFormatError, r"takes the MLP module without a side"),
     ],
 )

@@ -41,7 +41,9 @@ def test_the_statement_is_split_around_the_explanation():
 
 def test_the_scorer_separates_a_planted_latents_true_explanation_from_a_random_one(smollm):
     coder = planted_word_coder(smollm)
-    scorer = InterventionScorer(smollm, {"planted": coder}, load_steer_prompts(None, PROMPTS), target_kl=1.0, max_new_tokens=10)
+    scorer = InterventionScorer(
+        smollm, {"planted": coder}, load_steer_prompts(None, PROMPTS), target_kl=1.0, max_new_tokens=10
+    )
     r = record("planted", 0)
     (true, true_examples), (random, random_examples) = scorer.score([(r, TRUE), (r, RANDOM)])
 
@@ -58,7 +60,7 @@ def test_the_scorer_separates_a_planted_latents_true_explanation_from_a_random_o
     assert true["score"] > random["score"] + 2.0
     assert true["score"] == pytest.approx(true["logprob_gain"] / true["kl"])
     assert [(e.kind, e.label) for e in true_examples] == [("steered", True)] * PROMPTS + [("clean", False)] * PROMPTS
-    gains = [s.score - c.score for s, c in zip(true_examples[:PROMPTS], true_examples[PROMPTS:])]
+    gains = [s.score - c.score for s, c in zip(true_examples[:PROMPTS], true_examples[PROMPTS:], strict=True)]
     assert sum(gains) / PROMPTS == pytest.approx(true["logprob_gain"])
 
 
@@ -94,7 +96,9 @@ def test_the_intervention_explainer_sees_what_steering_promotes_and_names_it(smo
 
     server.reply = consensus_reply
     client = OpenAIClient(server.base_url, "scripted-model", concurrency=2, timeout=5, max_retries=1, backoff=0.01)
-    [result] = explain_batch([record("planted", 0)], "intervention", text, client, GenerationParams(max_tokens=40), effects=[effects])
+    [result] = explain_batch(
+        [record("planted", 0)], "intervention", text, client, GenerationParams(max_tokens=40), effects=[effects]
+    )
     assert result.status == "ok" and result.explanation == 'The word "cat"' and result.explainer == "intervention"
 
 
@@ -108,12 +112,29 @@ def test_explain_and_score_stages_run_the_intervention_explainer_and_scorer(tiny
     run_dir = tmp_path / "run"
     # a tiny random Llama's next token moves by at most ~0.01 nats, so the target is small
     steering = ["--target-kl", "0.003", "--num-steer-prompts", "3", "--steer-new-tokens", "5"]
-    base = ["--run-dir", str(run_dir), "--model", str(folder), "--coders", "topk-neurons@model.layers.1.mlp",
-            "--num-tokens", "2048", "--ctx-len", "32", "--shard-windows", "16", "--batch-size", "8", "--quiet",
-            "--latents", "sample:2", *steering]
+    base = [
+        "--run-dir",
+        str(run_dir),
+        "--model",
+        str(folder),
+        "--coders",
+        "topk-neurons@model.layers.1.mlp",
+        "--num-tokens",
+        "2048",
+        "--ctx-len",
+        "32",
+        "--shard-windows",
+        "16",
+        "--batch-size",
+        "8",
+        "--quiet",
+        "--latents",
+        "sample:2",
+        *steering,
+    ]
     assert main(["run", *base, "--explainer", "tokens", "--scorers", "intervention"]) == 0
     assert re.search(r"intervention\s+auroc\s+[\d.]+\s+\[[\d.]+\]\s+n=2", capsys.readouterr().out)
-    rows = [json.loads(l) for l in (run_dir / "scores.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run_dir / "scores.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and {r["scorer"] for r in rows} == {"intervention"} and sum(r["baseline"] for r in rows) == 2
     for r in rows:
         m = r["metrics"]
@@ -130,7 +151,7 @@ def test_explain_and_score_stages_run_the_intervention_explainer_and_scorer(tiny
     server.reply = consensus_reply
     llm = ["--llm", server.base_url, "--llm-model", "scripted-model", "--explainer", "intervention"]
     assert main(["explain", *base, *llm]) == 0
-    explained = [json.loads(l) for l in (run_dir / "explanations.jsonl").read_text().splitlines()]
+    explained = [json.loads(line) for line in (run_dir / "explanations.jsonl").read_text().splitlines()]
     mine = [r for r in explained if r["explainer"] == "intervention"]
     assert len(mine) == 2 and all(r["status"] == "ok" and r["explanation"].startswith("The word") for r in mine)
     sent = [json.loads(q["body"])["messages"][1]["content"] for q in server.requests]

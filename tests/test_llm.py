@@ -63,6 +63,15 @@ def test_replies_come_back_in_order_with_bounded_concurrency(server):
     assert (sent["max_tokens"], sent["temperature"], sent["top_p"], sent["seed"]) == (7, 0.5, 0.9, 3)
 
 
+def test_a_started_reply_asks_the_server_to_continue_it(server):
+    started = (*user("Name the sea."), {"role": "assistant", "content": "Fires on"})
+    client(server).generate([user("Hi"), started], GenerationParams())
+    plain, continued = sorted((json.loads(r["body"]) for r in server.requests), key=lambda b: len(b["messages"]))
+    assert "continue_final_message" not in plain and "add_generation_prompt" not in plain
+    assert continued["continue_final_message"] is True and continued["add_generation_prompt"] is False
+    assert continued["messages"][-1] == {"role": "assistant", "content": "Fires on"}
+
+
 @pytest.mark.parametrize("failures", [["500", "500"], ["429"], ["truncated"], ["sleep"]])
 def test_transient_failures_are_retried(server, failures):
     server.script = list(failures)
@@ -105,7 +114,9 @@ def test_a_server_that_dies_mid_batch_fails_the_rest_at_once_and_a_new_client_as
     replies = dying.generate([user(f"q{i}") for i in range(40)], GenerationParams())
     assert time.monotonic() - start < 2.5  # not ~34 requests x 7.5 s / 4 = a minute
     answered = [r for r in replies if r.error is None]
-    assert 6 <= len(answered) <= 12 and all(r.text.startswith("echo: q") for r in answered)  # and those it was answering
+    assert 6 <= len(answered) <= 12 and all(
+        r.text.startswith("echo: q") for r in answered
+    )  # and those it was answering
     unreachable = f"the server at {srv.base_url} is unreachable"
     failed = [r.error for r in replies if r.error]
     assert all(unreachable in e or "ConnectionRefusedError" in e for e in failed)
@@ -187,7 +198,9 @@ def test_answer_logprobs_are_read_from_the_top_alternatives(server, shape):
 
 
 def ranking(named: dict[str, float], fillers: int = 40) -> list[tuple[str, float]]:
-    """A whole next-token distribution, best first: ``named`` probabilities, the rest spread evenly over filler tokens."""
+    """A whole next-token distribution, best first: ``named`` probabilities, the rest spread evenly
+    over filler tokens.
+    """
     rest = (1 - sum(named.values())) / fillers
     probs = {**named, **{f"w{k}": rest for k in range(fillers)}}
     return sorted(((t, math.log(p)) for t, p in probs.items()), key=lambda tp: -tp[1])
@@ -333,11 +346,22 @@ def test_answer_logprobs_rank_answers_as_greedy_generation_does(smollm, one_thre
     prompts = [user(q) for q in EASY]
     batched = local.answer_logprobs(prompts, ["Yes", "No", ""])
     replies = local.generate(prompts, GenerationParams(max_tokens=2))
-    for scores, reply, prompt in zip(batched, replies, prompts):
+    for scores, reply, prompt in zip(batched, replies, prompts, strict=True):
         assert max(scores, key=scores.get) == reply.text.split()[0].strip(".,!")
         assert scores[""] == -math.inf and -5 < max(scores.values()) < 0
         [alone] = local.answer_logprobs([prompt], ["Yes", "No", ""])
         assert alone == pytest.approx(scores, abs=1e-4 if smollm.model.dtype == torch.float32 else 0.1)
+
+
+def test_a_started_reply_is_continued_not_closed(smollm_tokenizer, tiny_lm):
+    local = TransformersClient(lm=type(tiny_lm)(tiny_lm.model, smollm_tokenizer, "smollm"))
+    asked = user("Name the sea.")
+    started = (*asked, {"role": "assistant", "content": "Fires on"})
+    assert smollm_tokenizer.decode(local.render(started)) == smollm_tokenizer.decode(local.render(asked)) + "Fires on"
+    plain = copy.deepcopy(smollm_tokenizer)
+    plain.chat_template = None
+    local = TransformersClient(lm=type(tiny_lm)(tiny_lm.model, plain, "plain"))
+    assert plain.decode(local.render(started)) == "user: Name the sea.\nassistant: Fires on"
 
 
 def test_prompts_without_a_chat_template_are_rendered_as_role_lines(tiny_lm):
@@ -351,15 +375,26 @@ def test_prompts_without_a_chat_template_are_rendered_as_role_lines(tiny_lm):
 
 
 def tiny_model(arch: str, tokenizer) -> LoadedModel:
-    """Architectures whose caches and positions differ: rotary (Llama), sliding-window layers (Gemma 2), learned positions (GPT-2)."""
+    """Architectures whose caches and positions differ: rotary (Llama), sliding-window layers (Gemma
+    2), learned positions (GPT-2).
+    """
     if arch == "llama":
         return tiny_llama(tokenizer)
     torch.manual_seed(0)
     if arch == "gemma2":
-        model = Gemma2ForCausalLM(Gemma2Config(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=8, sliding_window=8, max_position_embeddings=256,
-        ))
+        model = Gemma2ForCausalLM(
+            Gemma2Config(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                head_dim=8,
+                sliding_window=8,
+                max_position_embeddings=256,
+            )
+        )
     else:
         model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=256))
     return LoadedModel(model.eval().requires_grad_(False), tokenizer, f"tiny-{arch}")
@@ -378,7 +413,7 @@ def test_shared_prefixes_run_once_and_change_no_log_prob(arch, smollm_tokenizer)
     got = local.answer_logprobs(prompts, ["1", "0", "Yes"])
     rendered = [local.render(p) for p in prompts]
     assert local.forward_tokens < sum(map(len, rendered)) * 0.6  # the system prompt ran once per chunk
-    for ids, scores in zip(rendered, got):
+    for ids, scores in zip(rendered, got, strict=True):
         with torch.inference_mode():
             logprobs = lm.model(torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
         for answer, value in scores.items():

@@ -49,7 +49,9 @@ def test_missing_models_fail_with_a_clear_error(tmp_path):
 def test_embedded_model_loads_and_exposes_its_layers(smollm):
     assert smollm.model.config.num_hidden_layers == 30
     ids = smollm.tokenizer("To be, or not to be", return_tensors="pt").input_ids
-    widths = site_widths(smollm.model, [Site("model.layers.6"), Site("model.layers.6.mlp.down_proj", "input")], smollm.device)
+    widths = site_widths(
+        smollm.model, [Site("model.layers.6"), Site("model.layers.6.mlp.down_proj", "input")], smollm.device
+    )
     assert widths == {Site("model.layers.6"): 576, Site("model.layers.6.mlp.down_proj", "input"): 1536}
     out = smollm.model(input_ids=ids).logits[0, -1]
     assert torch.isfinite(out).all()

@@ -14,12 +14,41 @@ pytestmark = pytest.mark.slow
 
 def test_two_processes_cache_exactly_what_one_does(tmp_path, smollm_tokenizer):
     model = save_tiny_model(tmp_path / "model", smollm_tokenizer)
-    args = ["--model", str(model), "--num-tokens", "2048", "--ctx-len", "32", "--shard-windows", "8", "--batch-size", "8",
-            "--coders", "topk-neurons@model.layers.1.mlp", "neurons@model.layers.2.mlp", "--quiet"]
+    args = [
+        "--model",
+        str(model),
+        "--num-tokens",
+        "2048",
+        "--ctx-len",
+        "32",
+        "--shard-windows",
+        "8",
+        "--batch-size",
+        "8",
+        "--coders",
+        "topk-neurons@model.layers.1.mlp",
+        "neurons@model.layers.2.mlp",
+        "--quiet",
+    ]
     assert main(["cache", str(tmp_path / "one"), *args]) == 0
-    launch = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--cpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    done = subprocess.run([*launch, "-m", "interp", "cache", str(tmp_path / "two"), *args], capture_output=True, text=True, timeout=600)
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.accelerate_cli",
+        "launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    done = subprocess.run(
+        [*launch, "-m", "interp", "cache", str(tmp_path / "two"), *args], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     one = {p.relative_to(tmp_path / "one"): p.read_bytes() for p in (tmp_path / "one").rglob("*") if p.is_file()}
     two = {p.relative_to(tmp_path / "two"): p.read_bytes() for p in (tmp_path / "two").rglob("*") if p.is_file()}

@@ -37,8 +37,20 @@ SMALL = ["--num-tokens", "2048", "--ctx-len", "32", "--shard-windows", "16", "--
 def run_dir(tmp_path_factory):
     """A small real run: 4 latents of top-k MLP neurons, token-list explanations, embedding scores."""
     path = tmp_path_factory.mktemp("publish") / "run"
-    args = ["run", "--run-dir", str(path), *SMALL, "--coders", "topk-neurons@model.layers.3.mlp",
-            "--latents", "sample:4", "--explainer", "tokens", "--scorers", "embedding"]
+    args = [
+        "run",
+        "--run-dir",
+        str(path),
+        *SMALL,
+        "--coders",
+        "topk-neurons@model.layers.3.mlp",
+        "--latents",
+        "sample:4",
+        "--explainer",
+        "tokens",
+        "--scorers",
+        "embedding",
+    ]
     assert main(args) == 0
     return path
 
@@ -68,16 +80,25 @@ def test_explanation_rows_match_the_run_files_and_the_cache(run_dir, folder, smo
     view = CacheView.open(run_dir / "cache", CODER, bos_token_id=bos)
     for row in rows:
         assert row["schema_version"] == SCHEMA_VERSION and row["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-        assert row["coder"] == CODER and row["coder_kind"] == "topk-neurons" and row["hookpoint"] == "model.layers.3.mlp.down_proj"
+        assert (
+            row["coder"] == CODER
+            and row["coder_kind"] == "topk-neurons"
+            and row["hookpoint"] == "model.layers.3.mlp.down_proj"
+        )
         assert row["explanation"] == explained[row["latent"]]["explanation"] and row["explainer"] == "tokens"
-        assert row["explanations"] == [{"explainer": "tokens", "explanation": row["explanation"], "status": "ok", "llm": None, "note": None}]
+        assert row["explanations"] == [
+            {"explainer": "tokens", "explanation": row["explanation"], "status": "ok", "llm": None, "note": None}
+        ]
         mine = {r["baseline"]: r for r in scores if r["latent"] == row["latent"]}
         [entry] = row["scores"]
         assert (entry["scorer"], entry["metric"]) == ("embedding", "auroc")
         assert entry["value"] == mine[False]["metrics"]["auroc"] and entry["metrics"]["auroc"] == entry["value"]
         assert entry["baseline_value"] == mine[True]["metrics"]["auroc"]
         assert entry["baseline_explanation"] == mine[True]["explanation"] != row["explanation"]
-        assert entry["metrics"]["positives"] == mine[False]["metrics"]["positives"] and json.loads(entry["other_metrics"]) == {}
+        assert (
+            entry["metrics"]["positives"] == mine[False]["metrics"]["positives"]
+            and json.loads(entry["other_metrics"]) == {}
+        )
         # statistics against the cache itself: every activation of the latent off BOS
         tok, _, act = view.triples(torch.tensor([row["latent"]]))
         off_bos = view.tokens.flatten()[tok] != bos
@@ -87,9 +108,13 @@ def test_explanation_rows_match_the_run_files_and_the_cache(run_dir, folder, smo
         assert 1 <= len(top) <= 10 and max(top[0]["activations"]) == pytest.approx(row["max_activation"])
         assert all(len(e["tokens"]) == len(e["token_ids"]) == len(e["activations"]) == 32 for e in top)
         assert [max(e["activations"]) for e in top] == sorted((max(e["activations"]) for e in top), reverse=True)
-        assert top[0]["token_ids"] == view.tokens[top[0]["index"]].tolist()  # ctx 32 = example_len: example i is window i
+        assert (
+            top[0]["token_ids"] == view.tokens[top[0]["index"]].tolist()
+        )  # ctx 32 = example_len: example i is window i
         promoted = row["promoted_tokens"]
-        assert len(promoted) == 10 and [p["logit"] for p in promoted] == sorted((p["logit"] for p in promoted), reverse=True)
+        assert len(promoted) == 10 and [p["logit"] for p in promoted] == sorted(
+            (p["logit"] for p in promoted), reverse=True
+        )
         assert promoted[0]["logit"] > 0 > row["suppressed_tokens"][0]["logit"]
     assert tables[CODER].features == FEATURES
 
@@ -116,9 +141,18 @@ def test_the_card_parses_with_huggingface_hub_and_describes_the_data(folder, run
     assert data.license == "cc-by-4.0" and {"interpretability", "sparse-autoencoder"} <= set(data.tags)
     assert data.size_categories == ["n<1K"]
     interp = data.get("interp")
-    assert interp["schema_version"] == SCHEMA_VERSION and interp["subject_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert interp["coders"] == [{"config": CODER, "kind": "topk-neurons", "source": "model.layers.3.mlp",
-                                 "hookpoint": "model.layers.3.mlp.down_proj", "num_latents": 1536}]
+    assert (
+        interp["schema_version"] == SCHEMA_VERSION and interp["subject_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    )
+    assert interp["coders"] == [
+        {
+            "config": CODER,
+            "kind": "topk-neurons",
+            "source": "model.layers.3.mlp",
+            "hookpoint": "model.layers.3.mlp.down_proj",
+            "num_latents": 1536,
+        }
+    ]
     configs = datasets.utils.metadata.MetadataConfigs.from_dataset_card_data(data)
     assert configs == {CODER: {"data_files": [{"split": "train", "path": data_file(CODER)}], "default": True}}
     infos = datasets.info.DatasetInfosDict.from_dataset_card_data(data)
@@ -128,7 +162,14 @@ def test_the_card_parses_with_huggingface_hub_and_describes_the_data(folder, run
     mean, base = summary["explanation"]["mean"], summary["baseline"]["mean"]
     row = f"| `{CODER}` | tokens | embedding | auroc | {mean:.3f} | {base:.3f} | {mean - base:.3f} | 4 |"
     assert row in card.text
-    for words in ("## How it was made", "2,048 tokens", "no LLM", f'load_dataset("{REPO}"', "## Limitations", "random explanation"):
+    for words in (
+        "## How it was made",
+        "2,048 tokens",
+        "no LLM",
+        f'load_dataset("{REPO}"',
+        "## Limitations",
+        "random explanation",
+    ):
         assert words in card.text
 
 
@@ -147,7 +188,9 @@ def _everything_written(*roots) -> bytes:
 
 
 @pytest.mark.slow
-def test_publish_pushes_data_and_card_in_one_commit_and_the_token_only_in_headers(run_dir, hub, tmp_path, capsys, caplog, monkeypatch):
+def test_publish_pushes_data_and_card_in_one_commit_and_the_token_only_in_headers(
+    run_dir, hub, tmp_path, capsys, caplog, monkeypatch
+):
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="huggingface_hub")
     monkeypatch.setenv("INTERP_TEST_TOKEN", TOKEN)
@@ -172,16 +215,25 @@ def test_publish_pushes_data_and_card_in_one_commit_and_the_token_only_in_header
         assert TOKEN not in r.path and TOKEN.encode() not in r.body
         assert all(TOKEN not in v for k, v in r.headers.items() if k != "authorization")
     assert sum(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in hub.requests) >= 4
-    assert not any(r.headers.get("authorization") for r in hub.requests if r.method == "PUT")  # the LFS store never sees it
+    assert not any(
+        r.headers.get("authorization") for r in hub.requests if r.method == "PUT"
+    )  # the LFS store never sees it
     assert TOKEN.encode() not in _everything_written(out, run_dir)
     assert TOKEN not in printed.out + printed.err + caplog.text
-    assert any("POST" in m and "commit" in m for m in caplog.text.splitlines())  # huggingface_hub's debug log was captured
+    assert any(
+        "POST" in m and "commit" in m for m in caplog.text.splitlines()
+    )  # huggingface_hub's debug log was captured
 
     # re-publishing the same run changes nothing; a data file the run no longer has is removed
     assert main(["publish", str(run_dir), REPO, "--token-env", "INTERP_TEST_TOKEN", "--out", str(out), "--quiet"]) == 0
     assert len(repo.commits) == 2
     api = HfApi(endpoint=hub.url, token=TOKEN)
-    api.upload_file(path_or_fileobj=b"old", path_in_repo="data/gone/train-00000-of-00001.parquet", repo_id=REPO, repo_type="dataset")
+    api.upload_file(
+        path_or_fileobj=b"old",
+        path_in_repo="data/gone/train-00000-of-00001.parquet",
+        repo_id=REPO,
+        repo_type="dataset",
+    )
     assert len(repo.commits) == 3
     assert main(["publish", str(run_dir), REPO, "--token-env", "INTERP_TEST_TOKEN", "--out", str(out), "--quiet"]) == 0
     assert len(repo.commits) == 4 and set(repo.head.files) == local | {".gitattributes"}
@@ -192,17 +244,40 @@ def test_publish_pushes_data_and_card_in_one_commit_and_the_token_only_in_header
     capsys.readouterr()
 
     # asking for a private repository where a public one exists is refused, with one line
-    assert main(["publish", str(run_dir), REPO, "--private", "--token-env", "INTERP_TEST_TOKEN", "--out", str(out), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "publish",
+                str(run_dir),
+                REPO,
+                "--private",
+                "--token-env",
+                "INTERP_TEST_TOKEN",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    [line] = [l for l in err.splitlines() if l.startswith("error:")]
+    [line] = [text for text in err.splitlines() if text.startswith("error:")]
     assert "already exists and is public" in line and err.rstrip().endswith(line) and TOKEN not in err
     assert len(repo.commits) == 4
 
 
 @pytest.mark.slow
 def test_a_private_repository_needs_the_token_to_read(run_dir, folder, hub, tmp_path, smollm):
-    result = publish_run(run_dir, "interp-tests/private-set", token=TOKEN, private=True, out_dir=tmp_path / "out",
-                         endpoint=hub.url, lm=smollm, progress=False)  # what the app's Publish panel calls
+    result = publish_run(
+        run_dir,
+        "interp-tests/private-set",
+        token=TOKEN,
+        private=True,
+        out_dir=tmp_path / "out",
+        endpoint=hub.url,
+        lm=smollm,
+        progress=False,
+    )  # what the app's Publish panel calls
     assert result.private is True and hub.repos["interp-tests/private-set"].private
     assert result.uploaded == ["README.md", data_file(CODER)] and result.deleted == [] and result.rows == {CODER: 4}
     assert result.commit_oid == hub.repos["interp-tests/private-set"].head.oid
@@ -252,16 +327,26 @@ def _write(path, data):
 
 def test_the_eleuther_json_layout_is_read_into_the_same_schema(tmp_path):
     root = tmp_path / "auto_interp_explanations"
-    _write(root / "Gemma/16k/res/model.layers.3_feature.json", {"0": "Words about rivers", "5": "Closing brackets", "7": "Dates"})
+    _write(
+        root / "Gemma/16k/res/model.layers.3_feature.json",
+        {"0": "Words about rivers", "5": "Closing brackets", "7": "Dates"},
+    )
     _write(root / "scores/gemma/16k/res/fuzz_layer_3.json", {"0": 0.8, "5": 0.55})
     _write(root / "scores/gemma/16k/res/detection_layer_3.json", {"0": 0.9})
     _write(root / "scores/gemma/16k/res/fuzz_layer_9.json", {"2": 0.6})  # no explanation file: kept as scores alone
 
     tables = load_published(root)
-    assert list(tables) == ["Gemma_16k_res_model.layers.3", "gemma_16k_res_layers.9"]  # the second is named by its score path
+    assert list(tables) == [
+        "Gemma_16k_res_model.layers.3",
+        "gemma_16k_res_layers.9",
+    ]  # the second is named by its score path
     rows = {r["latent"]: r for r in tables["Gemma_16k_res_model.layers.3"]}
     assert sorted(rows) == [0, 5, 7] and tables["Gemma_16k_res_model.layers.3"].features == FEATURES
-    assert rows[0]["explanation"] == "Words about rivers" and rows[0]["hookpoint"] == "model.layers.3" and rows[0]["model"] == "Gemma"
+    assert (
+        rows[0]["explanation"] == "Words about rivers"
+        and rows[0]["hookpoint"] == "model.layers.3"
+        and rows[0]["model"] == "Gemma"
+    )
     assert [(s["scorer"], s["value"]) for s in rows[0]["scores"]] == [("detection", 0.9), ("fuzz", 0.8)]
     assert [(s["scorer"], s["value"]) for s in rows[5]["scores"]] == [("fuzz", 0.55)] and rows[7]["scores"] == []
     [lonely] = tables["gemma_16k_res_layers.9"].to_list()
@@ -270,13 +355,24 @@ def test_the_eleuther_json_layout_is_read_into_the_same_schema(tmp_path):
     other = tmp_path / "other"
     _write(other / "Mine/res/model.layers.3_feature.json", {"5": "Right brackets", "11": "Numbers"})
     pairs = compare_published(tables["Gemma_16k_res_model.layers.3"], read_eleuther(other)["Mine_res_model.layers.3"])
-    assert pairs == [{"hookpoint": "model.layers.3", "latent": 5,
-                      "a": {"explanation": "Closing brackets", "scores": {"fuzz (eleuther)": 0.55}},
-                      "b": {"explanation": "Right brackets", "scores": {}}}]
+    assert pairs == [
+        {
+            "hookpoint": "model.layers.3",
+            "latent": 5,
+            "a": {"explanation": "Closing brackets", "scores": {"fuzz (eleuther)": 0.55}},
+            "b": {"explanation": "Right brackets", "scores": {}},
+        }
+    ]
     flat = browse_rows(tables)
-    assert len(flat) == 4 and flat[0] == {"config": "Gemma_16k_res_model.layers.3", "hookpoint": "model.layers.3", "latent": 0,
-                                          "status": "ok", "explanation": "Words about rivers",
-                                          "detection (eleuther)": 0.9, "fuzz (eleuther)": 0.8}
+    assert len(flat) == 4 and flat[0] == {
+        "config": "Gemma_16k_res_model.layers.3",
+        "hookpoint": "model.layers.3",
+        "latent": 0,
+        "status": "ok",
+        "explanation": "Words about rivers",
+        "detection (eleuther)": 0.9,
+        "fuzz (eleuther)": 0.8,
+    }
 
 
 def test_malformed_eleuther_files_name_the_file(tmp_path):
@@ -296,19 +392,49 @@ def test_malformed_eleuther_files_name_the_file(tmp_path):
 def test_score_entries_keep_every_metric_typed_or_as_json():
     detection = classification([True, True, False, False], [True, None, False, True], [2.0, 0.5, -1.0, 0.3]).to_dict()
     rows = [
-        {"scorer": "detection-logprob", "explainer": "default", "baseline": False, "explanation": "rivers", "metrics": detection},
-        {"scorer": "detection-logprob", "explainer": "default", "baseline": True, "explanation": "dates",
-         "metrics": {**detection, "auroc": 0.25}},
-        {"scorer": "intervention", "explainer": "default", "baseline": False, "explanation": "rivers",
-         "metrics": {"auroc": 0.7, "kl": 0.5, "reached_target": True}},
+        {
+            "scorer": "detection-logprob",
+            "explainer": "default",
+            "baseline": False,
+            "explanation": "rivers",
+            "metrics": detection,
+        },
+        {
+            "scorer": "detection-logprob",
+            "explainer": "default",
+            "baseline": True,
+            "explanation": "dates",
+            "metrics": {**detection, "auroc": 0.25},
+        },
+        {
+            "scorer": "intervention",
+            "explainer": "default",
+            "baseline": False,
+            "explanation": "rivers",
+            "metrics": {"auroc": 0.7, "kl": 0.5, "reached_target": True},
+        },
     ]
     first, second = score_entries(rows)
-    assert (first["scorer"], first["metric"], first["value"], first["baseline_value"]) == ("detection-logprob", "auroc", detection["auroc"], 0.25)
-    assert first["metrics"]["failed"] == 1 and first["metrics"]["accuracy"] == detection["accuracy"] and first["baseline_explanation"] == "dates"
+    assert (first["scorer"], first["metric"], first["value"], first["baseline_value"]) == (
+        "detection-logprob",
+        "auroc",
+        detection["auroc"],
+        0.25,
+    )
+    assert (
+        first["metrics"]["failed"] == 1
+        and first["metrics"]["accuracy"] == detection["accuracy"]
+        and first["baseline_explanation"] == "dates"
+    )
     assert json.loads(first["other_metrics"]) == {}
     assert second["baseline_value"] is None and second["baseline_explanation"] is None  # no baseline scored (yet)
-    assert second["metrics"]["auroc"] == 0.7 and json.loads(second["other_metrics"]) == {"kl": 0.5, "reached_target": True}
-    table = datasets.Dataset.from_list([{"scores": [first, second]}], features=datasets.Features({"scores": FEATURES["scores"]}))
+    assert second["metrics"]["auroc"] == 0.7 and json.loads(second["other_metrics"]) == {
+        "kl": 0.5,
+        "reached_target": True,
+    }
+    table = datasets.Dataset.from_list(
+        [{"scores": [first, second]}], features=datasets.Features({"scores": FEATURES["scores"]})
+    )
     assert table[0]["scores"] == [first, second]
 
 

@@ -63,7 +63,9 @@ def test_top_examples_are_the_top_and_stats_match(setup):
 def test_train_and_test_are_disjoint_and_test_spans_quantiles(setup):
     sae, _, dense, view = setup
     for sampling in ("top", "quantiles"):
-        cfg = RecordsConfig(example_len=E, n_train=6, n_test=10, n_quantiles=5, train_sampling=sampling, min_examples=1)
+        cfg = RecordsConfig(
+            example_len=E, n_train=6, n_test=10, n_quantiles=5, train_sampling=sampling, min_examples=1
+        )
         for r in RecordBuilder(view, cfg).build("sae", range(sae.num_latents)):
             train, test = {ex.index for ex in r.train}, {ex.index for ex in r.test}
             assert not train & test
@@ -94,7 +96,9 @@ def test_negatives_never_activate_and_hard_negatives_share_peak_tokens(setup):
 
 def test_rare_and_dead_latents_are_reported_not_crashed(setup):
     sae, _, dense, view = setup
-    records = list(RecordBuilder(view, RecordsConfig(example_len=E, min_examples=10)).build("sae", range(sae.num_latents)))
+    records = list(
+        RecordBuilder(view, RecordsConfig(example_len=E, min_examples=10)).build("sae", range(sae.num_latents))
+    )
     by_status = {s: [r for r in records if r.status == s] for s in ("ok", "rare", "dead")}
     assert [r.latent for r in by_status["dead"]][:1] == [0]
     assert by_status["rare"] and by_status["ok"]

@@ -19,8 +19,13 @@ from interp.scoring.results import main_metric, score_table, scorer_agreement, s
 
 
 def row(scorer: str, latent: int, value: float, baseline: bool = False, coder: str = "sae") -> dict:
-    return {"scorer": scorer, "coder": coder, "latent": latent, "baseline": baseline,
-            "metrics": {main_metric(scorer): value}}
+    return {
+        "scorer": scorer,
+        "coder": coder,
+        "latent": latent,
+        "baseline": baseline,
+        "metrics": {main_metric(scorer): value},
+    }
 
 
 ROWS = [
@@ -32,8 +37,9 @@ ROWS = [
 
 
 def test_main_metrics_per_scorer():
-    assert [main_metric(s) for s in ("embedding", "detection", "detection-logprob", "intruder-logprob", "simulation")] == [
-        "auroc", "balanced_accuracy", "auroc", "accuracy", "correlation"]
+    assert [
+        main_metric(s) for s in ("embedding", "detection", "detection-logprob", "intruder-logprob", "simulation")
+    ] == ["auroc", "balanced_accuracy", "auroc", "accuracy", "correlation"]
 
 
 def test_summary_sets_explanations_beside_the_baseline():
@@ -69,13 +75,27 @@ def test_a_run_scored_by_two_explainers_is_summarised_one_explainer_at_a_time(tm
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     write_json_atomic(run_dir / "config.json", RunConfig(explain=ExplainConfig(explainer="tokens")).to_dict())
-    auroc = {("tokens", False): [0.9, 0.7], ("tokens", True): [0.5, 0.5], ("default", False): [0.3, 0.1], ("default", True): [0.4, 0.6]}
-    append_jsonl(run_dir / "scores.jsonl", [
-        ScoreResult("embedding", "sae", latent, explainer, baseline, f"{explainer} #{latent}", {"auroc": v}, []).to_dict()
-        for (explainer, baseline), values in auroc.items() for latent, v in enumerate(values)
-    ])
+    auroc = {
+        ("tokens", False): [0.9, 0.7],
+        ("tokens", True): [0.5, 0.5],
+        ("default", False): [0.3, 0.1],
+        ("default", True): [0.4, 0.6],
+    }
+    append_jsonl(
+        run_dir / "scores.jsonl",
+        [
+            ScoreResult(
+                "embedding", "sae", latent, explainer, baseline, f"{explainer} #{latent}", {"auroc": v}, []
+            ).to_dict()
+            for (explainer, baseline), values in auroc.items()
+            for latent, v in enumerate(values)
+        ],
+    )
     (run_dir / "cache" / "sae").mkdir(parents=True)
-    save_file({"count": torch.tensor([10, 5]), "max": torch.ones(2), "sum": torch.ones(2).double()}, str(run_dir / "cache" / "sae" / "stats.safetensors"))
+    save_file(
+        {"count": torch.tensor([10, 5]), "max": torch.ones(2), "sum": torch.ones(2).double()},
+        str(run_dir / "cache" / "sae" / "stats.safetensors"),
+    )
     (run_dir / "cache" / "sae" / "stats.json").write_text(json.dumps({"num_tokens": 100}))
 
     own, other = summarize_run(run_dir), summarize_run(run_dir, "default")
@@ -85,7 +105,9 @@ def test_a_run_scored_by_two_explainers_is_summarised_one_explainer_at_a_time(tm
     assert theirs["explanation"]["values"] == [0.3, 0.1] and theirs["baseline"]["values"] == [0.4, 0.6]
     assert abs(mine["margin"] - 0.3) < 1e-12 and abs(theirs["margin"] + 0.3) < 1e-12  # pooled, both would read 0
     assert (run_dir / "plots" / "scores_sae_embedding.png").is_file()  # the run's own explainer's plots
-    assert (run_dir / "plots" / "default" / "scores_sae_embedding.png").is_file()  # another's beside them, not over them
+    assert (
+        run_dir / "plots" / "default" / "scores_sae_embedding.png"
+    ).is_file()  # another's beside them, not over them
     with pytest.raises(ValueError, match="several explainers"):
         summarize_scores(RunDir(run_dir).scores())
     with pytest.raises(InterpError, match=r"No scores of the 'logits' explainer .* it has scores of default, tokens"):
@@ -95,7 +117,9 @@ def test_a_run_scored_by_two_explainers_is_summarised_one_explainer_at_a_time(tm
 
     assert main(["summary", "--run-dir", str(run_dir), "--explainer", "default"]) == 0
     out = capsys.readouterr().out
-    assert "scores for sae of the default explanations" in out and "embedding auroc 0.200 [0.500] n=2" in " ".join(out.split())
+    assert "scores for sae of the default explanations" in out and "embedding auroc 0.200 [0.500] n=2" in " ".join(
+        out.split()
+    )
     assert main(["summary", "--run-dir", str(run_dir)]) == 0
     assert "embedding auroc 0.800 [0.500] n=2" in " ".join(capsys.readouterr().out.split())
     assert main(["summary", "--run-dir", str(run_dir), "--explainer", "logits"]) == 2
@@ -105,9 +129,12 @@ def test_a_run_scored_by_two_explainers_is_summarised_one_explainer_at_a_time(tm
 def test_a_margin_whose_interval_includes_zero_is_called_at_chance(tmp_path, capsys):
     clear = [(0.8, 0.5), (0.75, 0.52), (0.9, 0.45), (0.7, 0.55), (0.85, 0.5)]
     noise = [(0.6, 0.5), (0.4, 0.55), (0.52, 0.5), (0.45, 0.6), (0.58, 0.41)]
-    rows = [ScoreResult(scorer, "sae", latent, "tokens", baseline, "x", {"auroc": pair[baseline]}, []).to_dict()
-            for scorer, pairs in (("embedding", clear), ("surprisal", noise))
-            for latent, pair in enumerate(pairs) for baseline in (False, True)]
+    rows = [
+        ScoreResult(scorer, "sae", latent, "tokens", baseline, "x", {"auroc": pair[baseline]}, []).to_dict()
+        for scorer, pairs in (("embedding", clear), ("surprisal", noise))
+        for latent, pair in enumerate(pairs)
+        for baseline in (False, True)
+    ]
     summary = summarize_scores(rows)["sae"]
     low, high = summary["embedding"]["margin_ci"]
     assert summary["embedding"]["above_chance"] is True and 0 < low < summary["embedding"]["margin"] < high

@@ -15,9 +15,25 @@ SMALL = ["--num-tokens", "2048", "--ctx-len", "32", "--shard-windows", "16", "--
 @pytest.mark.slow
 def test_run_trains_the_default_sae_caches_and_summarises(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    args = ["run", "--run-dir", str(run_dir), *SMALL, "--train-tokens", "4096", "--expansion-factor", "4",
-            "--coders", "default", "topk-neurons@model.layers.6.mlp",
-            "--explainer", "tokens", "--scorers", "embedding", "--latents", "sample:2"]
+    args = [
+        "run",
+        "--run-dir",
+        str(run_dir),
+        *SMALL,
+        "--train-tokens",
+        "4096",
+        "--expansion-factor",
+        "4",
+        "--coders",
+        "default",
+        "topk-neurons@model.layers.6.mlp",
+        "--explainer",
+        "tokens",
+        "--scorers",
+        "embedding",
+        "--latents",
+        "sample:2",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "default SAE at model.layers.6: held-out FVU" in out and str(run_dir) in out
@@ -46,7 +62,21 @@ def test_expected_mistakes_print_one_line_and_exit_2(tmp_path, capsys):
 
     assert main(["cache", "--run-dir", str(tmp_path / "b"), *SMALL, "--coders", "neurons@model.layers.1.mlp"]) == 0
     capsys.readouterr()
-    assert main(["cache", "--run-dir", str(tmp_path / "b"), *SMALL, "--num-tokens", "4096", "--coders", "neurons@model.layers.1.mlp"]) == 2
+    assert (
+        main(
+            [
+                "cache",
+                "--run-dir",
+                str(tmp_path / "b"),
+                *SMALL,
+                "--num-tokens",
+                "4096",
+                "--coders",
+                "neurons@model.layers.1.mlp",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "corpus.num_tokens 2048, not 4096 (--num-tokens)" in err and "--overwrite" in err
     assert (tmp_path / "b" / "cache" / "model.layers.1.mlp.neurons" / "stats.json").is_file()  # nothing lost
@@ -57,15 +87,31 @@ def test_expected_mistakes_print_one_line_and_exit_2(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_run_on_the_embedded_default_loads_the_model_once(tmp_path, loads, capsys):
-    args = ["run", str(tmp_path / "run"), *SMALL, "--coders", "topk-neurons@model.layers.3.mlp", "--latents", "sample:2",
-            "--max-new-tokens", "8", "--explain-batch", "2", "--scorers", "embedding", "surprisal"]
+    args = [
+        "run",
+        str(tmp_path / "run"),
+        *SMALL,
+        "--coders",
+        "topk-neurons@model.layers.3.mlp",
+        "--latents",
+        "sample:2",
+        "--max-new-tokens",
+        "8",
+        "--explain-batch",
+        "2",
+        "--scorers",
+        "embedding",
+        "surprisal",
+    ]
     assert main(args) == 0  # the embedded model is the subject, the explainer and the surprisal scorer's LM
-    assert "explanations (default): 2" in capsys.readouterr().out
+    assert "explanations (short): " in capsys.readouterr().out  # the default explainer, made for small models
     assert len(loads) == 1
 
 
 def test_python_dash_m_interp_shows_help():
-    out = subprocess.run([sys.executable, "-m", "interp", "run", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "interp", "run", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert "--num-tokens" in out and "Tokens to cache in total" in out
 
 
@@ -79,11 +125,11 @@ def test_explain_over_an_openai_server_resumes_and_records_failures(tmp_path, se
     run_dir = str(tmp_path / "run")
     base = ["--run-dir", run_dir, *SMALL, "--coders", "topk-neurons@model.layers.3.mlp"]
     assert main(["cache", *base]) == 0
-    server.reply = lambda content: f"Thinking...\n[EXPLANATION]: The token \"{first_marked_span(content)}\""
+    server.reply = lambda content: f'Thinking...\n[EXPLANATION]: The token "{first_marked_span(content)}"'
     server.fail_contents = set()
     llm = ["--llm", server.base_url, "--llm-model", "scripted-model", "--latents", "sample:6"]
     assert main(["explain", *base, *llm]) == 0
-    rows = [json.loads(l) for l in (tmp_path / "run" / "explanations.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "explanations.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and {r["status"] for r in rows} == {"ok"}
     assert all(r["explanation"].startswith('The token "') and r["model"] == "scripted-model" for r in rows)
     sent = len(server.requests)
@@ -95,16 +141,20 @@ def test_explain_over_an_openai_server_resumes_and_records_failures(tmp_path, se
     server.script = ["400"] * 1000  # the server refuses everything: failures are recorded, the run goes on
     before = len(rows) + 3
     assert main(["explain", *base, *llm[:-1], "0-20", "--max-retries", "1"]) == 2  # every one failed: loud, not exit 0
-    new = [json.loads(l) for l in (tmp_path / "run" / "explanations.jsonl").read_text().splitlines()][before:]
+    new = [json.loads(line) for line in (tmp_path / "run" / "explanations.jsonl").read_text().splitlines()][before:]
     asked = [r for r in new if r["status"] not in ("dead", "rare")]
     assert asked and all(r["status"] == "failed" and "400" in r["note"] and r["attempts"] == 2 for r in asked)
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: All {len(asked)} latents sent to the LLM failed (") and "400" in err and "\n" not in err
+    assert (
+        err.startswith(f"error: All {len(asked)} latents sent to the LLM failed (")
+        and "400" in err
+        and "\n" not in err
+    )
 
     server.script = []  # the server recovers: a resumed run fills in exactly the failures
     assert main(["explain", *base, *llm[:-1], "0-20"]) == 0
-    rows = [json.loads(l) for l in (tmp_path / "run" / "explanations.jsonl").read_text().splitlines()]
-    refilled = rows[before + len(new):]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "explanations.jsonl").read_text().splitlines()]
+    refilled = rows[before + len(new) :]
     assert sorted(r["latent"] for r in refilled) == sorted(r["latent"] for r in asked)
     assert {r["status"] for r in refilled} == {"ok"}
 
@@ -115,8 +165,13 @@ def test_explain_with_the_embedded_llm_and_the_token_baseline(tmp_path, capsys):
     base = ["--run-dir", run_dir, *SMALL, "--coders", "topk-neurons@model.layers.3.mlp", "--latents", "sample:2"]
     assert main(["run", *base, "--explainer", "tokens"]) == 0
     assert "explanations (tokens): 2 ok" in capsys.readouterr().out
-    assert main(["explain", run_dir, "--explainer", "default", "--max-new-tokens", "12", "--explain-batch", "2", "--quiet"]) == 0
-    rows = [json.loads(l) for l in (tmp_path / "run" / "explanations.jsonl").read_text().splitlines()]
+    assert (
+        main(
+            ["explain", run_dir, "--explainer", "default", "--max-new-tokens", "12", "--explain-batch", "2", "--quiet"]
+        )
+        == 0
+    )
+    rows = [json.loads(line) for line in (tmp_path / "run" / "explanations.jsonl").read_text().splitlines()]
     assert [r["explainer"] for r in rows] == ["tokens", "tokens", "default", "default"]
     llm_rows = rows[2:]
     assert {r["latent"] for r in llm_rows} == {r["latent"] for r in rows[:2]}
@@ -133,7 +188,7 @@ def test_score_stage_appends_resumes_and_summarises_against_the_baseline(tmp_pat
     assert main(["run", *base, "--explainer", "tokens", "--scorers", "embedding"]) == 0
     out = capsys.readouterr().out
     assert "embedding" in out and "auroc" in out
-    rows = [json.loads(l) for l in (run_dir / "scores.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run_dir / "scores.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and sum(r["baseline"] for r in rows) == 4
     explanations = {r["latent"]: r["explanation"] for r in rows if not r["baseline"]}
     for r in rows:
@@ -146,7 +201,7 @@ def test_score_stage_appends_resumes_and_summarises_against_the_baseline(tmp_pat
     llm = ["--llm", server.base_url, "--llm-model", "scripted-model", "--explainer", "tokens"]
     scorers = ["--scorers", "embedding", "detection", "surprisal", "--score-mode", "generative"]
     assert main(["score", *base, *llm, *scorers]) == 0
-    rows = [json.loads(l) for l in (run_dir / "scores.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run_dir / "scores.jsonl").read_text().splitlines()]
     assert len(rows) == 24  # embedding was done already: only detection and surprisal ran
     assert {r["scorer"] for r in rows[8:]} == {"detection", "surprisal"}
     detection = [r for r in rows if r["scorer"] == "detection"]

@@ -43,8 +43,24 @@ def saelens_dir(tmp_path_factory) -> Path:
 
 def users_run(run_dir: Path, model: Path, sae: Path) -> list[str]:
     """``interp run`` as a user with their own model and SAE would type it (no LLM: the tokens explainer)."""
-    return ["run", str(run_dir), "--model", str(model), *SMALL, "--coders", "topk-neurons@model.layers.1.mlp",
-            f"saelens:{sae}", "--neuron-k", "4", "--latents", "sample:3", "--explainer", "tokens", "--scorers", "embedding"]
+    return [
+        "run",
+        str(run_dir),
+        "--model",
+        str(model),
+        *SMALL,
+        "--coders",
+        "topk-neurons@model.layers.1.mlp",
+        f"saelens:{sae}",
+        "--neuron-k",
+        "4",
+        "--latents",
+        "sample:3",
+        "--explainer",
+        "tokens",
+        "--scorers",
+        "embedding",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +70,9 @@ def made_run(tmp_path_factory, tiny_model, saelens_dir) -> Path:
     return run_dir
 
 
-def test_a_users_run_loads_its_model_once_and_resumes_from_the_run_directory_alone(tmp_path, tiny_model, saelens_dir, loads):
+def test_a_users_run_loads_its_model_once_and_resumes_from_the_run_directory_alone(
+    tmp_path, tiny_model, saelens_dir, loads
+):
     run_dir = tmp_path / "run"
     assert main(users_run(run_dir, tiny_model, saelens_dir)) == 0
     assert loads == [str(tiny_model)]  # cache, explain and score share one model
@@ -64,7 +82,9 @@ def test_a_users_run_loads_its_model_once_and_resumes_from_the_run_directory_alo
     assert loads == [str(tiny_model)] * 2
 
 
-def test_every_stage_on_an_existing_run_takes_the_run_directory_alone(tmp_path, made_run, tiny_model, llm, loads, capsys):
+def test_every_stage_on_an_existing_run_takes_the_run_directory_alone(
+    tmp_path, made_run, tiny_model, llm, loads, capsys
+):
     run_dir = tmp_path / "run"
     shutil.copytree(made_run, run_dir)
     run = RunDir(run_dir)
@@ -86,8 +106,26 @@ def test_every_stage_on_an_existing_run_takes_the_run_directory_alone(tmp_path, 
     assert {p.name for p in (run.publish_dir / "data").iterdir()} == {NEURONS, SAE}
     assert main(["compare", f"{run_dir}:{NEURONS}", f"{run_dir}:{SAE}", "--explainer", "default", "--quiet"]) == 0
     assert "decoder" in capsys.readouterr().out  # decoders of the run's own coders, loaded through its own model
-    assert main(["steer", "To be or not", "--run-dir", str(run_dir), "--latent", "0", "--hookpoint", SAE,
-                 "--strength", "4", "--max-new-tokens", "3", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "steer",
+                "To be or not",
+                "--run-dir",
+                str(run_dir),
+                "--latent",
+                "0",
+                "--hookpoint",
+                SAE,
+                "--strength",
+                "4",
+                "--max-new-tokens",
+                "3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "model.layers.2 latent 0: add 4" in capsys.readouterr().out
     assert loads == [str(tiny_model)] * 5
 
@@ -110,12 +148,15 @@ def test_a_stage_started_from_the_app_touches_only_the_chosen_coder(tmp_path, ma
         pipeline.explain(run, "model.layers.3", "tokens", pipeline.LLMChoice("local"), "0-9", progress=False)
 
 
-@pytest.mark.parametrize("flags, says", [
-    (["--model", "embedded"], f"model.model {{model!r}}, not 'embedded' (--model)"),
-    (["--coders", "neurons@model.layers.1.mlp"], "coders.coders ["),
-    (["--ctx-len", "64"], "corpus.ctx_len 32, not 64 (--ctx-len)"),
-    (["--n-train", "5"], "records.n_train 20, not 5 (--n-train)"),
-])
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--model", "embedded"], "model.model {model!r}, not 'embedded' (--model)"),
+        (["--coders", "neurons@model.layers.1.mlp"], "coders.coders ["),
+        (["--ctx-len", "64"], "corpus.ctx_len 32, not 64 (--ctx-len)"),
+        (["--n-train", "5"], "records.n_train 20, not 5 (--n-train)"),
+    ],
+)
 def test_a_flag_that_contradicts_the_run_is_refused_in_one_line(made_run, tiny_model, loads, capsys, flags, says):
     before = {p: p.read_bytes() for p in made_run.rglob("*") if p.is_file()}
     assert main(["score", str(made_run), "--scorers", "embedding", "--quiet", *flags]) == 2
@@ -128,7 +169,22 @@ def test_a_flag_that_contradicts_the_run_is_refused_in_one_line(made_run, tiny_m
 
 def test_a_flag_that_agrees_with_the_run_is_accepted(made_run, tiny_model):
     assert main(["summary", str(made_run)]) == 0
-    assert main(["score", str(made_run), "--ctx-len", "32", "--model", str(tiny_model), "--scorers", "embedding", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(made_run),
+                "--ctx-len",
+                "32",
+                "--model",
+                str(tiny_model),
+                "--scorers",
+                "embedding",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
 
 
 def test_a_stage_on_a_folder_that_is_no_run_says_so(tmp_path, capsys):
@@ -138,14 +194,21 @@ def test_a_stage_on_a_folder_that_is_no_run_says_so(tmp_path, capsys):
     assert "Two run directories given" in capsys.readouterr().err
 
 
-def test_a_failed_first_command_leaves_nothing_that_blocks_the_corrected_one(tmp_path, tiny_model, saelens_dir, capsys):
+def test_a_failed_first_command_leaves_nothing_that_blocks_the_corrected_one(
+    tmp_path, tiny_model, saelens_dir, capsys
+):
     run_dir = tmp_path / "run"
-    wrong = [a.replace(str(saelens_dir), str(tmp_path / "no-such-sae")) for a in users_run(run_dir, tiny_model, saelens_dir)]
+    wrong = [
+        a.replace(str(saelens_dir), str(tmp_path / "no-such-sae")) for a in users_run(run_dir, tiny_model, saelens_dir)
+    ]
     assert main(wrong) == 2
     assert "Coder source not found" in capsys.readouterr().err
     assert not RunDir(run_dir).is_run()
 
-    assert main(["cache", str(run_dir), "--model", str(tiny_model), *SMALL, "--coders", "neurons@model.layers.9.mlp"]) == 2
+    assert (
+        main(["cache", str(run_dir), "--model", str(tiny_model), *SMALL, "--coders", "neurons@model.layers.9.mlp"])
+        == 2
+    )
     assert "Unknown hookpoint 'model.layers.9.mlp'" in capsys.readouterr().err
     assert not RunDir(run_dir).is_run()
 
@@ -175,7 +238,10 @@ def test_another_llm_neither_silently_keeps_nor_mixes_explanations(tmp_path, mad
 
     sent = len(llm.requests)
     assert main(["explain", *served, "--llm-model", "bigger"]) == 0
-    assert "already have default explanations (5 by scripted), kept; to explain them again with bigger, add --redo" in caplog.text
+    assert (
+        "already have default explanations (5 by scripted), kept; to explain them again with bigger, add --redo"
+        in caplog.text
+    )
     assert len(llm.requests) == sent and {r["model"] for r in run.explanations("default")} == {"scripted"}
 
     llm.reply = lambda content: "[EXPLANATION]: Words of kings" if "Example 1:" in content else scripted_reply(content)
@@ -183,7 +249,9 @@ def test_another_llm_neither_silently_keeps_nor_mixes_explanations(tmp_path, mad
     assert {(r["model"], r["explanation"]) for r in run.explanations("default")} == {("bigger", "Words of kings")}
     assert main(detect) == 0  # the new explanations are scored; the old scores are replaced, not kept beside them
     rescored = [r for r in run.scores() if r["explainer"] == "default" and not r["baseline"]]
-    assert sorted(r["latent"] for r in rescored) == sorted(first) and {r["explanation"] for r in rescored} == {"Words of kings"}
+    assert sorted(r["latent"] for r in rescored) == sorted(first) and {r["explanation"] for r in rescored} == {
+        "Words of kings"
+    }
 
     llm.script = ["400"] * 1000
     assert main([*detect, "--no-baseline", "--scorers", "fuzzing"]) == 2

@@ -72,8 +72,8 @@ def entries(latents: Latents) -> dict[tuple[int, int], float]:
     """``{(row, latent): value}`` of every nonzero activation."""
     return {
         (row, i): a
-        for row, (acts, indices) in enumerate(zip(latents.acts.tolist(), latents.indices.tolist()))
-        for a, i in zip(acts, indices)
+        for row, (acts, indices) in enumerate(zip(latents.acts.tolist(), latents.indices.tolist(), strict=True))
+        for a, i in zip(acts, indices, strict=True)
         if a != 0
     }
 

@@ -45,7 +45,9 @@ def test_parse_labels_reads_the_last_list_or_bare_digits():
 def test_detection_generative_separates_a_true_from_a_random_explanation(server, cat_record, smollm_tokenizer):
     server.reply = judge_texts
     scorer = DetectionScorer(scripted(server), smollm_tokenizer, batch_size=5)
-    (true, outcomes), (wrong, _) = scorer.score([(cat_record, "Mentions of a cat"), (cat_record, "Words about the weather")])
+    (true, outcomes), (wrong, _) = scorer.score(
+        [(cat_record, "Mentions of a cat"), (cat_record, "Words about the weather")]
+    )
     assert true["accuracy"] == 1.0 and true["balanced_accuracy"] == 1.0 and true["failed"] == 0
     assert wrong["balanced_accuracy"] == 0.5 and wrong["recall"] == 0.0
     assert len(outcomes) == 12 and {o.kind for o in outcomes} == {"test", "negative"}
@@ -57,7 +59,9 @@ def test_logprob_mode_agrees_with_generative_on_easy_cases_and_gives_auroc(serve
     server.reply, server.top = judge_texts, judge_one
     gen = DetectionScorer(scripted(server), smollm_tokenizer, mode="generative").score([(cat_record, "A cat")])[0]
     lp = DetectionScorer(scripted(server), smollm_tokenizer, mode="logprob").score([(cat_record, "A cat")])[0]
-    assert [o.prediction for o in sorted(gen[1], key=lambda o: o.index)] == [o.prediction for o in sorted(lp[1], key=lambda o: o.index)]
+    assert [o.prediction for o in sorted(gen[1], key=lambda o: o.index)] == [
+        o.prediction for o in sorted(lp[1], key=lambda o: o.index)
+    ]
     assert lp[0]["auroc"] == 1.0 and gen[0]["auroc"] is None
     assert all(o.score is not None for o in lp[1])
 
@@ -81,7 +85,9 @@ def test_fuzzing_rewards_true_highlights_only(server, cat_record, smollm_tokeniz
 
 def test_embedding_scorer_ranks_cat_texts_above_money_for_a_cat_explanation(cat_record, smollm_tokenizer):
     scorer = EmbeddingScorer(smollm_tokenizer)
-    (true, outcomes), (wrong, _) = scorer.score([(cat_record, "cats and kittens"), (cat_record, "banking and finance")])
+    (true, outcomes), (wrong, _) = scorer.score(
+        [(cat_record, "cats and kittens"), (cat_record, "banking and finance")]
+    )
     assert true["auroc"] == 1.0 and wrong["auroc"] < 0.2
     assert (true["positives"], true["negatives"]) == (6, 6)
     assert all(-1.0 <= o.score <= 1.0 for o in outcomes)
@@ -114,7 +120,9 @@ def judge_intruder(content: str) -> str:
 def test_intruder_finds_the_odd_text_with_the_true_explanation_only(server, cat_record, smollm_tokenizer):
     from interp.scoring.intruder import IntruderScorer, parse_choice
 
-    assert parse_choice("Text 3, no wait, 2", 5) == 1 and parse_choice("none", 5) is None and parse_choice("7", 5) is None
+    assert (
+        parse_choice("Text 3, no wait, 2", 5) == 1 and parse_choice("none", 5) is None and parse_choice("7", 5) is None
+    )
     server.reply = judge_intruder
     scorer = IntruderScorer(scripted(server), smollm_tokenizer, group_size=3)
     (true, outcomes), (wrong, _) = scorer.score([(cat_record, "A cat"), (cat_record, "The weather")])

@@ -35,7 +35,11 @@ def fragments(secret: str, size: int = 12) -> set[str]:
 
 
 def leaks(text: str) -> list[str]:
-    marks = fragments(OPENAI_KEY.removeprefix("sk-INTERPFAKE-")) | fragments(HF_KEY.removeprefix("hf_INTERPFAKE")) | {"INTERPFAKE"}
+    marks = (
+        fragments(OPENAI_KEY.removeprefix("sk-INTERPFAKE-"))
+        | fragments(HF_KEY.removeprefix("hf_INTERPFAKE"))
+        | {"INTERPFAKE"}
+    )
     return sorted(m for m in marks if m in text)[:3]
 
 
@@ -51,12 +55,16 @@ def test_api_keys_and_hub_tokens_appear_in_no_output(tmp_path, server, smollm_to
         tiny_run_args(run_dir, model_dir, server.base_url) + ["--neuron-k", "4", "--max-retries", "0"],
         ["publish", str(run_dir), "someone/interp-test", "--dry-run", "--quiet"],
     ):
-        done = subprocess.run([sys.executable, "-m", "interp", *argv], env=env, capture_output=True, text=True, cwd=tmp_path)
+        done = subprocess.run(
+            [sys.executable, "-m", "interp", *argv], env=env, capture_output=True, text=True, cwd=tmp_path
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         outputs += [done.stdout, done.stderr]
 
-    notes = [r["note"] for r in map(json.loads, (run_dir / "explanations.jsonl").read_text().splitlines()) if r["note"]]
-    assert any("HTTP 400: {\"error\": \"bad key Bearer ***" in n for n in notes)  # the echo happened, and was redacted
+    notes = [
+        r["note"] for r in map(json.loads, (run_dir / "explanations.jsonl").read_text().splitlines()) if r["note"]
+    ]
+    assert any('HTTP 400: {"error": "bad key Bearer ***' in n for n in notes)  # the echo happened, and was redacted
     assert (run_dir / "publish" / "README.md").is_file()
     headers = [{k.lower(): v for k, v in r["headers"].items()} for r in server.requests]
     assert all(h["authorization"] == f"Bearer {OPENAI_KEY}" for h in headers)  # the key was sent, where it belongs
@@ -89,16 +97,29 @@ def test_weights_are_never_unpickled():
         rel = path.relative_to(ROOT)
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
-                found += [f"{rel}:{node.lineno}: imports {n}" for n in names if n.split(".")[0] in ("pickle", "cPickle", "dill", "joblib", "cloudpickle")]
+                names = [a.name for a in node.names] + (
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+                )
+                found += [
+                    f"{rel}:{node.lineno}: imports {n}"
+                    for n in names
+                    if n.split(".")[0] in ("pickle", "cPickle", "dill", "joblib", "cloudpickle")
+                ]
         for node, owner, name, kw in _calls(tree):
             if name == "load" and owner == "torch":
                 ok = isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True
                 found += [] if ok else [f"{rel}:{node.lineno}: torch.load without weights_only=True"]
             if name == "load" and owner in ("np", "numpy"):
-                bad = not (isinstance(kw.get("allow_pickle", ast.Constant(False)), ast.Constant) and kw.get("allow_pickle", ast.Constant(False)).value is False)
+                bad = not (
+                    isinstance(kw.get("allow_pickle", ast.Constant(False)), ast.Constant)
+                    and kw.get("allow_pickle", ast.Constant(False)).value is False
+                )
                 found += [f"{rel}:{node.lineno}: np.load that may allow pickle"] if bad else []
-            if name == "from_pretrained" and isinstance(kw.get("use_safetensors"), ast.Constant) and kw["use_safetensors"].value is False:
+            if (
+                name == "from_pretrained"
+                and isinstance(kw.get("use_safetensors"), ast.Constant)
+                and kw["use_safetensors"].value is False
+            ):
                 found.append(f"{rel}:{node.lineno}: from_pretrained(use_safetensors=False)")
     assert not found, found
 
@@ -119,7 +140,10 @@ def test_trust_remote_code_is_off_by_default_everywhere():
     for command in ("run", "cache", "explain", "score", "steer"):
         argv = [command] + (["a prompt", "--latent", "0"] if command == "steer" else [])
         assert with_args(RunConfig(), build_parser().parse_args(argv)).model.trust_remote_code is False
-        assert with_args(RunConfig(), build_parser().parse_args(argv + ["--trust-remote-code"])).model.trust_remote_code is True
+        assert (
+            with_args(RunConfig(), build_parser().parse_args(argv + ["--trust-remote-code"])).model.trust_remote_code
+            is True
+        )
     assert model_load_kwargs(ModelConfig(), cuda=False)["trust_remote_code"] is False
     assert model_load_kwargs(ModelConfig(trust_remote_code=True), cuda=False)["trust_remote_code"] is True
 
@@ -147,13 +171,18 @@ def remote_code_model(tmp_path, smollm_tokenizer) -> Path:
     (folder / "modeling_marked.py").write_text(CUSTOM_CODE)
     config = json.loads((folder / "config.json").read_text())
     config["model_type"] = "marked-llama"
-    config["auto_map"] = {"AutoConfig": "modeling_marked.MarkedConfig", "AutoModelForCausalLM": "modeling_marked.MarkedLlama"}
+    config["auto_map"] = {
+        "AutoConfig": "modeling_marked.MarkedConfig",
+        "AutoModelForCausalLM": "modeling_marked.MarkedLlama",
+    }
     (folder / "config.json").write_text(json.dumps(config))
     return folder
 
 
 def test_remote_code_runs_only_when_trust_remote_code_is_set(remote_code_model):
-    with pytest.raises(ModelLoadError, match="contains custom code, which must run to load it and runs only with --trust-remote-code"):
+    with pytest.raises(
+        ModelLoadError, match="contains custom code, which must run to load it and runs only with --trust-remote-code"
+    ):
         load_model(ModelConfig(model=str(remote_code_model)))
     lm = load_model(ModelConfig(model=str(remote_code_model), trust_remote_code=True))
     assert type(lm.model).__name__ == "MarkedLlama" and lm.model.ran_remote_code

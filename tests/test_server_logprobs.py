@@ -39,14 +39,20 @@ def cat_record(tokenizer) -> LatentRecord:
     """A latent that fires on "cat" in six texts; six texts about money are its negatives."""
     stats = LatentStats(count=6, frequency=0.1, max=2.0, mean=2.0, histogram=[0] * 20, num_examples=6)
     return LatentRecord(
-        "sae", 5, "ok", stats,
-        test=[example(tokenizer, t, i) for i, t in enumerate(CAT_TEXTS)], test_quantiles=[0, 0, 1, 1, 2, 2],
+        "sae",
+        5,
+        "ok",
+        stats,
+        test=[example(tokenizer, t, i) for i, t in enumerate(CAT_TEXTS)],
+        test_quantiles=[0, 0, 1, 1, 2, 2],
         negatives=[example(tokenizer, t, 100 + i) for i, t in enumerate(MONEY_TEXTS)],
     )
 
 
 def ranking(named: dict[str, float], fillers: int = 40) -> list[tuple[str, float]]:
-    """A whole next-token distribution, best first: ``named`` probabilities, the rest spread evenly over filler tokens."""
+    """A whole next-token distribution, best first: ``named`` probabilities, the rest spread evenly
+    over filler tokens.
+    """
     rest = (1 - sum(named.values())) / fillers
     probs = {**named, **{f"w{k}": rest for k in range(fillers)}}
     return sorted(((t, math.log(p)) for t, p in probs.items()), key=lambda tp: -tp[1])
@@ -61,7 +67,9 @@ def test_an_answer_missing_from_the_top_list_gives_a_bound_on_the_same_scale(ser
     server.top = lambda content: ranking(CAT_ODDS if "cat" in content.split("Text:")[-1] else MONEY_ODDS)
     server.max_top_logprobs = TOP_LOGPROBS  # as OpenAI, and vLLM without --max-logprobs
     llm = OpenAIClient(server.base_url, "scripted", concurrency=4, max_retries=0)
-    metrics, outcomes = DetectionScorer(llm, smollm_tokenizer, mode="logprob").score([(cat_record(smollm_tokenizer), "A cat")])[0]
+    metrics, outcomes = DetectionScorer(llm, smollm_tokenizer, mode="logprob").score(
+        [(cat_record(smollm_tokenizer), "A cat")]
+    )[0]
     cats = [o for o in outcomes if o.label]
     money = [o for o in outcomes if not o.label]
     assert all(o.bound for o in cats) and not any(o.bound for o in money) and metrics["bounded"] == 6
@@ -74,7 +82,10 @@ def test_an_answer_missing_from_the_top_list_gives_a_bound_on_the_same_scale(ser
 
 def can_serve(python: str) -> bool:
     """Whether ``python`` exists and imports ``llama_cpp.server``."""
-    return Path(python).is_file() and subprocess.run([python, "-c", "import llama_cpp.server"], capture_output=True, timeout=120).returncode == 0
+    return (
+        Path(python).is_file()
+        and subprocess.run([python, "-c", "import llama_cpp.server"], capture_output=True, timeout=120).returncode == 0
+    )
 
 
 def llama_python() -> str | None:
@@ -98,13 +109,29 @@ def llama_server(tmp_path_factory):
     """The base URL of llama-cpp-python's server on the embedded GGUF, started for this module."""
     python = llama_python()
     if python is None:
-        pytest.skip(f"no llama.cpp server: pip install 'llama-cpp-python[server]', or set ${LLAMA_PYTHON} to a python that has it")
+        pytest.skip(
+            "no llama.cpp server: pip install 'llama-cpp-python[server]', "
+            f"or set ${LLAMA_PYTHON} to a python that has it"
+        )
     port = free_port()
-    log = tmp_path_factory.mktemp("llama") / "server.log"  # a file, not a pipe: its verbose log would fill a pipe and stall it
+    log = (
+        tmp_path_factory.mktemp("llama") / "server.log"
+    )  # a file, not a pipe: its verbose log would fill a pipe and stall it
     with open(log, "wb") as out:
         server = subprocess.Popen(
-            [python, "-m", "llama_cpp.server", "--model", str(embedded_gguf_path()), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT,
+            [
+                python,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(embedded_gguf_path()),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
@@ -116,7 +143,9 @@ def llama_server(tmp_path_factory):
 
 
 def wait_until_serving(server: subprocess.Popen, base_url: str, log: Path, limit: float = 120) -> None:
-    """Poll ``/models`` until the server answers; fail with its log's end if it exits or takes over ``limit`` seconds."""
+    """Poll ``/models`` until the server answers; fail with its log's end if it exits or takes over
+    ``limit`` seconds.
+    """
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline and server.poll() is None:
         try:
@@ -132,14 +161,20 @@ def detection_scores(client, tokenizer) -> dict[tuple[str, int], tuple[float | N
     """(explanation, example index) -> (log-odds, bound) for the cat record under each explanation."""
     record = cat_record(tokenizer)
     results = DetectionScorer(client, tokenizer, mode="logprob").score([(record, e) for e in EXPLANATIONS])
-    return {(e, o.index): (o.score, o.bound) for e, (_, outcomes) in zip(EXPLANATIONS, results) for o in outcomes}
+    return {
+        (e, o.index): (o.score, o.bound)
+        for e, (_, outcomes) in zip(EXPLANATIONS, results, strict=True)
+        for o in outcomes
+    }
 
 
 @pytest.mark.slow
 def test_llama_cpp_log_odds_agree_with_the_local_model(llama_server, smollm, smollm_tokenizer):
     local = detection_scores(TransformersClient(lm=smollm), smollm_tokenizer)
     wide = detection_scores(OpenAIClient(llama_server, "smollm2", concurrency=2), smollm_tokenizer)
-    assert len(local) == len(wide) == 48 and not any(bound for _, bound in wide.values())  # 200 listed: both answers in
+    assert len(local) == len(wide) == 48 and not any(
+        bound for _, bound in wide.values()
+    )  # 200 listed: both answers in
     differences = sorted(abs(wide[k][0] - local[k][0]) for k in local)
     assert differences[-1] < TOLERANCE, f"median {differences[24]:.3f}, max {differences[-1]:.3f}"
 

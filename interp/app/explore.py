@@ -30,8 +30,19 @@ LATENT_HEADERS = ["latent", "status", "explanation", "frequency"]
 """The latent table's first columns; one column per scorer follows."""
 TOKEN_HEADERS = ["token", "token id", "logit"]
 EXPLANATION_HEADERS = ["explainer", "status", "explanation", "LLM", "note"]
-SCORE_HEADERS = ["scorer", "explainer", "metric", "explanation", "random explanation", "accuracy", "AUROC", "F1",
-                 "correlation", "examples", "failed"]
+SCORE_HEADERS = [
+    "scorer",
+    "explainer",
+    "metric",
+    "explanation",
+    "random explanation",
+    "accuracy",
+    "AUROC",
+    "F1",
+    "correlation",
+    "examples",
+    "failed",
+]
 TEXT_HEADERS = ["latent", "max activation", "tokens", "strongest on", "explanation"]
 
 
@@ -71,14 +82,20 @@ class TextLatents(NamedTuple):
 def describe(run: OpenRun) -> str:
     """Markdown overview of a run: model, corpus, coders, explanation counts, mean scores."""
     cfg = run.cfg
-    lines = [f"**{markdown_text(run.name)}** · model {markdown_code(cfg.model.model)} · corpus {markdown_code(cfg.corpus.corpus)}, "
-             f"{cfg.corpus.num_tokens:,} tokens in windows of {cfg.corpus.ctx_len}"]
+    lines = [
+        f"**{markdown_text(run.name)}** · model {markdown_code(cfg.model.model)} "
+        f"· corpus {markdown_code(cfg.corpus.corpus)}, "
+        f"{cfg.corpus.num_tokens:,} tokens in windows of {cfg.corpus.ctx_len}"
+    ]
     coders = run.summary().get("coders", {})
     for name in run.coder_names():
         c = coders.get(name, {})
         if c:
-            lines.append(f"- coder {markdown_code(name)} ({markdown_text(c['kind'])}): {c['num_latents']:,} latents, mean L0 {c['mean_l0']:.1f}, "
-                         f"{100 * c['dead_fraction']:.1f}% never fired on the cached tokens")
+            lines.append(
+                f"- coder {markdown_code(name)} ({markdown_text(c['kind'])}): {c['num_latents']:,} latents, "
+                f"mean L0 {c['mean_l0']:.1f}, "
+                f"{100 * c['dead_fraction']:.1f}% never fired on the cached tokens"
+            )
         else:
             lines.append(f"- coder {markdown_code(name)}")
     counts: dict[str, dict[str, int]] = {}
@@ -86,8 +103,10 @@ def describe(run: OpenRun) -> str:
         by_status = counts.setdefault(r["explainer"], {})
         by_status[r["status"]] = by_status.get(r["status"], 0) + 1
     for explainer, by_status in sorted(counts.items()):
-        lines.append(f"- explanations ({markdown_text(explainer)}): "
-                     + ", ".join(f"{n} {markdown_text(s)}" for s, n in sorted(by_status.items())))
+        lines.append(
+            f"- explanations ({markdown_text(explainer)}): "
+            + ", ".join(f"{n} {markdown_text(s)}" for s, n in sorted(by_status.items()))
+        )
     if not counts:
         lines.append("- no explanations yet: use the Explain tab")
     scores = run.scores()
@@ -96,14 +115,20 @@ def describe(run: OpenRun) -> str:
             for scorer, e in scorers.items():
                 mean, base = e["explanation"]["mean"], e["baseline"]["mean"]
                 shown = "n/a" if mean is None else f"{mean:.3f}"
-                lines.append(f"- {markdown_text(scorer)} of the {markdown_text(explainer)} explanations on {markdown_code(coder)}: "
-                             f"mean {e['metric']} {shown}"
-                             + (f" (random explanation {base:.3f})" if base is not None else "") + f", {e['explanation']['n']} latents")
+                lines.append(
+                    f"- {markdown_text(scorer)} of the {markdown_text(explainer)} explanations "
+                    f"on {markdown_code(coder)}: "
+                    f"mean {e['metric']} {shown}"
+                    + (f" (random explanation {base:.3f})" if base is not None else "")
+                    + f", {e['explanation']['n']} latents"
+                )
     return "\n".join(lines)
 
 
 def sort_choices(run: OpenRun) -> list[str]:
-    """Ways to sort the latent table: by latent, frequency, or any scorer's main metric (of the run's own explainer)."""
+    """Ways to sort the latent table: by latent, frequency, or any scorer's main metric (of the
+    run's own explainer).
+    """
     scorers = sorted({r["scorer"] for r in explainer_rows(run.scores(), run.cfg.explain.explainer)})
     return [*SORTS, *(SCORE_SORT + s for s in scorers)]
 
@@ -128,7 +153,9 @@ def latent_table(run: OpenRun, coder: str, query: str = "", sort: str = "latent"
         if r["coder"] == coder:
             lines.setdefault(r["latent"], []).append(r)
     if len(query) > MAX_QUERY_CHARS:
-        raise InterpError(f"The search has {len(query):,} characters; the limit is {MAX_QUERY_CHARS}. Search for a word or phrase.")
+        raise InterpError(
+            f"The search has {len(query):,} characters; the limit is {MAX_QUERY_CHARS}. Search for a word or phrase."
+        )
     needle = query.strip().lower()
     if needle:
         lines = {k: v for k, v in lines.items() if any(needle in (r["explanation"] or "").lower() for r in v)}
@@ -138,12 +165,19 @@ def latent_table(run: OpenRun, coder: str, query: str = "", sort: str = "latent"
     rows = []
     for latent, group in lines.items():
         status = next((r["status"] for r in group if r["status"] == "ok"), group[-1]["status"])
-        rows.append([latent, status, _best_explanation(group, run.cfg.explain.explainer), freq.get((coder, latent), 0.0),
-                     *(table[s].get(latent) for s in scorers)])
+        rows.append(
+            [
+                latent,
+                status,
+                _best_explanation(group, run.cfg.explain.explainer),
+                freq.get((coder, latent), 0.0),
+                *(table[s].get(latent) for s in scorers),
+            ]
+        )
     if sort == "frequency":
         rows.sort(key=lambda row: -row[3])
-    elif sort.startswith(SCORE_SORT) and sort[len(SCORE_SORT):] in scorers:
-        column = 4 + scorers.index(sort[len(SCORE_SORT):])
+    elif sort.startswith(SCORE_SORT) and sort[len(SCORE_SORT) :] in scorers:
+        column = 4 + scorers.index(sort[len(SCORE_SORT) :])
         rows.sort(key=lambda row: (row[column] is None, -(row[column] or 0.0)))
     elif sort == "latent":
         rows.sort(key=lambda row: row[0])
@@ -156,7 +190,9 @@ def _histogram(record: LatentRecord) -> Figure:
     fig = Figure(figsize=(5, 2.6))
     ax = fig.subplots()
     width = record.stats.max / HISTOGRAM_BINS if record.stats.max > 0 else 1.0
-    ax.bar([width * (i + 0.5) for i in range(HISTOGRAM_BINS)], record.stats.histogram, width=width * 0.9, color="#ff7a00")
+    ax.bar(
+        [width * (i + 0.5) for i in range(HISTOGRAM_BINS)], record.stats.histogram, width=width * 0.9, color="#ff7a00"
+    )
     ax.set_xlabel("activation")
     ax.set_ylabel("tokens")
     ax.set_title(f"latent {record.latent} (BOS left out)", fontsize=9)
@@ -175,13 +211,14 @@ def _stats(record: LatentRecord) -> str:
 
 def _token_table(run: OpenRun, pairs: list[tuple[int, float]]) -> Table:
     pieces = run.text()([i for i, _ in pairs])
-    return Table(TOKEN_HEADERS, [[p, i, v] for p, (i, v) in zip(pieces, pairs)])
+    return Table(TOKEN_HEADERS, [[p, i, v] for p, (i, v) in zip(pieces, pairs, strict=True)])
 
 
 def _explanations(run: OpenRun, coder: str, latent: int) -> Table:
     rows = [
         [r["explainer"], r["status"], r["explanation"] or "", r.get("model") or "", r.get("note") or ""]
-        for r in run.explanations() if r["coder"] == coder and r["latent"] == latent
+        for r in run.explanations()
+        if r["coder"] == coder and r["latent"] == latent
     ]
     return Table(EXPLANATION_HEADERS, rows)
 
@@ -193,8 +230,21 @@ def _scores(run: OpenRun, coder: str, latent: int) -> Table:
     rows = []
     for e in entries:
         m = e["metrics"]
-        rows.append([e["scorer"], e["explainer"], e["metric"], e["value"], e["baseline_value"],
-                     m["accuracy"], m["auroc"], m["f1"], m["correlation"], m["n"], m["failed"]])
+        rows.append(
+            [
+                e["scorer"],
+                e["explainer"],
+                e["metric"],
+                e["value"],
+                e["baseline_value"],
+                m["accuracy"],
+                m["auroc"],
+                m["f1"],
+                m["correlation"],
+                m["n"],
+                m["failed"],
+            ]
+        )
     return Table(SCORE_HEADERS, rows)
 
 
@@ -208,18 +258,28 @@ def latent_view(run: OpenRun, coder: str, latent: int) -> LatentView:
     text = run.text()
     top = record.stats.max
     top_html = examples_html(
-        [(f"#{i + 1} · max {ex.max_act:.3g}", text(ex.tokens), ex.acts) for i, ex in enumerate(record.top)], top,
+        [(f"#{i + 1} · max {ex.max_act:.3g}", text(ex.tokens), ex.acts) for i, ex in enumerate(record.top)],
+        top,
         empty=f"Latent {latent} never fires in the cached tokens." if record.status == "dead" else "No examples.",
     )
     quantiles = examples_html(
-        [(f"quantile {q} · max {ex.max_act:.3g}", text(ex.tokens), ex.acts)
-         for ex, q in sorted(zip(record.test, record.test_quantiles), key=lambda pair: -pair[1])],
-        top, empty="No held-out examples (the latent is dead or rare).",
+        [
+            (f"quantile {q} · max {ex.max_act:.3g}", text(ex.tokens), ex.acts)
+            for ex, q in sorted(zip(record.test, record.test_quantiles, strict=True), key=lambda pair: -pair[1])
+        ],
+        top,
+        empty="No held-out examples (the latent is dead or rare).",
     )
     return LatentView(
-        record, _stats(record), _histogram(record), top_html, quantiles,
-        _token_table(run, record.promoted), _token_table(run, record.suppressed),
-        _explanations(run, coder, latent), _scores(run, coder, latent),
+        record,
+        _stats(record),
+        _histogram(record),
+        top_html,
+        quantiles,
+        _token_table(run, record.promoted),
+        _token_table(run, record.suppressed),
+        _explanations(run, coder, latent),
+        _scores(run, coder, latent),
     )
 
 
@@ -227,11 +287,16 @@ def latent_view(run: OpenRun, coder: str, latent: int) -> LatentView:
 def text_latents(run: OpenRun, coder: str, text: str, latent: int | None = None) -> TextLatents:
     """Run the model on ``text`` and list the latents of ``coder`` that fire on it; shade the text by ``latent``."""
     if len(text) > MAX_TEXT_CHARS:
-        raise InterpError(f"The text has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,} ({MAX_TEXT_TOKENS} tokens). Shorten it.")
+        raise InterpError(
+            f"The text has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,} ({MAX_TEXT_TOKENS} tokens). "
+            "Shorten it."
+        )
     lm = run.model().lm
     sparse = run.coder(coder)
     if latent is not None and not 0 <= latent < sparse.num_latents:
-        raise InterpError(f"Latent {latent} does not exist: {coder} has {sparse.num_latents} latents (0-{sparse.num_latents - 1}).")
+        raise InterpError(
+            f"Latent {latent} does not exist: {coder} has {sparse.num_latents} latents (0-{sparse.num_latents - 1})."
+        )
     ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise InterpError("Type some text to see which latents fire on it.")
@@ -241,11 +306,11 @@ def text_latents(run: OpenRun, coder: str, text: str, latent: int | None = None)
     lead = [bos] if run.cfg.corpus.add_bos and bos is not None else []  # as the cached windows began
     with run.lock:
         acts = capture_tokens(lm.model, torch.tensor([lead + ids], device=lm.device), [sparse.site])[sparse.site]
-        code = sparse.encode(acts[0, len(lead):].to(sparse.device))
+        code = sparse.encode(acts[0, len(lead) :].to(sparse.device))
     values, indices = code.acts.float().cpu(), code.indices.cpu()
     best: dict[int, list] = {}
     for position in range(len(ids)):
-        for value, index in zip(values[position].tolist(), indices[position].tolist()):
+        for value, index in zip(values[position].tolist(), indices[position].tolist(), strict=True):
             if value > 0:
                 entry = best.setdefault(index, [0.0, 0, position])
                 entry[1] += 1

@@ -76,8 +76,9 @@ class Handlers:
 
     def llm(self, backend, local_model, url, server_model) -> pipeline.LLMChoice:
         """The LLM chosen in a tab's LLM accordion (a closed accordion's widgets send None)."""
-        return pipeline.llm_spec(self.workspace, backend or "local", local_model or "", url or "", server_model or "",
-                                 keyed_urls=self.keyed)
+        return pipeline.llm_spec(
+            self.workspace, backend or "local", local_model or "", url or "", server_model or "", keyed_urls=self.keyed
+        )
 
     def open_run(self, path: str):
         # status, coder, latent, sort, latent table, score explainer, outcome scorer
@@ -136,8 +137,16 @@ class Handlers:
         if not coder:  # no run is open
             return (gr.skip(),) * 8
         v = explore.latent_view(self.runs.get(path), coder, _latent(latent))
-        return (v.stats, v.histogram, frame(v.explanations), frame(v.scores), v.top, v.quantiles,
-                frame(v.promoted), frame(v.suppressed))
+        return (
+            v.stats,
+            v.histogram,
+            frame(v.explanations),
+            frame(v.scores),
+            v.top,
+            v.quantiles,
+            frame(v.promoted),
+            frame(v.suppressed),
+        )
 
     @show_errors
     def test_text(self, path, coder, text, latent):
@@ -145,25 +154,58 @@ class Handlers:
         return t.highlight, frame(t.latents)
 
     @show_errors
-    def explain(self, path, coder, latent, explainer, which, selection, backend, local_model, url, server_model,
-                progress=gr.Progress(track_tqdm=True)):
+    def explain(
+        self,
+        path,
+        coder,
+        latent,
+        explainer,
+        which,
+        selection,
+        backend,
+        local_model,
+        url,
+        server_model,
+        progress=gr.Progress(track_tqdm=True),
+    ):
         run = self.runs.get(path)
         spec = str(_latent(latent)) if which == "this latent" else (selection or "").strip()
-        summary, table = pipeline.explain(run, coder, explainer, self.llm(backend, local_model, url, server_model), spec)
+        summary, table = pipeline.explain(
+            run, coder, explainer, self.llm(backend, local_model, url, server_model), spec
+        )
         counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["explanations"].items()))
-        status = (f"**{explainer}** explanations of {markdown_code(coder)} (latents {markdown_text(spec)}): done. "
-                  f"All {explainer} lines in the run: {counts}.")
+        status = (
+            f"**{explainer}** explanations of {markdown_code(coder)} (latents {markdown_text(spec)}): done. "
+            f"All {explainer} lines in the run: {counts}."
+        )
         return status, frame(table), gr.Dropdown(choices=pipeline.explainers(run), value=explainer)
 
     @show_errors
-    def score(self, path, coder, explainer, scorers, mode, backend, local_model, url, server_model,
-              progress=gr.Progress(track_tqdm=True)):
+    def score(
+        self,
+        path,
+        coder,
+        explainer,
+        scorers,
+        mode,
+        backend,
+        local_model,
+        url,
+        server_model,
+        progress=gr.Progress(track_tqdm=True),
+    ):
         run = self.runs.get(path)
         if not explainer:
             raise InterpError("There are no explanations to score yet: explain some latents first.")
-        table = pipeline.score(run, coder, explainer, scorers or [], mode, self.llm(backend, local_model, url, server_model))
+        table = pipeline.score(
+            run, coder, explainer, scorers or [], mode, self.llm(backend, local_model, url, server_model)
+        )
         names = sorted({r["scorer"] for r in run.scores()})
-        return frame(table), pipeline.plots(run, coder, explainer), gr.Dropdown(choices=names, value=names[0] if names else None)
+        return (
+            frame(table),
+            pipeline.plots(run, coder, explainer),
+            gr.Dropdown(choices=names, value=names[0] if names else None),
+        )
 
     @show_errors
     def outcomes(self, path, coder, latent, scorer, explainer):
@@ -178,8 +220,16 @@ class Handlers:
             raise InterpError("Type a strength or a target KL.")
         strength = _number(value, "a strength") if how == "strength" and mode != "ablate" else None
         target_kl = _number(value, "a target KL") if how == "target KL" and mode != "ablate" else None
-        s = intervene.steer_prompt(self.runs.get(path), coder, _latent(latent), prompt or "", mode=mode, strength=strength,
-                                   target_kl=target_kl, max_new_tokens=_number(max_new_tokens, "how many new tokens"))
+        s = intervene.steer_prompt(
+            self.runs.get(path),
+            coder,
+            _latent(latent),
+            prompt or "",
+            mode=mode,
+            strength=strength,
+            target_kl=target_kl,
+            max_new_tokens=_number(max_new_tokens, "how many new tokens"),
+        )
         return s.summary, s.result.clean, s.result.steered, frame(s.changes)
 
     @show_errors
@@ -189,8 +239,9 @@ class Handlers:
 
     @show_errors
     def publish(self, path, repo_id, token, private, progress=gr.Progress(track_tqdm=True)):
-        result = publishing.push(self.runs.get(path), repo_id or "", token or "", private=bool(private),
-                                 env_token=self.config.env_token)
+        result = publishing.push(
+            self.runs.get(path), repo_id or "", token or "", private=bool(private), env_token=self.config.env_token
+        )
         rows = ", ".join(f"{name}: {n} rows" for name, n in result.rows.items())
         visibility = "private" if result.private else "public"
         return f"Published to [{result.repo_id}]({result.url}) ({visibility}; {rows}), commit {result.commit_url}", ""

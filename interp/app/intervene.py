@@ -27,10 +27,20 @@ class Steered(NamedTuple):
 
 
 def steer_prompt(
-    run: OpenRun, coder: str, latent: int, prompt: str, *, mode: str = "add", strength: float | None = None,
-    target_kl: float | None = None, max_new_tokens: int = 32, top_k: int = 10,
+    run: OpenRun,
+    coder: str,
+    latent: int,
+    prompt: str,
+    *,
+    mode: str = "add",
+    strength: float | None = None,
+    target_kl: float | None = None,
+    max_new_tokens: int = 32,
+    top_k: int = 10,
 ) -> Steered:
-    """Continue ``prompt`` greedily without and with ``latent`` of ``coder`` steered (``steer_side_by_side.generate_side_by_side``)."""
+    """Continue ``prompt`` greedily without and with ``latent`` of ``coder`` steered
+    (``steer_side_by_side.generate_side_by_side``).
+    """
     if mode not in MODES:
         raise InterpError(f"Unknown steering mode {mode!r}: use {', '.join(MODES)}.")
     if not (math.isfinite(max_new_tokens) and 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS):
@@ -40,8 +50,15 @@ def steer_prompt(
     lm = run.model().lm
     with run.lock:  # the steering hook lives on the shared model while this runs
         result = generate_side_by_side(
-            lm, run.coder(coder), prompt, int(latent), mode=mode, strength=strength, target_kl=target_kl,
-            max_new_tokens=int(max_new_tokens), top_k=top_k,
+            lm,
+            run.coder(coder),
+            prompt,
+            int(latent),
+            mode=mode,
+            strength=strength,
+            target_kl=target_kl,
+            max_new_tokens=int(max_new_tokens),
+            top_k=top_k,
         )
     how = "ablate (set to 0)" if mode == "ablate" else f"{mode} {result.strength:.4g}"
     how += f" (found for a target KL of {target_kl:g})" if target_kl is not None and mode != "ablate" else ""

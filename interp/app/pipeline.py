@@ -34,7 +34,12 @@ class LLMChoice(NamedTuple):
 
 
 def llm_spec(
-    workspace: Workspace, backend: str, model: str = "", url: str = "", server_model: str = "", *,
+    workspace: Workspace,
+    backend: str,
+    model: str = "",
+    url: str = "",
+    server_model: str = "",
+    *,
     keyed_urls: frozenset[str] | None = None,
 ) -> LLMChoice:
     """The panel's LLM choice as ``ExplainConfig`` settings.
@@ -66,29 +71,46 @@ def _check_finished(run: OpenRun, coder: str) -> None:
 
 
 def chosen_latents(run: OpenRun, coder: str, latents: str) -> list[int]:
-    """The latents of ``coder`` that ``latents`` (one number, all, sample:N, A-B, A,B,C) names, as ``interp explain`` picks them."""
+    """The latents of ``coder`` that ``latents`` (one number, all, sample:N, A-B, A,B,C) names, as
+    ``interp explain`` picks them.
+    """
     _check_finished(run, coder)
     count = run.dir.latent_counts(coder)
     r = run.cfg.records
     return select_latents(latents.strip(), count, min_count=r.min_examples, seed=r.records_seed)
 
 
-def explain(run: OpenRun, coder: str, explainer: str, llm: LLMChoice, latents: str, *,
-            progress: bool = True) -> tuple[dict, Table]:
-    """Explain ``latents`` of ``coder`` with ``explainer`` (resumable: done ones are skipped); the counts and the rows."""
+def explain(
+    run: OpenRun, coder: str, explainer: str, llm: LLMChoice, latents: str, *, progress: bool = True
+) -> tuple[dict, Table]:
+    """Explain ``latents`` of ``coder`` with ``explainer`` (resumable: done ones are skipped); the
+    counts and the rows.
+    """
     wanted = set(chosen_latents(run, coder, latents))
-    cfg = replace(run.cfg, explain=replace(run.cfg.explain, explainer=explainer, **llm._asdict(), latents=latents.strip()))
+    cfg = replace(
+        run.cfg, explain=replace(run.cfg.explain, explainer=explainer, **llm._asdict(), latents=latents.strip())
+    )
     summary = run_explain(cfg, run.path, coders=[coder], progress=progress)
     rows = [
         [r["latent"], r["status"], r["explanation"] or "", r.get("model") or "", r.get("note") or ""]
-        for r in run.explanations() if r["coder"] == coder and r["explainer"] == explainer and r["latent"] in wanted
+        for r in run.explanations()
+        if r["coder"] == coder and r["explainer"] == explainer and r["latent"] in wanted
     ]
     return summary, Table(EXPLAINED_HEADERS, sorted(rows))
 
 
-def score(run: OpenRun, coder: str, explainer: str, scorers: list[str], score_mode: str, llm: LLMChoice, *,
-          progress: bool = True) -> Table:
-    """Score ``explainer``'s explanations of ``coder`` (and their random baseline) with ``scorers``; the summary per scorer.
+def score(
+    run: OpenRun,
+    coder: str,
+    explainer: str,
+    scorers: list[str],
+    score_mode: str,
+    llm: LLMChoice,
+    *,
+    progress: bool = True,
+) -> Table:
+    """Score ``explainer``'s explanations of ``coder`` (and their random baseline) with ``scorers``;
+    the summary per scorer.
 
     Resumable, as ``interp score``: explanations already scored by a scorer are skipped.
     """
@@ -100,7 +122,9 @@ def score(run: OpenRun, coder: str, explainer: str, scorers: list[str], score_mo
         explain=replace(run.cfg.explain, explainer=explainer, **llm._asdict()),
         score=replace(run.cfg.score, scorers=list(scorers), score_mode=score_mode),
     )
-    return summary_table(run_score(cfg, run.path, coders=[coder], progress=progress)["scores"], coder)  # of this explainer alone
+    return summary_table(
+        run_score(cfg, run.path, coders=[coder], progress=progress)["scores"], coder
+    )  # of this explainer alone
 
 
 def _against_random(entry: dict) -> str:
@@ -111,16 +135,30 @@ def _against_random(entry: dict) -> str:
 
 
 def summary_table(summary: dict, coder: str) -> Table:
-    """Per scorer of ``coder`` (from ``summarize_scores``): its main metric's mean and median against the random explanation's."""
+    """Per scorer of ``coder`` (from ``summarize_scores``): its main metric's mean and median
+    against the random explanation's.
+    """
     rows = []
     for scorer, e in summary.get(coder, {}).items():
-        rows.append([scorer, e["metric"], e["explanation"]["mean"], e["explanation"]["median"], e["baseline"]["mean"],
-                     e["margin"], _against_random(e), e["explanation"]["n"]])
+        rows.append(
+            [
+                scorer,
+                e["metric"],
+                e["explanation"]["mean"],
+                e["explanation"]["median"],
+                e["baseline"]["mean"],
+                e["margin"],
+                _against_random(e),
+                e["explanation"]["n"],
+            ]
+        )
     return Table(SUMMARY_HEADERS, rows)
 
 
 def plots(run: OpenRun, coder: str, explainer: str | None = None) -> list[tuple[str, str]]:
-    """(path, caption) of the summary plots of ``explainer``'s scores (default: the run's own) that concern ``coder``, and the all-coder one."""
+    """(path, caption) of the summary plots of ``explainer``'s scores (default: the run's own) that
+    concern ``coder``, and the all-coder one.
+    """
     own = run.cfg.explain.explainer
     folder = run.dir.plots_dir(explainer or own, own)
     if not folder.is_dir():
@@ -155,16 +193,25 @@ def _verdicts(examples: list[dict]) -> list[bool | None]:
 
 def outcomes(run: OpenRun, coder: str, latent: int, scorer: str, explainer: str) -> Outcomes:
     """Each held-out example the scorer judged for the explanation of ``latent``: label, call, score, text."""
-    row = next((r for r in run.scores() if (r["coder"], r["latent"], r["scorer"], r["explainer"], r["baseline"])
-                == (coder, int(latent), scorer, explainer, False)), None)
+    row = next(
+        (
+            r
+            for r in run.scores()
+            if (r["coder"], r["latent"], r["scorer"], r["explainer"], r["baseline"])
+            == (coder, int(latent), scorer, explainer, False)
+        ),
+        None,
+    )
     if row is None:
-        raise InterpError(f"No {scorer} score of the {explainer} explanation of {coder} latent {latent}: score it first.")
+        raise InterpError(
+            f"No {scorer} score of the {explainer} explanation of {coder} latent {latent}: score it first."
+        )
     examples = row["examples"]
     builder = run.builder(coder)
     text = run.text()
     verdicts = _verdicts(examples)
     rows = []
-    for e, verdict in zip(examples, verdicts):
+    for e, verdict in zip(examples, verdicts, strict=True):
         if e["kind"] in ("test", "negative", "hard_negative") and 0 <= e["index"] < builder.num_examples:
             shown = "".join(text(builder.example_tokens[e["index"]].tolist()))
         else:
@@ -172,12 +219,17 @@ def outcomes(run: OpenRun, coder: str, latent: int, scorer: str, explainer: str)
         call = "failed" if verdict is None else "right" if verdict else "wrong"
         rows.append([call, e["kind"], e.get("quantile"), e["label"], e["prediction"], e["score"], shown])
     metric = main_metric(scorer)
-    values = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row["metrics"].items() if v is not None)
+    values = ", ".join(
+        f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row["metrics"].items() if v is not None
+    )
     value = row["metrics"].get(metric)
-    md = (f"**{markdown_text(scorer)}** on the *{markdown_text(explainer)}* explanation of latent {latent}: {metric} "
-          f"**{'n/a' if value is None else f'{value:.3g}'}**  \n{values}")
-    return Outcomes(md, Table(OUTCOME_HEADERS, rows),
-                    sum(v is True for v in verdicts), sum(v is False for v in verdicts))
+    md = (
+        f"**{markdown_text(scorer)}** on the *{markdown_text(explainer)}* explanation of latent {latent}: {metric} "
+        f"**{'n/a' if value is None else f'{value:.3g}'}**  \n{values}"
+    )
+    return Outcomes(
+        md, Table(OUTCOME_HEADERS, rows), sum(v is True for v in verdicts), sum(v is False for v in verdicts)
+    )
 
 
 def explainers(run: OpenRun) -> list[str]:

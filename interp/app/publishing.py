@@ -11,7 +11,17 @@ from .explore import Table
 from .session import OpenRun
 
 PREVIEW_ROWS = 5
-PREVIEW_HEADERS = ["coder", "latent", "status", "explanation", "explainer", "count", "frequency", "scores [random]", "promotes"]
+PREVIEW_HEADERS = [
+    "coder",
+    "latent",
+    "status",
+    "explanation",
+    "explainer",
+    "count",
+    "frequency",
+    "scores [random]",
+    "promotes",
+]
 
 
 def preview_table(run: OpenRun, n: int = PREVIEW_ROWS) -> tuple[Table, str]:
@@ -23,23 +33,48 @@ def preview_table(run: OpenRun, n: int = PREVIEW_ROWS) -> tuple[Table, str]:
     out = []
     for r in rows:
         scores = "; ".join(
-            f"{s['scorer']} {s['metric']} {s['value']:.3g}" + (f" [{s['baseline_value']:.3g}]" if s["baseline_value"] is not None else "")
-            for s in r["scores"] if s["value"] is not None
+            f"{s['scorer']} {s['metric']} {s['value']:.3g}"
+            + (f" [{s['baseline_value']:.3g}]" if s["baseline_value"] is not None else "")
+            for s in r["scores"]
+            if s["value"] is not None
         )
-        out.append([r["coder"], r["latent"], r["status"], r["explanation"] or "", r["explainer"] or "", r["count"],
-                    r["frequency"], scores, json.dumps([t["token"] for t in r["promoted_tokens"][:5]])])
+        out.append(
+            [
+                r["coder"],
+                r["latent"],
+                r["status"],
+                r["explanation"] or "",
+                r["explainer"] or "",
+                r["count"],
+                r["frequency"],
+                scores,
+                json.dumps([t["token"] for t in r["promoted_tokens"][:5]]),
+            ]
+        )
     return Table(PREVIEW_HEADERS, out), card
 
 
-def push(run: OpenRun, repo_id: str, token: str = "", *, private: bool = False, env_token: bool = True, progress: bool = True):
-    """Publish the run to the Hub dataset ``repo_id`` with ``token``, or (if allowed) the environment's; a ``PublishResult``."""
+def push(
+    run: OpenRun,
+    repo_id: str,
+    token: str = "",
+    *,
+    private: bool = False,
+    env_token: bool = True,
+    progress: bool = True,
+):
+    """Publish the run to the Hub dataset ``repo_id`` with ``token``, or (if allowed) the
+    environment's; a ``PublishResult``.
+    """
     from publish.hub import publish_run
 
     repo_id, token = repo_id.strip(), token.strip()
     if not repo_id or repo_id.count("/") != 1:
         raise InterpError(f"Give the dataset repository as owner/name, not {repo_id!r}.")
     if not token and not env_token:
-        raise InterpError("Type a Hugging Face write token: this app does not publish with a token from its environment.")
+        raise InterpError(
+            "Type a Hugging Face write token: this app does not publish with a token from its environment."
+        )
     lm = run.model().lm
     try:
         return publish_run(run.path, repo_id, token=token or None, private=private, lm=lm, progress=progress)

@@ -54,7 +54,7 @@ def tokens_html(pieces: Sequence[str], acts: Sequence[float], top: float) -> str
     """One ``<span>`` per token, shaded by its activation relative to ``top``; hovering shows the value."""
     top = top if top > 0 else 1.0
     spans = []
-    for piece, act in zip(pieces, acts):
+    for piece, act in zip(pieces, acts, strict=True):
         text = escape(_visible(piece))
         if act > 0:
             alpha = min(1.0, 0.15 + 0.85 * act / top)
@@ -67,7 +67,9 @@ def tokens_html(pieces: Sequence[str], acts: Sequence[float], top: float) -> str
     return "".join(spans)
 
 
-def examples_html(examples: Sequence[tuple[str, Sequence[str], Sequence[float]]], top: float, empty: str = "No examples.") -> str:
+def examples_html(
+    examples: Sequence[tuple[str, Sequence[str], Sequence[float]]], top: float, empty: str = "No examples."
+) -> str:
     """A list of (caption, token texts, activations), each as one shaded line."""
     if not examples:
         return f'<p class="empty">{escape(empty)}</p>'

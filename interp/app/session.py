@@ -133,7 +133,9 @@ def run_is_complete(path: Path) -> bool:
 
 
 def build_default_run(workspace: Workspace, path: str, cfg: RunConfig | None = None, *, progress: bool = True) -> Path:
-    """Run the main job (``cfg``, default: the embedded default) into ``path`` (inside the workspace), resuming a partial one."""
+    """Run the main job (``cfg``, default: the embedded default) into ``path`` (inside the
+    workspace), resuming a partial one.
+    """
     full = workspace.resolve(path)
     if not run_is_complete(full):
         run(cfg or RunConfig(), full, progress=progress)

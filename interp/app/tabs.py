@@ -12,6 +12,7 @@ from typing import NamedTuple
 import gradio as gr
 import pandas as pd
 
+from ..config import ExplainConfig
 from ..explain import EXPLAINERS
 from ..scoring.classify import MODES as SCORE_MODES
 from ..scoring.registry import SCORERS
@@ -34,14 +35,33 @@ def _empty(headers: list[str]) -> pd.DataFrame:
 def _llm_widgets(prefix: str, config: AppConfig) -> list:
     """The LLM choice (backend, local model, server URL and model), with element ids starting with ``prefix``."""
     with gr.Accordion("LLM", open=False, elem_id=f"{prefix}-llm"):
-        backend = gr.Radio(list(pipeline.BACKENDS), value="local", label="Backend", elem_id=f"{prefix}-backend",
-                           info="local: run a model in this process; url: an OpenAI-compatible server"
-                           + (" (key from $OPENAI_API_KEY)" if config.env_token else " (the owner's key goes only to their own server)"))
+        backend = gr.Radio(
+            list(pipeline.BACKENDS),
+            value="local",
+            label="Backend",
+            elem_id=f"{prefix}-backend",
+            info="local: run a model in this process; url: an OpenAI-compatible server"
+            + (
+                " (key from $OPENAI_API_KEY)"
+                if config.env_token
+                else " (the owner's key goes only to their own server)"
+            ),
+        )
         with gr.Row():
-            local_model = gr.Textbox(label="Local model", elem_id=f"{prefix}-local-model",
-                                     placeholder="empty: the embedded SmolLM2; or a Hub id / a folder in the workspace")
-            url = gr.Textbox(value=config.llm_url, label="Server URL", placeholder="http://127.0.0.1:8000/v1", elem_id=f"{prefix}-url")
-            server_model = gr.Textbox(label="Server model", placeholder="Qwen/Qwen2.5-7B-Instruct", elem_id=f"{prefix}-server-model")
+            local_model = gr.Textbox(
+                label="Local model",
+                elem_id=f"{prefix}-local-model",
+                placeholder="empty: the embedded SmolLM2; or a Hub id / a folder in the workspace",
+            )
+            url = gr.Textbox(
+                value=config.llm_url,
+                label="Server URL",
+                placeholder="http://127.0.0.1:8000/v1",
+                elem_id=f"{prefix}-url",
+            )
+            server_model = gr.Textbox(
+                label="Server model", placeholder="Qwen/Qwen2.5-7B-Instruct", elem_id=f"{prefix}-server-model"
+            )
     return [backend, local_model, url, server_model]
 
 
@@ -61,14 +81,25 @@ def top_bar(workspace: Workspace, config: AppConfig) -> TopBar:
     """The title, the run picker and the run's status line."""
     gr.Markdown("# interp — automated interpretability of sparse latents")
     with gr.Row(equal_height=True):
-        run = gr.Dropdown(choices=workspace.runs(), value=config.run_dir, allow_custom_value=True, scale=3,
-                          label="Run directory", info=f"inside the workspace {workspace.root}", elem_id="run")
+        run = gr.Dropdown(
+            choices=workspace.runs(),
+            value=config.run_dir,
+            allow_custom_value=True,
+            scale=3,
+            label="Run directory",
+            info=f"inside the workspace {workspace.root}",
+            elem_id="run",
+        )
         coder = gr.Dropdown(choices=[], label="Coder", allow_custom_value=True, scale=3, elem_id="coder")
         latent = gr.Number(value=0, precision=0, minimum=0, label="Latent", scale=1, elem_id="latent")
         open_ = gr.Button("Open", scale=1, elem_id="open")
     status = gr.Markdown(elem_id="status")
-    build = gr.Button(f"Build the default run into {config.run_dir} (about 6 minutes on 2 CPUs)", size="sm",
-                      visible=False, elem_id="build")
+    build = gr.Button(
+        f"Build the default run into {config.run_dir} (about 6 minutes on 2 CPUs)",
+        size="sm",
+        visible=False,
+        elem_id="build",
+    )
     return TopBar(run, coder, latent, open_, status, build)
 
 
@@ -78,11 +109,14 @@ def wire_top_bar(page: gr.Blocks, h: Handlers, top: TopBar, explore_: "ExploreTa
     opened = [top.status, top.coder, top.latent, explore_.sort, explore_.table, score.explainer, score.outcome_scorer]
     chosen = [top.run, top.coder, top.latent]
     page.load(h.start, [top.run], [*opened, top.build], api_visibility="private").then(
-        h.show_latent, chosen, explore_.view, api_visibility="private")
+        h.show_latent, chosen, explore_.view, api_visibility="private"
+    )
     top.open.click(show_errors(h.open_run), [top.run], opened, api_name="open_run").then(
-        h.show_latent, chosen, explore_.view, api_visibility="private")
+        h.show_latent, chosen, explore_.view, api_visibility="private"
+    )
     top.build.click(h.build, None, [top.run], api_name="build").then(
-        h.start, [top.run], [*opened, top.build], api_visibility="private")
+        h.start, [top.run], [*opened, top.build], api_visibility="private"
+    )
 
 
 class ExploreTab(NamedTuple):
@@ -94,7 +128,9 @@ class ExploreTab(NamedTuple):
     table: gr.Dataframe
     show: gr.Button
     view: list
-    """What ``Handlers.show_latent`` fills: stats, histogram, explanations, scores, top and quantile examples, promoted and suppressed tokens."""
+    """What ``Handlers.show_latent`` fills: stats, histogram, explanations, scores, top and quantile
+    examples, promoted and suppressed tokens.
+    """
     text: gr.Textbox
     test: gr.Button
     fired: list
@@ -106,29 +142,64 @@ def explore_tab() -> ExploreTab:
     with gr.Tab("Explore", elem_id="tab-explore"):
         with gr.Row():
             query = gr.Textbox(label="Search explanations", placeholder="a word or phrase", scale=3, elem_id="query")
-            sort = gr.Dropdown(choices=list(explore.SORTS), value="latent", label="Sort by", allow_custom_value=True, scale=2, elem_id="sort")
+            sort = gr.Dropdown(
+                choices=list(explore.SORTS),
+                value="latent",
+                label="Sort by",
+                allow_custom_value=True,
+                scale=2,
+                elem_id="sort",
+            )
             search = gr.Button("Search", scale=1, elem_id="search")
-        table = gr.Dataframe(value=_empty(explore.LATENT_HEADERS), label="Explained latents (click a row to open it)", interactive=False, wrap=True,
-                             max_height=320, elem_id="latents")
+        table = gr.Dataframe(
+            value=_empty(explore.LATENT_HEADERS),
+            label="Explained latents (click a row to open it)",
+            interactive=False,
+            wrap=True,
+            max_height=320,
+            elem_id="latents",
+        )
         show = gr.Button("Show latent", variant="primary", elem_id="show")
         stats = gr.Markdown(elem_id="stats")
         with gr.Row():
             hist = gr.Plot(label="Activation histogram", elem_id="histogram", scale=2)
-            expl_table = gr.Dataframe(value=_empty(explore.EXPLANATION_HEADERS), label="Explanations", interactive=False, wrap=True, elem_id="explanations", scale=3)
-        score_table = gr.Dataframe(value=_empty(explore.SCORE_HEADERS), label="Scores: the explanation against a random one", interactive=False,
-                                   wrap=True, elem_id="scores")
+            expl_table = gr.Dataframe(
+                value=_empty(explore.EXPLANATION_HEADERS),
+                label="Explanations",
+                interactive=False,
+                wrap=True,
+                elem_id="explanations",
+                scale=3,
+            )
+        score_table = gr.Dataframe(
+            value=_empty(explore.SCORE_HEADERS),
+            label="Scores: the explanation against a random one",
+            interactive=False,
+            wrap=True,
+            elem_id="scores",
+        )
         gr.Markdown("### Top examples (hover a token for its activation)")
         top_html = gr.HTML(elem_id="top")
         gr.Markdown("### Held-out examples by activation quantile")
         quant_html = gr.HTML(elem_id="quantiles")
         with gr.Row():
-            promoted = gr.Dataframe(value=_empty(explore.TOKEN_HEADERS), label="Promoted tokens", interactive=False, elem_id="promoted")
-            suppressed = gr.Dataframe(value=_empty(explore.TOKEN_HEADERS), label="Suppressed tokens", interactive=False, elem_id="suppressed")
+            promoted = gr.Dataframe(
+                value=_empty(explore.TOKEN_HEADERS), label="Promoted tokens", interactive=False, elem_id="promoted"
+            )
+            suppressed = gr.Dataframe(
+                value=_empty(explore.TOKEN_HEADERS), label="Suppressed tokens", interactive=False, elem_id="suppressed"
+            )
         with gr.Accordion("Test my text: which latents fire on it?", open=True):
             text = gr.Textbox(label="Your text", lines=2, elem_id="my-text")
             test = gr.Button("Which latents fire?", elem_id="test-text")
             text_html = gr.HTML(elem_id="text-highlight")
-            text_table = gr.Dataframe(value=_empty(explore.TEXT_HEADERS), label="Latents firing on the text", interactive=False, wrap=True, elem_id="text-latents")
+            text_table = gr.Dataframe(
+                value=_empty(explore.TEXT_HEADERS),
+                label="Latents firing on the text",
+                interactive=False,
+                wrap=True,
+                elem_id="text-latents",
+            )
     view = [stats, hist, expl_table, score_table, top_html, quant_html, promoted, suppressed]
     return ExploreTab(query, sort, search, table, show, view, text, test, [text_html, text_table])
 
@@ -141,11 +212,18 @@ def wire_explore(h: Handlers, top: TopBar, tab: ExploreTab):
     for trigger in (tab.query.submit, tab.sort.input, top.coder.input):
         trigger(h.latents, search, [tab.table], api_visibility="private")
     tab.table.select(h.pick, None, [top.latent], api_visibility="private").then(
-        h.show_latent, chosen, tab.view, api_visibility="private")
+        h.show_latent, chosen, tab.view, api_visibility="private"
+    )
     tab.show.click(h.show_latent, chosen, tab.view, api_name="latent")
     top.latent.submit(h.show_latent, chosen, tab.view, api_visibility="private")
-    tab.test.click(h.test_text, [top.run, top.coder, tab.text, top.latent], tab.fired, api_name="test_text",
-                   concurrency_id=MODEL, concurrency_limit=1)
+    tab.test.click(
+        h.test_text,
+        [top.run, top.coder, tab.text, top.latent],
+        tab.fired,
+        api_name="test_text",
+        concurrency_id=MODEL,
+        concurrency_limit=1,
+    )
 
 
 class ExplainTab(NamedTuple):
@@ -162,22 +240,40 @@ def explain_tab(config: AppConfig) -> ExplainTab:
     """Explain the chosen latent or a selection with one explainer and LLM."""
     with gr.Tab("Explain", elem_id="tab-explain"):
         with gr.Row():
-            explainer = gr.Dropdown(list(EXPLAINERS), value="default", label="Explainer", elem_id="explainer",
-                                    info="tokens needs no LLM; intervention steers the latent")
+            explainer = gr.Dropdown(
+                list(EXPLAINERS),
+                value=ExplainConfig().explainer,
+                label="Explainer",
+                elem_id="explainer",
+                info="short suits small LLMs (the embedded one); tokens needs no LLM; intervention steers the latent",
+            )
             which = gr.Radio(["this latent", "a selection"], value="this latent", label="Explain", elem_id="which")
-            selection = gr.Textbox(value="sample:8", label="Selection", info="all, sample:N, A-B or A,B,C", elem_id="selection")
+            selection = gr.Textbox(
+                value="sample:8", label="Selection", info="all, sample:N, A-B or A,B,C", elem_id="selection"
+            )
         llm = _llm_widgets("explain", config)
         button = gr.Button("Explain", variant="primary", elem_id="explain")
         status = gr.Markdown(elem_id="explain-status")
-        table = gr.Dataframe(value=_empty(pipeline.EXPLAINED_HEADERS), label="Explanations", interactive=False, wrap=True, elem_id="explained")
+        table = gr.Dataframe(
+            value=_empty(pipeline.EXPLAINED_HEADERS),
+            label="Explanations",
+            interactive=False,
+            wrap=True,
+            elem_id="explained",
+        )
     return ExplainTab([explainer, which, selection, *llm], button, status, table)
 
 
 def wire_explain(h: Handlers, top: TopBar, tab: ExplainTab, score: "ScoreTab"):
     """Explain, then offer the new explanations in the Score tab and update the run's status."""
-    tab.button.click(h.explain, [top.run, top.coder, top.latent, *tab.settings], [tab.status, tab.table, score.explainer],
-                     api_name="explain", concurrency_id=PIPELINE, concurrency_limit=1).then(
-        h.refresh, [top.run], [top.status], api_visibility="private")
+    tab.button.click(
+        h.explain,
+        [top.run, top.coder, top.latent, *tab.settings],
+        [tab.status, tab.table, score.explainer],
+        api_name="explain",
+        concurrency_id=PIPELINE,
+        concurrency_limit=1,
+    ).then(h.refresh, [top.run], [top.status], api_visibility="private")
 
 
 class ScoreTab(NamedTuple):
@@ -200,30 +296,59 @@ def score_tab(config: AppConfig) -> ScoreTab:
     """Score one explainer's explanations and inspect a latent's per-example outcomes."""
     with gr.Tab("Score", elem_id="tab-score"):
         with gr.Row():
-            explainer = gr.Dropdown(choices=[], label="Explanations of", allow_custom_value=True, elem_id="score-explainer")
+            explainer = gr.Dropdown(
+                choices=[], label="Explanations of", allow_custom_value=True, elem_id="score-explainer"
+            )
             scorers = gr.CheckboxGroup(list(SCORERS), value=["embedding"], label="Scorers", elem_id="scorers")
             mode = gr.Radio(list(SCORE_MODES), value="logprob", label="LLM scorers answer by", elem_id="score-mode")
         llm = _llm_widgets("score", config)
         button = gr.Button("Score", variant="primary", elem_id="score")
-        summary = gr.Dataframe(value=_empty(pipeline.SUMMARY_HEADERS), label="Summary (mean over latents)", interactive=False, elem_id="summary")
+        summary = gr.Dataframe(
+            value=_empty(pipeline.SUMMARY_HEADERS),
+            label="Summary (mean over latents)",
+            interactive=False,
+            elem_id="summary",
+        )
         gallery = gr.Gallery(label="Summary plots", columns=3, height="auto", object_fit="contain", elem_id="plots")
         gr.Markdown("### Per-example outcomes of the chosen latent")
         with gr.Row():
             outcome_scorer = gr.Dropdown(choices=[], label="Scorer", allow_custom_value=True, elem_id="outcome-scorer")
             outcomes = gr.Button("Show outcomes", elem_id="outcomes")
         outcome_md = gr.Markdown(elem_id="outcome-metrics")
-        outcome_table = gr.Dataframe(value=_empty(pipeline.OUTCOME_HEADERS), label="Each held-out example: did the scorer get it right?", interactive=False,
-                                     wrap=True, elem_id="outcome-table")
-    return ScoreTab(explainer, [scorers, mode, *llm], button, [summary, gallery, outcome_scorer], outcome_scorer, outcomes,
-                    [outcome_md, outcome_table])
+        outcome_table = gr.Dataframe(
+            value=_empty(pipeline.OUTCOME_HEADERS),
+            label="Each held-out example: did the scorer get it right?",
+            interactive=False,
+            wrap=True,
+            elem_id="outcome-table",
+        )
+    return ScoreTab(
+        explainer,
+        [scorers, mode, *llm],
+        button,
+        [summary, gallery, outcome_scorer],
+        outcome_scorer,
+        outcomes,
+        [outcome_md, outcome_table],
+    )
 
 
 def wire_score(h: Handlers, top: TopBar, tab: ScoreTab):
     """Score, then update the run's status; show the chosen latent's outcomes."""
-    tab.button.click(h.score, [top.run, top.coder, tab.explainer, *tab.settings], tab.results, api_name="score",
-                     concurrency_id=PIPELINE, concurrency_limit=1).then(h.refresh, [top.run], [top.status], api_visibility="private")
-    tab.outcomes.click(h.outcomes, [top.run, top.coder, top.latent, tab.outcome_scorer, tab.explainer], tab.outcome_results,
-                       api_name="outcomes")
+    tab.button.click(
+        h.score,
+        [top.run, top.coder, tab.explainer, *tab.settings],
+        tab.results,
+        api_name="score",
+        concurrency_id=PIPELINE,
+        concurrency_limit=1,
+    ).then(h.refresh, [top.run], [top.status], api_visibility="private")
+    tab.outcomes.click(
+        h.outcomes,
+        [top.run, top.coder, top.latent, tab.outcome_scorer, tab.explainer],
+        tab.outcome_results,
+        api_name="outcomes",
+    )
 
 
 class InterveneTab(NamedTuple):
@@ -250,14 +375,25 @@ def intervene_tab() -> InterveneTab:
         with gr.Row():
             clean = gr.Textbox(label="Clean continuation", lines=4, elem_id="clean")
             steered = gr.Textbox(label="Steered continuation", lines=4, elem_id="steered")
-        changes = gr.Dataframe(value=_empty(intervene.CHANGE_HEADERS), label="Next tokens made most likely", interactive=False, elem_id="changes")
+        changes = gr.Dataframe(
+            value=_empty(intervene.CHANGE_HEADERS),
+            label="Next tokens made most likely",
+            interactive=False,
+            elem_id="changes",
+        )
     return InterveneTab([prompt, mode, how, value, max_new], button, [summary, clean, steered, changes])
 
 
 def wire_intervene(h: Handlers, top: TopBar, tab: InterveneTab):
     """Steer the chosen latent on the prompt."""
-    tab.button.click(h.steer, [top.run, top.coder, top.latent, *tab.settings], tab.results, api_name="steer",
-                     concurrency_id=MODEL, concurrency_limit=1)
+    tab.button.click(
+        h.steer,
+        [top.run, top.coder, top.latent, *tab.settings],
+        tab.results,
+        api_name="steer",
+        concurrency_id=MODEL,
+        concurrency_limit=1,
+    )
 
 
 class PublishTab(NamedTuple):
@@ -276,13 +412,23 @@ class PublishTab(NamedTuple):
 
 def publish_tab(config: AppConfig) -> PublishTab:
     """Preview the dataset the run becomes and publish it to a Hub dataset repository."""
-    token_info = ("used for this push only, never stored; leave empty to use $HF_TOKEN" if config.env_token
-                  else "used for this push only, never stored")
+    token_info = (
+        "used for this push only, never stored; leave empty to use $HF_TOKEN"
+        if config.env_token
+        else "used for this push only, never stored"
+    )
     with gr.Tab("Publish", elem_id="tab-publish"):
         preview = gr.Button("Preview the dataset", elem_id="preview")
-        preview_table = gr.Dataframe(value=_empty(publishing.PREVIEW_HEADERS), label="First rows (one per explained latent)", interactive=False, wrap=True,
-                                     elem_id="preview-rows")
-        card = gr.Code(label="Dataset card (README.md)", language="markdown", interactive=False, max_lines=30, elem_id="card")
+        preview_table = gr.Dataframe(
+            value=_empty(publishing.PREVIEW_HEADERS),
+            label="First rows (one per explained latent)",
+            interactive=False,
+            wrap=True,
+            elem_id="preview-rows",
+        )
+        card = gr.Code(
+            label="Dataset card (README.md)", language="markdown", interactive=False, max_lines=30, elem_id="card"
+        )
         with gr.Row():
             repo = gr.Textbox(label="Dataset repository", placeholder="owner/name", elem_id="repo")
             token = gr.Textbox(label="Hugging Face write token", type="password", info=token_info, elem_id="token")
@@ -294,6 +440,14 @@ def publish_tab(config: AppConfig) -> PublishTab:
 
 def wire_publish(h: Handlers, top: TopBar, tab: PublishTab):
     """Preview the dataset, and publish it with the typed token, which is then cleared."""
-    tab.preview.click(h.preview, [top.run], tab.previewed, api_name="preview", concurrency_id=MODEL, concurrency_limit=1)
-    tab.publish.click(h.publish, [top.run, tab.repo, tab.token, tab.private], [tab.result, tab.token], api_name="publish",
-                      concurrency_id=PIPELINE, concurrency_limit=1)
+    tab.preview.click(
+        h.preview, [top.run], tab.previewed, api_name="preview", concurrency_id=MODEL, concurrency_limit=1
+    )
+    tab.publish.click(
+        h.publish,
+        [top.run, tab.repo, tab.token, tab.private],
+        [tab.result, tab.token],
+        api_name="publish",
+        concurrency_id=PIPELINE,
+        concurrency_limit=1,
+    )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import InterpError
 from ..rundir import CONFIG, RunDir, not_a_run
+
 SEARCH_DEPTH = 3
 """How deep below the workspace run directories are listed."""
 MAX_PATH_CHARS = 1024
@@ -50,7 +51,9 @@ class Workspace:
         except OSError as e:
             raise WorkspaceError(f"Cannot use the path {text!r}: {e.strerror or e}.") from None
         if full != self.root and self.root not in full.parents:
-            raise WorkspaceError(f"{text!r} is outside the workspace {self.root}; give a path inside it, e.g. runs/demo.")
+            raise WorkspaceError(
+                f"{text!r} is outside the workspace {self.root}; give a path inside it, e.g. runs/demo."
+            )
         return full
 
     def relative(self, path: Path) -> str:
@@ -84,7 +87,9 @@ class Workspace:
         text = name.strip()
         inside = self.root / text
         try:
-            local = inside.exists() or Path(text).exists()  # transformers would read a folder of that name, wherever it is
+            local = (
+                inside.exists() or Path(text).exists()
+            )  # transformers would read a folder of that name, wherever it is
         except OSError:  # no such file can exist (a name too long): not a local model
             local = False
         if text and not text.startswith(("/", "~", ".")) and not local and HUB_ID.match(text) and ".." not in text:

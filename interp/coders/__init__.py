@@ -53,7 +53,9 @@ def load_coder(spec: CoderSpec, model: nn.Module, *, neuron_k: int = 32) -> Spar
     """Load the coder ``spec`` names, with its hookpoint resolved against ``model``."""
     if spec.kind in NEURON_KINDS:
         if parse_site(spec.hookpoint)[1]:
-            raise CoderFormatError(f"{spec.kind}@ takes the MLP module without a side: {spec.kind}@model.layers.N.mlp.")
+            raise CoderFormatError(
+                f"{spec.kind}@ takes the MLP module without a side: {spec.kind}@model.layers.N.mlp."
+            )
         return load_neurons(model, spec.hookpoint, None if spec.kind == "neurons" else neuron_k)
     if spec.kind not in FILE_KINDS:
         raise CoderFormatError(f"Coder kind {spec.kind!r} is not loaded from files.")
@@ -65,8 +67,9 @@ def load_coder(spec: CoderSpec, model: nn.Module, *, neuron_k: int = 32) -> Spar
         if spec.hookpoint:
             raise
         raise UnknownHookpointError(
-            f"The {spec.kind} coder {spec.source!r} does not name a module of this model ({coder.hookpoint!r} is a guess "
-            f"from its files): add @MODULE, e.g. {spec.kind}:{spec.source}@model.layers.6. {e}"
+            f"The {spec.kind} coder {spec.source!r} does not name a module of this model "
+            f"({coder.hookpoint!r} is a guess from its files): "
+            f"add @MODULE, e.g. {spec.kind}:{spec.source}@model.layers.6. {e}"
         ) from None
     return coder
 
@@ -105,9 +108,10 @@ def _check_transcoder_output(coder: SparseCoder, model: nn.Module, read: Site) -
     written = tl_site(model, coder.writes_at) if coder.writes_at else Site(read.module, "output")
     if read.reads != "input" or written != Site(read.module, "output"):
         raise CoderFormatError(
-            f"{coder.kind} transcoder {coder.source!r} reads hook_name={coder.hookpoint!r} ({read.module}:{read.reads}) "
-            f"and writes hook_name_out={coder.writes_at!r} ({written.module}:{written.reads}); only transcoders that read "
-            f"a module's input and write that module's output are supported: give @MODULE to choose one."
+            f"{coder.kind} transcoder {coder.source!r} reads hook_name={coder.hookpoint!r} "
+            f"({read.module}:{read.reads}) and writes hook_name_out={coder.writes_at!r} "
+            f"({written.module}:{written.reads}); only transcoders that read "
+            "a module's input and write that module's output are supported: give @MODULE to choose one."
         )
 
 

@@ -67,9 +67,7 @@ class SparseCoder(nn.Module, ABC):
     def decode(self, latents: Latents) -> torch.Tensor:
         """Map active latents back to ``[tokens, d_out]``."""
         w = self.decoder_weight()
-        out = nn.functional.embedding_bag(
-            latents.indices, w, per_sample_weights=latents.acts.to(w.dtype), mode="sum"
-        )
+        out = nn.functional.embedding_bag(latents.indices, w, per_sample_weights=latents.acts.to(w.dtype), mode="sum")
         bias = self.decoder_bias()
         return out if bias is None else out + bias
 

@@ -62,7 +62,9 @@ class DenseEncoderCoder(SparseCoder):
             raise CoderFormatError(f"JumpReLU coder {source!r} has no threshold parameter.")
         if activation == "topk" and not k:
             raise CoderFormatError(f"TopK coder {source!r} does not say its k.")
-        _check_shapes(source, W_enc, b_enc, W_dec, b_dec, threshold, W_skip, same_width=apply_b_dec_to_input or not transcode)
+        _check_shapes(
+            source, W_enc, b_enc, W_dec, b_dec, threshold, W_skip, same_width=apply_b_dec_to_input or not transcode
+        )
         self.kind = kind
         self.activation = activation
         self.k = k
@@ -114,20 +116,31 @@ def _check_tensors(w: dict[str, torch.Tensor], needed: set[str], optional: set[s
     if missing:
         raise CoderFormatError(f"{where} lacks {', '.join(sorted(missing))}.")
     if unused:
-        raise CoderFormatError(f"{where} holds {', '.join(sorted(unused))}, which this coder does not use; it is not supported.")
+        raise CoderFormatError(
+            f"{where} holds {', '.join(sorted(unused))}, which this coder does not use; it is not supported."
+        )
 
 
 def _check_shapes(source: str, W_enc, b_enc, W_dec, b_dec, threshold, W_skip, *, same_width: bool) -> None:
     """A ``CoderFormatError`` listing every shape unless the weights fit together."""
     (d_in, n), d_out = W_enc.shape, W_dec.shape[-1]
     ok = (
-        W_dec.shape == (n, d_out) and b_enc.shape == (n,) and b_dec.shape == (d_out,)
+        W_dec.shape == (n, d_out)
+        and b_enc.shape == (n,)
+        and b_dec.shape == (d_out,)
         and (threshold is None or threshold.shape == (n,))
         and (W_skip is None or W_skip.shape == (d_out, d_in))
         and (d_out == d_in or not same_width)
     )
     if not ok:
-        shapes = {"W_enc": W_enc, "W_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec, "threshold": threshold, "W_skip": W_skip}
+        shapes = {
+            "W_enc": W_enc,
+            "W_dec": W_dec,
+            "b_enc": b_enc,
+            "b_dec": b_dec,
+            "threshold": threshold,
+            "W_skip": W_skip,
+        }
         listed = ", ".join(f"{name} {tuple(t.shape)}" for name, t in shapes.items() if t is not None)
         raise CoderFormatError(f"Inconsistent shapes in {source!r}: {listed}.")
 
@@ -174,9 +187,9 @@ SAELENS_ACTIVATIONS = {
 SAELENS_REFUSED = {
     "abstopk": "keeps the k largest pre-activations by magnitude with their sign; negative latents are not supported.",
     "batchtopk": "is a training checkpoint whose top k is taken over a whole batch; load the SAE that "
-                 "save_inference_model writes from it (a jumprelu SAE).",
+    "save_inference_model writes from it (a jumprelu SAE).",
     "matryoshka_batchtopk": "is a training checkpoint whose top k is taken over a whole batch; load the SAE that "
-                            "save_inference_model writes from it (a jumprelu SAE).",
+    "save_inference_model writes from it (a jumprelu SAE).",
     "matching_pursuit": "encodes by iterative matching pursuit, which is not supported.",
     "temporal": "encodes each token with attention over earlier tokens, which is not supported.",
 }
@@ -184,11 +197,11 @@ SAELENS_REFUSED = {
 
 SAELENS_REFUSED_NORMALIZATIONS = {
     "layer_norm": "standardises each input and un-standardises its reconstruction by that input's own mean and "
-                  "std, which one decoder direction per latent cannot express; not supported.",
+    "std, which one decoder direction per latent cannot express; not supported.",
     "constant_norm_rescale": "rescales each input to norm sqrt(d_in) and its reconstruction back by that input's own "
-                             "norm, which one decoder direction per latent cannot express; not supported.",
+    "norm, which one decoder direction per latent cannot express; not supported.",
     "covariance_whitening": "marks a training checkpoint whose whitening is not yet folded into the weights; load the "
-                            "SAE that training saves at its end, where it is.",
+    "SAE that training saves at its end, where it is.",
 }
 """SAELens ``normalize_activations`` modes interp refuses, and why."""
 
@@ -216,7 +229,9 @@ def _saelens_architecture(cfg: dict, source: str) -> tuple[str, int | None]:
     if architecture in SAELENS_REFUSED:
         raise _refusal(source, "architecture", architecture, SAELENS_REFUSED[architecture])
     if architecture not in SAELENS_ACTIVATIONS:
-        raise _refusal(source, "architecture", architecture, f"is not one interp knows: {', '.join(SAELENS_ACTIVATIONS)}.")
+        raise _refusal(
+            source, "architecture", architecture, f"is not one interp knows: {', '.join(SAELENS_ACTIVATIONS)}."
+        )
     return architecture, cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
 
 
@@ -233,19 +248,26 @@ def _scaling_factor(cfg: dict, folder: Path, source: str) -> float | None:
     if mode in SAELENS_REFUSED_NORMALIZATIONS:
         raise _refusal(source, "normalize_activations", mode, SAELENS_REFUSED_NORMALIZATIONS[mode])
     if mode not in ("expected_average_only_in", True):
-        raise _refusal(source, "normalize_activations", mode, "is not a mode interp knows (none, expected_average_only_in).")
+        raise _refusal(
+            source, "normalize_activations", mode, "is not a mode interp knows (none, expected_average_only_in)."
+        )
     factor = _saved_scaling_factor(folder / "activation_scaler.json")
     if factor is None:
         raise _refusal(
-            source, "normalize_activations", mode,
-            f"needs the input scaling factor, which SAELens saves in activation_scaler.json beside a training checkpoint, "
-            f"and {folder} has none; fold it in with SAE.fold_activation_norm_scaling_factor and save_model, then load that.",
+            source,
+            "normalize_activations",
+            mode,
+            "needs the input scaling factor, which SAELens saves in activation_scaler.json "
+            f"beside a training checkpoint, and {folder} has none; "
+            "fold it in with SAE.fold_activation_norm_scaling_factor and save_model, then load that.",
         )
     return factor
 
 
 def _saved_scaling_factor(path: Path) -> float | None:
-    """The positive ``scaling_factor`` in SAELens' ``activation_scaler.json``; None if there is no such file or number."""
+    """The positive ``scaling_factor`` in SAELens' ``activation_scaler.json``; None if there is no
+    such file or number.
+    """
     try:
         factor = json.loads(path.read_text()).get("scaling_factor")
     except (OSError, json.JSONDecodeError, AttributeError):
@@ -260,15 +282,23 @@ def _saelens_site(cfg: dict, source: str, hookpoint: str | None, transcode: bool
     tl_name = _cfg_field(cfg, "hook_name", "hook_point")
     head = _cfg_field(cfg, "hook_head_index", "hook_point_head_index")
     if head is not None:
-        raise _refusal(source, "hook_head_index", head,
-                       "reads one attention head's slice of hook_z, which is no module's input or output; not supported.")
+        raise _refusal(
+            source,
+            "hook_head_index",
+            head,
+            "reads one attention head's slice of hook_z, which is no module's input or output; not supported.",
+        )
     parsed = tl_hook(tl_name)
     reshape = cfg.get("reshape_activations") or "none"
     if reshape not in ("none", "hook_z"):
         raise _refusal(source, "reshape_activations", reshape, "is not one interp knows (none, hook_z).")
     if reshape == "hook_z" and not str(tl_name).endswith("hook_z"):
-        raise _refusal(source, "reshape_activations", reshape,
-                       f"flattens attention heads, but hook_name={tl_name!r} is not a hook_z.")
+        raise _refusal(
+            source,
+            "reshape_activations",
+            reshape,
+            f"flattens attention heads, but hook_name={tl_name!r} is not a hook_z.",
+        )
     if parsed is None and hookpoint is None:
         raise CoderFormatError(
             f"Cannot map SAELens hook_name={tl_name!r} to a module (supported: {TL_NAMES}); "
@@ -279,7 +309,8 @@ def _saelens_site(cfg: dict, source: str, hookpoint: str | None, transcode: bool
 
 
 def _saelens_weights(folder: Path, cfg: dict, architecture: str, source: str) -> dict[str, torch.Tensor]:
-    """The weights, with ``log_threshold`` exponentiated; a ``scaling_factor`` of all ones is dropped as SAELens drops it.
+    """The weights, with ``log_threshold`` exponentiated; a ``scaling_factor`` of all ones is
+    dropped as SAELens drops it.
 
     They are upcast to float32 and encode in it, whatever the config's ``dtype``: a float16 or
     bfloat16 SAE encodes as SAELens encodes it when loaded with ``dtype="float32"`` (the default
@@ -290,13 +321,21 @@ def _saelens_weights(folder: Path, cfg: dict, architecture: str, source: str) ->
         w["threshold"] = w.pop("log_threshold").exp()
     scale = w.pop("scaling_factor", None)
     if scale is not None and not torch.allclose(scale, torch.ones_like(scale)):
-        raise _refusal(source, "finetuning_scaling_factor", cfg.get("finetuning_scaling_factor"),
-                       "with a scaling_factor other than 1 is not supported.")
+        raise _refusal(
+            source,
+            "finetuning_scaling_factor",
+            cfg.get("finetuning_scaling_factor"),
+            "with a scaling_factor other than 1 is not supported.",
+        )
     needed = {"W_enc", "W_dec", "b_dec"} | ({"b_gate", "b_mag", "r_mag"} if architecture == "gated" else {"b_enc"})
     needed |= {"W_skip"} if "skip" in architecture else set()
     optional = {"threshold"} if SAELENS_ACTIVATIONS[architecture] == "jumprelu" else set()
     _check_tensors(w, needed, optional, f"SAELens weights at {folder} (architecture={architecture!r})")
-    for field, size in (("d_in", w["W_enc"].shape[0]), ("d_sae", w["W_enc"].shape[-1]), ("d_out", w["W_dec"].shape[-1])):
+    for field, size in (
+        ("d_in", w["W_enc"].shape[0]),
+        ("d_sae", w["W_enc"].shape[-1]),
+        ("d_out", w["W_dec"].shape[-1]),
+    ):
         if cfg.get(field) is not None and cfg[field] != size:
             raise _refusal(source, field, cfg[field], f"but its weights have {size}.")
     return w
@@ -306,7 +345,9 @@ def _rescales_by_decoder_norm(cfg: dict, architecture: str, source: str) -> bool
     """Whether a TopK SAE ranks and scales its latents by their decoder norms (``rescale_acts_by_decoder_norm``)."""
     rescale = cfg.get("rescale_acts_by_decoder_norm") or False
     if rescale and architecture != "topk":
-        raise _refusal(source, "rescale_acts_by_decoder_norm", rescale, f"is a TopK option, but architecture={architecture!r}.")
+        raise _refusal(
+            source, "rescale_acts_by_decoder_norm", rescale, f"is a TopK option, but architecture={architecture!r}."
+        )
     return bool(rescale)
 
 
@@ -352,7 +393,9 @@ def load_saelens(source: str, hookpoint: str | None = None) -> DenseEncoderCoder
     transcode = "transcoder" in architecture
     apply_b_dec = cfg.get("apply_b_dec_to_input", True)
     if transcode and apply_b_dec:
-        raise _refusal(source, "apply_b_dec_to_input", apply_b_dec, "cannot apply to a transcoder (SAELens refuses it too).")
+        raise _refusal(
+            source, "apply_b_dec_to_input", apply_b_dec, "cannot apply to a transcoder (SAELens refuses it too)."
+        )
     factor = _scaling_factor(cfg, folder, source)
     site, reads, heads = _saelens_site(cfg, source, hookpoint, transcode)
     w = _saelens_weights(folder, cfg, architecture, source)
@@ -361,8 +404,16 @@ def load_saelens(source: str, hookpoint: str | None = None) -> DenseEncoderCoder
     if _rescales_by_decoder_norm(cfg, architecture, source):
         _fold_decoder_norms(w)
     common = dict(
-        W_enc=w["W_enc"], W_dec=w["W_dec"], b_dec=w["b_dec"], apply_b_dec_to_input=bool(apply_b_dec),
-        transcode=transcode, W_skip=w.get("W_skip"), hookpoint=site, reads=reads, source=source, kind="saelens",
+        W_enc=w["W_enc"],
+        W_dec=w["W_dec"],
+        b_dec=w["b_dec"],
+        apply_b_dec_to_input=bool(apply_b_dec),
+        transcode=transcode,
+        W_skip=w.get("W_skip"),
+        hookpoint=site,
+        reads=reads,
+        source=source,
+        kind="saelens",
     )
     if architecture == "gated":
         coder = GatedCoder(b_gate=w["b_gate"], r_mag=w["r_mag"], b_mag=w["b_mag"], **common)
@@ -441,9 +492,17 @@ def load_gemmascope(source: str, hookpoint: str | None = None) -> DenseEncoderCo
     release, suffix = _gemmascope_release(source)
     site = hookpoint or _guess_gemmascope_site(source, release, suffix)
     coder = DenseEncoderCoder(
-        W_enc=w["W_enc"], b_enc=w["b_enc"], W_dec=w["W_dec"], b_dec=w["b_dec"], threshold=w["threshold"],
-        activation="jumprelu", hookpoint=site, reads=TL_SIDES[GEMMASCOPE_RELEASES[suffix or "res"]],
-        source=source, kind="gemmascope", transcode=suffix == "transcoders",
+        W_enc=w["W_enc"],
+        b_enc=w["b_enc"],
+        W_dec=w["W_dec"],
+        b_dec=w["b_dec"],
+        threshold=w["threshold"],
+        activation="jumprelu",
+        hookpoint=site,
+        reads=TL_SIDES[GEMMASCOPE_RELEASES[suffix or "res"]],
+        source=source,
+        kind="gemmascope",
+        transcode=suffix == "transcoders",
     )
     coder.reads_heads = None if suffix is None else suffix == "att"
     if suffix == "transcoders" and hookpoint is None:

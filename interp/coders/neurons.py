@@ -23,7 +23,9 @@ class NeuronCoder(SparseCoder):
         n = weight.shape[1] if isinstance(projection, nn.Linear) else weight.shape[0]
         super().__init__(hookpoint=hookpoint, reads="input", num_latents=n, d_in=n, source=source)
         if k is not None and not 1 <= k <= n:
-            raise CoderShapeError(f"k={k} top neurons asked of {source}, which has {n}: use --neuron-k between 1 and {n}.")
+            raise CoderShapeError(
+                f"k={k} top neurons asked of {source}, which has {n}: use --neuron-k between 1 and {n}."
+            )
         self.kind = "neurons" if k is None else "topk-neurons"
         self.k = k
         self._projection = [projection]  # a list keeps the model's weights out of this module's state

@@ -77,7 +77,9 @@ def load_sparsify(source: str, hookpoint: str | None = None) -> SparsifyCoder:
             )
         folder = subs[0]
     if not (folder / "sae.safetensors").is_file():
-        raise CoderFormatError(f"{folder} has cfg.json but no sae.safetensors; is it a SAELens folder? Use saelens:{source}")
+        raise CoderFormatError(
+            f"{folder} has cfg.json but no sae.safetensors; is it a SAELens folder? Use saelens:{source}"
+        )
     try:
         cfg = json.loads((folder / "cfg.json").read_text())
         sae = SparsifyModule.load_from_disk(folder)

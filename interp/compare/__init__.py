@@ -10,4 +10,6 @@ Nothing is imported here: ``interp compare`` loads what it needs.
 """
 
 DEFAULT_MAX_LATENTS = 4096
-"""Latents compared per coder at most: two 4096x4096 float32 similarity matrices take 128 MiB (the assignment solver copies one to float64)."""
+"""Latents compared per coder at most: two 4096x4096 float32 similarity matrices take 128 MiB (the
+assignment solver copies one to float64).
+"""

@@ -63,8 +63,8 @@ def random_pairing(sim: np.ndarray, seed: int) -> Matching:
 
 def agreement(x: Matching, y: Matching) -> float:
     """Fraction of ``x``'s pairs that ``y`` makes too (1 when both matchings are the same)."""
-    pairs = set(zip(y.rows.tolist(), y.cols.tolist()))
-    return sum(p in pairs for p in zip(x.rows.tolist(), x.cols.tolist())) / max(1, len(x.rows))
+    pairs = set(zip(y.rows.tolist(), y.cols.tolist(), strict=True))
+    return sum(p in pairs for p in zip(x.rows.tolist(), x.cols.tolist(), strict=True)) / max(1, len(x.rows))
 
 
 def describe(values: np.ndarray) -> dict:
@@ -74,7 +74,15 @@ def describe(values: np.ndarray) -> dict:
         return {"n": 0}
     q = np.quantile(v, [0.1, 0.25, 0.5, 0.75, 0.9])
     return {
-        "n": len(v), "mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
-        "p10": float(q[0]), "p25": float(q[1]), "median": float(q[2]), "p75": float(q[3]), "p90": float(q[4]),
-        "max": float(v.max()), "histogram": np.histogram(np.clip(v, -1, 1), bins=HIST_BINS)[0].tolist(),
+        "n": len(v),
+        "mean": float(v.mean()),
+        "std": float(v.std()),
+        "min": float(v.min()),
+        "p10": float(q[0]),
+        "p25": float(q[1]),
+        "median": float(q[2]),
+        "p75": float(q[3]),
+        "p90": float(q[4]),
+        "max": float(v.max()),
+        "histogram": np.histogram(np.clip(v, -1, 1), bins=HIST_BINS)[0].tolist(),
     }

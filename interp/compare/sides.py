@@ -40,7 +40,9 @@ class Side(NamedTuple):
         if len(self.latents) <= max_latents:
             return self
         keep = sorted(random.Random(seed).sample(range(len(self.latents)), max_latents))
-        return self._replace(latents=[self.latents[i] for i in keep], explanations=[self.explanations[i] for i in keep])
+        return self._replace(
+            latents=[self.latents[i] for i in keep], explanations=[self.explanations[i] for i in keep]
+        )
 
 
 def parse_side(text: str) -> tuple[Path, str | None]:
@@ -58,7 +60,9 @@ def _pick(kind: str, wanted: str | None, rows: list[dict], where: str, how: str)
     available = Counter(name for name, _ in {(r[kind], r["latent"]) for r in rows})
     if wanted is not None:
         if wanted not in available:
-            raise InterpError(f"{where} has no usable explanations for {kind} {wanted!r}; it has: {', '.join(sorted(available))}.")
+            raise InterpError(
+                f"{where} has no usable explanations for {kind} {wanted!r}; it has: {', '.join(sorted(available))}."
+            )
         return wanted
     if len(available) > 1:
         found = ", ".join(f"{k} ({n} latents)" for k, n in sorted(available.items()))
@@ -111,7 +115,9 @@ def load_decoders(sides: list[Side]) -> list[Decoder]:
             coders_of[run_dir] = open_coders(cfg, models[key], run)
         coders = coders_of[run_dir]
         if side.coder not in coders:
-            raise InterpError(f"{side.run_dir} has no coder {side.coder!r} in its config; it has: {', '.join(coders)}.")
+            raise InterpError(
+                f"{side.run_dir} has no coder {side.coder!r} in its config; it has: {', '.join(coders)}."
+            )
         coder = coders[side.coder]
         rows = coder.decoder_weight().detach()[side.latents].float().cpu().numpy()
         out.append(Decoder(rows, coder.hookpoint, coder.kind))

@@ -69,7 +69,9 @@ class AnswerLogprobs(dict[str, float]):
         return f"AnswerLogprobs({dict(self)!r}, ceiling={self.ceiling!r})"
 
     def value(self, answer: str) -> tuple[float, bool]:
-        """The answer's log-prob and False; for an unlisted answer, the ceiling and True (``-inf`` and False without one)."""
+        """The answer's log-prob and False; for an unlisted answer, the ceiling and True (``-inf``
+        and False without one).
+        """
         logprob = self.get(answer, -math.inf)
         if logprob > -math.inf or self.ceiling is None:
             return logprob, False

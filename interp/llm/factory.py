@@ -16,9 +16,7 @@ def runs_locally(spec: str) -> bool:
     return spec == "local" or spec.startswith("local:")
 
 
-def make_client(
-    spec: str, model: str | None = None, *, cache_path: str | Path | None = None, **options
-) -> LLMClient:
+def make_client(spec: str, model: str | None = None, *, cache_path: str | Path | None = None, **options) -> LLMClient:
     """The client ``spec`` names, wrapped in a ``CachedClient`` when ``cache_path`` is given.
 
     - ``"local"``: the embedded SmolLM2 (or ``model``) run in this process;
@@ -38,8 +36,7 @@ def make_client(
     elif spec.startswith(("http://", "https://")):
         if not model:
             raise LLMError(
-                f"An LLM server URL needs a model name too: the one {spec} serves, "
-                "e.g. Qwen/Qwen2.5-7B-Instruct."
+                f"An LLM server URL needs a model name too: the one {spec} serves, e.g. Qwen/Qwen2.5-7B-Instruct."
             )
         client = OpenAIClient(spec, model, **options)
     else:

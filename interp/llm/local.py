@@ -59,16 +59,15 @@ class TransformersClient:
     SmolLM2-135M-Instruct).
     """
 
-    def __init__(
-        self, model_cfg: ModelConfig | None = None, *, lm: LoadedModel | None = None, batch_size: int = 16
-    ):
+    def __init__(self, model_cfg: ModelConfig | None = None, *, lm: LoadedModel | None = None, batch_size: int = 16):
         if batch_size < 1:
             raise LLMError(f"batch_size must be at least 1, got {batch_size}.")
         self.lm = lm if lm is not None else load_model(model_cfg or ModelConfig())
         self.model = self.lm.name
         self.batch_size = batch_size
         self.forward_tokens = 0
-        """Teacher-forced tokens run through the model by the log-prob calls (shared prefixes once, no padding): their cost."""
+        """Teacher-forced tokens run through the model by the log-prob calls (shared prefixes once, no padding): their
+        cost."""
 
     def __repr__(self) -> str:
         return f"TransformersClient(model={self.model!r}, batch_size={self.batch_size})"
@@ -77,13 +76,20 @@ class TransformersClient:
         """Token ids of ``prompt`` followed by the cue for the assistant's reply.
 
         Uses the tokenizer's chat template when it has one; otherwise ``role: content`` lines
-        ending in ``assistant:``.
+        ending in ``assistant:``. A prompt that ends with an assistant message is that reply's
+        start: the model continues it (the reply returned is only what follows).
         """
         tokenizer = self.lm.tokenizer
+        started = prompt[-1]["role"] == "assistant"
         if getattr(tokenizer, "chat_template", None):
-            text = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
+            text = tokenizer.apply_chat_template(
+                list(prompt), add_generation_prompt=not started, continue_final_message=started, tokenize=False
+            )
             return tokenizer(text, add_special_tokens=False)["input_ids"]
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in prompt) + "assistant:"
+        turns = prompt[:-1] if started else prompt
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in turns) + "assistant:"
+        if started:
+            text += " " + prompt[-1]["content"]
         return tokenizer(text)["input_ids"]
 
     @torch.inference_mode()
@@ -129,7 +135,10 @@ class TransformersClient:
         Every value is exact: the whole vocabulary is read, so there is no ceiling.
         """
         rows = [self.render(p) for p in prompts]
-        return [AnswerLogprobs(slots[0]) for slots in self._read(rows, [[len(r) - 1] for r in rows], answers, self.batch_size)]
+        return [
+            AnswerLogprobs(slots[0])
+            for slots in self._read(rows, [[len(r) - 1] for r in rows], answers, self.batch_size)
+        ]
 
     @torch.inference_mode()
     def reply_logprobs(
@@ -144,7 +153,7 @@ class TransformersClient:
         one, so a segment boundary is always a token boundary.
         """
         rows, slots = [], []
-        for prompt, segments in zip(prompts, replies):
+        for prompt, segments in zip(prompts, replies, strict=True):
             ids, ends = self.render(prompt), []
             for segment in segments:
                 ids = ids + self.lm.tokenizer.encode(segment, add_special_tokens=False)

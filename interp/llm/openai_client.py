@@ -49,9 +49,7 @@ class OpenAIClient:
         backoff: float = 0.5,
     ):
         if concurrency < 1 or max_retries < 0 or timeout <= 0 or backoff < 0:
-            raise LLMError(
-                "OpenAIClient needs concurrency >= 1, max_retries >= 0, timeout > 0 and backoff >= 0."
-            )
+            raise LLMError("OpenAIClient needs concurrency >= 1, max_retries >= 0, timeout > 0 and backoff >= 0.")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key_env = api_key_env
@@ -68,7 +66,11 @@ class OpenAIClient:
         )
 
     def generate(self, prompts: list[Prompt], params: GenerationParams) -> list[Completion]:
-        """One chat completion per prompt, in order; failures come back as ``Completion.error``."""
+        """One chat completion per prompt, in order; failures come back as ``Completion.error``.
+
+        A prompt that ends with an assistant message asks the server to continue it (vLLM's and
+        SGLang's ``continue_final_message``); a server that ignores the field answers in a new turn.
+        """
         payloads = [
             {
                 "model": self.model,
@@ -77,6 +79,11 @@ class OpenAIClient:
                 "temperature": params.temperature,
                 "top_p": params.top_p,
                 "seed": params.seed,
+                **(
+                    {"continue_final_message": True, "add_generation_prompt": False}
+                    if prompt[-1]["role"] == "assistant"
+                    else {}
+                ),
             }
             for prompt in prompts
         ]
@@ -142,7 +149,9 @@ class OpenAIClient:
 
 
 def _parse_completion(body: dict) -> Completion:
-    """The reply text: a string, or a list of content parts whose text parts are joined; usage when the server sends it."""
+    """The reply text: a string, or a list of content parts whose text parts are joined; usage when
+    the server sends it.
+    """
     content = body["choices"][0]["message"].get("content") or ""
     if isinstance(content, list):
         content = "".join(part["text"] for part in content if part.get("type") == "text")

@@ -81,7 +81,7 @@ class CachedClient:
 
         The reply is keyed as a last assistant message holding its segments as a JSON list.
         """
-        keyed = [p + ({"role": "assistant", "content": json.dumps(r)},) for p, r in zip(prompts, replies)]
+        keyed = [p + ({"role": "assistant", "content": json.dumps(r)},) for p, r in zip(prompts, replies, strict=True)]
         return self._through(
             "reply_logprobs",
             keyed,
@@ -107,8 +107,8 @@ class CachedClient:
         ``to_json`` returns None for a response that must not be stored (a failure).
         """
         keys = [cache_key(method, self.model, p, extra) for p in prompts]
-        todo = {k: p for k, p in zip(keys, prompts) if k not in self._store}
-        fresh = dict(zip(todo, call(list(todo.values())))) if todo else {}
+        todo = {k: p for k, p in zip(keys, prompts, strict=True) if k not in self._store}
+        fresh = dict(zip(todo, call(list(todo.values())), strict=True)) if todo else {}
         lines = []
         for key, response in fresh.items():
             value = to_json(response)

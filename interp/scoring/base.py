@@ -51,7 +51,7 @@ class ScoreResult:
 
 def labelled_examples(record: LatentRecord) -> list[tuple[Example, bool, str, int | None]]:
     """(example, fires?, kind, quantile) for every held-out example of ``record``."""
-    out = [(ex, True, "test", q) for ex, q in zip(record.test, record.test_quantiles)]
+    out = [(ex, True, "test", q) for ex, q in zip(record.test, record.test_quantiles, strict=True)]
     out += [(ex, False, "negative", None) for ex in record.negatives]
     out += [(ex, False, "hard_negative", None) for ex in record.hard_negatives]
     return out

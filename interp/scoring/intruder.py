@@ -14,7 +14,7 @@ from ..explain import TokenText
 from ..llm.base import GenerationParams, LLMClient, Prompt
 from ..prompts import render
 from ..records import LatentRecord
-from .base import Scorer, ScoredExample
+from .base import ScoredExample, Scorer
 from .classify import MODES
 
 
@@ -54,13 +54,15 @@ class IntruderScorer(Scorer):
         return out
 
     def _prompt(self, explanation: str, examples: list) -> Prompt:
-        texts = "\n".join(f"Text {i}: {''.join(self.text(ex.tokens)).strip()}".replace("\n", " ") for i, ex in enumerate(examples, 1))
+        texts = "\n".join(
+            f"Text {i}: {''.join(self.text(ex.tokens)).strip()}".replace("\n", " ") for i, ex in enumerate(examples, 1)
+        )
         user = render("intruder_user", explanation=explanation, texts=texts, n=str(len(examples)))
         return ({"role": "system", "content": render("intruder_system")}, {"role": "user", "content": user})
 
     def score(self, items: list[tuple[LatentRecord, str]]) -> list[tuple[dict, list[ScoredExample]]]:
         groups = [self.groups(r) for r, _ in items]
-        prompts = [self._prompt(expl, shown) for (_, expl), gs in zip(items, groups) for shown, _ in gs]
+        prompts = [self._prompt(expl, shown) for (_, expl), gs in zip(items, groups, strict=True) for shown, _ in gs]
         answers = [str(k) for k in range(1, self.group_size + 1)]
         if self.mode == "logprob":
             picks = []
@@ -68,7 +70,10 @@ class IntruderScorer(Scorer):
                 ranked = [(v, k) for k, v in enumerate(lp.get(a, float("-inf")) for a in answers) if v > float("-inf")]
                 picks.append(max(ranked)[1] if ranked else None)
         else:
-            picks = [None if r.error else parse_choice(r.text, self.group_size) for r in self.client.generate(prompts, self.params)]
+            picks = [
+                None if r.error else parse_choice(r.text, self.group_size)
+                for r in self.client.generate(prompts, self.params)
+            ]
         picks_iter = iter(picks)
         out = []
         for gs in groups:
@@ -76,7 +81,9 @@ class IntruderScorer(Scorer):
             for shown, at in gs:
                 pick = next(picks_iter)
                 intruder = shown[at]
-                outcomes.append(ScoredExample(intruder.index, True, None if pick is None else pick == at, None, "negative"))
+                outcomes.append(
+                    ScoredExample(intruder.index, True, None if pick is None else pick == at, None, "negative")
+                )
             judged = [o.prediction for o in outcomes if o.prediction is not None]
             metrics = {
                 "accuracy": sum(judged) / len(judged) if judged else None,

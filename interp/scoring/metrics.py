@@ -52,11 +52,11 @@ def classification(
     labels: Sequence[bool], predictions: Sequence[bool | None], scores: Sequence[float | None] | None = None
 ) -> ClassificationMetrics:
     """Metrics of ``predictions`` (None = failed) against ``labels``; AUROC from ``scores`` when given."""
-    pairs = [(bool(l), bool(p)) for l, p in zip(labels, predictions) if p is not None]
-    tp = sum(l and p for l, p in pairs)
-    tn = sum(not l and not p for l, p in pairs)
-    fp = sum(not l and p for l, p in pairs)
-    fn = sum(l and not p for l, p in pairs)
+    pairs = [(bool(label), bool(p)) for label, p in zip(labels, predictions, strict=True) if p is not None]
+    tp = sum(label and p for label, p in pairs)
+    tn = sum(not label and not p for label, p in pairs)
+    fp = sum(not label and p for label, p in pairs)
+    fn = sum(label and not p for label, p in pairs)
     recall = _ratio(tp, tp + fn)
     specificity = _ratio(tn, tn + fp)
     precision = _ratio(tp, tp + fp)
@@ -64,12 +64,16 @@ def classification(
     balanced = (recall + specificity) / 2 if recall is not None and specificity is not None else None
     area = None
     if scores is not None:
-        kept = [(bool(l), float(s)) for l, s in zip(labels, scores) if s is not None and np.isfinite(s)]
-        area = auroc([l for l, _ in kept], [s for _, s in kept]) if kept else None
+        kept = [
+            (bool(label), float(s))
+            for label, s in zip(labels, scores, strict=True)
+            if s is not None and np.isfinite(s)
+        ]
+        area = auroc([label for label, _ in kept], [s for _, s in kept]) if kept else None
     return ClassificationMetrics(
         n=len(labels),
-        positives=sum(bool(l) for l in labels),
-        negatives=sum(not l for l in labels),
+        positives=sum(bool(label) for label in labels),
+        negatives=sum(not label for label in labels),
         failed=len(labels) - len(pairs),
         accuracy=_ratio(tp + tn, len(pairs)),
         balanced_accuracy=balanced,

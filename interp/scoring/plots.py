@@ -49,7 +49,7 @@ def plot_diagnostics(rows: list[dict], frequencies: dict[tuple[str, int], float]
         for scorer, values in sorted(scorers.items()):
             pairs = [(frequencies[(coder, k)], v) for k, v in values.items() if frequencies.get((coder, k))]
             if pairs:
-                ax.scatter(*zip(*pairs), s=14, alpha=0.7, label=f"{scorer} ({main_metric(scorer)})")
+                ax.scatter(*zip(*pairs, strict=True), s=14, alpha=0.7, label=f"{scorer} ({main_metric(scorer)})")
         ax.set_xscale("log")
         ax.set_xlabel("firing frequency (fraction of tokens)")
         ax.set_ylabel("score")
@@ -88,9 +88,12 @@ def plot_coder_scores(summary: dict, out_dir: Path) -> Path:
     plt = pyplot()
     coders = list(summary)
     scorers = list(dict.fromkeys(s for per in summary.values() for s in per))
-    fig, axes = plt.subplots(1, max(1, len(scorers)), figsize=(1.2 + 1.9 * len(coders) * max(1, len(scorers)), 4.2), squeeze=False)
+    fig, axes = plt.subplots(
+        1, max(1, len(scorers)), figsize=(1.2 + 1.9 * len(coders) * max(1, len(scorers)), 4.2), squeeze=False
+    )
     rng = np.random.default_rng(0)
-    for ax, scorer in zip(axes[0], scorers):
+    # Not strict: with no scorer there is still one (empty) axis, to carry the legend.
+    for ax, scorer in zip(axes[0], scorers, strict=False):
         metric = None
         for i, coder in enumerate(coders):
             entry = summary[coder].get(scorer)
@@ -98,14 +101,30 @@ def plot_coder_scores(summary: dict, out_dir: Path) -> Path:
                 continue
             metric = entry["metric"]
             if not entry["explanation"]["values"]:  # e.g. AUROC of raw neurons, which fire in every example
-                ax.text(i, 0.5, "no defined\nscores", transform=ax.get_xaxis_transform(), ha="center", va="center", fontsize=8, color="tab:red")
+                ax.text(
+                    i,
+                    0.5,
+                    "no defined\nscores",
+                    transform=ax.get_xaxis_transform(),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="tab:red",
+                )
             for offset, key, color in ((-0.18, "explanation", "tab:blue"), (0.18, "baseline", "tab:gray")):
                 values = entry[key]["values"]
                 if not values:
                     continue
                 x = i + offset
-                ax.boxplot([values], positions=[x], widths=0.3, showfliers=False, patch_artist=True,
-                           boxprops={"facecolor": color, "alpha": 0.35}, medianprops={"color": color})
+                ax.boxplot(
+                    [values],
+                    positions=[x],
+                    widths=0.3,
+                    showfliers=False,
+                    patch_artist=True,
+                    boxprops={"facecolor": color, "alpha": 0.35},
+                    medianprops={"color": color},
+                )
                 ax.scatter(x + rng.uniform(-0.07, 0.07, len(values)), values, s=9, color=color, alpha=0.8, zorder=3)
         ax.set_xticks(range(len(coders)), [c.replace(".", ".\u200b") for c in coders], fontsize=7, rotation=15)
         ax.set_xlim(-0.6, len(coders) - 0.4)

@@ -1,4 +1,5 @@
-"""Every scorer by name, built from a run's settings: the one list the pipeline, ``interp validate`` and the app use."""
+"""Every scorer by name, built from a run's settings: the one list the pipeline, ``interp validate`` and the app
+use."""
 
 import typing
 
@@ -26,7 +27,9 @@ def needs_llm(scorers: list[str]) -> bool:
     return any(name in LLM_SCORERS for name in scorers)
 
 
-def make_scorers(cfg: RunConfig, client: LLMClient | None, lm: LoadedModel, coders: dict | None = None) -> list[Scorer]:
+def make_scorers(
+    cfg: RunConfig, client: LLMClient | None, lm: LoadedModel, coders: dict | None = None
+) -> list[Scorer]:
     """The scorers ``cfg.score`` names, sharing one LLM client; surprisal and intervention read the subject model
     (intervention steers ``coders``)."""
     check_config(cfg)
@@ -43,8 +46,16 @@ def make_scorers(cfg: RunConfig, client: LLMClient | None, lm: LoadedModel, code
         elif name == "intervention":
             v = cfg.intervene
             prompts = load_steer_prompts(v.steer_prompts, v.num_steer_prompts)
-            scorers.append(InterventionScorer(lm, coders or {}, prompts, target_kl=v.target_kl, max_new_tokens=v.steer_new_tokens,
-                                              batch_size=s.texts_per_prompt * 4))
+            scorers.append(
+                InterventionScorer(
+                    lm,
+                    coders or {},
+                    prompts,
+                    target_kl=v.target_kl,
+                    max_new_tokens=v.steer_new_tokens,
+                    batch_size=s.texts_per_prompt * 4,
+                )
+            )
         elif name == "simulation":
             scorers.append(SimulationScorer(client, tokenizer, mode=s.score_mode))
         else:

@@ -5,8 +5,13 @@ import statistics
 from .metrics import correlation
 
 MAIN_METRIC = {
-    "embedding": "auroc", "surprisal": "auroc", "intervention": "auroc", "intruder": "accuracy", "simulation": "correlation",
-    "detection": "balanced_accuracy", "fuzzing": "balanced_accuracy",
+    "embedding": "auroc",
+    "surprisal": "auroc",
+    "intervention": "auroc",
+    "intruder": "accuracy",
+    "simulation": "correlation",
+    "detection": "balanced_accuracy",
+    "fuzzing": "balanced_accuracy",
 }
 """The one number each scorer is summarised by; log-prob variants of the classifiers use AUROC."""
 
@@ -39,11 +44,14 @@ def _one_explainer(rows: list[dict]) -> None:
     """Refuse rows of several explainers: pooled, they would describe no explanation anyone wrote."""
     found = {r.get("explainer") for r in rows}
     if len(found) > 1:
-        raise ValueError(f"Score rows of several explainers ({', '.join(sorted(map(str, found)))}): pick one with explainer_rows.")
+        raise ValueError(
+            f"Score rows of several explainers ({', '.join(sorted(map(str, found)))}): pick one with explainer_rows."
+        )
 
 
 def summarize_scores(rows: list[dict]) -> dict:
-    """``{coder: {scorer: {"metric", "explanation": stats, "baseline": stats, "margin", "margin_ci", "above_chance"}}}``
+    """``{coder: {scorer: {"metric", "explanation": stats, "baseline": stats, "margin", "margin_ci",
+    "above_chance"}}}``
     from one explainer's score rows.
 
     ``margin_ci`` is a 95% interval of the mean margin over the latents scored both ways (each
@@ -57,7 +65,9 @@ def summarize_scores(rows: list[dict]) -> dict:
     for row in rows:
         metric = main_metric(row["scorer"])
         value = _metric(row, metric)
-        entry = out.setdefault(row["coder"], {}).setdefault(row["scorer"], {"metric": metric, "explanation": [], "baseline": []})
+        entry = out.setdefault(row["coder"], {}).setdefault(
+            row["scorer"], {"metric": metric, "explanation": [], "baseline": []}
+        )
         if value is not None:
             entry["baseline" if row["baseline"] else "explanation"].append(value)
             paired.setdefault((row["coder"], row["scorer"], row["latent"]), {})[row["baseline"]] = value

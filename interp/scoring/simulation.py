@@ -22,7 +22,7 @@ from ..explain import TokenText
 from ..llm.base import GenerationParams, LLMClient, Prompt
 from ..prompts import render
 from ..records import Example, LatentRecord
-from .base import Scorer, ScoredExample, labelled_examples
+from .base import ScoredExample, Scorer, labelled_examples
 from .classify import LIST, MODES
 from .metrics import auroc, correlation
 
@@ -54,7 +54,7 @@ def show(piece: str) -> str:
 
 def simulation_metrics(outcomes: list[ScoredExample], truths: list[list[float]]) -> dict:
     """Pooled correlation over every token, over activating examples only, and per-example AUROC."""
-    ok = [(o, t) for o, t in zip(outcomes, truths) if o.values is not None]
+    ok = [(o, t) for o, t in zip(outcomes, truths, strict=True) if o.values is not None]
     sim = [v for o, _ in ok for v in o.values]
     true = [v for _, t in ok for v in t]
     sim_active = [v for o, _ in ok if o.label for v in o.values]
@@ -103,7 +103,7 @@ class SimulationScorer(Scorer):
             for ex, label, kind, q in labelled_examples(record)
         ]
         simulated = self._simulate([(expl, ex) for expl, ex, _ in cases])
-        for (_, _, outcome), values in zip(cases, simulated):
+        for (_, _, outcome), values in zip(cases, simulated, strict=True):
             if values is not None:
                 outcome.values = values
                 outcome.score = max(values)
@@ -119,11 +119,13 @@ class SimulationScorer(Scorer):
 
     def _simulate(self, pairs: list[tuple[str, Example]]) -> list[list[float] | None]:
         pieces = [self.text(ex.tokens) for _, ex in pairs]
-        prompts = [self._prompt(expl, p) for (expl, _), p in zip(pairs, pieces)]
+        prompts = [self._prompt(expl, p) for (expl, _), p in zip(pairs, pieces, strict=True)]
         if self.mode == "generative":
             params = GenerationParams(max_tokens=4 * max(len(p) for p in pieces) + 8)
             replies = self.client.generate(prompts, params)
-            return [None if r.error else parse_activations(r.text, len(p)) for r, p in zip(replies, pieces)]
+            return [
+                None if r.error else parse_activations(r.text, len(p)) for r, p in zip(replies, pieces, strict=True)
+            ]
         # The filler 0 after each slot stands for "unknown": the reply read back is always the same shape.
         replies = [[f"{show(p[0])}\t"] + [f"0\n{show(t)}\t" for t in p[1:]] for p in pieces]
         slots = self.client.reply_logprobs(prompts, replies, SCALE)

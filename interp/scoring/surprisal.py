@@ -12,7 +12,7 @@ import torch
 from ..models import LoadedModel
 from ..prompts import render
 from ..records import LatentRecord
-from .base import Scorer, ScoredExample, labelled_examples
+from .base import ScoredExample, Scorer, labelled_examples
 from .metrics import auroc
 
 
@@ -35,7 +35,7 @@ class SurprisalScorer(Scorer):
         pad = self.lm.tokenizer.pad_token_id or 0
         for start in range(0, len(bodies), self.batch_size):
             pre, body = prefixes[start : start + self.batch_size], bodies[start : start + self.batch_size]
-            seqs = [p + b for p, b in zip(pre, body)]
+            seqs = [p + b for p, b in zip(pre, body, strict=True)]
             width = max(map(len, seqs))
             ids = torch.full((len(seqs), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
@@ -45,25 +45,31 @@ class SurprisalScorer(Scorer):
             nll = torch.nn.functional.cross_entropy(
                 logits[:, :-1].float().transpose(1, 2), ids[:, 1:].to(logits.device), reduction="none"
             ).cpu()
-            for i, (p, b) in enumerate(zip(pre, body)):
+            for i, (p, b) in enumerate(zip(pre, body, strict=True)):
                 out.append(float(nll[i, len(p) - 1 : len(p) + len(b) - 1].mean()))
         return out
 
     def score(self, items: list[tuple[LatentRecord, str]]) -> list[tuple[dict, list[ScoredExample]]]:
         neutral = self._prefix(render("surprisal_neutral"))
-        cases = [(i, ex, label, kind, q) for i, (r, _) in enumerate(items) for ex, label, kind, q in labelled_examples(r)]
+        cases = [
+            (i, ex, label, kind, q) for i, (r, _) in enumerate(items) for ex, label, kind, q in labelled_examples(r)
+        ]
         prefixes = [self._prefix(render("surprisal_prefix", explanation=items[i][1])) for i, *_ in cases]
         bodies = [ex.tokens for _, ex, *_ in cases]
         explained = self.losses(prefixes, bodies)
         unique = list(dict.fromkeys(tuple(b) for b in bodies))  # the baseline and the true explanation share examples
-        plain_of = dict(zip(unique, self.losses([neutral] * len(unique), [list(b) for b in unique])))
+        plain_of = dict(zip(unique, self.losses([neutral] * len(unique), [list(b) for b in unique]), strict=True))
         plain = [plain_of[tuple(b)] for b in bodies]
         results: list[list[ScoredExample]] = [[] for _ in items]
-        for (i, ex, label, kind, q), a, b in zip(cases, explained, plain):
+        for (i, ex, label, kind, q), a, b in zip(cases, explained, plain, strict=True):
             results[i].append(ScoredExample(ex.index, label, None, b - a, kind, q))
         out = []
         for outcomes in results:
             labels = [o.label for o in outcomes]
-            metrics = {"auroc": auroc(labels, [o.score for o in outcomes]), "positives": sum(labels), "negatives": len(labels) - sum(labels)}
+            metrics = {
+                "auroc": auroc(labels, [o.score for o in outcomes]),
+                "positives": sum(labels),
+                "negatives": len(labels) - sum(labels),
+            }
             out.append((metrics, outcomes))
         return out

@@ -33,9 +33,34 @@ def make_workspace(root: Path, tokenizer) -> Path:
     lm = tiny_llama(tokenizer, layers=2, hidden=64)
     lm.model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    args = ["run", "--run-dir", str(run_dir), "--model", str(model_dir), "--num-tokens", "2048", "--ctx-len", "32",
-            "--shard-windows", "16", "--batch-size", "8", "--quiet", "--coders", "topk-neurons@model.layers.1.mlp",
-            "--neuron-k", "8", "--min-examples", "3", "--latents", "sample:4", "--explainer", "tokens", "--scorers", "embedding"]
+    args = [
+        "run",
+        "--run-dir",
+        str(run_dir),
+        "--model",
+        str(model_dir),
+        "--num-tokens",
+        "2048",
+        "--ctx-len",
+        "32",
+        "--shard-windows",
+        "16",
+        "--batch-size",
+        "8",
+        "--quiet",
+        "--coders",
+        "topk-neurons@model.layers.1.mlp",
+        "--neuron-k",
+        "8",
+        "--min-examples",
+        "3",
+        "--latents",
+        "sample:4",
+        "--explainer",
+        "tokens",
+        "--scorers",
+        "embedding",
+    ]
     assert main(args) == 0
     return root
 

@@ -36,13 +36,25 @@ def random_dense_weights(x: torch.Tensor, *, seed: int = 0, threshold: bool = Fa
     return w
 
 
-def write_saelens(folder, w, *, architecture="standard", k=None, hook_name="blocks.2.hook_resid_post",
-                  apply_b_dec_to_input=True, normalize_activations="none"):
+def write_saelens(
+    folder,
+    w,
+    *,
+    architecture="standard",
+    k=None,
+    hook_name="blocks.2.hook_resid_post",
+    apply_b_dec_to_input=True,
+    normalize_activations="none",
+):
     """``w`` saved as SAELens saves an SAE: ``cfg.json`` and ``sae_weights.safetensors`` in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     cfg = {
-        "d_in": D_MODEL, "d_sae": D_SAE, "architecture": architecture, "hook_name": hook_name,
-        "apply_b_dec_to_input": apply_b_dec_to_input, "normalize_activations": normalize_activations,
+        "d_in": D_MODEL,
+        "d_sae": D_SAE,
+        "architecture": architecture,
+        "hook_name": hook_name,
+        "apply_b_dec_to_input": apply_b_dec_to_input,
+        "normalize_activations": normalize_activations,
         "activation_fn_kwargs": {"k": k} if k else {},
     }
     (folder / "cfg.json").write_text(json.dumps(cfg))
@@ -79,6 +91,13 @@ def planted_word_coder(lm, word: str = " cat", hookpoint: str = "model.layers.24
     W_dec = torch.randn(4, d, generator=g) / d**0.5
     W_dec[0] = direction / direction.norm()
     return DenseEncoderCoder(
-        W_enc=torch.zeros(d, 4), b_enc=-torch.ones(4), W_dec=W_dec, b_dec=torch.zeros(d),
-        activation="relu", hookpoint=hookpoint, reads="output", source="planted", kind="saelens",
+        W_enc=torch.zeros(d, 4),
+        b_enc=-torch.ones(4),
+        W_dec=W_dec,
+        b_dec=torch.zeros(d),
+        activation="relu",
+        hookpoint=hookpoint,
+        reads="output",
+        source="planted",
+        kind="saelens",
     )

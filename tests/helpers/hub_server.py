@@ -141,7 +141,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self):
         body = self._body() if self.command in ("POST", "PUT") else b""
         with self.server.lock:
-            self.server.requests.append(Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            self.server.requests.append(
+                Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+            )
         url = urlsplit(self.path)
         parts = [unquote(p) for p in url.path.strip("/").split("/")]
         try:
@@ -187,7 +189,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._lfs_put(parts[1], body)
         if parts[0] == "lfs" and parts[-1] == "verify" and m == "POST":
             return self._lfs_verify(json.loads(body))
-        if parts[0] == "datasets" and len(parts) >= 3 and parts[2].endswith(".git") and parts[3:] == ["info", "lfs", "objects", "batch"]:
+        if (
+            parts[0] == "datasets"
+            and len(parts) >= 3
+            and parts[2].endswith(".git")
+            and parts[3:] == ["info", "lfs", "objects", "batch"]
+        ):
             repo = self._repo("dataset", parts[1], parts[2][: -len(".git")], write=True)
             return None if repo is None else self._lfs_batch(json.loads(body))
         if parts[0] == "datasets" and len(parts) >= 5 and parts[3] == "resolve" and m in ("GET", "HEAD"):
@@ -204,7 +211,12 @@ class _Handler(BaseHTTPRequestHandler):
         if repo_id in self.server.repos:
             return self._send(409, {"error": "You already created this repo", "url": url})
         gitattributes = b"*.parquet filter=lfs diff=lfs merge=lfs -text\n"
-        first = Commit(hashlib.sha1(f"{repo_id} initial".encode()).hexdigest(), "initial commit", {".gitattributes": gitattributes}, set())
+        first = Commit(
+            hashlib.sha1(f"{repo_id} initial".encode()).hexdigest(),
+            "initial commit",
+            {".gitattributes": gitattributes},
+            set(),
+        )
         self.server.repos[repo_id] = Repo(repo_id, repo_type, payload.get("visibility") == "private", [first])
         return self._send(200, {"url": url, "name": repo_id})
 
@@ -226,7 +238,9 @@ class _Handler(BaseHTTPRequestHandler):
             lfs = f["path"].endswith(LFS_SUFFIXES) or f["size"] >= LFS_MIN_BYTES
             old = repo.head.files.get(f["path"])
             oid = None if old is None else hashlib.sha256(old).hexdigest() if lfs else git_sha1(old)
-            files.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
+            files.append(
+                {"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid}
+            )
         return self._send(200, {"files": files, "commitOid": repo.head.oid})
 
     def _lfs_batch(self, payload: dict):
@@ -278,7 +292,9 @@ class _Handler(BaseHTTPRequestHandler):
                 for p in [p for p in files if p.startswith(value["path"].rstrip("/") + "/")]:
                     files.pop(p)
                     lfs.discard(p)
-        oid = hashlib.sha1(repo.head.oid.encode() + json.dumps(sorted((p, git_sha1(d)) for p, d in files.items())).encode()).hexdigest()
+        oid = hashlib.sha1(
+            repo.head.oid.encode() + json.dumps(sorted((p, git_sha1(d)) for p, d in files.items())).encode()
+        ).hexdigest()
         repo.commits.append(Commit(oid, header["summary"], files, lfs))
         url = f"{self.server.url}/{'datasets/' if repo.repo_type == 'dataset' else ''}{repo.repo_id}"
         return self._send(200, {"commitUrl": f"{url}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None})
@@ -288,7 +304,9 @@ class _Handler(BaseHTTPRequestHandler):
         if commit is None:
             return self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
         siblings = [{"rfilename": p} for p in sorted(commit.files)]
-        return self._send(200, {"id": repo.repo_id, "sha": commit.oid, "private": repo.private, "siblings": siblings, "tags": []})
+        return self._send(
+            200, {"id": repo.repo_id, "sha": commit.oid, "private": repo.private, "siblings": siblings, "tags": []}
+        )
 
     def _tree(self, repo: Repo, revision: str, prefix: str, query: dict):
         commit = repo.at(revision)
@@ -300,7 +318,7 @@ class _Handler(BaseHTTPRequestHandler):
         for path, data in sorted(commit.files.items()):
             if not path.startswith(base):
                 continue
-            inner = path[len(base):].split("/")
+            inner = path[len(base) :].split("/")
             if len(inner) > 1 and not recursive:
                 folders.add(base + inner[0])
                 continue
@@ -309,7 +327,9 @@ class _Handler(BaseHTTPRequestHandler):
             if path in commit.lfs:
                 entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
             entries.append(entry)
-        entries += [{"type": "directory", "path": f, "oid": hashlib.sha1(f.encode()).hexdigest()} for f in sorted(folders)]
+        entries += [
+            {"type": "directory", "path": f, "oid": hashlib.sha1(f.encode()).hexdigest()} for f in sorted(folders)
+        ]
         return self._send(200, entries)
 
     def _resolve(self, repo: Repo, revision: str, path: str):
@@ -326,7 +346,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @contextlib.contextmanager
 def local_hub(monkeypatch, tmp_path: Path, token: str):
-    """A FakeHub on 127.0.0.1 as $HF_ENDPOINT accepting ``token``; huggingface_hub may reach nothing else and has no login.
+    """A FakeHub on 127.0.0.1 as $HF_ENDPOINT accepting ``token``; huggingface_hub may reach nothing
+    else and has no login.
 
     It uses plain LFS (Xet's CAS is not reproduced) and telemetry is off: with it on,
     huggingface_hub asks huggingface.co for its agent registry.

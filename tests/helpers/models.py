@@ -17,8 +17,13 @@ def tiny_llama(tokenizer, seed: int = 0, layers: int = 4, hidden: int = D_MODEL)
     """A randomly initialised 4-layer Llama sharing the embedded model's tokenizer."""
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
     )
     model = LlamaForCausalLM(cfg).eval().requires_grad_(False)
     return LoadedModel(model=model, tokenizer=tokenizer, name="tiny-llama")
@@ -29,8 +34,16 @@ def tiny_gemma2(tokenizer) -> LoadedModel:
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
     torch.manual_seed(0)
-    cfg = Gemma2Config(vocab_size=len(tokenizer), hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=4,
-                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256)
+    cfg = Gemma2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=D_MODEL,
+        intermediate_size=D_MLP,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=256,
+    )
     model = Gemma2ForCausalLM(cfg).eval().requires_grad_(False)
     with torch.no_grad():  # Gemma norms scale by (1 + weight); make them visibly non-trivial
         for name, p in model.named_parameters():
@@ -40,7 +53,9 @@ def tiny_gemma2(tokenizer) -> LoadedModel:
 
 
 def save_tiny_model(folder: Path, tokenizer) -> Path:
-    """A 4-layer random Llama with the embedded model's tokenizer, saved as safetensors: a real model folder for ``--model``."""
+    """A 4-layer random Llama with the embedded model's tokenizer, saved as safetensors: a real
+    model folder for ``--model``.
+    """
     lm = tiny_llama(tokenizer)
     lm.model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

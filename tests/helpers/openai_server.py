@@ -81,7 +81,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.in_flight -= 1
 
     def _answer(self, s: ScriptedServer, body: dict, behaviour: str):
-        content = body["messages"][-1]["content"]
+        asked = [m for m in body["messages"] if m["role"] != "assistant"] or body["messages"]
+        content = asked[-1]["content"]  # a started reply (a last assistant message) is answered from the question
         time.sleep(random.Random(content).random() * s.jitter)
         if self.path != "/v1/chat/completions":
             return self._send(404, {"error": "not found"})
