@@ -20,7 +20,7 @@ import torch
 from interp.config import CoderConfig, CorpusConfig, ExplainConfig, RunConfig
 from interp.llm import TransformersClient
 from interp.models import load_model
-from interp.run import run_cache, run_explain
+from interp.stages import run_cache, run_explain
 
 
 def explain_rate(cfg: RunConfig, run_dir: Path, batch: int, client: TransformersClient) -> tuple[float, int]:

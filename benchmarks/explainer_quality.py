@@ -23,8 +23,8 @@ from pathlib import Path
 
 from interp.config import Explainer, ScorerName
 from interp.llm import run_client
-from interp.run import run_explain, run_score
 from interp.rundir import RunDir
+from interp.stages import run_explain, run_score
 from interp.subject import open_subject
 
 EXPLAINERS: list[Explainer] = ["short", "default", "tokens"]

@@ -435,11 +435,11 @@ def random_embedder(config_dir: Path, folder: Path) -> Path:
 
 @contextlib.contextmanager
 def timed_stages(device: str):
-    """While ``interp run`` runs, time its stages (``interp.run.run_cache``, ``run_explain``, ``run_score``) and the
+    """While ``interp run`` runs, time its stages (``interp.stages.run_cache``, ``run_explain``, ``run_score``) and the
     CUDA peak allocation of each: (seconds, MiB or None) by stage."""
-    import interp.run as pipeline
+    import interp.stages as stages
 
-    stages: dict[str, tuple[float, float | None]] = {}
+    timings: dict[str, tuple[float, float | None]] = {}
 
     def timed(name: str, stage):
         @functools.wraps(stage)
@@ -453,14 +453,14 @@ def timed_stages(device: str):
             finally:
                 cuda_sync(device)
                 peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
-                stages[STAGES[name]] = (time.perf_counter() - start, peak)
+                timings[STAGES[name]] = (time.perf_counter() - start, peak)
 
         return wrapper
 
     with contextlib.ExitStack() as stack:
         for name in STAGES:
-            stack.enter_context(mock.patch.object(pipeline, name, timed(name, getattr(pipeline, name))))
-        yield stages
+            stack.enter_context(mock.patch.object(stages, name, timed(name, getattr(stages, name))))
+        yield timings
 
 
 def free_memory() -> None:

@@ -36,7 +36,7 @@ from transformers.utils import logging as hf_logging
 
 from interp.config import CoderConfig, CorpusConfig, ExplainConfig, ModelConfig, RunConfig, ScoreConfig
 from interp.models import embedded_model_dir
-from interp.run import run_cache, run_explain, run_score
+from interp.stages import run_cache, run_explain, run_score
 
 PEER_LATENTS_PER_GPU_HOUR = 32_768 / (8 * 24)
 """delphi's published cost: 32k latents in 8 A40 GPU-days."""

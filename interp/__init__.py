@@ -3,7 +3,7 @@
 The pipeline runs one way: corpus -> cache -> records -> explain -> score -> publish. The public
 API, by module (nothing is imported here, so ``import interp`` stays cheap):
 
-* ``interp.run`` — the stages over a run directory: ``run_cache``, ``run_explain``, ``run_score``,
+* ``interp.stages`` — the stages over a run directory: ``run_cache``, ``run_explain``, ``run_score``,
   ``summarize_run``, and ``run`` (all of them, the model loaded once);
 * ``interp.rundir`` — ``RunDir``, the one owner of a run directory's layout and files;
 * ``interp.config`` — ``RunConfig`` and its sections, the settings every stage and the CLI share;
@@ -18,7 +18,7 @@ API, by module (nothing is imported here, so ``import interp`` stays cheap):
   planted latents, the Gradio app; ``publish`` (top level) — the Hub.
 
 >>> from interp.config import RunConfig
->>> from interp.run import run
+>>> from interp.stages import run
 >>> summary = run(RunConfig(), "runs/demo")
 """
 

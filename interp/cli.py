@@ -396,20 +396,20 @@ def build_parser() -> argparse.ArgumentParser:
 def _stage(ns: argparse.Namespace) -> int:
     """``run`` and ``cache`` make (or resume) a run; ``explain``, ``score`` and ``summary`` refuse a folder that is
     none."""
-    from . import run as pipeline
+    from . import stages
 
     run_dir = _run_dir(ns)
     run = RunDir(run_dir)
     if ns.command == "summary":
-        summary = pipeline.summarize_run(run_dir, ns.explainer)
+        summary = stages.summarize_run(run_dir, ns.explainer)
     elif ns.command == "explain":
-        summary = pipeline.run_explain(_config(ns, run), run_dir, progress=not ns.quiet)
+        summary = stages.run_explain(_config(ns, run), run_dir, progress=not ns.quiet)
     elif ns.command == "score":
-        summary = pipeline.run_score(_config(ns, run), run_dir, progress=not ns.quiet)
+        summary = stages.run_score(_config(ns, run), run_dir, progress=not ns.quiet)
     elif ns.command == "run":
-        summary = pipeline.run(_config(ns, run), run_dir, overwrite=ns.overwrite, progress=not ns.quiet)
+        summary = stages.run(_config(ns, run), run_dir, overwrite=ns.overwrite, progress=not ns.quiet)
     else:
-        summary = pipeline.run_cache(_config(ns, run), run_dir, overwrite=ns.overwrite, progress=not ns.quiet).summary
+        summary = stages.run_cache(_config(ns, run), run_dir, overwrite=ns.overwrite, progress=not ns.quiet).summary
     _print_summary(summary, run_dir)
     return 0
 

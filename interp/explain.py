@@ -15,6 +15,7 @@ pipeline runs end to end without a model and scorers have a floor to beat.
 
 import hashlib
 import json
+import logging
 import re
 import time
 import typing
@@ -27,6 +28,8 @@ from .llm.base import Completion, GenerationParams, LLMClient, Prompt
 from .prompts import render
 from .records import Example, LatentRecord
 from .steer_effects import PromptEffect
+
+log = logging.getLogger(__name__)
 
 LLM_EXPLAINERS = ("short", "default", "activations", "contrastive", "logits")
 """LLM explainers that read the latent's activating examples."""
@@ -271,3 +274,22 @@ def explain_batch(
     for e in out:
         e.batch_seconds_per_latent = elapsed
     return out
+
+
+def note_other_models(explainer: str, model: str | None, explained: list[dict], redo: bool) -> None:
+    """Say (one line) when chosen latents keep explanations by another LLM than this command's: they are not redone
+    silently."""
+    others = Counter(r.get("model") for r in explained if r.get("model") != model and r.get("status") == "ok")
+    if not others or model is None:
+        return
+    by = ", ".join(f"{n} by {m}" for m, n in others.items())
+    if redo:
+        log.info("explaining again with %s the latents that have %s explanations %s", model, explainer, by)
+    else:
+        log.warning(
+            "%d chosen latents already have %s explanations (%s), kept; to explain them again with %s, add --redo.",
+            sum(others.values()),
+            explainer,
+            by,
+            model,
+        )

@@ -18,7 +18,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from safetensors.torch import load_file
 
-from interp.app import AppConfig, config_from_env, explore, intervene, pipeline, publishing
+from interp.app import AppConfig, config_from_env, explain_score, explore, intervene, publishing
 from interp.app.render import escape, examples_html, tokens_html
 from interp.app.session import OpenRun, Runs, build_default_run, run_is_complete
 from interp.app.workspace import Workspace, WorkspaceError
@@ -203,33 +203,33 @@ def test_explain_one_latent_or_a_selection_with_a_server_and_find_it_in_the_run(
     srv = serving()
     srv.reply = lambda content: "Thinking.\n[EXPLANATION]: cats and dogs"
     try:
-        llm = pipeline.llm_spec(Workspace(ws), "url", url=srv.base_url, server_model="test-model")
-        summary, table = pipeline.explain(run, CODER, "default", llm, "7", progress=False)
+        llm = explain_score.llm_spec(Workspace(ws), "url", url=srv.base_url, server_model="test-model")
+        summary, table = explain_score.explain(run, CODER, "default", llm, "7", progress=False)
         assert table.rows == [[7, "ok", "cats and dogs", "test-model", ""]] and summary["explanations"] == {"ok": 1}
         assert len(srv.requests) == 1 and "<<" in json.loads(srv.requests[0]["body"])["messages"][-1]["content"]
-        summary, table = pipeline.explain(run, CODER, "default", llm, "7,9,11", progress=False)
+        summary, table = explain_score.explain(run, CODER, "default", llm, "7,9,11", progress=False)
         assert [row[0] for row in table.rows] == [7, 9, 11] and len(srv.requests) == 3  # 7 was done already
         lines = [r for r in read_jsonl(ws / RUN / "explanations.jsonl") if r["explainer"] == "default"]
         assert sorted(r["latent"] for r in lines) == [7, 9, 11] and {r["explanation"] for r in lines} == {
             "cats and dogs"
         }
-        assert pipeline.explainers(run) == ["tokens", "default"]
+        assert explain_score.explainers(run) == ["tokens", "default"]
         assert [row[0] for row in explore.latent_table(run, CODER, query="DOGS").rows] == [7, 9, 11]
     finally:
         srv.shutdown()
         srv.server_close()
     with pytest.raises(InterpError, match="not an OpenAI-compatible base URL"):
-        pipeline.llm_spec(Workspace(ws), "url", url="file:///etc/passwd", server_model="m")
+        explain_score.llm_spec(Workspace(ws), "url", url="file:///etc/passwd", server_model="m")
     with pytest.raises(InterpError, match="Name the model"):
-        pipeline.llm_spec(Workspace(ws), "url", url=srv.base_url)
+        explain_score.llm_spec(Workspace(ws), "url", url=srv.base_url)
     with pytest.raises(WorkspaceError, match="outside the workspace"):
-        pipeline.llm_spec(Workspace(ws), "local", model="../../elsewhere")
-    assert pipeline.llm_spec(Workspace(ws), "local") == pipeline.LLMChoice("local", None)
-    assert pipeline.llm_spec(Workspace(ws), "local", model="models/tiny-llama").llm == "local:" + str(
+        explain_score.llm_spec(Workspace(ws), "local", model="../../elsewhere")
+    assert explain_score.llm_spec(Workspace(ws), "local") == explain_score.LLMChoice("local", None)
+    assert explain_score.llm_spec(Workspace(ws), "local", model="models/tiny-llama").llm == "local:" + str(
         ws.resolve() / "models/tiny-llama"
     )
     with pytest.raises(InterpError, match="Latents \\[128\\] do not exist: this coder has 128 latents"):
-        pipeline.explain(run, CODER, "tokens", pipeline.LLMChoice("local"), "128", progress=False)
+        explain_score.explain(run, CODER, "tokens", explain_score.LLMChoice("local"), "128", progress=False)
 
 
 def test_the_owners_key_goes_only_to_the_owners_server(tmp_path, workspace, monkeypatch):
@@ -242,12 +242,12 @@ def test_the_owners_key_goes_only_to_the_owners_server(tmp_path, workspace, monk
     try:
         keyed = frozenset([owners.base_url + "/"])
         for srv, latent in ((owners, "7"), (visitors, "9")):
-            llm = pipeline.llm_spec(Workspace(ws), "url", url=srv.base_url, server_model="m", keyed_urls=keyed)
-            pipeline.explain(run, CODER, "default", llm, latent, progress=False)
-        anyone = pipeline.llm_spec(
+            llm = explain_score.llm_spec(Workspace(ws), "url", url=srv.base_url, server_model="m", keyed_urls=keyed)
+            explain_score.explain(run, CODER, "default", llm, latent, progress=False)
+        anyone = explain_score.llm_spec(
             Workspace(ws), "url", url=visitors.base_url, server_model="m"
         )  # env_token on: the owner's own machine
-        pipeline.explain(run, CODER, "default", anyone, "11", progress=False)
+        explain_score.explain(run, CODER, "default", anyone, "11", progress=False)
     finally:
         for srv in (owners, visitors):
             srv.shutdown()
@@ -275,9 +275,9 @@ def test_a_model_named_in_the_page_never_runs_its_own_code(tmp_path, workspace):
     (evil / "configuration_evil.py").write_text(code)
     (evil / "modeling_evil.py").write_text(code)
     run = Runs(Workspace(ws)).get(RUN)
-    llm = pipeline.llm_spec(Workspace(ws), "local", model="models/evil")
+    llm = explain_score.llm_spec(Workspace(ws), "local", model="models/evil")
     with pytest.raises(InterpError, match="contains custom code"):
-        pipeline.explain(run, CODER, "default", llm, "7", progress=False)
+        explain_score.explain(run, CODER, "default", llm, "7", progress=False)
     assert not (tmp_path / "ran").exists()
 
 
@@ -285,16 +285,16 @@ def test_score_shows_every_examples_outcome_and_the_plots(tmp_path, workspace):
     ws = copy_workspace(workspace, tmp_path)
     (ws / RUN / "scores.jsonl").unlink()  # score again, here
     run = Runs(Workspace(ws)).get(RUN)
-    summary = pipeline.score(
-        run, CODER, "tokens", ["embedding"], "logprob", pipeline.LLMChoice("local"), progress=False
+    summary = explain_score.score(
+        run, CODER, "tokens", ["embedding"], "logprob", explain_score.LLMChoice("local"), progress=False
     )
     assert summary.rows[0][:2] == ["embedding", "auroc"] and summary.rows[0][-1] == 4
-    assert {caption for _, caption in pipeline.plots(run, CODER)} >= {
+    assert {caption for _, caption in explain_score.plots(run, CODER)} >= {
         f"scores_{CODER}_embedding",
         f"frequency_{CODER}",
     }
     latent = explore.latent_table(run, CODER).rows[0][0]
-    o = pipeline.outcomes(run, CODER, latent, "embedding", "tokens")
+    o = explain_score.outcomes(run, CODER, latent, "embedding", "tokens")
     row = next(r for r in run.scores() if r["latent"] == latent and r["scorer"] == "embedding" and not r["baseline"])
     assert len(o.table.rows) == len(row["examples"]) == o.right + o.wrong
     positives = sum(e["label"] for e in row["examples"])
@@ -306,9 +306,9 @@ def test_score_shows_every_examples_outcome_and_the_plots(tmp_path, workspace):
     assert all(r[5] <= top_score for r in o.table.rows if r not in called)
     assert all(r[6] for r in o.table.rows) and "auroc" in o.metrics
     with pytest.raises(InterpError, match="No detection score"):
-        pipeline.outcomes(run, CODER, latent, "detection", "tokens")
+        explain_score.outcomes(run, CODER, latent, "detection", "tokens")
     with pytest.raises(InterpError, match="Choose at least one scorer"):
-        pipeline.score(run, CODER, "tokens", [], "logprob", pipeline.LLMChoice("local"), progress=False)
+        explain_score.score(run, CODER, "tokens", [], "logprob", explain_score.LLMChoice("local"), progress=False)
 
 
 def test_verdicts_use_answers_when_there_are_answers_and_rank_otherwise():
@@ -317,14 +317,14 @@ def test_verdicts_use_answers_when_there_are_answers_and_rank_otherwise():
         {"label": False, "prediction": True, "score": None},
         {"label": True, "prediction": None, "score": None},
     ]
-    assert pipeline._verdicts(answers) == [True, False, None]
+    assert explain_score._verdicts(answers) == [True, False, None]
     ranked = [
         {"label": True, "prediction": None, "score": 0.9},
         {"label": False, "prediction": None, "score": 0.8},
         {"label": True, "prediction": None, "score": 0.1},
         {"label": False, "prediction": None, "score": 0.0},
     ]
-    assert pipeline._verdicts(ranked) == [True, False, False, True]
+    assert explain_score._verdicts(ranked) == [True, False, False, True]
 
 
 def test_intervene_is_the_steering_library_side_by_side(run):

@@ -209,7 +209,7 @@ class Harness:
         self.url = url
         self.log = str(logs)
         self.ctx = multiprocessing.get_context("forkserver")
-        self.ctx.set_forkserver_preload(["interp.cli", "interp.run", __name__])
+        self.ctx.set_forkserver_preload(["interp.cli", "interp.stages", __name__])
         warm = self.ctx.Process(target=time.sleep, args=(0,))  # start the server now, so no run's time includes it
         warm.start()
         warm.join()

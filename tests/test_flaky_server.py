@@ -14,8 +14,8 @@ import pytest
 from interp.config import CacheConfig, CoderConfig, CorpusConfig, ExplainConfig, ModelConfig, RunConfig, ScoreConfig
 from interp.jsonl import latest_rows, read_jsonl
 from interp.llm import GenerationParams, OpenAIClient, make_client
-from interp.run import run_cache, run_explain, run_score, summarize_run
 from interp.rundir import EXPLANATION_KEY, EXPLANATIONS, LLM_CACHE, SCORE_KEY, SCORES
+from interp.stages import run_cache, run_explain, run_score, summarize_run
 from tests.helpers.models import save_tiny_model
 from tests.helpers.pipeline import scripted_reply
 

@@ -23,8 +23,8 @@ from interp.llm import (
 )
 from interp.llm.local import prefix_chunks
 from interp.models import LoadedModel
-from interp.run import run_cache, run_explain
 from interp.rundir import EXPLANATIONS
+from interp.stages import run_cache, run_explain
 from tests.helpers.models import save_tiny_model, tiny_llama
 from tests.helpers.openai_server import ScriptedServer, serving
 from tests.helpers.pipeline import scripted_reply

@@ -439,6 +439,6 @@ def test_score_entries_keep_every_metric_typed_or_as_json():
 
 
 def test_the_core_does_not_import_publish():
-    code = "import sys, interp.cli, interp.run; print('publish' in sys.modules)"
+    code = "import sys, interp.cli, interp.stages; print('publish' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[-1] == "False"  # sparsify may print a notice first

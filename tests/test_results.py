@@ -11,11 +11,11 @@ from interp.cli import main
 from interp.config import ExplainConfig, RunConfig
 from interp.errors import InterpError
 from interp.jsonl import append_jsonl
-from interp.run import summarize_run
 from interp.rundir import RunDir
 from interp.scoring.base import ScoreResult
 from interp.scoring.plots import plot_diagnostics
 from interp.scoring.results import main_metric, score_table, scorer_agreement, summarize_scores
+from interp.stages import summarize_run
 
 
 def row(scorer: str, latent: int, value: float, baseline: bool = False, coder: str = "sae") -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from interp.app import pipeline
+from interp.app import explain_score
 from interp.app.session import Runs
 from interp.app.workspace import Workspace
 from interp.cli import main
@@ -138,14 +138,14 @@ def test_a_stage_started_from_the_app_touches_only_the_chosen_coder(tmp_path, ma
     shutil.copytree(made_run, tmp_path / "run")
     run, lines = Runs(Workspace(tmp_path)).get("run"), RunDir(tmp_path / "run")
     explained = len(lines.explanations())
-    pipeline.explain(run, SAE, "tokens", pipeline.LLMChoice("local"), "0-9", progress=False)
+    explain_score.explain(run, SAE, "tokens", explain_score.LLMChoice("local"), "0-9", progress=False)
     new = lines.explanations()[explained:]
     assert len(new) == 10 and {r["coder"] for r in new} == {SAE}
     lines.scores_file.unlink()
-    pipeline.score(run, SAE, "tokens", ["embedding"], "logprob", pipeline.LLMChoice("local"), progress=False)
+    explain_score.score(run, SAE, "tokens", ["embedding"], "logprob", explain_score.LLMChoice("local"), progress=False)
     assert {r["coder"] for r in lines.scores()} == {SAE}
     with pytest.raises(InterpError, match="no finished coder 'model.layers.3'"):
-        pipeline.explain(run, "model.layers.3", "tokens", pipeline.LLMChoice("local"), "0-9", progress=False)
+        explain_score.explain(run, "model.layers.3", "tokens", explain_score.LLMChoice("local"), "0-9", progress=False)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from ..errors import InterpError
-from . import explore, intervene, pipeline, publishing
+from . import explain_score, explore, intervene, publishing
 from .config import AppConfig
 from .explore import Table
 from .render import markdown_code, markdown_text
@@ -74,9 +74,9 @@ class Handlers:
             if not name.startswith("_"):
                 setattr(self, name, method)
 
-    def llm(self, backend, local_model, url, server_model) -> pipeline.LLMChoice:
+    def llm(self, backend, local_model, url, server_model) -> explain_score.LLMChoice:
         """The LLM chosen in a tab's LLM accordion (a closed accordion's widgets send None)."""
-        return pipeline.llm_spec(
+        return explain_score.llm_spec(
             self.workspace, backend or "local", local_model or "", url or "", server_model or "", keyed_urls=self.keyed
         )
 
@@ -87,7 +87,7 @@ class Handlers:
         coder = coders[0] if coders else None
         table = explore.latent_table(run, coder) if coder else Table(explore.LATENT_HEADERS, [])
         first = table.rows[0][0] if table.rows else 0
-        explainers = pipeline.explainers(run)
+        explainers = explain_score.explainers(run)
         scorers = sorted({r["scorer"] for r in run.scores()})
         return (
             explore.describe(run),
@@ -170,7 +170,7 @@ class Handlers:
     ):
         run = self.runs.get(path)
         spec = str(_latent(latent)) if which == "this latent" else (selection or "").strip()
-        summary, table = pipeline.explain(
+        summary, table = explain_score.explain(
             run, coder, explainer, self.llm(backend, local_model, url, server_model), spec
         )
         counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["explanations"].items()))
@@ -178,7 +178,7 @@ class Handlers:
             f"**{explainer}** explanations of {markdown_code(coder)} (latents {markdown_text(spec)}): done. "
             f"All {explainer} lines in the run: {counts}."
         )
-        return status, frame(table), gr.Dropdown(choices=pipeline.explainers(run), value=explainer)
+        return status, frame(table), gr.Dropdown(choices=explain_score.explainers(run), value=explainer)
 
     @show_errors
     def score(
@@ -197,13 +197,13 @@ class Handlers:
         run = self.runs.get(path)
         if not explainer:
             raise InterpError("There are no explanations to score yet: explain some latents first.")
-        table = pipeline.score(
+        table = explain_score.score(
             run, coder, explainer, scorers or [], mode, self.llm(backend, local_model, url, server_model)
         )
         names = sorted({r["scorer"] for r in run.scores()})
         return (
             frame(table),
-            pipeline.plots(run, coder, explainer),
+            explain_score.plots(run, coder, explainer),
             gr.Dropdown(choices=names, value=names[0] if names else None),
         )
 
@@ -211,7 +211,7 @@ class Handlers:
     def outcomes(self, path, coder, latent, scorer, explainer):
         if not scorer:
             raise InterpError("Score some explanations first: there is no scorer to show.")
-        o = pipeline.outcomes(self.runs.get(path), coder, _latent(latent), scorer, explainer)
+        o = explain_score.outcomes(self.runs.get(path), coder, _latent(latent), scorer, explainer)
         return f"{o.metrics}  \n{o.right} right, {o.wrong} wrong", frame(o.table)
 
     @show_errors

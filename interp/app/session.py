@@ -24,8 +24,8 @@ from ..errors import InterpError
 from ..explain import TokenText
 from ..jsonl import latest_rows, read_jsonl
 from ..records import RecordBuilder
-from ..run import run
 from ..rundir import EXPLANATION_KEY, SCORE_KEY, RunDir
+from ..stages import run
 from ..subject import Subject, open_subject
 from .workspace import Workspace
 

@@ -17,7 +17,7 @@ from ..explain import EXPLAINERS
 from ..scoring.classify import MODES as SCORE_MODES
 from ..scoring.registry import SCORERS
 from ..steer import MODES as STEER_MODES
-from . import explore, intervene, pipeline, publishing
+from . import explain_score, explore, intervene, publishing
 from .config import AppConfig
 from .handlers import Handlers, show_errors
 from .workspace import Workspace
@@ -36,7 +36,7 @@ def _llm_widgets(prefix: str, config: AppConfig) -> list:
     """The LLM choice (backend, local model, server URL and model), with element ids starting with ``prefix``."""
     with gr.Accordion("LLM", open=False, elem_id=f"{prefix}-llm"):
         backend = gr.Radio(
-            list(pipeline.BACKENDS),
+            list(explain_score.BACKENDS),
             value="local",
             label="Backend",
             elem_id=f"{prefix}-backend",
@@ -255,7 +255,7 @@ def explain_tab(config: AppConfig) -> ExplainTab:
         button = gr.Button("Explain", variant="primary", elem_id="explain")
         status = gr.Markdown(elem_id="explain-status")
         table = gr.Dataframe(
-            value=_empty(pipeline.EXPLAINED_HEADERS),
+            value=_empty(explain_score.EXPLAINED_HEADERS),
             label="Explanations",
             interactive=False,
             wrap=True,
@@ -304,7 +304,7 @@ def score_tab(config: AppConfig) -> ScoreTab:
         llm = _llm_widgets("score", config)
         button = gr.Button("Score", variant="primary", elem_id="score")
         summary = gr.Dataframe(
-            value=_empty(pipeline.SUMMARY_HEADERS),
+            value=_empty(explain_score.SUMMARY_HEADERS),
             label="Summary (mean over latents)",
             interactive=False,
             elem_id="summary",
@@ -316,7 +316,7 @@ def score_tab(config: AppConfig) -> ScoreTab:
             outcomes = gr.Button("Show outcomes", elem_id="outcomes")
         outcome_md = gr.Markdown(elem_id="outcome-metrics")
         outcome_table = gr.Dataframe(
-            value=_empty(pipeline.OUTCOME_HEADERS),
+            value=_empty(explain_score.OUTCOME_HEADERS),
             label="Each held-out example: did the scorer get it right?",
             interactive=False,
             wrap=True,

@@ -1,5 +1,6 @@
 """Summaries of a run's score lines: per scorer and coder, true explanations beside the random baseline."""
 
+import random
 import statistics
 
 from .metrics import correlation
@@ -118,3 +119,25 @@ def scorer_agreement(table: dict[str, dict[int, float]]) -> dict[tuple[str, str]
             rho = correlation([table[a][k] for k in shared], [table[b][k] for k in shared])["spearman"]
             out[(a, b)] = (rho, len(shared))
     return out
+
+
+def baseline_explanations(rows: list[dict], seed: int) -> dict[tuple[str, int], str]:
+    """Each latent's random explanation: another latent's, by a seeded derangement."""
+    if len(rows) < 2:
+        return {}
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    shifted = order[1:] + order[:1]
+    return {(rows[i]["coder"], rows[i]["latent"]): rows[j]["explanation"] for i, j in zip(order, shifted, strict=True)}
+
+
+def all_failed(row: dict) -> bool:
+    """Whether every example of a score line failed (none was judged)."""
+    metrics = row.get("metrics")
+    return bool(row["examples"]) and isinstance(metrics, dict) and metrics.get("failed") == len(row["examples"])
+
+
+def has_failures(row: dict) -> bool:
+    """Whether a score line has examples whose LLM reply failed or could not be read."""
+    metrics = row.get("metrics")
+    return isinstance(metrics, dict) and bool(metrics.get("failed"))

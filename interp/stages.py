@@ -6,7 +6,6 @@ own settings. ``run`` is every stage, with the subject model and the coders load
 """
 
 import logging
-import random
 import time
 from collections import Counter
 from dataclasses import replace
@@ -21,7 +20,7 @@ from .coders.train import load_train_report, train_default_sae
 from .config import RunConfig, check_config
 from .corpus import split_windows
 from .errors import InterpError, StageFailedError
-from .explain import TokenText, explain_batch
+from .explain import TokenText, explain_batch, note_other_models
 from .llm import GenerationParams, LLMClient, run_client, runs_locally
 from .models import LoadedModel, load_model, resolve_hookpoint
 from .records import LatentRecord, select_latents
@@ -29,7 +28,14 @@ from .rundir import SCORE_KEY, RunDir
 from .scoring.base import ScoreResult
 from .scoring.plots import plot_coder_scores, plot_diagnostics, plot_scores
 from .scoring.registry import make_scorers, needs_llm
-from .scoring.results import explainer_rows, scored_explainers, summarize_scores
+from .scoring.results import (
+    all_failed,
+    baseline_explanations,
+    explainer_rows,
+    has_failures,
+    scored_explainers,
+    summarize_scores,
+)
 from .steer_effects import PromptEffect, latent_effects, load_steer_prompts
 from .subject import Subject, open_coders, open_subject
 
@@ -155,7 +161,7 @@ def run_explain(
         )
         kept += [done[(name, i)] for i in chosen if (name, i) in done]
         jobs.append((name, coder, [i for i in chosen if cfg.explain.redo or (name, i) not in done]))
-    _note_other_models(explainer, model, kept, cfg.explain.redo)
+    note_other_models(explainer, model, kept, cfg.explain.redo)
     bar = tqdm(
         total=sum(len(todo) for *_, todo in jobs),
         unit="latent",
@@ -191,25 +197,6 @@ def run_explain(
     }
 
 
-def _note_other_models(explainer: str, model: str | None, explained: list[dict], redo: bool) -> None:
-    """Say (one line) when chosen latents keep explanations by another LLM than this command's: they are not redone
-    silently."""
-    others = Counter(r.get("model") for r in explained if r.get("model") != model and r.get("status") == "ok")
-    if not others or model is None:
-        return
-    by = ", ".join(f"{n} by {m}" for m, n in others.items())
-    if redo:
-        log.info("explaining again with %s the latents that have %s explanations %s", model, explainer, by)
-    else:
-        log.warning(
-            "%d chosen latents already have %s explanations (%s), kept; to explain them again with %s, add --redo.",
-            sum(others.values()),
-            explainer,
-            by,
-            model,
-        )
-
-
 def _intervention_effects(
     cfg: RunConfig, lm: LoadedModel, coder: SparseCoder, records: list[LatentRecord]
 ) -> list[list[PromptEffect] | None]:
@@ -221,16 +208,6 @@ def _intervention_effects(
         latent_effects(lm, coder, r.latent, prompts, v.target_kl, v.steer_top_tokens)[1] if r.status == "ok" else None
         for r in records
     ]
-
-
-def _baseline_explanations(rows: list[dict], seed: int) -> dict[tuple[str, int], str]:
-    """Each latent's random explanation: another latent's, by a seeded derangement."""
-    if len(rows) < 2:
-        return {}
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    shifted = order[1:] + order[:1]
-    return {(rows[i]["coder"], rows[i]["latent"]): rows[j]["explanation"] for i, j in zip(order, shifted, strict=True)}
 
 
 def run_score(
@@ -262,10 +239,10 @@ def run_score(
     if client is None and needs_llm(cfg.score.scorers):
         client = run_client(cfg, lm, run.llm_cache_file)
     scorers = make_scorers(cfg, client, lm, subject.coders)
-    baseline = _baseline_explanations(explained, cfg.records.records_seed) if cfg.score.baseline else {}
+    baseline = baseline_explanations(explained, cfg.records.records_seed) if cfg.score.baseline else {}
     previous = {tuple(r[k] for k in SCORE_KEY): r for r in run.scores()}
     done = {
-        (key, r["explanation"]) for key, r in previous.items() if not _has_failures(r)
+        (key, r["explanation"]) for key, r in previous.items() if not has_failures(r)
     }  # a new explanation is rescored
     chosen = subject.only(coders)
     new_lines: list[dict] = []
@@ -301,24 +278,12 @@ def run_score(
                 new_lines += new
                 bar.update(sum(not b for _, b, _ in chunk))
     bar.close()
-    if new_lines and all(_all_failed(r) for r in new_lines):
+    if new_lines and all(all_failed(r) for r in new_lines):
         raise StageFailedError(
             f"Every score of this command failed: no reply of the LLM ({cfg.explain.llm}) could be read. They are "
             "recorded, and the same command scores them again once the LLM answers."
         )
     return summarize_run(run.path, explainer)
-
-
-def _all_failed(row: dict) -> bool:
-    """Whether every example of a score line failed (none was judged)."""
-    metrics = row.get("metrics")
-    return bool(row["examples"]) and isinstance(metrics, dict) and metrics.get("failed") == len(row["examples"])
-
-
-def _has_failures(row: dict) -> bool:
-    """Whether a score line has examples whose LLM reply failed or could not be read."""
-    metrics = row.get("metrics")
-    return isinstance(metrics, dict) and bool(metrics.get("failed"))
 
 
 def summarize_run(run_dir: Path, explainer: str | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""The Explain and Score panels as plain functions over ``interp.run``: the same stages the CLI runs.
+"""The Explain and Score panels as plain functions over ``interp.stages``: the same stages the CLI runs.
 
 The app changes only the explain and score settings of the run's saved configuration (which
 explainer, LLM, latents, scorers), never what was cached; results go to the run directory as
@@ -10,8 +10,8 @@ from typing import NamedTuple
 
 from ..errors import InterpError
 from ..records import select_latents
-from ..run import run_explain, run_score
 from ..scoring.results import main_metric
+from ..stages import run_explain, run_score
 from .explore import Table
 from .render import markdown_text
 from .session import OpenRun
