@@ -27,6 +27,9 @@ N_CONTEXTS = 8
 BEFORE, AFTER = 6, 2
 """Tokens of context shown before and after the peak token."""
 COUNTS = re.compile(r"\s*\(\d+\)")
+DANGLING = re.compile(r"\s*\(\d*$")
+"""A count the reply's cut left open: ``"Cass" (10``."""
+LIST_SEPARATOR = re.compile(r"\s*,\s*|\s+and\s+")
 STARTED = re.compile(rf"^\s*(?:{REPLY_START})?\s*:?\s*", re.IGNORECASE)
 
 TokenTexts = Callable[[list[int]], list[str]]
@@ -81,7 +84,10 @@ def read_phrase(reply: str) -> str | None:
     if not lines:
         return None
     phrase = COUNTS.sub("", STARTED.sub("", lines[0])).replace("<<", "").replace(">>", "")
-    phrase = " ".join(phrase.split()).strip(" .,:;")
+    phrase = DANGLING.sub("", " ".join(phrase.split())).strip(" .,:;")
+    items = [item for item in LIST_SEPARATOR.split(phrase) if item]
+    if len(set(items)) < len(items):  # a small model repeats itself: "def", "def", "def"
+        phrase = ", ".join(dict.fromkeys(items))
     if phrase.count('"') % 2:  # a quote the reply's cut left open, or one it closed without opening
         phrase = phrase[:-1] if phrase.endswith('"') else phrase + '"'
     return phrase.strip(" .,:;") or None

@@ -50,7 +50,7 @@ def app(workspace, tmp_path_factory):
     with open(root / RUN / "explanations.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")
     llm = serving()
-    llm.reply = lambda content: "[EXPLANATION]: cats and dogs"
+    llm.reply = lambda content: " cats and dogs"  # continues the short explainer's "Fires on"
     llm.script = ["sleep"]  # the first request is slow enough to watch the progress
     llm.sleep = 2.0
     with pytest.MonkeyPatch.context() as mp:
@@ -130,15 +130,15 @@ def test_every_panel_in_a_browser(app, browser, tmp_path):
     _field(page, "explain-server-model").fill("test-model")
     _field(page, "latent").fill(str(first))
     page.click("#explain")
-    page.wait_for_selector("text=explaining (default)", timeout=WAIT)  # the library's tqdm bar, shown by Gradio
+    page.wait_for_selector("text=explaining (short)", timeout=WAIT)  # the library's tqdm bar, shown by Gradio
     page.wait_for_function("document.querySelector('#explain-status')?.innerText.includes('done')", timeout=WAIT)
     assert "cats and dogs" in page.inner_text("#explained") and f"{first}" in page.inner_text("#explained")
     assert any(json.loads(r["body"])["model"] == "test-model" for r in llm.requests)
     page.screenshot(path=str(shot), full_page=True)
 
-    # Score: the default explanations (the planted one and the new one) by embedding; outcomes per example
+    # Score: the explanations of the explainer just used (the app's default, short) by embedding; outcomes per example
     shot = _tab(page, "Score", tmp_path)
-    assert _field(page, "score-explainer").input_value() == "default"
+    assert _field(page, "score-explainer").input_value() == "short"
     page.click("#score")
     page.wait_for_function("document.querySelector('#summary')?.innerText.includes('auroc')", timeout=WAIT)
     page.wait_for_selector("#plots img", timeout=WAIT)

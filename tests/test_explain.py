@@ -131,6 +131,10 @@ def test_the_short_prompt_gives_counts_short_contexts_worked_turns_and_the_start
         (' "sea and sky', '"sea and sky"'),
         (' the word sea"', "the word sea"),
         (' : "IL", "', '"IL"'),  # cut after an opening quote
+        (' "def", "def", "def" (', '"def"'),  # repeated, and a count cut open
+        (' "Cass", "Cass" (10', '"Cass"'),
+        (" blood and the king, the king, the king", "blood, the king"),
+        (' "sea" and "sky"', '"sea" and "sky"'),  # no repetition: left as written
         ("", None),
         ("  \n ", None),
     ],

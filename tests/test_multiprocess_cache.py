@@ -14,22 +14,10 @@ pytestmark = pytest.mark.slow
 
 def test_two_processes_cache_exactly_what_one_does(tmp_path, smollm_tokenizer):
     model = save_tiny_model(tmp_path / "model", smollm_tokenizer)
-    args = [
-        "--model",
-        str(model),
-        "--num-tokens",
-        "2048",
-        "--ctx-len",
-        "32",
-        "--shard-windows",
-        "8",
-        "--batch-size",
-        "8",
-        "--coders",
-        "topk-neurons@model.layers.1.mlp",
-        "neurons@model.layers.2.mlp",
-        "--quiet",
-    ]
+    args = ["--model", str(model)] + (
+        "--num-tokens 2048 --ctx-len 32 --shard-windows 8 --batch-size 8 "
+        "--coders topk-neurons@model.layers.1.mlp neurons@model.layers.2.mlp --quiet"
+    ).split()
     assert main(["cache", str(tmp_path / "one"), *args]) == 0
     launch = [
         sys.executable,

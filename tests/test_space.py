@@ -40,6 +40,8 @@ from pathlib import Path
 
 import pytest
 
+from interp.config import ExplainConfig
+
 ROOT = Path(__file__).parents[1]
 DOCKERFILE = ROOT / "space" / "Dockerfile"
 CARD = ROOT / "space" / "README.md"
@@ -57,7 +59,7 @@ START_TIMEOUT = 240
 BUILD_TIMEOUT = 900
 """Seconds for the first start to build the small default run (the embedded LLM explains on 2 busy cores)."""
 REUSE_TIMEOUT = 180
-PROGRESS = ("building the default run", "caching", "explaining (default)", "scoring")
+PROGRESS = ("building the default run", "caching", f"explaining ({ExplainConfig().explainer})", "scoring")
 """What the page shows while the default run is built: the app's own line, then the library's tqdm bars."""
 BUILT = ("default SAE: held-out FVU", "cached 4,096 tokens")
 """What the app's console says when it builds the default run (training the SAE, caching)."""
