@@ -120,6 +120,12 @@ def compare_sides(
         report["shuffled"]["decoder_cosine"] = describe(dsim[shuffled.rows, shuffled.cols])
         report["agreement"] = agreement(by_text, by_decoder)
         report["shuffled"]["agreement"] = agreement(shuffled, by_decoder)
+    report["pairs"] = _pairs(a, b, by_text, by_decoder, dsim)
+    return Comparison(report, sim, by_text, shuffled, by_decoder)
+
+
+def _pairs(a: Side, b: Side, by_text, by_decoder, dsim) -> list[dict]:
+    """The explanation-matched pairs, most similar first, each with its decoder cosine and decoder partner if known."""
     partner = (
         dict(zip(by_decoder.rows.tolist(), by_decoder.cols.tolist(), strict=True)) if by_decoder is not None else {}
     )
@@ -138,8 +144,7 @@ def compare_sides(
             pair["decoder_cosine"] = float(dsim[i, j])
             pair["decoder_partner_b"] = b.latents[partner[i]] if i in partner else None
         pairs.append(pair)
-    report["pairs"] = pairs
-    return Comparison(report, sim, by_text, shuffled, by_decoder)
+    return pairs
 
 
 def write_comparison(comparison: Comparison, out_dir: Path) -> tuple[Path, Path]:
