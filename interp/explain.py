@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, replace
 
 from .config import Explainer
-from .explain_short import copies_a_worked_example, read_phrase, short_prompt
+from .explain_short import copies_a_worked_example, echoes_the_question, read_phrase, short_prompt
 from .llm.base import Completion, GenerationParams, LLMClient, Prompt
 from .prompts import render
 from .records import Example, LatentRecord
@@ -170,6 +170,8 @@ def flag(explanation: str) -> str | None:
     lowered = explanation.lower().rstrip(".")
     if copies_a_worked_example(explanation):
         return "copies a worked example"
+    if echoes_the_question(explanation):
+        return "echoes the prompt"
     if "your one-sentence explanation" in lowered or (
         len(lowered) > 20 and lowered in render("explain_system").lower()
     ):

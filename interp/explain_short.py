@@ -96,3 +96,10 @@ def read_phrase(reply: str) -> str | None:
 def copies_a_worked_example(explanation: str) -> bool:
     """Whether an explanation is one of the worked examples' answers (a small model sometimes copies one)."""
     return explanation.lower().strip(" .") in {answer.lower() for _, answer in worked_examples()}
+
+
+def echoes_the_question(explanation: str) -> bool:
+    """Whether an explanation repeats the question's first line (``Tokens it fires on: ...``), as a small model served
+    without support for a started reply may."""
+    start = render("explain_short", tokens="", contexts="").split(":", 1)[0]
+    return explanation.lower().startswith(start.lower())

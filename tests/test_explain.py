@@ -147,3 +147,4 @@ def test_copying_a_worked_example_is_flagged():
     copied = worked_examples()[-1][1]
     assert flag(copied + ".") == "copies a worked example"
     assert flag("royal titles in the plays") is None
+    assert flag("Tokens it fires on: 'def', 'class'") == "echoes the prompt"  # a served model that answered afresh
