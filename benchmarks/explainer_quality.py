@@ -8,9 +8,10 @@ embedded models (README: Are the scorers valid?); the LLM is the run's (``--llm`
 
 The table: per explainer and scorer, the mean AUROC of its explanations, the mean of the random
 baseline (each latent scored with another latent's explanation), the margin with its paired 95%
-interval, the latents explained (ok of asked), and the explainer's seconds per latent.
+interval, the latents explained (ok of asked), and the explainer's seconds per latent. On a CPU the
+surprisal scorer dominates: about half a minute to a minute per latent and explainer on 2 cores.
 
-    python benchmarks/explainer_quality.py                        # runs/demo, 48 latents: ~1 h on 2 CPU cores
+    python benchmarks/explainer_quality.py                        # runs/demo, 48 latents: hours on 2 CPU cores
     python benchmarks/explainer_quality.py runs/mine --explainers short tokens --latents sample:96
 """
 

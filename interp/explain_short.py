@@ -5,8 +5,8 @@ Small models (the embedded SmolLM2-135M) lose the thread in twenty 32-token exam
 what they can use: the tokens the latent fires on most, with counts, as facts; a short context
 around each example's peak token; three worked examples as earlier chat turns; and the reply
 already started (``Fires on``), so the model only completes one phrase, cut at its first line.
-On the demo run it is the one LLM explainer above the random baseline (README: Explanation
-quality); a served model answers it too.
+On the demo run it beats delphi's prompt but only draws level with the token list (README:
+Explanation quality); a served model answers it too.
 """
 
 import re
