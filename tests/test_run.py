@@ -127,7 +127,16 @@ def test_explain_over_an_openai_server_resumes_and_records_failures(tmp_path, se
     assert main(["cache", *base]) == 0
     server.reply = lambda content: f'Thinking...\n[EXPLANATION]: The token "{first_marked_span(content)}"'
     server.fail_contents = set()
-    llm = ["--llm", server.base_url, "--llm-model", "scripted-model", "--latents", "sample:6"]
+    llm = [
+        "--explainer",
+        "default",
+        "--llm",
+        server.base_url,
+        "--llm-model",
+        "scripted-model",
+        "--latents",
+        "sample:6",
+    ]
     assert main(["explain", *base, *llm]) == 0
     rows = [json.loads(line) for line in (tmp_path / "run" / "explanations.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and {r["status"] for r in rows} == {"ok"}

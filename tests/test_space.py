@@ -360,7 +360,7 @@ def test_the_space_installs_builds_its_default_run_on_first_start_and_reuses_it(
                     assert seen, f"no build progress was shown on the page:\n{tail(first_log)}"
                     shown = listed_latents(page)
                     assert sorted(shown) == sorted(explained(run)), "the Explore tab lists the run's explained latents"
-                    assert "explanations (default)" in page.inner_text("#status")
+                    assert f"explanations ({ExplainConfig().explainer})" in page.inner_text("#status")
                     page.wait_for_selector("#top .tok.on", timeout=WAIT)  # the first latent opens, its examples shaded
                     lap("first latent")
                     page.screenshot(path=str(tmp_path / "first-start.png"), full_page=True)
