@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, replace
 
 from .config import Explainer
-from .explain_short import copies_a_worked_example, echoes_the_question, read_phrase, short_prompt
+from .explain_short import copies_a_worked_example, echoes_the_question, firing_counts, read_phrase, short_prompt
 from .llm.base import Completion, GenerationParams, LLMClient, Prompt
 from .prompts import render
 from .records import Example, LatentRecord
@@ -181,7 +181,7 @@ def flag(explanation: str) -> str | None:
 
 def token_list_explanation(record: LatentRecord, text: TokenText, n: int = 5) -> str:
     """The baseline explanation: the tokens the latent fires on most often in its train examples."""
-    counts = Counter(t for ex in record.train for t, a in zip(ex.tokens, ex.acts, strict=True) if a > 0)
+    counts = firing_counts(record)
     words = [w.strip() or repr(w) for w in text([t for t, _ in counts.most_common(n)])]
     return "The tokens " + ", ".join(f'"{w}"' for w in words) if words else "(no activating tokens)"
 

@@ -36,10 +36,14 @@ TokenTexts = Callable[[list[int]], list[str]]
 """Token ids -> their texts (``explain.TokenText``)."""
 
 
+def firing_counts(record: LatentRecord) -> Counter:
+    """Token id -> how often the latent fires on it in its train examples."""
+    return Counter(t for ex in record.train for t, a in zip(ex.tokens, ex.acts, strict=True) if a > 0)
+
+
 def firing_tokens(record: LatentRecord, text: TokenTexts, n: int = N_TOKENS) -> str:
     """The tokens the latent fires on most often in its train examples, with counts: ``' king' (9), ' queen' (3)``."""
-    counts = Counter(t for ex in record.train for t, a in zip(ex.tokens, ex.acts, strict=True) if a > 0)
-    top = counts.most_common(n)
+    top = firing_counts(record).most_common(n)
     return (
         ", ".join(f"{piece!r} ({k})" for piece, (_, k) in zip(text([t for t, _ in top]), top, strict=True)) or "(none)"
     )
