@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from .config import Explainer
 from .explain_short import copies_a_worked_example, echoes_the_question, firing_counts, read_phrase, short_prompt
 from .llm.base import Completion, GenerationParams, LLMClient, Prompt
+from .plain_text import plain_line
 from .prompts import render
 from .records import Example, LatentRecord
 from .steer_effects import PromptEffect
@@ -143,7 +144,8 @@ def parse_explanation(reply: str) -> str | None:
 
     Takes the first line after the last ``[EXPLANATION]:`` marker, or, when there is no marker
     (small models often forget it), the first sentence of the reply; then strips chat
-    artefacts, markdown and stray quotes.
+    artefacts, markdown and stray quotes. Control characters and odd spaces become plain spaces
+    (``plain_text.plain_line``): the text goes on to prompts and published datasets.
     """
     text = ARTEFACTS.sub("", reply or "").strip()
     parts = MARKER.split(text)
@@ -155,7 +157,7 @@ def parse_explanation(reply: str) -> str | None:
     line = ARTEFACTS.sub("", line).strip().lstrip(">").strip()
     if line.startswith("<") and line.endswith(">"):
         line = line[1:-1]
-    line = line.strip("*_`# ")
+    line = plain_line(line).strip("*_`# ")
     while len(line) >= 2 and line[0] in QUOTES and line[-1] in QUOTES:
         line = line[1:-1].strip()
     return line or None

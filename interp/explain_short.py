@@ -15,6 +15,7 @@ from collections.abc import Callable
 from functools import cache
 
 from .llm.base import Prompt
+from .plain_text import plain_line
 from .prompts import render, template
 from .records import LatentRecord
 
@@ -87,7 +88,7 @@ def read_phrase(reply: str) -> str | None:
     lines = [line for line in (reply or "").splitlines() if line.strip()]
     if not lines:
         return None
-    phrase = COUNTS.sub("", STARTED.sub("", lines[0])).replace("<<", "").replace(">>", "")
+    phrase = COUNTS.sub("", STARTED.sub("", plain_line(lines[0]))).replace("<<", "").replace(">>", "")
     phrase = DANGLING.sub("", " ".join(phrase.split())).strip(" .,:;")
     items = [item for item in LIST_SEPARATOR.split(phrase) if item]
     if len(set(items)) < len(items):  # a small model repeats itself: "def", "def", "def"

@@ -4,11 +4,13 @@ Plain helpers (functions, constants, the fake servers) are in ``tests/helpers/``
 here are built from them.
 """
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 import transformers
+from hypothesis import settings
 from transformers import AutoTokenizer
 
 from interp.config import ModelConfig
@@ -18,6 +20,13 @@ from tests.helpers.app import make_workspace
 from tests.helpers.models import tiny_llama
 from tests.helpers.openai_server import serving
 from tests.helpers.scoring import CAT_TEXTS, MONEY_TEXTS, example
+
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI", "").lower() in ("1", "true", "yes") else "dev")
+"""CI runs the same property cases every time (derandomized, no example database), so a red run is the code's
+doing and replays; a developer's ``make test`` keeps exploring new cases. A case found failing is kept in its
+test as an ``@example``."""
 
 
 @pytest.fixture(scope="session")

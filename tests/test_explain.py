@@ -1,7 +1,7 @@
 """Explanation prompts, parsing and the LLM-free baseline."""
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from interp.explain import (
@@ -16,6 +16,7 @@ from interp.explain import (
 )
 from interp.explain_short import REPLY_START, read_phrase, worked_examples
 from interp.records import Example, LatentRecord, LatentStats
+from tests.helpers.text import is_plain_line
 
 
 def record(tokenizer, texts: list[tuple[str, str]], **extra) -> LatentRecord:
@@ -81,11 +82,14 @@ def test_parse_explanation_finds_the_final_answer(reply, want):
 
 @given(st.text(max_size=400))
 @settings(max_examples=300, deadline=None)
-def test_parsing_any_reply_never_crashes(reply):
-    parsed = parse_explanation(reply)
-    assert parsed is None or (isinstance(parsed, str) and parsed == parsed.strip() and parsed)
-    if parsed is not None:
-        flag(parsed)
+@example("0\x1f_")
+@example(" \x1e\u2029 ")
+@example(' "sea\x00 and\u3000sky" (3')
+def test_any_reply_parses_to_one_plain_line_or_none(reply):
+    for parsed in (parse_explanation(reply), read_phrase(reply)):
+        assert parsed is None or is_plain_line(parsed)
+        if parsed is not None:
+            flag(parsed)
 
 
 def test_flag_catches_empty_long_and_echoed_explanations():

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -38,6 +38,7 @@ from interp.scoring.simulation import parse_activations
 from tests.helpers.models import save_tiny_model, tiny_llama
 from tests.helpers.openai_server import serving
 from tests.helpers.pipeline import scripted_reply, tiny_run_args
+from tests.helpers.text import is_plain_line
 
 pytestmark = pytest.mark.reliability
 
@@ -82,9 +83,12 @@ texts = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(texts)
+@example("0\x1f_")  # CI, stop 28: the unit separator (whitespace to str.strip) was left at the end
+@example("[EXPLANATION]: \u3000cats\u200b and\x00 dogs\xa0")
+@example("**\x1c**")
 def test_explanation_parsing_survives_any_reply(reply):
     parsed = parse_explanation(reply)
-    assert parsed is None or (isinstance(parsed, str) and parsed and "\n" not in parsed and parsed == parsed.strip())
+    assert parsed is None or is_plain_line(parsed)
     assert parsed is None or flag(parsed) is None or isinstance(flag(parsed), str)
 
 

@@ -9,5 +9,6 @@ Fixtures are not here but in ``tests/conftest.py``, which builds them from these
 - ``pipeline``: a whole ``interp run`` in seconds: a deterministic LLM's replies and the run's arguments.
 - ``openai_server``: a real OpenAI-compatible HTTP server on 127.0.0.1, scriptable to misbehave.
 - ``hub_server``: a small Hugging Face Hub on 127.0.0.1 that the real ``huggingface_hub`` client talks to.
+- ``text``: what an explanation read from an LLM's reply must be (one plain line).
 - ``app``: the app's test workspace (a small real run) and the app served from it.
 """
