@@ -92,12 +92,16 @@ class CoderConfig:
     """Which sparse coders to cache, given as specs ``KIND[:SOURCE][@HOOKPOINT]``."""
 
     coders: list[str] = field(default_factory=lambda: ["default"])
-    """Coder specs, e.g. sparsify:EleutherAI/sae-x@layers.6, saelens:DIR,
+    """Coder specs, e.g. sparsify:EleutherAI/sae-x@layers.6, saelens:DIR, saelens:RELEASE/SAE_ID,
     saelens:DIR@model.layers.2.self_attn.o_proj:input, gemmascope:DIR@model.layers.6, neurons@model.layers.6.mlp,
     topk-neurons@model.layers.6.mlp, default (train a TopK SAE)."""
 
     neuron_k: int = at_least(1, 32)
     """k for top-k sparsified neurons."""
+
+    saelens_registry: str | None = None
+    """A SAELens registry file (pretrained_saes.yaml's schema) for saelens:RELEASE/SAE_ID specs; by default the
+    installed sae-lens package's own."""
 
 
 @dataclass

@@ -53,8 +53,11 @@ def open_coders(
     ``train_default(folder)`` trains it (only the cache stage passes one: every other stage only reads a run).
     """
     specs = [CoderSpec.parse(text) for text in cfg.coders.coders]
+    given = cfg.coders
     loaded: list[SparseCoder | None] = [
-        None if spec.kind == "default" else load_coder(spec, lm.model, neuron_k=cfg.coders.neuron_k).to(lm.device)
+        None
+        if spec.kind == "default"
+        else load_coder(spec, lm.model, neuron_k=given.neuron_k, saelens_registry=given.saelens_registry).to(lm.device)
         for spec in specs
     ]
     _check_widths(lm, [c for c in loaded if c is not None])

@@ -5,6 +5,7 @@ or a TransformerLens hook name such as ``blocks.2.attn.hook_z``.
 
 >>> spec = CoderSpec.parse("sparsify:EleutherAI/sae-llama-3-8b-32x@layers.10")
 >>> spec = CoderSpec.parse("saelens:./attn-sae@model.layers.2.self_attn.o_proj:input")
+>>> spec = CoderSpec.parse("saelens:gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical")
 >>> spec = CoderSpec.parse("topk-neurons@model.layers.6.mlp")
 """
 
@@ -18,6 +19,7 @@ from ..models import resolve_hookpoint
 from .base import Latents, SparseCoder
 from .dense import load_gemmascope, load_saelens
 from .neurons import load_neurons
+from .saelens_registry import load_registered, lookup
 from .sparsify_coder import load_sparsify
 
 FILE_KINDS = {"sparsify": load_sparsify, "saelens": load_saelens, "gemmascope": load_gemmascope}
@@ -49,8 +51,14 @@ class CoderSpec:
         return cls(kind, source or None, hookpoint or None)
 
 
-def load_coder(spec: CoderSpec, model: nn.Module, *, neuron_k: int = 32) -> SparseCoder:
-    """Load the coder ``spec`` names, with its hookpoint resolved against ``model``."""
+def load_coder(
+    spec: CoderSpec, model: nn.Module, *, neuron_k: int = 32, saelens_registry: str | None = None
+) -> SparseCoder:
+    """Load the coder ``spec`` names, with its hookpoint resolved against ``model``.
+
+    A ``saelens:RELEASE/SAE_ID`` source is looked up in ``saelens_registry`` (a file in SAELens'
+    ``pretrained_saes.yaml`` schema; by default the installed sae-lens's own).
+    """
     if spec.kind in NEURON_KINDS:
         if parse_site(spec.hookpoint)[1]:
             raise CoderFormatError(
@@ -60,7 +68,8 @@ def load_coder(spec: CoderSpec, model: nn.Module, *, neuron_k: int = 32) -> Spar
     if spec.kind not in FILE_KINDS:
         raise CoderFormatError(f"Coder kind {spec.kind!r} is not loaded from files.")
     module, side = parse_site(spec.hookpoint) if spec.hookpoint else (None, None)
-    coder = FILE_KINDS[spec.kind](spec.source, module)
+    entry = lookup(spec.source, saelens_registry) if spec.kind == "saelens" else None
+    coder = load_registered(entry, module) if entry else FILE_KINDS[spec.kind](spec.source, module)
     try:
         _place(coder, model, side)
     except UnknownHookpointError as e:

@@ -33,6 +33,9 @@ class SparseCoder(nn.Module, ABC):
     ``hook_z``); None when they do not say. Lets ``load_coder`` refuse a site whose width matches only by accident."""
     writes_at: str | None = None
     """For a transcoder, the TransformerLens hook its files name as its output (SAELens ``hook_name_out``), if any."""
+    origin: dict | None = None
+    """Where a coder named through a registry came from (a SAELens release: its id, repo, folder and
+    Neuronpedia id), recorded in ``describe``; None for a coder given by its folder."""
 
     def __init__(self, *, hookpoint: str, reads: Reads, num_latents: int, d_in: int, source: str):
         super().__init__()
@@ -84,6 +87,7 @@ class SparseCoder(nn.Module, ABC):
             "reads": self.reads,
             "num_latents": self.num_latents,
             "d_in": self.d_in,
+            **(self.origin or {}),
         }
 
     def check_width(self, width: int, model_name: str) -> None:

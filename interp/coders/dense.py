@@ -235,12 +235,12 @@ def _saelens_architecture(cfg: dict, source: str) -> tuple[str, int | None]:
     return architecture, cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
 
 
-def _scaling_factor(cfg: dict, folder: Path, source: str) -> float | None:
+def _scaling_factor(cfg: dict, folder: Path, source: str, registered: float | None = None) -> float | None:
     """The factor SAELens multiplies inputs by before encoding, or None when it does not normalise them.
 
     ``expected_average_only_in`` (``true`` before SAELens 6) is applied when the factor is at hand:
-    a training checkpoint keeps it in ``activation_scaler.json``; a finished SAE has it folded in
-    and says ``none``.
+    a SAELens registry entry's ``norm_scaling_factor`` (``registered``), or, for a training checkpoint,
+    ``activation_scaler.json``; a finished SAE has it folded in and says ``none``.
     """
     mode = cfg.get("normalize_activations", "none")
     if mode in ("none", None, False):
@@ -251,7 +251,7 @@ def _scaling_factor(cfg: dict, folder: Path, source: str) -> float | None:
         raise _refusal(
             source, "normalize_activations", mode, "is not a mode interp knows (none, expected_average_only_in)."
         )
-    factor = _saved_scaling_factor(folder / "activation_scaler.json")
+    factor = registered or _saved_scaling_factor(folder / "activation_scaler.json")
     if factor is None:
         raise _refusal(
             source,
@@ -380,15 +380,23 @@ def _read_cfg(folder: Path) -> dict:
         raise CoderFormatError(f"Cannot read {folder / 'cfg.json'}: {e}.") from e
 
 
-def load_saelens(source: str, hookpoint: str | None = None) -> DenseEncoderCoder:
+def load_saelens(
+    source: str,
+    hookpoint: str | None = None,
+    *,
+    cfg_overrides: dict | None = None,
+    norm_scaling_factor: float | None = None,
+) -> DenseEncoderCoder:
     """Load a SAELens folder (``cfg.json`` + ``sae_weights.safetensors``), as saved by SAELens 5 or 6.
 
     The hookpoint comes from ``hookpoint`` (a module) or from the config's TransformerLens hook
     name, which ``load_coder`` resolves against the model. Inputs are normalised and decoder
-    norms applied exactly as SAELens does, folded into the weights.
+    norms applied exactly as SAELens does, folded into the weights. A SAELens registry entry's
+    ``config_overrides`` are set over ``cfg.json`` and its ``norm_scaling_factor`` is the input
+    scaling, as SAELens' ``from_pretrained`` applies them.
     """
     folder = fetch(source)
-    cfg = _read_cfg(folder)
+    cfg = {**_read_cfg(folder), **(cfg_overrides or {})}
     architecture, k = _saelens_architecture(cfg, source)
     transcode = "transcoder" in architecture
     apply_b_dec = cfg.get("apply_b_dec_to_input", True)
@@ -396,7 +404,7 @@ def load_saelens(source: str, hookpoint: str | None = None) -> DenseEncoderCoder
         raise _refusal(
             source, "apply_b_dec_to_input", apply_b_dec, "cannot apply to a transcoder (SAELens refuses it too)."
         )
-    factor = _scaling_factor(cfg, folder, source)
+    factor = _scaling_factor(cfg, folder, source, norm_scaling_factor)
     site, reads, heads = _saelens_site(cfg, source, hookpoint, transcode)
     w = _saelens_weights(folder, cfg, architecture, source)
     if factor is not None:
