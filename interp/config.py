@@ -197,6 +197,17 @@ class ExplainConfig:
     llm_model: str | None = None
     """Model name to request from an OpenAI-compatible server."""
 
+    llm_dtype: Dtype = "auto"
+    """Weight dtype of a local LLM (local, local:...): auto (float32 on CPU, bfloat16 on CUDA), float32, float16 or
+    bfloat16."""
+
+    llm_quantization: Quantization = "none"
+    """Quantize a local LLM with bitsandbytes on CUDA: none, 8bit or 4bit (a 4-bit 8B model's weights take about 6
+    GB)."""
+
+    llm_device_map: str | None = None
+    """accelerate device map of a local LLM (auto, cuda:1, ...); None means 'auto' on CUDA and the CPU otherwise."""
+
     api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the server's API key (never written anywhere); empty: send no key."""
 

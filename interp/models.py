@@ -108,16 +108,18 @@ def _resolve_dtype(name: str, cuda: bool) -> torch.dtype:
         raise ModelLoadError(f"Unknown dtype {name!r}: use auto, float32, float16 or bfloat16.") from None
 
 
-def quantization_config(kind: str, compute_dtype: torch.dtype, cuda: bool):
-    """The bitsandbytes config for ``kind`` ('none', '8bit', '4bit'); None for 'none'."""
+def quantization_config(kind: str, compute_dtype: torch.dtype, cuda: bool, flag: str = "--quantization"):
+    """The bitsandbytes config for ``kind`` ('none', '8bit', '4bit'); None for 'none'.
+
+    bitsandbytes runs only on CUDA: without it, ``kind`` is refused in one line naming ``flag``
+    (the option that asked for it).
+    """
     if kind == "none":
         return None
     if kind not in ("8bit", "4bit"):
         raise ModelLoadError(f"Unknown quantization {kind!r}: use none, 8bit or 4bit.")
     if not cuda:
-        raise ModelLoadError(
-            f"{kind} quantization needs CUDA (bitsandbytes); this machine has none. Use --quantization none."
-        )
+        raise ModelLoadError(f"{kind} quantization needs CUDA (bitsandbytes); this machine has none. Use {flag} none.")
     from transformers import BitsAndBytesConfig
 
     if kind == "8bit":
@@ -125,17 +127,48 @@ def quantization_config(kind: str, compute_dtype: torch.dtype, cuda: bool):
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_type="nf4")
 
 
-def model_load_kwargs(cfg: ModelConfig, cuda: bool) -> dict:
-    """Keyword arguments for ``from_pretrained`` that follow from ``cfg`` and the hardware."""
+def model_load_kwargs(cfg: ModelConfig, cuda: bool, option_prefix: str = "") -> dict:
+    """Keyword arguments for ``from_pretrained`` that follow from ``cfg`` and the hardware.
+
+    ``option_prefix`` is that of the command-line options that set ``cfg`` (``llm-`` for the
+    explainer's), for the messages.
+    """
     dtype = _resolve_dtype(cfg.dtype, cuda)
     kwargs: dict = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
-    quant = quantization_config(cfg.quantization, dtype, cuda)
+    quant = quantization_config(cfg.quantization, dtype, cuda, f"--{option_prefix}quantization")
     if quant is not None:
         kwargs["quantization_config"] = quant
-    device_map = cfg.device_map or ("auto" if cuda else None)
+    device_map = _device_map(cfg, cuda)
     if device_map is not None:
         kwargs["device_map"] = device_map
     return kwargs
+
+
+def _device_map(cfg: ModelConfig, cuda: bool) -> str | None:
+    return cfg.device_map or ("auto" if cuda else None)
+
+
+def loads_alike(a: ModelConfig, b: ModelConfig) -> bool:
+    """Whether ``a`` and ``b`` load the same weights the same way on this machine ('auto' resolved), so one loaded
+    model serves both: the subject model as its own explainer is loaded once."""
+    cuda = torch.cuda.is_available()
+
+    def placed(c: ModelConfig) -> tuple:
+        return c.model, c.gguf_file, _resolve_dtype(c.dtype, cuda), c.quantization, _device_map(c, cuda)
+
+    return placed(a) == placed(b)
+
+
+def model_description(cfg: ModelConfig) -> str:
+    """``cfg.model`` with the settings that differ from the defaults, e.g. ``meta-llama/Llama-3.1-8B-Instruct (4bit,
+    device_map=auto)``: what an explanation line names its LLM by (a default model keeps its bare name)."""
+    settings = [
+        cfg.quantization if cfg.quantization != "none" else None,
+        cfg.dtype if cfg.dtype != "auto" else None,
+        f"device_map={cfg.device_map}" if cfg.device_map else None,
+    ]
+    shown = [s for s in settings if s]
+    return f"{cfg.model} ({', '.join(shown)})" if shown else cfg.model
 
 
 def model_files(cfg: ModelConfig) -> tuple[str, str | None]:
@@ -152,8 +185,10 @@ def model_files(cfg: ModelConfig) -> tuple[str, str | None]:
     return str(path.expanduser()) if path.expanduser().exists() else cfg.model, cfg.gguf_file
 
 
-def load_model(cfg: ModelConfig) -> LoadedModel:
-    """Load the subject model and tokenizer described by ``cfg``, frozen and in eval mode.
+def load_model(cfg: ModelConfig, *, option_prefix: str = "") -> LoadedModel:
+    """Load the causal LM and tokenizer described by ``cfg``, frozen and in eval mode: the subject model, and a local
+    explainer/scorer LLM (``option_prefix="llm-"``: its options are ``--llm-quantization`` and so on, and the messages
+    name them).
 
     >>> lm = load_model(ModelConfig())            # the embedded SmolLM2
     >>> lm = load_model(ModelConfig("google/gemma-2-2b", quantization="4bit"))
@@ -162,13 +197,23 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
 
     cuda = torch.cuda.is_available()
     source, gguf_file = model_files(cfg)
-    kwargs = model_load_kwargs(cfg, cuda)
+    kwargs = model_load_kwargs(cfg, cuda, option_prefix)
+    if "quantization_config" in kwargs and importlib.util.find_spec("bitsandbytes") is None:  # an optional package
+        raise ModelLoadError(
+            f"{cfg.quantization} quantization needs the bitsandbytes package (the gpu extra): pip install "
+            f"bitsandbytes, or use --{option_prefix}quantization none."
+        )
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, **extra)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **extra)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "custom code" in first and option_prefix:
+            raise ModelLoadError(
+                f"Cannot load model {cfg.model!r} as the explainer LLM: it contains custom code, which a local "
+                "explainer never runs; serve it from an OpenAI-compatible server instead (--llm http://...)."
+            ) from e
         if "custom code" in first and not cfg.trust_remote_code:
             raise ModelLoadError(
                 f"Cannot load model {cfg.model!r}: it contains custom code, which must run to load it and runs only "

@@ -1,9 +1,10 @@
 """Turning a client spec from the command line or a config file into a client."""
 
+from dataclasses import replace
 from pathlib import Path
 
-from ..config import ModelConfig, RunConfig
-from ..models import EMBEDDED, LoadedModel
+from ..config import ExplainConfig, ModelConfig, RunConfig
+from ..models import EMBEDDED, LoadedModel, loads_alike
 from .base import LLMClient
 from .errors import LLMError
 from .local import TransformersClient
@@ -16,7 +17,29 @@ def runs_locally(spec: str) -> bool:
     return spec == "local" or spec.startswith("local:")
 
 
-def make_client(spec: str, model: str | None = None, *, cache_path: str | Path | None = None, **options) -> LLMClient:
+def _local_name(spec: str, model: str | None) -> str:
+    return spec.partition(":")[2] or model or EMBEDDED
+
+
+def local_settings(e: ExplainConfig) -> ModelConfig:
+    """How a local explainer/scorer LLM (``--llm local[:MODEL]``) loads: its model and the ``--llm-dtype``,
+    ``--llm-quantization`` and ``--llm-device-map`` settings; Hub model code never runs for it."""
+    return ModelConfig(
+        model=_local_name(e.llm, e.llm_model),
+        dtype=e.llm_dtype,
+        quantization=e.llm_quantization,
+        device_map=e.llm_device_map,
+    )
+
+
+def make_client(
+    spec: str,
+    model: str | None = None,
+    *,
+    cache_path: str | Path | None = None,
+    local: ModelConfig | None = None,
+    **options,
+) -> LLMClient:
     """The client ``spec`` names, wrapped in a ``CachedClient`` when ``cache_path`` is given.
 
     - ``"local"``: the embedded SmolLM2 (or ``model``) run in this process;
@@ -24,15 +47,17 @@ def make_client(spec: str, model: str | None = None, *, cache_path: str | Path |
     - ``"http://..."`` or ``"https://..."``: an OpenAI-compatible server's base URL (ending in
       ``/v1``), serving ``model``.
 
-    ``options`` go to the client's constructor (``lm``, ``batch_size``; ``concurrency``,
-    ``timeout``, ``api_key_env``, ...).
+    ``local`` holds a local model's load settings (dtype, quantization, device map; its ``model`` is
+    the one the spec names). ``options`` go to the client's constructor (``lm``, ``batch_size``;
+    ``concurrency``, ``timeout``, ``api_key_env``, ...).
 
     >>> make_client("local")
+    >>> make_client("local:meta-llama/Llama-3.1-8B-Instruct", local=ModelConfig(quantization="4bit"))
     >>> make_client("http://127.0.0.1:8000/v1", "Qwen/Qwen2.5-7B-Instruct", concurrency=32)
     """
     if runs_locally(spec):
-        name = spec.partition(":")[2] or model or EMBEDDED
-        client: LLMClient = TransformersClient(ModelConfig(model=name), **options)
+        settings = replace(local or ModelConfig(), model=_local_name(spec, model))
+        client: LLMClient = TransformersClient(settings, **options)
     elif spec.startswith(("http://", "https://")):
         if not model:
             raise LLMError(
@@ -50,13 +75,14 @@ def make_client(spec: str, model: str | None = None, *, cache_path: str | Path |
 def run_client(cfg: RunConfig, lm: LoadedModel | None, cache_path: str | Path | None) -> LLMClient:
     """The explainer/scorer LLM that ``cfg.explain`` names, behind the response cache at ``cache_path``.
 
-    When that LLM is the run's own subject model (the embedded default, unquantized), it is
-    ``lm`` itself: the model is not loaded a second time.
+    When that LLM is the run's own subject model loaded the same way (the embedded default with
+    default settings, say), it is ``lm`` itself: the model is not loaded a second time.
     """
     e = cfg.explain
     if runs_locally(e.llm):
-        same = e.llm == "local" and cfg.model.model == EMBEDDED and cfg.model.quantization == "none" and lm is not None
-        options = {"batch_size": e.explain_batch, **({"lm": lm} if same else {})}
+        local = local_settings(e)
+        same = lm is not None and loads_alike(local, cfg.model)
+        options = {"batch_size": e.explain_batch, "local": local, **({"lm": lm} if same else {})}
     else:
         options = {"concurrency": e.concurrency, "api_key_env": e.api_key_env}
     return make_client(e.llm, e.llm_model, cache_path=cache_path, **options)

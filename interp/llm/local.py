@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import torch
 
 from ..config import ModelConfig
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel, load_model, model_description
 from .base import AnswerLogprobs, Completion, GenerationParams, Prompt
 from .errors import LLMError
 
@@ -52,18 +52,20 @@ def prefix_chunks(rows: list[list[int]], size: int) -> list[tuple[list[int], int
 
 
 class TransformersClient:
-    """Generation and answer log-probs from a local ``transformers`` model.
+    """Generation and answer log-probs from a local ``transformers`` model, on whatever device it was placed.
 
     Pass ``lm`` to share a model that is already loaded (the subject model, a test fixture);
     otherwise ``model_cfg`` is loaded with ``interp.models.load_model`` (default: the embedded
-    SmolLM2-135M-Instruct).
+    SmolLM2-135M-Instruct), its dtype, quantization and device map set by the ``--llm-*`` options.
+    ``model`` names it by ``model_cfg`` when given (its settings shown: a 4-bit model's replies
+    are not the full-precision one's), else by ``lm``'s name.
     """
 
     def __init__(self, model_cfg: ModelConfig | None = None, *, lm: LoadedModel | None = None, batch_size: int = 16):
         if batch_size < 1:
             raise LLMError(f"batch_size must be at least 1, got {batch_size}.")
-        self.lm = lm if lm is not None else load_model(model_cfg or ModelConfig())
-        self.model = self.lm.name
+        self.lm = lm if lm is not None else load_model(model_cfg or ModelConfig(), option_prefix="llm-")
+        self.model = model_description(model_cfg) if model_cfg is not None else self.lm.name
         self.batch_size = batch_size
         self.forward_tokens = 0
         """Teacher-forced tokens run through the model by the log-prob calls (shared prefixes once, no padding): their
@@ -267,7 +269,9 @@ class TransformersClient:
     def _keep(self, positions: list[int]) -> tuple[dict, list[int] | slice]:
         """Forward kwargs that unembed only ``positions``, and the index that picks them from the logits."""
         if "logits_to_keep" in self._forward_args:
-            return {"logits_to_keep": torch.tensor(positions, device=self.lm.device)}, slice(None)
+            # On the CPU, not the embeddings' device: it indexes the last layer's output, which a device map spread
+            # over GPUs puts on another one, and a CPU index serves a tensor on any device.
+            return {"logits_to_keep": torch.tensor(positions)}, slice(None)
         return {}, positions
 
     def _completion(self, new_tokens: list[int], prompt_tokens: int, stop: set[int]) -> Completion:
