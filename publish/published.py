@@ -1,6 +1,6 @@
 """Reading published explanations back, to browse them and compare them with a run's.
 
-Two sources, both returned as ``{config: Dataset}`` in the schema of ``publish.dataset``:
+Three sources, all returned as ``{config: Dataset}`` in the schema of ``publish.dataset``:
 
 * a dataset published by interp: a folder written by ``interp publish`` (or ``--dry-run``), or
   a Hub dataset id, which is downloaded first;
@@ -8,7 +8,9 @@ Two sources, both returned as ``{config: Dataset}`` in the schema of ``publish.d
   ``<Model>/<size>/<site>/<hookpoint>_feature.json`` holding ``{latent: explanation}``, and score
   files ``scores/<model>/<size>/<site>/<scorer>_layer_<N>.json`` holding ``{latent: score}``.
   A score file belongs to the explanation file with the same (case-insensitive) folder and
-  layer. Those files do not say which metric a score is, so its ``metric`` is ``score``.
+  layer. Those files do not say which metric a score is, so its ``metric`` is ``score``;
+* a results folder of EleutherAI delphi (``publish.delphi_results``): explanations and per-example
+  score files, scored again with our metrics.
 """
 
 import json
@@ -21,6 +23,7 @@ from huggingface_hub import DatasetCard, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
 
 from .dataset import FEATURES, FLOAT_METRICS, INT_METRICS, SCHEMA_VERSION, SPLIT, PublishError
+from .delphi_results import is_delphi_results, read_delphi
 from .hub import CARD, hub_endpoint
 
 IMPORTED_EXPLAINER = "eleuther"
@@ -191,8 +194,8 @@ def load_published(
     """Published explanations as ``{config: Dataset}``, from a local folder or a Hub dataset id.
 
     A folder is read as an interp dataset when it has a card with ``interp.schema_version``,
-    else as the EleutherAI JSON layout. A Hub id is downloaded first (``allow_patterns`` keeps
-    part of a large repository).
+    else as a delphi results folder when it has delphi's latent files, else as the EleutherAI JSON layout.
+    A Hub id is downloaded first (``allow_patterns`` keeps part of a large repository).
 
     >>> tables = load_published("runs/demo/publish")
     >>> tables = load_published("EleutherAI/auto_interp_explanations", allow_patterns=["Gemma/16k/res/*"])
@@ -219,6 +222,8 @@ def load_published(
     card = path / CARD
     if card.is_file() and (DatasetCard.load(card).data.get("interp") or {}).get("schema_version"):
         return load_folder(path, cache_dir=cache_dir)
+    if is_delphi_results(path):
+        return read_delphi(path)
     return read_eleuther(path)
 
 
