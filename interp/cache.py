@@ -8,11 +8,15 @@ On-disk layout under ``cache/``::
                                   token (int32, index inside the shard), latent (int32),
                                   activation (float32), sorted by latent then token
     <coder>/shard-00000.json      first window, window count, nnz, byte size and sha256
+    <coder>/index-00000.safetensors
+                                  where each latent's triples start in the shard (``interp.cache_index``;
+                                  written on first read, so caches made before it keep working)
     <coder>/stats.safetensors     per latent: count, max, sum of activations
     <coder>/stats.json            totals: tokens, nnz, mean L0, dead fraction
 
 A shard counts as done only when its JSON exists and matches the shard file, so a run killed
 at any point resumes at the first missing shard and ends byte-identical to an uninterrupted one.
+A reader checks each shard's checksum once per process, and again only once its file has changed.
 """
 
 import hashlib
@@ -90,8 +94,21 @@ def read_meta(coder_dir: Path, index: int) -> ShardMeta | None:
         raise CacheCorruptError(f"Shard sidecar {path} is unreadable ({e}); delete it to recompute the shard.") from e
 
 
+_verified: dict[Path, tuple[tuple, ShardMeta]] = {}
+"""Shard path -> (its file's identity when it last passed ``verify_shard``, its sidecar then)."""
+
+
+def file_identity(path: Path) -> tuple:
+    """What changes whenever a file is rewritten or replaced: size, inode and both timestamps (ns)."""
+    st = path.stat()
+    return st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+
+
 def verify_shard(coder_dir: Path, index: int) -> ShardMeta:
-    """Check size and checksum of shard ``index``; raise naming the shard if it is damaged."""
+    """Check size and checksum of shard ``index``; raise naming the shard if it is damaged.
+
+    Always reads the whole file; ``verified_shard`` is the once-per-process check readers use.
+    """
     meta = read_meta(coder_dir, index)
     path = shard_file(coder_dir, index)
     if meta is None:
@@ -101,9 +118,24 @@ def verify_shard(coder_dir: Path, index: int) -> ShardMeta:
     size = path.stat().st_size
     if size != meta.bytes:
         raise CacheCorruptError(f"Shard {path} is truncated or damaged: {size} bytes, expected {meta.bytes}.")
+    identity = file_identity(path)
     if _sha256(path) != meta.sha256:
         raise CacheCorruptError(f"Shard {path} does not match its sha256; resume with the cache to recompute it.")
+    _verified[path] = (identity, meta)
     return meta
+
+
+def verified_shard(coder_dir: Path, index: int) -> ShardMeta:
+    """``verify_shard``, skipped when this process already verified the same file with the same sidecar.
+
+    Reading records hashes each shard once, not once per batch of latents; a shard rewritten or
+    replaced since (another size, inode or timestamp) is checked again.
+    """
+    path = shard_file(coder_dir, index)
+    seen = _verified.get(path)
+    if seen is not None and path.is_file() and seen == (file_identity(path), read_meta(coder_dir, index)):
+        return seen[1]
+    return verify_shard(coder_dir, index)
 
 
 def load_tensors(path: Path, names: tuple[str, ...], hint: str = RESUME) -> dict[str, torch.Tensor]:
@@ -121,8 +153,8 @@ def load_tensors(path: Path, names: tuple[str, ...], hint: str = RESUME) -> dict
 
 
 def read_shard(coder_dir: Path, index: int) -> tuple[ShardMeta, Triples]:
-    """Verify and load shard ``index``."""
-    meta = verify_shard(coder_dir, index)
+    """Verify (once per process) and load shard ``index``."""
+    meta = verified_shard(coder_dir, index)
     t = load_tensors(shard_file(coder_dir, index), Triples._fields)
     return meta, Triples(t["token"], t["latent"], t["activation"])
 
@@ -267,8 +299,9 @@ def cached_windows(cache_dir: Path) -> int:
         raise CacheCorruptError(f"{path} cannot be read ({e}); {RESUME}.") from e
 
 
-def iter_shards(coder_dir: Path, num_windows: int | None = None) -> Iterator[tuple[ShardMeta, Triples]]:
-    """The shards of one coder's cache that cover its ``num_windows`` windows, in order, each verified first.
+def covering_shards(coder_dir: Path, num_windows: int | None = None) -> Iterator[ShardMeta]:
+    """The sidecars of the shards that cover the cache's ``num_windows`` windows, in order, each verified first
+    (once per process).
 
     ``num_windows`` defaults to the windows of the cache around ``coder_dir``. Shard files past
     the last window (left by a run with more windows, or copied in) are not part of this cache:
@@ -279,16 +312,23 @@ def iter_shards(coder_dir: Path, num_windows: int | None = None) -> Iterator[tup
         num_windows = cached_windows(coder_dir.parent)
     index = covered = 0
     while covered < num_windows:
-        meta, triples = read_shard(coder_dir, index)
+        meta = verified_shard(coder_dir, index)
         if meta.first_window != covered or meta.num_windows < 1:
             raise CacheCorruptError(
                 f"Shard sidecar {_meta_file(coder_dir, index)} says it starts at window {meta.first_window} with "
                 f"{meta.num_windows} windows, but shard {index} must start at window {covered}; "
                 "delete it to recompute the shard."
             )
-        yield meta, triples
+        yield meta
         covered += meta.num_windows
         index += 1
+
+
+def iter_shards(coder_dir: Path, num_windows: int | None = None) -> Iterator[tuple[ShardMeta, Triples]]:
+    """The shards of ``covering_shards``, each loaded whole."""
+    for index, meta in enumerate(covering_shards(coder_dir, num_windows)):  # shard i is the i-th one covering
+        t = load_tensors(shard_file(coder_dir, index), Triples._fields)
+        yield meta, Triples(t["token"], t["latent"], t["activation"])
 
 
 def finalize_stats(coder_dir: Path, num_latents: int, num_windows: int, shard_windows: int) -> dict:

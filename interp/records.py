@@ -6,7 +6,10 @@ explainer and a disjoint, quantile-spread test set for the scorers (disjoint by 
 test examples are drawn from the activating examples left after the train set is taken),
 random and hard non-activating examples, statistics and the tokens the latent promotes.
 
-Reading is per latent range: shards are sorted by latent, so a range is one slice per shard.
+Latents are walked in ranges (thousands at a time; memory is bounded by the range, not by the number
+of latents): each range is one slice of each shard (``interp.cache_index``), and everything but the
+per-latent random draws is computed for the whole range at once. Each latent draws from its own
+stream (``records_seed``, latent), so a record does not depend on which other latents are built with it.
 """
 
 import random
@@ -17,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cache import TOKENS_FILE, iter_shards, load_stats, load_tensors
+from .cache import TOKENS_FILE, load_stats, load_tensors
+from .cache_index import read_range
 from .config import RecordsConfig
 from .errors import InterpError
 from .jsonl import append_jsonl
@@ -25,6 +29,12 @@ from .jsonl import append_jsonl
 HISTOGRAM_BINS = 20
 TOP_EXAMPLES = 10
 """Top examples kept for display, whatever the train sampling."""
+RANGE_LATENTS = 4096
+"""Most latents built from one read of the cache."""
+RANGE_TRIPLES = 1 << 21
+"""Most cached activations (of the latents a range spans) held at once; a latent with more is a range of its own."""
+LOGIT_FLOATS = 1 << 24
+"""Most logits (latents x vocabulary) computed at once for promoted and suppressed tokens."""
 
 
 @dataclass
@@ -105,19 +115,19 @@ class CacheView:
         return self.tokens.numel()
 
     def triples(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(global token, latent, activation) of the sorted ``latents``, from every shard, sorted by latent."""
-        latents = latents.to(torch.int32)
+        """(global token, latent, activation) of the sorted ``latents``, sorted by latent (then by token).
+
+        Only the slice from the first to the last of ``latents`` is read from each shard.
+        """
+        latents = latents.long()
         tok, lat, act = [], [], []
-        for meta, t in iter_shards(self.coder_dir, len(self.tokens)):
-            lo = torch.searchsorted(t.latent, latents)
-            hi = torch.searchsorted(t.latent, latents + 1)
-            lengths = hi - lo
-            # every index in the slices [lo, hi), without a Python loop over latents
-            starts = torch.repeat_interleave(lo - torch.cumsum(lengths, 0) + lengths, lengths)
-            idx = starts + torch.arange(int(lengths.sum()))
-            tok.append(t.token[idx].long() + meta.first_window * meta.ctx_len)
-            lat.append(t.latent[idx].long())
-            act.append(t.activation[idx])
+        if len(latents):
+            lo, hi = int(latents[0]), int(latents[-1]) + 1
+            for meta, t in read_range(self.coder_dir, len(self.tokens), self.num_latents, lo, hi):
+                keep = torch.isin(t.latent, latents.to(t.latent.dtype)) if len(latents) < hi - lo else slice(None)
+                tok.append(t.token[keep].long() + meta.first_window * meta.ctx_len)
+                lat.append(t.latent[keep].long())
+                act.append(t.activation[keep])
         if not tok:
             return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), torch.empty(0)
         tok, lat, act = torch.cat(tok), torch.cat(lat), torch.cat(act)
@@ -125,10 +135,24 @@ class CacheView:
         return tok[order], lat[order], act[order]
 
 
-def _histogram(acts: torch.Tensor, top: float) -> list[int]:
-    if acts.numel() == 0 or top <= 0:
-        return [0] * HISTOGRAM_BINS
-    return torch.histc(acts, bins=HISTOGRAM_BINS, min=0.0, max=top).long().tolist()
+def _spans(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Every index of the slices ``[starts[i], ends[i])``, in order, without a Python loop over them."""
+    lengths = ends - starts
+    return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+
+
+def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Which ``values`` are in ``sorted_set`` (sorted ascending)."""
+    if not len(sorted_set):
+        return np.zeros(len(values), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
+    return sorted_set[pos] == values
+
+
+def _first_occurrences(values: np.ndarray) -> np.ndarray:
+    """``values`` without repeats, each where it first appears."""
+    _, first = np.unique(values, return_index=True)
+    return values[np.sort(first)]
 
 
 def _spread(indices: np.ndarray, n: int, n_quantiles: int, rng) -> tuple[list[int], list[int]]:
@@ -154,8 +178,37 @@ def _train_share(available: int, n_train: int, n_test: int) -> int:
     return max(1, min(n_train, available * n_train // (n_train + n_test)))
 
 
+@dataclass
+class _Range:
+    """The activations of a range of latents, grouped by (latent, example); arrays over triples, pairs or latents.
+
+    Triples are sorted by latent then token, so each latent's triples, and each of its examples'
+    triples, are contiguous, and its examples come in increasing order.
+    """
+
+    latents: np.ndarray
+    offset: np.ndarray
+    """Per triple: its position inside its example."""
+    act: np.ndarray
+    latent_start: np.ndarray
+    """[latents + 1]: where each latent's triples start."""
+    pair_start: np.ndarray
+    """[pairs + 1]: where each (latent, example) pair's triples start."""
+    pair_example: np.ndarray
+    pair_latent_start: np.ndarray
+    """[latents + 1]: where each latent's pairs start."""
+    by_strength: np.ndarray
+    """Pairs, each latent's by decreasing largest activation (ties: by example), in place of its own pairs."""
+    peak_token: np.ndarray
+    """Per pair: the token at the example's first largest activation."""
+    maximum: np.ndarray
+    """Per latent: the largest activation (0 for a latent that never fires)."""
+    histogram: np.ndarray
+    """[latents, HISTOGRAM_BINS]: as ``torch.histc(acts, HISTOGRAM_BINS, 0, max)``."""
+
+
 class RecordBuilder:
-    """Builds ``LatentRecord``s from a ``CacheView``; one instance serves many latent ranges."""
+    """Builds ``LatentRecord``s from a ``CacheView``, walking latents in ranges that each read the cache once."""
 
     def __init__(self, view: CacheView, cfg: RecordsConfig, decoder: torch.Tensor | None = None, unembed=None):
         self.view = view
@@ -164,138 +217,194 @@ class RecordBuilder:
         self.per_window = view.tokens.shape[1] // e
         self.example_tokens = view.tokens[:, : self.per_window * e].reshape(-1, e)
         self.num_examples = len(self.example_tokens)
-        flat = self.example_tokens.flatten()
-        self._sorted_positions = torch.argsort(flat, stable=True)
-        self._sorted_tokens = flat[self._sorted_positions]
+        self._tokens = self.example_tokens.numpy()
+        self._flat_tokens = view.tokens.flatten().numpy()
+        # which examples hold each token id, CSR style: for hard negatives of many latents at once
+        flat = self._tokens.flatten().astype(np.int64)
+        order = np.argsort(flat, kind="stable")
+        token, example = flat[order], order // e
+        first = np.ones(len(token), dtype=bool)
+        first[1:] = (token[1:] != token[:-1]) | (example[1:] != example[:-1])
+        self._token_examples = example[first]
+        counts = np.bincount(token[first], minlength=int(flat.max(initial=0)) + 1)
+        self._token_start = np.concatenate([[0], np.cumsum(counts)])
         self.decoder = decoder
         self.unembed = unembed
 
-    def _example_of(self, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(example index, offset inside it) of global token positions, or -1 for dropped tail tokens."""
-        ctx = self.view.tokens.shape[1]
-        window, pos = token // ctx, token % ctx
-        e = self.cfg.example_len
-        valid = pos < self.per_window * e
-        example = torch.where(valid, window * self.per_window + pos // e, torch.full_like(window, -1))
-        return example, pos % e
+    def build(self, coder: str, latents) -> Iterator[LatentRecord]:
+        """Records for ``latents`` of ``coder``, in increasing latent order, streamed range by range."""
+        wanted = np.unique(np.array([int(i) for i in latents], dtype=np.int64))
+        n = self.view.num_latents
+        bad = wanted[(wanted < 0) | (wanted >= n)]
+        if len(bad):
+            raise InterpError(f"Latents {bad[:5].tolist()} do not exist: this coder has {n} latents (0-{n - 1}).")
+        for chunk in self._ranges(wanted):
+            yield from self._range_records(coder, chunk)
 
-    def _examples_with_token(self, token_id: int) -> torch.Tensor:
-        lo, hi = torch.searchsorted(
-            self._sorted_tokens, torch.tensor([token_id, token_id + 1], dtype=self._sorted_tokens.dtype)
-        ).tolist()
-        return torch.unique(self._sorted_positions[lo:hi] // self.cfg.example_len)
+    def _ranges(self, wanted: np.ndarray) -> Iterator[np.ndarray]:
+        """``wanted`` cut into ranges of at most ``RANGE_LATENTS`` whose span holds at most ``RANGE_TRIPLES`` cached
+        activations (a latent with more is a range of its own)."""
+        before = np.concatenate([[0], np.cumsum(self.view.count.numpy())])  # cached triples before each latent
+        ends = before[wanted + 1]
+        i = 0
+        while i < len(wanted):
+            j = int(np.searchsorted(ends, before[wanted[i]] + RANGE_TRIPLES, side="right"))
+            j = min(max(j, i + 1), i + RANGE_LATENTS)
+            yield wanted[i:j]
+            i = j
 
-    def _make(self, example: int, offsets: torch.Tensor, values: torch.Tensor) -> Example:
-        acts = torch.zeros(self.cfg.example_len)
-        acts[offsets] = values
-        return Example(self.example_tokens[example].tolist(), acts.tolist(), int(example))
-
-    def logit_tokens(self, latent: int) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-        """Tokens whose logits the latent's decoder direction raises and lowers most."""
-        if self.decoder is None or self.unembed is None or self.cfg.n_logit_tokens <= 0:
-            return [], []
-        logits = self.unembed(self.decoder[latent])
-        n = self.cfg.n_logit_tokens
-        up, down = logits.topk(n), (-logits).topk(n)
-        return (
-            [(int(i), float(v)) for v, i in zip(up.values, up.indices, strict=True)],
-            [(int(i), float(-v)) for v, i in zip(down.values, down.indices, strict=True)],
-        )
-
-    def build(self, coder: str, latents: list[int]) -> Iterator[LatentRecord]:
-        """Records for ``latents`` of ``coder``, in increasing latent order."""
-        wanted = torch.tensor(sorted(set(latents)), dtype=torch.long)
-        tok, lat, act = self.view.triples(wanted)
+    def _read(self, latents: np.ndarray) -> _Range:
+        """The range's triples from the cache, grouped, with everything per latent that needs no random draw."""
+        tok, lat, act = (x.numpy() for x in self.view.triples(torch.from_numpy(latents)))
         if self.view.bos_token_id is not None and self.cfg.skip_bos:
-            keep = self.view.tokens.flatten()[tok] != self.view.bos_token_id
+            keep = self._flat_tokens[tok] != self.view.bos_token_id
             tok, lat, act = tok[keep], lat[keep], act[keep]
-        example, offset = self._example_of(tok)
-        keep = example >= 0
-        example, offset, lat, act = example[keep], offset[keep], lat[keep], act[keep]
-        lo, hi = torch.searchsorted(lat, wanted), torch.searchsorted(lat, wanted + 1)
-        for latent, a, b in zip(wanted.tolist(), lo.tolist(), hi.tolist(), strict=True):
-            yield self._record(coder, latent, example[a:b], offset[a:b], act[a:b])
+        e, ctx = self.cfg.example_len, self.view.tokens.shape[1]
+        window, pos = tok // ctx, tok % ctx
+        keep = pos < self.per_window * e  # the tail of a window too short for an example is dropped
+        tok, lat, act, window, pos = tok[keep], lat[keep], act[keep], window[keep], pos[keep]
+        example = window * self.per_window + pos // e
+        where = np.searchsorted(latents, lat)  # each triple's latent, as a position in the range
+        latent_start = np.searchsorted(where, np.arange(len(latents) + 1))
+        new_pair = np.ones(len(act), dtype=bool)
+        new_pair[1:] = (where[1:] != where[:-1]) | (example[1:] != example[:-1])
+        pair_start = np.append(np.flatnonzero(new_pair), len(act))
+        pair_of = np.cumsum(new_pair) - 1
+        pair_max = np.maximum.reduceat(act, pair_start[:-1]) if len(act) else act
+        pair_where = where[pair_start[:-1]]
+        peak = np.flatnonzero(act == pair_max[pair_of])
+        peak = peak[np.append(True, pair_of[peak][1:] != pair_of[peak][:-1])]  # the first largest of each pair
+        maximum = np.zeros(len(latents), dtype=np.float32)
+        fired = latent_start[1:] > latent_start[:-1]
+        if len(act):
+            maximum[fired] = np.maximum.reduceat(act, latent_start[:-1][fired])
+        # torch.histc's bin, computed as it does (in float32), with the top edge in the last bin
+        bins = (act * np.float32(HISTOGRAM_BINS) / maximum[where]).astype(np.int64) if len(act) else where
+        bins = np.minimum(bins, HISTOGRAM_BINS - 1)
+        histogram = np.bincount(where * HISTOGRAM_BINS + bins, minlength=len(latents) * HISTOGRAM_BINS)
+        return _Range(
+            latents=latents,
+            offset=pos % e,
+            act=act,
+            latent_start=latent_start,
+            pair_start=pair_start,
+            pair_example=example[pair_start[:-1]],
+            pair_latent_start=np.searchsorted(pair_where, np.arange(len(latents) + 1)),
+            by_strength=np.lexsort((-pair_max, pair_where)),  # stable: ties keep increasing example order
+            peak_token=self._flat_tokens[tok[peak]].astype(np.int64),
+            maximum=maximum,
+            histogram=histogram.reshape(len(latents), HISTOGRAM_BINS),
+        )
 
-    def _record(
-        self, coder: str, latent: int, example: torch.Tensor, offset: torch.Tensor, act: torch.Tensor
-    ) -> LatentRecord:
+    def _logit_tokens(self, latents: np.ndarray) -> list[tuple[list[tuple[int, float]], list[tuple[int, float]]]]:
+        """Per latent, the tokens whose logits its decoder direction raises and lowers most.
+
+        One float32 matmul per block of latents (``LOGIT_FLOATS`` logits) finds twice the tokens wanted
+        each way; their logits are then taken in float64 and rounded, and those rank them, so a latent's
+        tokens do not depend on which latents shared its block.
+        """
+        n = self.cfg.n_logit_tokens
+        if self.decoder is None or self.unembed is None or n <= 0:
+            return [([], [])] * len(latents)
+        lens = self.unembed
+        step = max(1, LOGIT_FLOATS // lens.vocab_size)
+        out = []
+        for i in range(0, len(latents), step):
+            directions = self.decoder[torch.from_numpy(latents[i : i + step])]
+            logits = lens(directions)
+            sides = []
+            for sign in (1.0, -1.0):  # promoted, then suppressed
+                candidates = (sign * logits).topk(min(2 * n, lens.vocab_size), dim=1).indices
+                exact = lens.logits_of(directions, candidates)
+                best = (sign * exact).topk(n, dim=1).indices
+                tokens, values = candidates.gather(1, best).tolist(), exact.gather(1, best).tolist()
+                sides.append([list(zip(t, v, strict=True)) for t, v in zip(tokens, values, strict=True)])
+            out += zip(*sides, strict=True)
+        return out
+
+    def _range_records(self, coder: str, latents: np.ndarray) -> Iterator[LatentRecord]:
+        r = self._read(latents)
+        act = torch.from_numpy(r.act)
+        for i, (latent, logit_tokens) in enumerate(zip(latents.tolist(), self._logit_tokens(latents), strict=True)):
+            a, b = r.latent_start[i], r.latent_start[i + 1]
+            p, q = r.pair_latent_start[i], r.pair_latent_start[i + 1]
+            count = int(b - a)
+            stats = LatentStats(
+                count=count,
+                frequency=count / max(self.view.num_tokens, 1),
+                max=float(r.maximum[i]),
+                mean=float(act[a:b].mean()) if count else 0.0,  # torch's float32 mean, as records always had
+                histogram=r.histogram[i].tolist(),
+                num_examples=int(q - p),
+            )
+            status = "dead" if count == 0 else "rare" if q - p < self.cfg.min_examples else "ok"
+            record = LatentRecord(coder, latent, status, stats, promoted=logit_tokens[0], suppressed=logit_tokens[1])
+            if count:
+                self._sample(record, r, p, q)
+            yield record
+
+    def _sample(self, record: LatentRecord, r: _Range, p: int, q: int) -> None:
+        """Fill ``record``'s examples from its pairs ``[p, q)`` of ``r``, with the latent's own random stream."""
         cfg = self.cfg
-        rng = np.random.default_rng([cfg.records_seed, latent])
-        count = len(act)
-        top_act = float(act.max()) if count else 0.0
-        ids, inverse = torch.unique(example, return_inverse=True)
-        maxima = (
-            torch.zeros(len(ids)).scatter_reduce(0, inverse, act, "amax", include_self=False)
-            if count
-            else torch.zeros(0)
-        )
-        stats = LatentStats(
-            count=count,
-            frequency=count / max(self.view.num_tokens, 1),
-            max=top_act,
-            mean=float(act.mean()) if count else 0.0,
-            histogram=_histogram(act, top_act),
-            num_examples=len(ids),
-        )
-        promoted, suppressed = self.logit_tokens(latent)
-        status = "dead" if count == 0 else "rare" if len(ids) < cfg.min_examples else "ok"
-        record = LatentRecord(coder, latent, status, stats, promoted=promoted, suppressed=suppressed)
-        if count == 0:
-            return record
-
-        def make(j: int) -> Example:
-            members = inverse == j
-            return self._make(int(ids[j]), offset[members], act[members])
-
-        by_strength = torch.argsort(maxima, descending=True, stable=True).numpy()
-        record.top = [make(j) for j in by_strength[:TOP_EXAMPLES]]
-        n_train = _train_share(len(ids), cfg.n_train, cfg.n_test)
+        rng = np.random.default_rng([cfg.records_seed, record.latent])
+        by_strength = r.by_strength[p:q] - p  # the latent's pairs, as 0..q-p-1
+        n_train = _train_share(q - p, cfg.n_train, cfg.n_test)
         if cfg.train_sampling == "top":
-            train = by_strength[:n_train].tolist()
+            train = by_strength[:n_train]
         else:
-            train, _ = _spread(by_strength[::-1].copy(), n_train, cfg.n_quantiles, rng)
-        taken = set(train)
-        rest = np.array([j for j in by_strength[::-1] if j not in taken], dtype=np.int64)
-        test, quantiles = _spread(rest, cfg.n_test, cfg.n_quantiles, rng)
-        record.train = [make(j) for j in train]
-        record.test = [make(j) for j in test]
-        record.test_quantiles = quantiles
-        active = set(ids.tolist())
+            train = np.array(_spread(by_strength[::-1].copy(), n_train, cfg.n_quantiles, rng)[0], dtype=np.int64)
+        rest = np.ones(q - p, dtype=bool)
+        rest[train] = False
+        weakest_first = by_strength[::-1]
+        test, record.test_quantiles = _spread(weakest_first[rest[weakest_first]], cfg.n_test, cfg.n_quantiles, rng)
+        top = by_strength[:TOP_EXAMPLES]
+        examples = self._activating(r, p + np.concatenate([top, train, np.array(test, dtype=np.int64)]))
+        record.top = examples[: len(top)]
+        record.train = examples[len(top) : len(top) + len(train)]
+        record.test = examples[len(top) + len(train) :]
+        active = r.pair_example[p:q]
         record.negatives = self._negatives(active, cfg.n_negatives, rng)
-        record.hard_negatives = self._hard_negatives(record.train, active, cfg.n_hard_negatives, rng)
-        return record
+        record.hard_negatives = self._hard_negatives(r.peak_token[p + train], active, cfg.n_hard_negatives, rng)
 
-    def _inactive(self, index: int) -> Example:
-        return Example(self.example_tokens[index].tolist(), [0.0] * self.cfg.example_len, int(index))
+    def _activating(self, r: _Range, pairs: np.ndarray) -> list[Example]:
+        """The examples of ``pairs`` of ``r``, with the latent's activation on each token."""
+        triples = _spans(r.pair_start[pairs], r.pair_start[pairs + 1])
+        rows = np.repeat(np.arange(len(pairs)), r.pair_start[pairs + 1] - r.pair_start[pairs])
+        acts = np.zeros((len(pairs), self.cfg.example_len), dtype=np.float32)
+        acts[rows, r.offset[triples]] = r.act[triples]
+        ids = r.pair_example[pairs]
+        return [
+            Example(t, a, i) for t, a, i in zip(self._tokens[ids].tolist(), acts.tolist(), ids.tolist(), strict=True)
+        ]
 
-    def _negatives(self, active: set[int], n: int, rng) -> list[Example]:
+    def _inactive(self, ids: np.ndarray) -> list[Example]:
+        zeros = [0.0] * self.cfg.example_len
+        return [Example(t, list(zeros), i) for t, i in zip(self._tokens[ids].tolist(), ids.tolist(), strict=True)]
+
+    def _negatives(self, active: np.ndarray, n: int, rng) -> list[Example]:
+        """``n`` random examples the latent does not fire on: the first distinct ones of batches of ``2 n`` draws."""
         free = self.num_examples - len(active)
         if n <= 0 or free <= 0:
             return []
-        chosen: set[int] = set()
+        chosen = np.empty(0, dtype=np.int64)
         while len(chosen) < min(n, free):
-            for j in rng.integers(0, self.num_examples, size=2 * n).tolist():
-                if j not in active and len(chosen) < n:
-                    chosen.add(j)
-        return [self._inactive(j) for j in sorted(chosen)]
+            draws = rng.integers(0, self.num_examples, size=2 * n)
+            chosen = _first_occurrences(np.concatenate([chosen, draws[~_member(draws, active)]]))[:n]
+        return self._inactive(np.sort(chosen))
 
-    def _hard_negatives(self, train: list[Example], active: set[int], n: int, rng) -> list[Example]:
-        """Non-activating examples containing the tokens the latent fires most strongly on."""
+    def _hard_negatives(self, peaks: np.ndarray, active: np.ndarray, n: int, rng) -> list[Example]:
+        """Non-activating examples containing the tokens the latent fires most strongly on (``peaks``, one per train
+        example): those of the first peak token first, each once."""
         if n <= 0:
             return []
-        peak_tokens: list[int] = []
-        for ex in train:
-            t = ex.tokens[int(np.argmax(ex.acts))]
-            if t not in peak_tokens and t != self.view.bos_token_id:
-                peak_tokens.append(t)
-        candidates: list[int] = []
-        for t in peak_tokens:
-            candidates.extend(
-                j for j in self._examples_with_token(t).tolist() if j not in active and j not in candidates
-            )
+        peaks = _first_occurrences(peaks)
+        if self.view.bos_token_id is not None:
+            peaks = peaks[peaks != self.view.bos_token_id]
+        candidates = self._token_examples[_spans(self._token_start[peaks], self._token_start[peaks + 1])]
+        candidates = _first_occurrences(candidates[~_member(candidates, active)])
         if len(candidates) > n:
-            candidates = sorted(rng.choice(candidates, size=n, replace=False).tolist())
-        return [self._inactive(j) for j in candidates]
+            candidates = np.sort(rng.choice(candidates, size=n, replace=False))
+        return self._inactive(candidates)
 
 
 def select_latents(spec: str, count: torch.Tensor, *, min_count: int, seed: int) -> list[int]:
@@ -332,20 +441,39 @@ def select_latents(spec: str, count: torch.Tensor, *, min_count: int, seed: int)
     return chosen
 
 
-def logit_lens(model, decoder: torch.Tensor):
-    """``direction -> logits`` (final norm gain, then unembedding) if ``decoder`` writes to the
-    residual stream, else None.
-    """
+@dataclass
+class LogitLens:
+    """``directions -> logits``: residual-stream directions (``[d]`` or ``[n, d]``) through the final norm's gain and
+    the unembedding."""
+
+    head: torch.Tensor
+    """``[vocab, d]`` unembedding."""
+    gain: torch.Tensor
+    """``[d]`` final norm gain (ones where the model has none)."""
+
+    @property
+    def vocab_size(self) -> int:
+        """Logits per direction."""
+        return self.head.shape[0]
+
+    def __call__(self, directions: torch.Tensor) -> torch.Tensor:
+        return (directions.float().to(self.head.device) * self.gain) @ self.head.T
+
+    def logits_of(self, directions: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """``[n, k]`` logits of ``tokens`` (``[n, k]``) for each of ``directions`` (``[n, d]``), in float64 rounded
+        to float32: the same whatever else is computed with them."""
+        scaled = directions.double().to(self.head.device) * self.gain.double()
+        return torch.einsum("nd,nkd->nk", scaled, self.head[tokens.to(self.head.device)].double()).float()
+
+
+def logit_lens(model, decoder: torch.Tensor) -> LogitLens | None:
+    """The logit lens of ``model`` if ``decoder`` writes to the residual stream, else None."""
     head = model.get_output_embeddings().weight.detach().float()
     if decoder.shape[-1] != head.shape[1]:
         return None
     norm = getattr(getattr(model, model.base_model_prefix, model), "norm", None)
     gain = norm.weight.detach().float() if getattr(norm, "weight", None) is not None else torch.ones(head.shape[1])
-
-    def apply(direction: torch.Tensor) -> torch.Tensor:
-        return head @ (direction.float().to(head.device) * gain.to(head.device))
-
-    return apply
+    return LogitLens(head, gain.to(head.device))
 
 
 def save_records(path: Path, records: list[LatentRecord]) -> None:

@@ -1,0 +1,99 @@
+"""Reading a range of latents from a coder's cache without loading the rest of each shard.
+
+A shard's triples are sorted by latent, so the triples of latents ``[lo, hi)`` are one contiguous
+slice of it. ``index-00000.safetensors`` beside ``shard-00000.safetensors`` holds where each
+latent's slice starts (``offsets``, int64, one more than the coder's latents, CSR style), and the
+shard's sha256 it was made from. It is written atomically the first time a range of that shard is
+read, so caches made before the index existed keep working, and is made again whenever it does not
+belong to its shard (the shard was recomputed) or does not hold a valid index; each index is
+checked once per process. A range is then read through ``safetensors.safe_open``, which maps the
+file and copies only the slice.
+"""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .atomic import write_atomic
+from .cache import RESUME, ShardMeta, Triples, covering_shards, file_identity, shard_file
+from .errors import CacheCorruptError
+
+FORMAT = "interp-cache-index/1"
+
+_checked: dict[Path, tuple[tuple, str, int]] = {}
+"""Index path -> (its file's identity, the shard sha256 and latent count it was checked against)."""
+
+
+def index_file(coder_dir: Path, index: int) -> Path:
+    """Path of the latent offset index of shard ``index``."""
+    return Path(coder_dir) / f"index-{index:05d}.safetensors"
+
+
+def _valid(path: Path, meta: ShardMeta, num_latents: int) -> bool:
+    """Whether ``path`` is an index of the shard ``meta`` describes, over ``num_latents`` latents."""
+    try:
+        with safe_open(path, "pt") as f:
+            header = f.metadata() or {}
+            offsets = f.get_tensor("offsets")
+    except (OSError, SafetensorError):
+        return False
+    return (
+        header.get("format") == FORMAT
+        and header.get("sha256") == meta.sha256
+        and offsets.dtype == torch.int64
+        and offsets.shape == (num_latents + 1,)
+        and int(offsets[0]) == 0
+        and int(offsets[-1]) == meta.nnz
+        and bool((offsets[1:] >= offsets[:-1]).all())
+    )
+
+
+def _write_index(coder_dir: Path, index: int, meta: ShardMeta, num_latents: int) -> None:
+    """Count the shard's triples per latent and write their offsets, atomically."""
+    path = shard_file(coder_dir, index)
+    try:
+        with safe_open(path, "pt") as f:
+            latent = f.get_tensor("latent").long()
+    except (OSError, SafetensorError) as e:
+        raise CacheCorruptError(f"{path} cannot be read ({e}); {RESUME}.") from e
+    if len(latent) != meta.nnz or (len(latent) and (latent.min() < 0 or latent.max() >= num_latents)):
+        raise CacheCorruptError(f"{path} holds latents outside 0-{num_latents - 1} or not {meta.nnz:,}; {RESUME}.")
+    if len(latent) > 1 and bool((latent[1:] < latent[:-1]).any()):
+        raise CacheCorruptError(f"{path} is not sorted by latent (made by another program?); {RESUME}.")
+    offsets = torch.zeros(num_latents + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(torch.bincount(latent, minlength=num_latents), 0)
+    metadata = {"format": FORMAT, "sha256": meta.sha256}
+    write_atomic(index_file(coder_dir, index), lambda p: save_file({"offsets": offsets}, str(p), metadata=metadata))
+
+
+def checked_index(coder_dir: Path, index: int, meta: ShardMeta, num_latents: int) -> Path:
+    """The index of shard ``index`` (verified, described by ``meta``), made or remade if it is not valid for it."""
+    path = index_file(coder_dir, index)
+    seen = _checked.get(path)
+    if seen is not None and path.is_file() and seen == (file_identity(path), meta.sha256, num_latents):
+        return path
+    if not _valid(path, meta, num_latents):
+        _write_index(coder_dir, index, meta, num_latents)
+    _checked[path] = (file_identity(path), meta.sha256, num_latents)
+    return path
+
+
+def read_range(
+    coder_dir: Path, num_windows: int, num_latents: int, lo: int, hi: int
+) -> Iterator[tuple[ShardMeta, Triples]]:
+    """The triples of latents ``[lo, hi)`` of each shard covering the cache's ``num_windows`` windows, in shard
+    order; tokens count from each shard's first window, as in the shard."""
+    coder_dir = Path(coder_dir)
+    for index, meta in enumerate(covering_shards(coder_dir, num_windows)):  # shard i is the i-th one covering
+        with safe_open(checked_index(coder_dir, index, meta, num_latents), "pt") as f:
+            a, b = f.get_slice("offsets")[lo : hi + 1][[0, -1]].tolist()
+        path = shard_file(coder_dir, index)
+        try:
+            with safe_open(path, "pt") as f:
+                cols = [f.get_slice(name)[a:b] for name in Triples._fields]
+        except (OSError, SafetensorError) as e:
+            raise CacheCorruptError(f"{path} cannot be read ({e}); {RESUME}.") from e
+        yield meta, Triples(*cols)
