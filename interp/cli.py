@@ -112,7 +112,29 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
                 f"  {scorer:<20} {e['metric']:<18} {_fmt(mean)}  [{_fmt(base)}]  "
                 f"n={e['explanation']['n']}{_verdict(e)}"
             )
+    for scorer, n in summary.get("left_out", {}).items():
+        print(_left_out(scorer, n, run_dir, summary["explainer"]))
     print(f"results: {run_dir.resolve()}")
+
+
+def _left_out(scorer: str, counts: dict[str, int], run_dir: Path, explainer: str) -> str:
+    """One line on the score lines of ``scorer`` that the summary left out, and the command that rescores them."""
+    from .scoring.registry import LLM_SCORERS, scorer_settings
+
+    settings = scorer_settings(RunConfig().score, scorer)
+    name = settings.scorers[0]
+    flags = f"--scorers {name}" + (f" --score-mode {settings.score_mode}" if name in LLM_SCORERS else "")
+    if explainer != RunDir(run_dir).read_config().explain.explainer:
+        flags += f" --explainer {explainer}"
+    said = []
+    if counts["replaced"]:
+        said.append(
+            f"{counts['replaced']} {scorer} scores are of replaced explanations: "
+            f"`interp score {run_dir} {flags}` rescores them"
+        )
+    if counts["withdrawn"]:
+        said.append(f"{counts['withdrawn']} {scorer} scores are of explanations since flagged or failed, left out")
+    return "  " + "; ".join(said)
 
 
 def _compare_parser(sub) -> None:
@@ -405,7 +427,9 @@ def _stage(ns: argparse.Namespace) -> int:
     elif ns.command == "explain":
         summary = stages.run_explain(_config(ns, run), run_dir, progress=not ns.quiet)
     elif ns.command == "score":
-        summary = stages.run_score(_config(ns, run), run_dir, progress=not ns.quiet)
+        summary = stages.run_score(  # with no --scorers, every scorer of a replaced explanation scores it again
+            _config(ns, run), run_dir, progress=not ns.quiet, rescore_replaced=not hasattr(ns, "scorers")
+        )
     elif ns.command == "run":
         summary = stages.run(_config(ns, run), run_dir, overwrite=ns.overwrite, progress=not ns.quiet)
     else:

@@ -34,6 +34,7 @@ from .errors import InterpError, NotARunDirError, RunConfigMismatchError
 from .explain import EXPLAINERS
 from .jsonl import append_jsonl, latest_rows, read_json, read_jsonl
 from .records import CacheView, RecordBuilder, logit_lens
+from .scoring.results import CurrentScores, current_scores
 
 CONFIG = "config.json"
 EXPLANATIONS = "explanations.jsonl"
@@ -177,8 +178,18 @@ class RunDir:
         append_jsonl(self.explanations_file, rows)
 
     def scores(self) -> list[dict]:
-        """The latest line per (scorer, coder, latent, explainer, baseline): a re-score replaces the old line."""
+        """The latest line per (scorer, coder, latent, explainer, baseline): a re-score replaces the old line.
+
+        Lines of explanations replaced since are among them; what is reported as a score goes through
+        ``current_scores``.
+        """
         return latest_rows(read_jsonl(self.scores_file), SCORE_KEY)
+
+    def current_scores(self, explainer: str | None = None) -> CurrentScores:
+        """The latest score lines that belong to the current explanations (of ``explainer`` alone when given), and
+        those left out: the score lines every summary, table and published row reads."""
+        seed = self.read_config().records.records_seed
+        return current_scores(self.explanations(), self.scores(), seed, explainer)
 
     def add_scores(self, rows: list[dict]) -> None:
         """Append score lines (whole lines, synced)."""

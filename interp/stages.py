@@ -26,12 +26,11 @@ from .models import LoadedModel, load_model, resolve_hookpoint
 from .records import LatentRecord, select_latents
 from .rundir import SCORE_KEY, RunDir
 from .scoring.base import ScoreResult
-from .scoring.plots import plot_coder_scores, plot_diagnostics, plot_scores
-from .scoring.registry import make_scorers, needs_llm
+from .scoring.plots import plot_coder_scores, plot_diagnostics, plot_scores, score_plot
+from .scoring.registry import line_name, make_scorers, needs_llm, scorer_settings
 from .scoring.results import (
     all_failed,
     baseline_explanations,
-    explainer_rows,
     has_failures,
     scored_explainers,
     summarize_scores,
@@ -218,6 +217,7 @@ def run_score(
     client: LLMClient | None = None,
     coders: list[str] | None = None,
     progress: bool = True,
+    rescore_replaced: bool = False,
 ) -> dict:
     """Stage 4: score the explanations of ``cfg.explain.explainer`` (and a random baseline) of ``coders`` (default:
     all).
@@ -226,6 +226,8 @@ def run_score(
     Resumable: (scorer, coder, latent, explainer, baseline) already scored are skipped, except
     those with failed examples (an LLM request that failed): they are scored again, and the new
     line, if it differs, replaces the old one. Replies already cached are not asked again.
+    With ``rescore_replaced``, every other scorer whose lines are of replaced explanations (``current_scores``)
+    scores those latents again, in the mode its lines were scored in, so the run reports one consistent table.
     """
     run = _open_run(cfg, run_dir)
     explainer = cfg.explain.explainer
@@ -236,9 +238,13 @@ def run_score(
         )
     subject = subject or open_subject(cfg, run)
     lm = subject.lm
-    if client is None and needs_llm(cfg.score.scorers):
+    again = _replaced_lines(run, cfg) if rescore_replaced else {}
+    others = [replace(cfg, score=scorer_settings(cfg.score, name)) for name in again]
+    if client is None and any(needs_llm(c.score.scorers) for c in [cfg, *others]):
         client = run_client(cfg, lm, run.llm_cache_file)
     scorers = make_scorers(cfg, client, lm, subject.coders)
+    for other in others:
+        scorers += make_scorers(other, client, lm, subject.coders)
     baseline = baseline_explanations(explained, cfg.records.records_seed) if cfg.score.baseline else {}
     previous = {tuple(r[k] for k in SCORE_KEY): r for r in run.scores()}
     done = {
@@ -259,12 +265,11 @@ def run_score(
         records = {r.latent: r for r in run.record_builder(name, cfg, lm).build(name, [r["latent"] for r in rows])}
         for scorer in scorers:
             jobs = []
+            only = again.get(scorer.name)  # a scorer the command was not given: the lines it scores again
             for r in rows:
                 for is_baseline, text in ((False, r["explanation"]), (True, baseline.get((name, r["latent"])))):
-                    if (
-                        text is not None
-                        and ((scorer.name, name, r["latent"], explainer, is_baseline), text) not in done
-                    ):
+                    key = (scorer.name, name, r["latent"], explainer, is_baseline)
+                    if text is not None and (key, text) not in done and (only is None or key in only):
                         jobs.append((r["latent"], is_baseline, text))
             step = latents_per_batch(cfg)
             for i in range(0, len(jobs), step):
@@ -286,19 +291,32 @@ def run_score(
     return summarize_run(run.path, explainer)
 
 
+def _replaced_lines(run: RunDir, cfg: RunConfig) -> dict[str, set[tuple]]:
+    """Scorer -> the SCORE_KEYs of its lines of ``cfg``'s explainer that are of replaced explanations, for each
+    scorer that ``cfg.score`` does not run itself (those score every explanation anyway)."""
+    given = {line_name(name, cfg.score.score_mode) for name in cfg.score.scorers}
+    out: dict[str, set[tuple]] = {}
+    for r in run.current_scores(cfg.explain.explainer).replaced:
+        if r["scorer"] not in given:
+            out.setdefault(r["scorer"], set()).add(tuple(r[k] for k in SCORE_KEY))
+    return out
+
+
 def summarize_run(run_dir: Path, explainer: str | None = None) -> dict:
     """The score summary of one explainer of ``run_dir`` (its plots rewritten), without loading any model.
 
     ``explainer`` defaults to the run's own (its config.json's); the summary names it. Explainers
-    are never pooled: their explanations differ, and so do their scores.
+    are never pooled: their explanations differ, and so do their scores. Only the lines of the current
+    explanations count (``RunDir.current_scores``); ``left_out`` counts the others per scorer.
     """
     run = RunDir(run_dir)
     own = run.read_config().explain.explainer
     explainer = explainer or own
-    rows = run.scores()
-    mine = explainer_rows(rows, explainer)
-    summary = summarize_scores(mine)
-    if not summary:
+    current = run.current_scores(explainer)
+    summary = summarize_scores(current.rows)
+    left_out = current.left_out()
+    if not summary and not left_out:
+        rows = run.scores()
         if rows:
             raise InterpError(
                 f"No scores of the {explainer!r} explainer in {run.path}; it has scores of "
@@ -306,10 +324,14 @@ def summarize_run(run_dir: Path, explainer: str | None = None) -> dict:
             )
         raise InterpError(f"No scores in {run.path}: run `interp score {run.path}` first.")
     plots = run.plots_dir(explainer, own)
-    plot_scores(summary, plots)
-    plot_diagnostics(mine, run.firing_frequencies(set(summary)), plots)
-    plot_coder_scores(summary, plots)
-    return {"scores": summary, "explainer": explainer}
+    for r in current.replaced + current.withdrawn:  # a plot of old scores only would show them as current
+        if r["scorer"] not in summary.get(r["coder"], {}):
+            score_plot(plots, r["coder"], r["scorer"]).unlink(missing_ok=True)
+    if summary:
+        plot_scores(summary, plots)
+        plot_diagnostics(current.rows, run.firing_frequencies(set(summary)), plots)
+        plot_coder_scores(summary, plots)
+    return {"scores": summary, "explainer": explainer, "left_out": left_out}
 
 
 def run(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, progress: bool = True) -> dict:

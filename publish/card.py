@@ -163,8 +163,12 @@ def _made_with(run: RunData) -> str:
 
 def _scores(run: RunData) -> str:
     lines = ["## Scores", ""]
+    left_out = sum(n["replaced"] + n["withdrawn"] for n in run.left_out.values())
+    said = (
+        [f"{left_out} older score lines, of explanations since replaced or flagged, are left out."] if left_out else []
+    )
     if not run.scores:
-        return "\n".join(lines + ["This run has no scores yet."])
+        return "\n".join([*lines, "This run has no scores of its current explanations yet.", *said])
     lines += [
         "Mean over latents of each scorer's main metric; the random explanation is another latent's explanation "
         "scored on the same examples, so the gap between the two columns is what the explanations are worth.",
@@ -180,6 +184,7 @@ def _scores(run: RunData) -> str:
                     f"| `{coder}` | {explainer} | {scorer} | {e['metric']} | {_fmt(e['explanation']['mean'])} "
                     f"| {_fmt(e['baseline']['mean'])} | {_fmt(e['margin'])} | {e['explanation']['n']} |"
                 )
+    lines += ["", *said] if said else []
     return "\n".join(lines)
 
 

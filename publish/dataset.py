@@ -123,13 +123,16 @@ class RunData(NamedTuple):
     explanations: list[dict]
     """The latest line of ``explanations.jsonl`` for each (coder, latent, explainer)."""
     scores: list[dict]
-    """The latest line of ``scores.jsonl`` for each (scorer, coder, latent, explainer, baseline)."""
+    """The latest line of ``scores.jsonl`` for each (scorer, coder, latent, explainer, baseline) that belongs to the
+    latent's current explanation (``RunDir.current_scores``): an explanation's row never shows another's score."""
     coders: dict[str, dict]
     """Coder name -> its ``cache/<coder>/coder.json``, for the coders that have explanations."""
     stats: dict[str, dict]
     """Coder name -> its ``cache/<coder>/stats.json`` (tokens, mean L0, dead fraction)."""
     summary: dict
     """``summary.json`` (the default SAE's held-out quality, when the run trained one), or {}."""
+    left_out: dict[str, dict[str, int]]
+    """Scorer -> score lines left out as of replaced (or since flagged) explanations (``CurrentScores.left_out``)."""
 
 
 def read_run(run_dir: str | Path) -> RunData:
@@ -142,7 +145,8 @@ def read_run(run_dir: str | Path) -> RunData:
     names = list(dict.fromkeys(r["coder"] for r in explanations))
     coders = {name: run.coder_description(name) for name in names}
     stats = {name: run.cache_stats(name) for name in names}
-    return RunData(run, config, explanations, run.scores(), coders, stats, run.summary())
+    scores = run.current_scores()
+    return RunData(run, config, explanations, scores.rows, coders, stats, run.summary(), scores.left_out())
 
 
 def model_id(cfg: ModelConfig) -> str:

@@ -14,7 +14,13 @@ from interp.jsonl import append_jsonl
 from interp.rundir import RunDir
 from interp.scoring.base import ScoreResult
 from interp.scoring.plots import plot_diagnostics
-from interp.scoring.results import main_metric, score_table, scorer_agreement, summarize_scores
+from interp.scoring.results import (
+    baseline_explanations,
+    main_metric,
+    score_table,
+    scorer_agreement,
+    summarize_scores,
+)
 from interp.stages import summarize_run
 
 
@@ -34,6 +40,29 @@ ROWS = [
     *(row("simulation", k, v) for k, v in enumerate([-0.1, 0.1, 0.3, 0.2])),
     row("embedding", 0, 0.4, baseline=True),
 ]
+
+
+def explained(run_dir, rows: list[dict]) -> list[dict]:
+    """Write the explanation lines that the score lines ``rows`` scored (status ok) to ``run_dir``, and ``rows``
+    with the texts of those explanations and of the random ones the run assigns: only such lines count."""
+    texts = {(r["explainer"], r["coder"], r["latent"]): f"{r['explainer']} #{r['latent']}" for r in rows}
+    lines = [
+        {"explainer": e, "coder": c, "latent": k, "status": "ok", "explanation": t} for (e, c, k), t in texts.items()
+    ]
+    append_jsonl(run_dir / "explanations.jsonl", lines)
+    seed = RunConfig().records.records_seed
+    assigned = {
+        e: baseline_explanations([r for r in lines if r["explainer"] == e], seed) for e in {r[0] for r in texts}
+    }
+    return [
+        {
+            **r,
+            "explanation": assigned[r["explainer"]][(r["coder"], r["latent"])]
+            if r["baseline"]
+            else texts[(r["explainer"], r["coder"], r["latent"])],
+        }
+        for r in rows
+    ]
 
 
 def test_main_metrics_per_scorer():
@@ -83,13 +112,14 @@ def test_a_run_scored_by_two_explainers_is_summarised_one_explainer_at_a_time(tm
     }
     append_jsonl(
         run_dir / "scores.jsonl",
-        [
-            ScoreResult(
-                "embedding", "sae", latent, explainer, baseline, f"{explainer} #{latent}", {"auroc": v}, []
-            ).to_dict()
-            for (explainer, baseline), values in auroc.items()
-            for latent, v in enumerate(values)
-        ],
+        explained(
+            run_dir,
+            [
+                ScoreResult("embedding", "sae", latent, explainer, baseline, "", {"auroc": v}, []).to_dict()
+                for (explainer, baseline), values in auroc.items()
+                for latent, v in enumerate(values)
+            ],
+        ),
     )
     (run_dir / "cache" / "sae").mkdir(parents=True)
     save_file(
@@ -145,7 +175,7 @@ def test_a_margin_whose_interval_includes_zero_is_called_at_chance(tmp_path, cap
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     write_json_atomic(run_dir / "config.json", RunConfig(explain=ExplainConfig(explainer="tokens")).to_dict())
-    append_jsonl(run_dir / "scores.jsonl", rows)
+    append_jsonl(run_dir / "scores.jsonl", explained(run_dir, rows))
     assert main(["summary", str(run_dir)]) == 0
     out = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
     assert "margin +0.296 (95% CI +0.196 to +0.396)" in out["embedding"] and "at chance" not in out["embedding"]

@@ -227,6 +227,11 @@ def outcomes(run: OpenRun, coder: str, latent: int, scorer: str, explainer: str)
         f"**{markdown_text(scorer)}** on the *{markdown_text(explainer)}* explanation of latent {latent}: {metric} "
         f"**{'n/a' if value is None else f'{value:.3g}'}**  \n{values}"
     )
+    if row not in run.current_scores(explainer).rows:
+        md += (
+            f"  \n**stale**: this scored {markdown_text(repr(row['explanation']))}, which is no longer the latent's "
+            "explanation; score again to judge the current one"
+        )
     return Outcomes(
         md, Table(OUTCOME_HEADERS, rows), sum(v is True for v in verdicts), sum(v is False for v in verdicts)
     )

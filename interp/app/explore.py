@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from ..errors import InterpError
 from ..hooks import capture_tokens
 from ..records import HISTOGRAM_BINS, LatentRecord
-from ..scoring.results import explainer_rows, score_table, scored_explainers, summarize_scores
+from ..scoring.results import score_table, scored_explainers, summarize_scores
 from .render import examples_html, markdown_code, markdown_text
 from .session import OpenRun
 
@@ -42,6 +42,7 @@ SCORE_HEADERS = [
     "correlation",
     "examples",
     "failed",
+    "stale",
 ]
 TEXT_HEADERS = ["latent", "max activation", "tokens", "strongest on", "explanation"]
 
@@ -109,9 +110,9 @@ def describe(run: OpenRun) -> str:
         )
     if not counts:
         lines.append("- no explanations yet: use the Explain tab")
-    scores = run.scores()
-    for explainer in scored_explainers(scores):  # each explainer's scores apart, as its explanations are counted above
-        for coder, scorers in summarize_scores(explainer_rows(scores, explainer)).items():
+    for explainer in scored_explainers(run.scores()):  # each explainer's apart, as its explanations are counted above
+        current = run.current_scores(explainer)
+        for coder, scorers in summarize_scores(current.rows).items():
             for scorer, e in scorers.items():
                 mean, base = e["explanation"]["mean"], e["baseline"]["mean"]
                 shown = "n/a" if mean is None else f"{mean:.3f}"
@@ -122,6 +123,12 @@ def describe(run: OpenRun) -> str:
                     + (f" (random explanation {base:.3f})" if base is not None else "")
                     + f", {e['explanation']['n']} latents"
                 )
+        for scorer, n in current.left_out().items():
+            lines.append(
+                f"- left out: {n['replaced'] + n['withdrawn']} {markdown_text(scorer)} scores of "
+                f"{markdown_text(explainer)} explanations since replaced, flagged or failed"
+                + (" (score again in the Score tab)" if n["replaced"] else "")
+            )
     return "\n".join(lines)
 
 
@@ -129,7 +136,7 @@ def sort_choices(run: OpenRun) -> list[str]:
     """Ways to sort the latent table: by latent, frequency, or any scorer's main metric (of the
     run's own explainer).
     """
-    scorers = sorted({r["scorer"] for r in explainer_rows(run.scores(), run.cfg.explain.explainer)})
+    scorers = sorted({r["scorer"] for r in run.current_scores(run.cfg.explain.explainer).rows})
     return [*SORTS, *(SCORE_SORT + s for s in scorers)]
 
 
@@ -141,7 +148,8 @@ def _best_explanation(lines: list[dict], preferred: str) -> str:
 
 def latent_table(run: OpenRun, coder: str, query: str = "", sort: str = "latent") -> Table:
     """One row per explained latent of ``coder``: status, explanation, frequency and each scorer's main metric
-    (the scores of the run's own explainer, whose explanation the row prefers).
+    (the scores of the run's own explainer, whose explanation the row prefers; a score of an explanation since
+    replaced or flagged is left out, as ``RunDir.current_scores`` says).
 
     ``query`` keeps the latents one of whose explanations contains it (case-insensitive);
     ``sort`` is one of ``sort_choices`` (frequency and scores sort strongest first).
@@ -159,7 +167,7 @@ def latent_table(run: OpenRun, coder: str, query: str = "", sort: str = "latent"
     needle = query.strip().lower()
     if needle:
         lines = {k: v for k, v in lines.items() if any(needle in (r["explanation"] or "").lower() for r in v)}
-    table = score_table(explainer_rows(run.scores(), run.cfg.explain.explainer)).get(coder, {})
+    table = score_table(run.current_scores(run.cfg.explain.explainer).rows).get(coder, {})
     scorers = sorted(table)
     freq = run.dir.firing_frequencies({coder})
     rows = []
@@ -224,27 +232,37 @@ def _explanations(run: OpenRun, coder: str, latent: int) -> Table:
 
 
 def _scores(run: OpenRun, coder: str, latent: int) -> Table:
+    """The latent's score entries: the current ones, then those of an explanation since replaced or flagged,
+    marked stale with the text they scored."""
     from publish.dataset import score_entries  # the app is the last stage: it may read how publishing pairs scores
 
-    entries = score_entries([r for r in run.scores() if r["coder"] == coder and r["latent"] == latent])
+    split = run.current_scores()
+    mine = [(r, "") for r in split.rows if (r["coder"], r["latent"]) == (coder, latent)]
+    for lines, why in ((split.replaced, "since replaced"), (split.withdrawn, "the latent has no usable one now")):
+        for r in lines:
+            if (r["coder"], r["latent"]) == (coder, latent):
+                scored = "random explanation" if r["baseline"] else "explanation"
+                mine.append((r, f"stale: of the {scored} {r['explanation']!r}, {why}"))
     rows = []
-    for e in entries:
-        m = e["metrics"]
-        rows.append(
-            [
-                e["scorer"],
-                e["explainer"],
-                e["metric"],
-                e["value"],
-                e["baseline_value"],
-                m["accuracy"],
-                m["auroc"],
-                m["f1"],
-                m["correlation"],
-                m["n"],
-                m["failed"],
-            ]
-        )
+    for note in dict.fromkeys(n for _, n in mine):
+        for e in score_entries([r for r, n in mine if n == note]):
+            m = e["metrics"]
+            rows.append(
+                [
+                    e["scorer"],
+                    e["explainer"],
+                    e["metric"],
+                    e["value"],
+                    e["baseline_value"],
+                    m["accuracy"],
+                    m["auroc"],
+                    m["f1"],
+                    m["correlation"],
+                    m["n"],
+                    m["failed"],
+                    note,
+                ]
+            )
     return Table(SCORE_HEADERS, rows)
 
 

@@ -25,6 +25,7 @@ from ..explain import TokenText
 from ..jsonl import latest_rows, read_jsonl
 from ..records import RecordBuilder
 from ..rundir import EXPLANATION_KEY, SCORE_KEY, RunDir
+from ..scoring.results import CurrentScores, current_scores
 from ..stages import run
 from ..subject import Subject, open_subject
 from .workspace import Workspace
@@ -96,8 +97,13 @@ class OpenRun:
         return latest_rows(self._read(self.dir.explanations_file), EXPLANATION_KEY)
 
     def scores(self) -> list[dict]:
-        """The latest line of ``scores.jsonl`` per (scorer, coder, latent, explainer, baseline)."""
+        """The latest line of ``scores.jsonl`` per (scorer, coder, latent, explainer, baseline), current or not."""
         return latest_rows(self._read(self.dir.scores_file), SCORE_KEY)
+
+    def current_scores(self, explainer: str | None = None) -> CurrentScores:
+        """The latest score lines split by whether they belong to the current explanations, as
+        ``RunDir.current_scores`` splits them (from the lines this run holds read)."""
+        return current_scores(self.explanations(), self.scores(), self.cfg.records.records_seed, explainer)
 
 
 class Runs:

@@ -16,6 +16,11 @@ def _bins(metric: str) -> list[float]:
     return [low + (1 - low) * i / 20 for i in range(21)]
 
 
+def score_plot(out_dir: Path, coder: str, scorer: str) -> Path:
+    """Where ``plot_scores`` draws the scores of ``scorer`` on ``coder``."""
+    return out_dir / f"scores_{coder}_{scorer}.png"
+
+
 def plot_scores(summary: dict, out_dir: Path) -> list[Path]:
     """One histogram per (coder, scorer): explanation scores against the random baseline."""
     plt = pyplot()
@@ -32,7 +37,7 @@ def plot_scores(summary: dict, out_dir: Path) -> list[Path]:
             ax.set_title(f"{scorer} — {coder}", fontsize=9)
             ax.legend(fontsize=8)
             fig.tight_layout()
-            path = out_dir / f"scores_{coder}_{scorer}.png"
+            path = score_plot(out_dir, coder, scorer)
             save_figure_atomic(fig, path, dpi=100)
             plt.close(fig)
             paths.append(path)

@@ -2,8 +2,9 @@
 use."""
 
 import typing
+from dataclasses import replace
 
-from ..config import RunConfig, ScorerName, check_config
+from ..config import RunConfig, ScoreConfig, ScorerName, check_config
 from ..llm import LLMClient
 from ..models import LoadedModel
 from ..steer_effects import load_steer_prompts
@@ -25,6 +26,21 @@ SCORERS: tuple[ScorerName, ...] = typing.get_args(ScorerName)
 def needs_llm(scorers: list[str]) -> bool:
     """Whether any of these scorers asks an LLM."""
     return any(name in LLM_SCORERS for name in scorers)
+
+
+def line_name(name: str, mode: str) -> str:
+    """What the lines of scorer ``name`` in ``mode`` are called: detection in logprob mode writes
+    ``detection-logprob``; a scorer with no modes writes its name."""
+    return f"{name}-logprob" if name in LLM_SCORERS and mode == "logprob" else name
+
+
+def scorer_settings(score: ScoreConfig, line_name: str) -> ScoreConfig:
+    """``score`` set to make the one scorer whose lines are called ``line_name``: ``detection-logprob`` is
+    detection in logprob mode, ``detection`` in generative mode; a scorer with no modes keeps ``score``'s."""
+    name = line_name.removesuffix("-logprob")
+    if name not in LLM_SCORERS:
+        return replace(score, scorers=[name])
+    return replace(score, scorers=[name], score_mode="logprob" if line_name.endswith("-logprob") else "generative")
 
 
 def make_scorers(

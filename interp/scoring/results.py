@@ -2,6 +2,8 @@
 
 import random
 import statistics
+from collections import Counter
+from typing import NamedTuple
 
 from .metrics import correlation
 
@@ -141,3 +143,55 @@ def has_failures(row: dict) -> bool:
     """Whether a score line has examples whose LLM reply failed or could not be read."""
     metrics = row.get("metrics")
     return isinstance(metrics, dict) and bool(metrics.get("failed"))
+
+
+class CurrentScores(NamedTuple):
+    """A run's latest score lines, split by whether each belongs to the explanation it would be shown with.
+
+    Explanations are replaced (``--redo``, another LLM, a search for a better one) while their old score lines stay
+    in the append-only ``scores.jsonl``; only ``rows`` may be reported as the scores of the current explanations.
+    """
+
+    rows: list[dict]
+    """Lines of each latent's current usable explanation (its text), and of the random explanation that the current
+    explanations assign it: what every summary, table and published row reports."""
+    replaced: list[dict]
+    """Lines of an explanation since replaced by another usable one (or of a random explanation no longer the one
+    assigned): scoring again (``interp score``) gives them back for the new text."""
+    withdrawn: list[dict]
+    """Lines of a latent that has no usable explanation of that explainer now (flagged, failed, or gone): nothing
+    to score again."""
+
+    def left_out(self) -> dict[str, dict[str, int]]:
+        """Scorer -> ``{"replaced": lines, "withdrawn": lines}`` left out, for the scorers that have any."""
+        replaced, withdrawn = Counter(r["scorer"] for r in self.replaced), Counter(r["scorer"] for r in self.withdrawn)
+        return {s: {"replaced": replaced[s], "withdrawn": withdrawn[s]} for s in sorted(replaced | withdrawn)}
+
+
+def current_scores(
+    explanations: list[dict], scores: list[dict], seed: int, explainer: str | None = None
+) -> CurrentScores:
+    """Split the latest ``scores`` by the latest ``explanations`` (of ``explainer`` alone when given): the one rule
+    of which score lines count.
+
+    A line of a true explanation counts when the latent's explanation of that explainer is usable (status ok) and
+    its text is the line's ``explanation``; a random-explanation line counts when its text is the one
+    ``baseline_explanations`` assigns from the current usable explanations (with the run's ``seed``), so after
+    scoring again the numbers are those a fresh run with these explanations would report.
+    """
+    usable: dict[str, list[dict]] = {}
+    for r in explanations:
+        if r.get("status") == "ok" and isinstance(r.get("explanation"), str):
+            usable.setdefault(r["explainer"], []).append(r)
+    wanted: dict[tuple, str] = {}
+    for name, rows in usable.items():
+        wanted.update({(name, r["coder"], r["latent"], False): r["explanation"] for r in rows})
+        wanted.update({(name, *key, True): text for key, text in baseline_explanations(rows, seed).items()})
+    out = CurrentScores([], [], [])
+    for line in scores:
+        if explainer is not None and line.get("explainer") != explainer:
+            continue
+        text = wanted.get((line.get("explainer"), line.get("coder"), line.get("latent"), line.get("baseline")))
+        kept = out.withdrawn if text is None else out.rows if text == line.get("explanation") else out.replaced
+        kept.append(line)
+    return out
