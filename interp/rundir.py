@@ -11,7 +11,8 @@
       coders/<hookpoint>/  the default SAE, when the run trained one (sparsify format + train.json)
       cache/               the token windows, and per coder its sparse latents and statistics (see interp.cache)
       explanations.jsonl   one line per (coder, latent, explainer), appended; a later line replaces an earlier one
-      scores.jsonl         one line per (scorer, coder, latent, explainer, baseline), appended; likewise
+      scores.jsonl         one line per (scorer, coder, latent, explainer, baseline), appended; likewise. A
+                           line counts only while the text it scored is the latent's current explanation
       llm_cache.jsonl      LLM replies keyed by (model, prompt, parameters): a re-run costs nothing
       summary.json         coder statistics, the default SAE's held-out quality, explanation counts, scores
       plots/               plots of the run's own explainer's scores; plots/<explainer>/ of another explainer's
