@@ -9,6 +9,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import replace
+from itertools import islice
 from pathlib import Path
 from typing import NamedTuple
 
@@ -171,10 +172,8 @@ def run_explain(
     now: Counter = Counter()
     failure: str | None = None
     for name, coder, todo in jobs:
-        builder = run.record_builder(name, cfg, lm, coder)
-        step = latents_per_batch(cfg)
-        for i in range(0, len(todo), step):
-            records = list(builder.build(name, todo[i : i + step]))
+        stream = run.record_builder(name, cfg, lm, coder).build(name, todo)  # one ranged pass over the cache
+        while records := list(islice(stream, latents_per_batch(cfg))):
             effects = _intervention_effects(cfg, lm, coder, records) if explainer == "intervention" else None
             results = explain_batch(records, explainer, text, client, params, cfg.explain.max_retries, effects)
             run.add_explanations([r.to_dict() for r in results])
