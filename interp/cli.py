@@ -202,7 +202,10 @@ def _publish_parser(sub) -> None:
     p = sub.add_parser("publish", help=help, description=help)
     p.add_argument("run_dir", metavar="RUN", type=Path, help="The run directory to publish")
     p.add_argument(
-        "repo", metavar="REPO", help="Dataset repository on the Hub (owner/name); created if missing, updated if not"
+        "repo",
+        metavar="REPO",
+        nargs="?",
+        help="Dataset repository on the Hub (owner/name); created if missing, updated if not (not with --neuronpedia)",
     )
     p.add_argument(
         "--private", action="store_true", help="Create the repository private (an existing public one is refused)"
@@ -216,10 +219,59 @@ def _publish_parser(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="Only write the folder; upload nothing")
     p.add_argument("--license", default="cc-by-4.0", help="License in the dataset card (default: cc-by-4.0)")
     p.add_argument("--quiet", action="store_true", help="No progress bars")
+    _neuronpedia_args(p)
+
+
+def _neuronpedia_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Neuronpedia", "Upload batches for neuronpedia.org instead of a Hub dataset")
+    g.add_argument(
+        "--neuronpedia",
+        type=Path,
+        metavar="OUT_DIR",
+        default=None,
+        help="Write the run (or a delphi results folder) as upload-batch files under OUT_DIR/<source>/",
+    )
+    g.add_argument("--np-model", default=None, help="Neuronpedia model id (default: the coder's own Neuronpedia id)")
+    g.add_argument("--np-source", default=None, help="Neuronpedia source, of a source set you created")
+    g.add_argument("--np-coder", default=None, help="Upload only this coder of the run")
+    g.add_argument(
+        "--np-name",
+        action="append",
+        metavar="FROM=TO",
+        help="Rename an explainer or LLM to a methodName/modelName Neuronpedia knows (repeatable)",
+    )
+    g.add_argument("--push", action="store_true", help="Post the batches, with the key in $NEURONPEDIA_API_KEY")
+    g.add_argument("--np-url", default=None, help="Neuronpedia's address (default: https://www.neuronpedia.org)")
+    g.add_argument("--np-key-env", default=None, help="Variable holding the API key (default: NEURONPEDIA_API_KEY)")
+
+
+def _neuronpedia(ns: argparse.Namespace) -> int:
+    from publish.delphi_results import is_delphi_results
+    from publish.neuronpedia import delphi_features, parse_names, run_features, write_batches
+    from publish.neuronpedia_push import DEFAULT_URL, KEY_ENV, push_batches
+
+    names = parse_names(ns.np_name)
+    source = Path(ns.run_dir)
+    coders = delphi_features(source, names) if is_delphi_results(source) else run_features(source, names)
+    written = write_batches(coders, ns.neuronpedia, model_id=ns.np_model, source=ns.np_source, only=ns.np_coder)
+    for name, n in written.items():
+        print(f"neuronpedia batches: {(ns.neuronpedia / name).resolve()} ({n} features)")
+    if ns.push:
+        url = ns.np_url or DEFAULT_URL
+        done = push_batches(ns.neuronpedia, url=url, key_env=ns.np_key_env or KEY_ENV)
+        print(f"posted {done['pushed']} batches to {url} ({done['skipped']} already there)")
+    return 0
 
 
 def _publish(ns: argparse.Namespace) -> int:
     from publish.hub import publish_run  # publish is the last stage: the core never imports it up front
+
+    if ns.neuronpedia is not None:
+        return _neuronpedia(ns)
+    if ns.push:
+        raise InterpError("--push posts Neuronpedia batches: give --neuronpedia OUT_DIR too.")
+    if ns.repo is None:
+        raise InterpError("Give the dataset repository (interp publish RUN OWNER/NAME), or --neuronpedia OUT_DIR.")
 
     result = publish_run(
         ns.run_dir,

@@ -176,3 +176,16 @@ def read_delphi(folder: str | Path) -> dict[str, Dataset]:
         )
         for module in dict.fromkeys(m for m, _ in keys)
     }
+
+
+def activating_examples(folder: str | Path) -> dict[tuple[str, int], list[dict]]:
+    """(module, latent) -> the activating examples delphi's classifier scorers showed (``str_tokens``,
+    ``activations``, quantile ``distance``), each example once though several scorers showed it."""
+    out: dict[tuple[str, int], dict[str, dict]] = {}
+    for scorer_dir in sorted(p for p in (Path(folder) / SCORES_DIR).glob("*") if p.is_dir()):
+        for key, path in _latent_files(scorer_dir).items():
+            outputs = _read(path)
+            for o in outputs if isinstance(outputs, list) else []:
+                if isinstance(o, dict) and o.get("activating") and o.get("str_tokens"):
+                    out.setdefault(key, {}).setdefault(json.dumps([o["str_tokens"], o.get("activations")]), o)
+    return {key: list(shown.values()) for key, shown in out.items()}

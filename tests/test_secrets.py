@@ -4,7 +4,8 @@ and remote code runs only when asked for.
 The token test runs the real CLI in subprocesses with fake, recognisable keys in the environment,
 against the local OpenAI-compatible server (which echoes the Authorization header back in its
 400 errors, as careless servers do), then greps everything they produced: every file of the run
-directory (publish folder included), stdout and stderr (where the logs go).
+directory (publish folder and Neuronpedia batches, pushed to the local Neuronpedia service, included), stdout and
+stderr (where the logs go).
 """
 
 import ast
@@ -22,11 +23,13 @@ from interp.config import ModelConfig, RunConfig
 from interp.errors import ModelLoadError
 from interp.models import load_model, model_load_kwargs
 from tests.helpers.models import save_tiny_model
+from tests.helpers.neuronpedia_server import FakeNeuronpedia, serving
 from tests.helpers.pipeline import scripted_reply, tiny_run_args
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENAI_KEY = "sk-INTERPFAKE-" + "0123456789abcdef" * 16  # long: a server message cut at 200 characters cuts through it
 HF_KEY = "hf_INTERPFAKEhubtoken" + "9f3a7c" * 6
+NP_KEY = "np-INTERPFAKE-" + "5e1d2c" * 8
 
 
 def fragments(secret: str, size: int = 12) -> set[str]:
@@ -38,6 +41,7 @@ def leaks(text: str) -> list[str]:
     marks = (
         fragments(OPENAI_KEY.removeprefix("sk-INTERPFAKE-"))
         | fragments(HF_KEY.removeprefix("hf_INTERPFAKE"))
+        | fragments(NP_KEY.removeprefix("np-INTERPFAKE-"))
         | {"INTERPFAKE"}
     )
     return sorted(m for m in marks if m in text)[:3]
@@ -48,12 +52,23 @@ def test_api_keys_and_hub_tokens_appear_in_no_output(tmp_path, server, smollm_to
     model_dir = save_tiny_model(tmp_path / "model", smollm_tokenizer)
     server.reply = scripted_reply
     server.script = ["ok", "400", "ok", "400", "400", "400"] * 3  # some explanations fail with the key echoed back
-    env = {**os.environ, "OPENAI_API_KEY": OPENAI_KEY, "HF_TOKEN": HF_KEY, "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "HF_TOKEN": HF_KEY,
+        "NEURONPEDIA_API_KEY": NP_KEY,
+        "HF_HUB_OFFLINE": "1",
+    }
     run_dir = tmp_path / "run"
+    neuronpedia = FakeNeuronpedia(NP_KEY, owned={("tiny", "1-neurons")}, methods={"short"}, models={"scripted"})
+    np_server = serving(neuronpedia)
+    to_neuronpedia = ["publish", str(run_dir), "--neuronpedia", str(run_dir / "np"), "--np-model", "tiny"]
+    to_neuronpedia += ["--np-source", "1-neurons", "--push", "--np-url", neuronpedia.url]
     outputs = []
     for argv in (
         tiny_run_args(run_dir, model_dir, server.base_url) + ["--neuron-k", "4", "--max-retries", "0"],
         ["publish", str(run_dir), "someone/interp-test", "--dry-run", "--quiet"],
+        to_neuronpedia,
     ):
         done = subprocess.run(
             [sys.executable, "-m", "interp", *argv], env=env, capture_output=True, text=True, cwd=tmp_path
@@ -66,6 +81,8 @@ def test_api_keys_and_hub_tokens_appear_in_no_output(tmp_path, server, smollm_to
     ]
     assert any('HTTP 400: {"error": "bad key Bearer ***' in n for n in notes)  # the echo happened, and was redacted
     assert (run_dir / "publish" / "README.md").is_file()
+    np_server.shutdown()
+    assert neuronpedia.features and all(r.headers["x-api-key"] == NP_KEY for r in neuronpedia.requests)
     headers = [{k.lower(): v for k, v in r["headers"].items()} for r in server.requests]
     assert all(h["authorization"] == f"Bearer {OPENAI_KEY}" for h in headers)  # the key was sent, where it belongs
     files = sorted(p for p in run_dir.rglob("*") if p.is_file())
