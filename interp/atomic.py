@@ -17,6 +17,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .diskspace import disk_full, is_disk_full
+
 log = logging.getLogger(__name__)
 
 SUFFIX = ".tmp"
@@ -44,8 +46,19 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
 
     ``tmp_path`` has the target's name, inside a temporary folder beside the target (so the
     rename stays on one filesystem); the folder goes once the file has moved, or on failure.
+    A write that fails for lack of space (whichever writer raised it) is a ``DiskFullError`` naming ``path``;
+    the old file, if any, is left as it was.
     """
     path = Path(path)
+    try:
+        _replace(path, write)
+    except Exception as e:
+        if is_disk_full(e):
+            raise disk_full(path) from e
+        raise
+
+
+def _replace(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(dir=path.parent, prefix=_prefix(path), suffix=SUFFIX))
     tmp = folder / path.name

@@ -49,6 +49,15 @@ def _run_parser(
         _run_argument(p)
     if makes_run:
         p.add_argument("--overwrite", action="store_true", help="Delete the run directory and start again")
+        p.add_argument(
+            "--force", action="store_true", help="Cache even where the disk looks too small for it (a full disk stops)"
+        )
+    if name in ("run", "cache", "explain", "score"):
+        p.add_argument(
+            "--wait",
+            action="store_true",
+            help="If another process is doing the same work on this run, wait for it (default: stop, naming it)",
+        )
     p.add_argument("--quiet", action="store_true", help="No progress bars")
     for title in sections:
         add_config_args(p, SECTIONS[title], title, given_only=True)
@@ -477,15 +486,19 @@ def _stage(ns: argparse.Namespace) -> int:
     if ns.command == "summary":
         summary = stages.summarize_run(run_dir, ns.explainer)
     elif ns.command == "explain":
-        summary = stages.run_explain(_config(ns, run), run_dir, progress=not ns.quiet)
+        summary = stages.run_explain(_config(ns, run), run_dir, progress=not ns.quiet, wait=ns.wait)
     elif ns.command == "score":
         summary = stages.run_score(  # with no --scorers, every scorer of a replaced explanation scores it again
-            _config(ns, run), run_dir, progress=not ns.quiet, rescore_replaced=not hasattr(ns, "scorers")
+            _config(ns, run), run_dir, progress=not ns.quiet, rescore_replaced=not hasattr(ns, "scorers"), wait=ns.wait
         )
     elif ns.command == "run":
-        summary = stages.run(_config(ns, run), run_dir, overwrite=ns.overwrite, progress=not ns.quiet)
+        summary = stages.run(
+            _config(ns, run), run_dir, overwrite=ns.overwrite, progress=not ns.quiet, wait=ns.wait, force=ns.force
+        )
     else:
-        summary = stages.run_cache(_config(ns, run), run_dir, overwrite=ns.overwrite, progress=not ns.quiet).summary
+        summary = stages.run_cache(
+            _config(ns, run), run_dir, overwrite=ns.overwrite, progress=not ns.quiet, wait=ns.wait, force=ns.force
+        ).summary
     _print_summary(summary, run_dir)
     return 0
 

@@ -1,13 +1,15 @@
-"""JSON on disk: append-only JSONL (whole lines, flushed and synced; a torn last line is dropped on
-read) and whole JSON files read with an error that names the file."""
+"""JSON on disk: append-only JSONL (whole lines, flushed and synced, one appender at a time; a torn last line is
+dropped on read) and whole JSON files read with an error that names the file."""
 
+import fcntl
 import json
 import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from .diskspace import disk_full, is_disk_full
 from .errors import CorruptFileError
 
 log = logging.getLogger(__name__)
@@ -18,27 +20,57 @@ def drop_torn_tail(path: Path) -> None:
     if not path.is_file() or path.stat().st_size == 0:
         return
     with open(path, "rb+") as f:
-        f.seek(-1, os.SEEK_END)
-        if f.read(1) == b"\n":
-            return
-        f.seek(0)
-        data = f.read()
-        log.warning("%s: dropped a torn last line (an interrupted write); it will be redone", path)
-        f.truncate(data.rfind(b"\n") + 1)
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # never while another process is appending a line
+        _cut_torn_tail(f, path)
+
+
+def _cut_torn_tail(f: BinaryIO, path: Path) -> None:
+    """``drop_torn_tail`` on ``f``, open for reading and writing, whose lock the caller holds."""
+    if f.seek(0, os.SEEK_END) == 0:
+        return
+    f.seek(-1, os.SEEK_END)
+    if f.read(1) == b"\n":
+        return
+    f.seek(0)
+    data = f.read()
+    log.warning("%s: dropped a torn last line (an interrupted write); it will be redone", path)
+    f.truncate(data.rfind(b"\n") + 1)
 
 
 def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
-    """Append ``rows`` as JSON lines and sync them to disk before returning."""
+    """Append ``rows`` as JSON lines and sync them to disk before returning.
+
+    Appenders in other processes (another explainer, scorer or process of the same run) take turns on an OS lock
+    of the file, so their lines never interleave and none cuts another's line as torn. A write that fails (a full
+    disk: ``DiskFullError``) is cut off again: no partial line stays.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    if not text:
+    data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+    if not data:
         return
-    drop_torn_tail(path)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab+", buffering=0) as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            _cut_torn_tail(f, path)
+            _append_whole(f, data)
+    except OSError as e:
+        if is_disk_full(e):
+            raise disk_full(path) from e
+        raise
+
+
+def _append_whole(f: BinaryIO, data: bytes) -> None:
+    """Write ``data`` at the end of ``f`` (unbuffered, locked) and sync it, or leave ``f`` as it was."""
+    size = f.seek(0, os.SEEK_END)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[f.write(view) :]
         os.fsync(f.fileno())
+    except OSError:
+        f.truncate(size)
+        raise
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -18,10 +18,13 @@
       plots/               plots of the run's own explainer's scores; plots/<explainer>/ of another explainer's
       compare/<A>--<B>/    comparisons of one of its coders with another coder (interp compare)
       publish/             the dataset folder that interp publish writes and uploads
+      locks/               one OS lock per piece of work under way (<stage>[--<coder>[--<name>]].lock), each
+                           with its holder (pid, host, since, command) in <lock>.json while it is held
 
 Every write is an append of whole lines or an atomic replace, so a run killed at any point resumes.
 """
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +34,7 @@ import torch
 from .atomic import remove_stale_temps, write_json_atomic
 from .cache import TOKENS_FILE, is_finished, load_stats, read_cache_stats, read_coder_description
 from .config import FIXED_SECTIONS, RunConfig, check_config, read_config_file
-from .errors import InterpError, NotARunDirError, RunConfigMismatchError
+from .errors import InterpError, NotARunDirError, ReadOnlyRunError, RunConfigMismatchError
 from .explain import EXPLAINERS
 from .jsonl import append_jsonl, latest_rows, read_json, read_jsonl
 from .records import CacheView, RecordBuilder, logit_lens
@@ -42,6 +45,7 @@ EXPLANATIONS = "explanations.jsonl"
 SCORES = "scores.jsonl"
 LLM_CACHE = "llm_cache.jsonl"
 SUMMARY = "summary.json"
+LOCKS = "locks"
 
 EXPLANATION_KEY = ("coder", "latent", "explainer")
 """What identifies a line of explanations.jsonl; a later line with the same key replaces an earlier one."""
@@ -102,6 +106,11 @@ class RunDir:
         """The cache folder of the coder called ``coder``."""
         return self.cache_dir / coder
 
+    def lock_file(self, stage: str, coder: str | None = None, name: str | None = None) -> Path:
+        """The lock a stage holds on one piece of work: ``stage`` alone (the cache), of ``coder``, and of ``name``
+        (the explainer; the scorer and explainer)."""
+        return self.path / LOCKS / ("--".join(p for p in (stage, coder, name) if p) + ".lock")
+
     def default_sae_dir(self, hookpoint: str) -> Path:
         """Where the default SAE that reads ``hookpoint`` is trained to."""
         return self.path / "coders" / hookpoint
@@ -149,8 +158,30 @@ class RunDir:
         left half-done go.
         """
         if overwrite and self.path.exists():
-            shutil.rmtree(self.path)
+            for child in self.path.iterdir():  # not the locks: another process may be waiting on them
+                if child.name == LOCKS:
+                    continue
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
         remove_stale_temps(self.path)
+
+    def writable(self) -> bool:
+        """Whether this process can write into the run directory (or make it, where it does not exist yet)."""
+        p = self.path.absolute()
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        return os.access(p, os.W_OK)
+
+    def check_writable(self, stage: str) -> None:
+        """Refuse, in one line naming the directory, a stage that must write into a run that cannot be written."""
+        if not self.writable():
+            raise ReadOnlyRunError(
+                f"{self.path} cannot be written (a read-only mount, or no permission): `interp {stage}` writes its "
+                f"results there. Browsing it works (interp summary, the app, interp publish --dry-run --out "
+                f"ELSEWHERE); to add to it, copy it somewhere writable first."
+            )
 
     def write_config(self, cfg: RunConfig) -> None:
         """Save ``cfg`` as the run's config.json once its inputs are known to load (a failed first

@@ -16,6 +16,7 @@ from typing import NamedTuple
 from tqdm.auto import tqdm
 
 from .cache import build_cache, finalize_stats
+from .cache_space import check_cache_space
 from .coders import SparseCoder
 from .coders.train import load_train_report, train_default_sae
 from .config import RunConfig, check_config
@@ -24,6 +25,7 @@ from .errors import InterpError, StageFailedError
 from .explain import TokenText, explain_batch, note_other_models
 from .llm import GenerationParams, LLMClient, run_client, runs_locally
 from .models import LoadedModel, load_model, resolve_hookpoint
+from .processes import everyone_done, on_own_device, share
 from .records import LatentRecord, select_latents
 from .rundir import SCORE_KEY, RunDir
 from .scoring.base import ScoreResult
@@ -36,6 +38,7 @@ from .scoring.results import (
     scored_explainers,
     summarize_scores,
 )
+from .stage_guard import writing_stage
 from .steer_effects import PromptEffect, latent_effects, load_steer_prompts
 from .subject import Subject, open_coders, open_subject
 
@@ -49,8 +52,13 @@ class Cached(NamedTuple):
     subject: Subject
 
 
-def run_cache(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, progress: bool = True) -> Cached:
+@writing_stage("cache")
+def run_cache(
+    cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, progress: bool = True, force: bool = False
+) -> Cached:
     """Stage 1: make the run (or resume it): load the model and coders, train the default SAE once, cache latents.
+
+    A disk that clearly cannot hold the cache is refused before caching starts, unless ``force``.
 
     config.json is written only once the model, the corpus and every coder given by spec have
     loaded, so a first command with a mistake in it leaves nothing that blocks the corrected one.
@@ -84,6 +92,9 @@ def run_cache(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, progres
         coders = open_coders(cfg, lm, run, train_default=train_default if state.is_main_process else None)
     if state.is_main_process:
         run.write_config(cfg)
+    if not force:
+        k = {name: coder.describe().get("k") for name, coder in coders.items()}
+        check_cache_space(run.cache_dir, k, len(windows.cache), cfg.corpus.ctx_len, cfg.cache.shard_windows)
     build_cache(
         lm,
         coders,
@@ -126,6 +137,7 @@ def _open_run(cfg: RunConfig, run_dir: Path) -> RunDir:
     return run
 
 
+@writing_stage("explain")
 def run_explain(
     cfg: RunConfig,
     run_dir: Path,
@@ -144,11 +156,11 @@ def run_explain(
     run = _open_run(cfg, run_dir)
     if not run.has_cache():
         raise InterpError(f"{run.path} has no cache yet: run `interp cache {run.path}` first.")
-    subject = subject or open_subject(cfg, run)
+    subject = subject or open_subject(on_own_device(cfg), run)
     lm = subject.lm
     explainer = cfg.explain.explainer
     if client is None and explainer != "tokens":  # not `client or`: an empty CachedClient is falsy
-        client = run_client(cfg, lm, run.llm_cache_file)
+        client = run_client(on_own_device(cfg), lm, run.llm_cache_file)
     text = TokenText(lm.tokenizer)
     params = GenerationParams(max_tokens=cfg.explain.max_new_tokens)
     model = client.model if client is not None else None
@@ -156,8 +168,8 @@ def run_explain(
     jobs, kept = [], []
     for name, coder in subject.only(coders).items():
         r = cfg.records
-        chosen = select_latents(
-            cfg.explain.latents, run.latent_counts(name), min_count=r.min_examples, seed=r.records_seed
+        chosen = share(  # this process's share, under accelerate launch
+            select_latents(cfg.explain.latents, run.latent_counts(name), min_count=r.min_examples, seed=r.records_seed)
         )
         kept += [done[(name, i)] for i in chosen if (name, i) in done]
         jobs.append((name, coder, [i for i in chosen if cfg.explain.redo or (name, i) not in done]))
@@ -182,6 +194,7 @@ def run_explain(
             bar.update(len(records))
             bar.set_postfix(per_min=f"{60 * bar.n / (time.perf_counter() - start):.1f}")
     bar.close()
+    everyone_done()
     asked = now["ok"] + now["flagged"] + now["failed"]
     if asked and now["failed"] == asked:
         raise StageFailedError(
@@ -208,6 +221,7 @@ def _intervention_effects(
     ]
 
 
+@writing_stage("score")
 def run_score(
     cfg: RunConfig,
     run_dir: Path,
@@ -235,12 +249,12 @@ def run_score(
         raise InterpError(
             f"No usable {explainer!r} explanations in {run.path}: run `interp explain {run.path}` first."
         )
-    subject = subject or open_subject(cfg, run)
+    subject = subject or open_subject(on_own_device(cfg), run)
     lm = subject.lm
     again = _replaced_lines(run, cfg) if rescore_replaced else {}
     others = [replace(cfg, score=scorer_settings(cfg.score, name)) for name in again]
     if client is None and any(needs_llm(c.score.scorers) for c in [cfg, *others]):
-        client = run_client(cfg, lm, run.llm_cache_file)
+        client = run_client(on_own_device(cfg), lm, run.llm_cache_file)
     scorers = make_scorers(cfg, client, lm, subject.coders)
     for other in others:
         scorers += make_scorers(other, client, lm, subject.coders)
@@ -258,7 +272,7 @@ def run_score(
         disable=not progress,
     )
     for name in chosen:
-        rows = [r for r in explained if r["coder"] == name]
+        rows = share([r for r in explained if r["coder"] == name])  # this process's share, under accelerate launch
         if not rows:
             continue
         records = {r.latent: r for r in run.record_builder(name, cfg, lm).build(name, [r["latent"] for r in rows])}
@@ -282,6 +296,7 @@ def run_score(
                 new_lines += new
                 bar.update(sum(not b for _, b, _ in chunk))
     bar.close()
+    everyone_done()
     if new_lines and all(all_failed(r) for r in new_lines):
         raise StageFailedError(
             f"Every score of this command failed: no reply of the LLM ({cfg.explain.llm}) could be read. They are "
@@ -323,26 +338,35 @@ def summarize_run(run_dir: Path, explainer: str | None = None) -> dict:
             )
         raise InterpError(f"No scores in {run.path}: run `interp score {run.path}` first.")
     plots = run.plots_dir(explainer, own)
+    writable = run.writable()  # a read-only run is summarized as it is: its plots stay as they were
     for r in current.replaced + current.withdrawn:  # a plot of old scores only would show them as current
-        if r["scorer"] not in summary.get(r["coder"], {}):
+        if writable and r["scorer"] not in summary.get(r["coder"], {}):
             score_plot(plots, r["coder"], r["scorer"]).unlink(missing_ok=True)
-    if summary:
+    if summary and writable:
         plot_scores(summary, plots)
         plot_diagnostics(current.rows, run.firing_frequencies(set(summary)), plots)
         plot_coder_scores(summary, plots)
     return {"scores": summary, "explainer": explainer, "left_out": left_out}
 
 
-def run(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, progress: bool = True) -> dict:
+def run(
+    cfg: RunConfig,
+    run_dir: Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    wait: bool = False,
+    force: bool = False,
+) -> dict:
     """The main job: every stage, in order, into ``run_dir``; the model, the coders and the LLM are each loaded
-    once."""
-    cached = run_cache(cfg, run_dir, overwrite=overwrite, progress=progress)
+    once. ``wait``: wait for another process on the same work (else stop); ``force``: cache despite the disk."""
+    cached = run_cache(cfg, run_dir, overwrite=overwrite, progress=progress, wait=wait, force=force)
     directory = RunDir(run_dir)
     client = None
     if cfg.explain.explainer != "tokens" or needs_llm(cfg.score.scorers):
         client = run_client(cfg, cached.subject.lm, directory.llm_cache_file)
     summary = dict(cached.summary)
-    summary.update(run_explain(cfg, run_dir, subject=cached.subject, client=client, progress=progress))
-    summary.update(run_score(cfg, run_dir, subject=cached.subject, client=client, progress=progress))
+    summary.update(run_explain(cfg, run_dir, subject=cached.subject, client=client, progress=progress, wait=wait))
+    summary.update(run_score(cfg, run_dir, subject=cached.subject, client=client, progress=progress, wait=wait))
     directory.write_summary(summary)
     return summary

@@ -1,0 +1,115 @@
+"""What every stage that writes does around its work: refuse a run directory that cannot be written, hold the
+locks on the pieces it writes (``interp.locks``), and on a full disk say how much it still needs
+(``interp.diskspace``).
+
+The stages take it as a decorator, ``@writing_stage("explain")``, which adds a ``wait`` keyword (``--wait``).
+"""
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+from .cache import cached_windows
+from .cache_space import cache_bytes_needed
+from .config import RunConfig
+from .diskspace import still_needs
+from .jsonl import read_json
+from .locks import Work, hold
+from .records import select_latents
+from .rundir import RunDir
+from .scoring.registry import line_name
+
+DOING = {"cache": "caching", "explain": "explaining", "score": "scoring"}
+LINE_BYTES = {"explain": 4096, "score": 16384}
+"""Bytes one explanation (with its LLM replies) or one score line takes, until the run has lines to measure."""
+
+
+def stage_work(stage: str, run: RunDir, cfg: RunConfig, coders: list[str] | None) -> list[Work]:
+    """The pieces a stage writes: the cache of the run as a whole (its coders are cached in one pass); per coder the
+    explanations of one explainer; per coder the lines of one scorer of one explainer."""
+    if stage == "cache":
+        return [Work(run.lock_file("cache"), f"caching {run.path}")]
+    names = coders if coders is not None else run.finished_coders()
+    explainer = cfg.explain.explainer
+    if stage == "explain":
+        return [
+            Work(run.lock_file("explain", c, explainer), f"explaining {c} of {run.path} with {explainer}")
+            for c in names
+        ]
+    scorers = [line_name(s, cfg.score.score_mode) for s in cfg.score.scorers]
+    return [
+        Work(run.lock_file("score", c, f"{s}--{explainer}"), f"scoring {c} of {run.path} ({explainer}) with {s}")
+        for c in names
+        for s in scorers
+    ]
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
+def _lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.is_file() else 0
+
+
+def bytes_left(stage: str, run: RunDir, cfg: RunConfig) -> int | None:
+    """About how many bytes ``stage`` still has to write into ``run`` (read from what it holds now)."""
+    if stage == "cache":
+        windows = cached_windows(run.cache_dir) if run.has_cache() else cfg.corpus.num_tokens // cfg.corpus.ctx_len
+        coders = {}
+        if run.cache_dir.is_dir():
+            for folder in run.cache_dir.iterdir():
+                if (folder / "coder.json").is_file():
+                    coders[folder.name] = read_json(folder / "coder.json").get("k")
+        return cache_bytes_needed(run.cache_dir, coders, windows, cfg.corpus.ctx_len, cfg.cache.shard_windows)[0]
+    explainer = cfg.explain.explainer
+    if stage == "explain":
+        rows = run.explanations(explainer)
+        done = {(r["coder"], r["latent"]) for r in rows if r.get("status") != "failed"}
+        r = cfg.records
+        chosen = [
+            (name, i)
+            for name in run.finished_coders()
+            for i in select_latents(
+                cfg.explain.latents, run.latent_counts(name), min_count=r.min_examples, seed=r.records_seed
+            )
+        ]
+        left = sum(key not in done for key in chosen)
+        written = _size(run.explanations_file) + _size(run.llm_cache_file)
+        lines = _lines(run.explanations_file)
+    else:
+        scored = {
+            (r["scorer"], r["coder"], r["latent"], r["baseline"]) for r in run.scores() if r["explainer"] == explainer
+        }
+        names = [line_name(s, cfg.score.score_mode) for s in cfg.score.scorers]
+        todo = [
+            (s, r["coder"], r["latent"], b)
+            for r in run.usable_explanations(explainer)
+            for s in names
+            for b in ((False, True) if cfg.score.baseline else (False,))
+        ]
+        left = sum(key not in scored for key in todo)
+        written = _size(run.scores_file)
+        lines = _lines(run.scores_file)
+    return left * (written // lines if lines else LINE_BYTES[stage])
+
+
+def writing_stage(stage: str) -> Callable:
+    """Decorate the stage function ``stage`` (called as ``fn(cfg, run_dir, ..., coders=...)``): before it runs,
+    a run that cannot be written is refused in one line, and the locks of its work are taken (``wait=True``: waited
+    for); a full disk inside names what it still needs."""
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def guarded(cfg: RunConfig, run_dir: Path, *args, wait: bool = False, **kwargs):
+            run = RunDir(run_dir)
+            if stage != "cache":
+                run.read_config()  # not a run: said before a lock folder is made in it
+            run.check_writable(stage)
+            work = stage_work(stage, run, cfg, kwargs.get("coders"))
+            with hold(work, wait=wait), still_needs(lambda: bytes_left(stage, run, cfg), f"{DOING[stage]} {run.path}"):
+                return fn(cfg, run_dir, *args, **kwargs)
+
+        return guarded
+
+    return decorate
