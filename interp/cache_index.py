@@ -12,13 +12,15 @@ file and copies only the slice.
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .atomic import write_atomic
-from .cache import RESUME, ShardMeta, Triples, covering_shards, file_identity, shard_file
+from .cache import RESUME, ShardMeta, covering_shards, file_identity, shard_file
 from .errors import CacheCorruptError
 
 FORMAT = "interp-cache-index/1"
@@ -81,19 +83,29 @@ def checked_index(coder_dir: Path, index: int, meta: ShardMeta, num_latents: int
     return path
 
 
-def read_range(
-    coder_dir: Path, num_windows: int, num_latents: int, lo: int, hi: int
-) -> Iterator[tuple[ShardMeta, Triples]]:
+class ShardRange(NamedTuple):
+    """The triples of a range of latents ``[lo, hi)`` in one shard (its latents are implied by ``counts``)."""
+
+    meta: ShardMeta
+    counts: np.ndarray
+    """[hi - lo] triples of each latent, in order: the slice holds latent lo's, then lo + 1's, and so on."""
+    token: np.ndarray
+    """int32, counted from the shard's first window."""
+    activation: np.ndarray
+
+
+def read_range(coder_dir: Path, num_windows: int, num_latents: int, lo: int, hi: int) -> Iterator[ShardRange]:
     """The triples of latents ``[lo, hi)`` of each shard covering the cache's ``num_windows`` windows, in shard
-    order; tokens count from each shard's first window, as in the shard."""
+    order, each sorted by latent then token; the rest of each shard is not read."""
     coder_dir = Path(coder_dir)
     for index, meta in enumerate(covering_shards(coder_dir, num_windows)):  # shard i is the i-th one covering
-        with safe_open(checked_index(coder_dir, index, meta, num_latents), "pt") as f:
-            a, b = f.get_slice("offsets")[lo : hi + 1][[0, -1]].tolist()
+        with safe_open(checked_index(coder_dir, index, meta, num_latents), "np") as f:
+            offsets = f.get_slice("offsets")[lo : hi + 1]
+        a, b = int(offsets[0]), int(offsets[-1])
         path = shard_file(coder_dir, index)
         try:
-            with safe_open(path, "pt") as f:
-                cols = [f.get_slice(name)[a:b] for name in Triples._fields]
+            with safe_open(path, "np") as f:
+                token, activation = f.get_slice("token")[a:b], f.get_slice("activation")[a:b]
         except (OSError, SafetensorError) as e:
             raise CacheCorruptError(f"{path} cannot be read ({e}); {RESUME}.") from e
-        yield meta, Triples(*cols)
+        yield ShardRange(meta, np.diff(offsets), token, activation)

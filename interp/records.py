@@ -117,22 +117,29 @@ class CacheView:
     def triples(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(global token, latent, activation) of the sorted ``latents``, sorted by latent (then by token).
 
-        Only the slice from the first to the last of ``latents`` is read from each shard.
+        Only the slice from the first to the last of ``latents`` is read from each shard; the shards'
+        slices are merged by their per-latent counts, without a sort.
         """
-        latents = latents.long()
-        tok, lat, act = [], [], []
-        if len(latents):
-            lo, hi = int(latents[0]), int(latents[-1]) + 1
-            for meta, t in read_range(self.coder_dir, len(self.tokens), self.num_latents, lo, hi):
-                keep = torch.isin(t.latent, latents.to(t.latent.dtype)) if len(latents) < hi - lo else slice(None)
-                tok.append(t.token[keep].long() + meta.first_window * meta.ctx_len)
-                lat.append(t.latent[keep].long())
-                act.append(t.activation[keep])
-        if not tok:
+        wanted = latents.long().numpy()
+        if not len(wanted):
             return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), torch.empty(0)
-        tok, lat, act = torch.cat(tok), torch.cat(lat), torch.cat(act)
-        order = torch.argsort(lat, stable=True)  # shards are each sorted; their concatenation is not
-        return tok[order], lat[order], act[order]
+        lo, hi = int(wanted[0]), int(wanted[-1]) + 1
+        parts = list(read_range(self.coder_dir, len(self.tokens), self.num_latents, lo, hi))
+        counts = np.stack([p.counts for p in parts])  # [shards, hi - lo]
+        total = counts.sum(axis=0)
+        start = np.cumsum(total) - total
+        block = start + np.cumsum(counts, axis=0) - counts  # where each shard's triples of each latent go
+        tok = np.empty(int(total.sum()), dtype=np.int64)
+        act = np.empty(len(tok), dtype=np.float32)
+        for part, to in zip(parts, block, strict=True):
+            dest = np.repeat(to - (np.cumsum(part.counts) - part.counts), part.counts) + np.arange(len(part.token))
+            tok[dest] = part.token.astype(np.int64) + part.meta.first_window * part.meta.ctx_len
+            act[dest] = part.activation
+        lat = np.repeat(np.arange(lo, hi), total)
+        if len(wanted) < hi - lo:
+            keep = np.isin(lat, wanted)
+            tok, lat, act = tok[keep], lat[keep], act[keep]
+        return torch.from_numpy(tok), torch.from_numpy(lat), torch.from_numpy(act)
 
 
 def _spans(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -155,18 +162,33 @@ def _first_occurrences(values: np.ndarray) -> np.ndarray:
     return values[np.sort(first)]
 
 
+def _by_strength(group: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """The order that sorts by ``group`` (ascending), then by ``value`` (positive float32, descending), ties in place.
+
+    One stable sort of an int64 key: a positive float's bits, read as an integer, sort as the float does.
+    """
+    bits = value.astype(np.float32).view(np.int32).astype(np.int64)
+    return np.argsort((group.astype(np.int64) << 31) | (0x7FFFFFFF - bits), kind="stable")
+
+
 def _spread(indices: np.ndarray, n: int, n_quantiles: int, rng) -> tuple[list[int], list[int]]:
-    """Up to ``n`` of ``indices`` (sorted by increasing activation), spread evenly over quantiles."""
+    """Up to ``n`` of ``indices`` (sorted by increasing activation), spread evenly over quantiles.
+
+    The quantiles are ``np.array_split``'s sections of the positions; each draws its share with one
+    ``rng.choice`` of its positions.
+    """
     if len(indices) == 0 or n <= 0:
         return [], []
-    bins = np.array_split(np.arange(len(indices)), min(n_quantiles, len(indices)))
-    per_bin = [n // len(bins) + (1 if i < n % len(bins) else 0) for i in range(len(bins))]
-    chosen, quantile = [], []
-    for q, (members, want) in enumerate(zip(bins, per_bin, strict=True)):
-        take = rng.choice(members, size=min(want, len(members)), replace=False)
-        chosen.extend(indices[sorted(take)].tolist())
-        quantile.extend([q] * len(take))
-    return chosen, quantile
+    k = min(n_quantiles, len(indices))
+    size, longer = divmod(len(indices), k)  # the first ``longer`` sections hold one more
+    chosen, quantile, start = [], [], 0
+    for q in range(k):
+        end = start + size + (q < longer)
+        take = rng.choice(np.arange(start, end), size=min(n // k + (q < n % k), end - start), replace=False)
+        chosen.append(indices[np.sort(take)])
+        quantile += [q] * len(take)
+        start = end
+    return np.concatenate(chosen).tolist(), quantile
 
 
 def _train_share(available: int, n_train: int, n_test: int) -> int:
@@ -256,15 +278,17 @@ class RecordBuilder:
     def _read(self, latents: np.ndarray) -> _Range:
         """The range's triples from the cache, grouped, with everything per latent that needs no random draw."""
         tok, lat, act = (x.numpy() for x in self.view.triples(torch.from_numpy(latents)))
-        if self.view.bos_token_id is not None and self.cfg.skip_bos:
-            keep = self._flat_tokens[tok] != self.view.bos_token_id
-            tok, lat, act = tok[keep], lat[keep], act[keep]
         e, ctx = self.cfg.example_len, self.view.tokens.shape[1]
-        window, pos = tok // ctx, tok % ctx
+        window, pos = np.divmod(tok, ctx)
         keep = pos < self.per_window * e  # the tail of a window too short for an example is dropped
+        if self.view.bos_token_id is not None and self.cfg.skip_bos:
+            keep &= self._flat_tokens[tok] != self.view.bos_token_id
         tok, lat, act, window, pos = tok[keep], lat[keep], act[keep], window[keep], pos[keep]
-        example = window * self.per_window + pos // e
-        where = np.searchsorted(latents, lat)  # each triple's latent, as a position in the range
+        part, offset = np.divmod(pos, e)
+        example = window * self.per_window + part
+        position = np.zeros(latents[-1] - latents[0] + 1, dtype=np.int64)
+        position[latents - latents[0]] = np.arange(len(latents))
+        where = position[lat - latents[0]]  # each triple's latent, as a position in the range
         latent_start = np.searchsorted(where, np.arange(len(latents) + 1))
         new_pair = np.ones(len(act), dtype=bool)
         new_pair[1:] = (where[1:] != where[:-1]) | (example[1:] != example[:-1])
@@ -284,13 +308,13 @@ class RecordBuilder:
         histogram = np.bincount(where * HISTOGRAM_BINS + bins, minlength=len(latents) * HISTOGRAM_BINS)
         return _Range(
             latents=latents,
-            offset=pos % e,
+            offset=offset,
             act=act,
             latent_start=latent_start,
             pair_start=pair_start,
             pair_example=example[pair_start[:-1]],
             pair_latent_start=np.searchsorted(pair_where, np.arange(len(latents) + 1)),
-            by_strength=np.lexsort((-pair_max, pair_where)),  # stable: ties keep increasing example order
+            by_strength=_by_strength(pair_where, pair_max),
             peak_token=self._flat_tokens[tok[peak]].astype(np.int64),
             maximum=maximum,
             histogram=histogram.reshape(len(latents), HISTOGRAM_BINS),
@@ -313,10 +337,10 @@ class RecordBuilder:
             directions = self.decoder[torch.from_numpy(latents[i : i + step])]
             logits = lens(directions)
             sides = []
-            for sign in (1.0, -1.0):  # promoted, then suppressed
-                candidates = (sign * logits).topk(min(2 * n, lens.vocab_size), dim=1).indices
+            for largest in (True, False):  # promoted, then suppressed
+                candidates = logits.topk(min(2 * n, lens.vocab_size), dim=1, largest=largest).indices
                 exact = lens.logits_of(directions, candidates)
-                best = (sign * exact).topk(n, dim=1).indices
+                best = exact.topk(n, dim=1, largest=largest).indices
                 tokens, values = candidates.gather(1, best).tolist(), exact.gather(1, best).tolist()
                 sides.append([list(zip(t, v, strict=True)) for t, v in zip(tokens, values, strict=True)])
             out += zip(*sides, strict=True)
