@@ -72,7 +72,11 @@ def _acquire(work: Work, wait: bool) -> FileLock:
         "command": _command(),
         "what": work.what,
     }
-    write_json_atomic(holder_file(work.lock), holder)
+    try:
+        write_json_atomic(holder_file(work.lock), holder)
+    except InterpError:  # a full disk: the lock is not kept for a holder that cannot say who it is
+        lock.release()
+        raise
     return lock
 
 

@@ -1,0 +1,189 @@
+"""A full disk is one line and loses nothing.
+
+A real tiny tmpfs (where the test may mount one) for the cache: refused at once when clearly too small, stopped
+in one line when it fills mid-way, and resumed to the uninterrupted cache byte for byte once it has room. Then
+ENOSPC at every write site of a whole run (and of publish), raised by a wrapper of the ``fsync`` that every write
+shares, at the first write of each site in turn: each stops in one line with exit 2, leaves no partial file or
+line, and the resumed run ends equal to an uninterrupted one.
+"""
+
+import errno
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from interp.cache import covering_shards
+from interp.cli import main
+from tests.helpers.models import save_tiny_model
+from tests.helpers.pipeline import scripted_reply, tiny_run_args
+from tests.test_crash_resume import differences, mid_write
+from tests.test_crash_resume import normalised as files
+
+CODER = "model.layers.1.mlp.topk-neurons"
+
+
+def normalised(run_dir: Path) -> dict[str, object]:
+    """``test_crash_resume``'s comparison, with the latent offset indexes read as metadata and tensors: safetensors
+    writes a header's metadata keys in no fixed order."""
+    out = files(run_dir)
+    for rel in [r for r in out if Path(r).name.startswith("index-")]:
+        with safe_open(run_dir / rel, "pt") as f:
+            out[rel] = (f.metadata(), {k: f.get_tensor(k).tolist() for k in f.keys()})
+    return out
+
+
+def _error_line(err: str) -> str:
+    """The one line a failed command printed (the log lines around it are INFO)."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a tmpfs of the given size (``mount(kib)``; ``mount(kib, remount=True)`` resizes it); unmounted after."""
+    point = tmp_path / "tmpfs"
+    point.mkdir()
+    mounted = []
+
+    def mount(kib: int, remount: bool = False) -> Path:
+        opts = f"size={kib}k" + (",remount" if remount else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(point)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}): the fsync wrapper tests remain")
+        mounted.append(point)
+        return point
+
+    yield mount
+    if mounted:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+@pytest.fixture
+def model(tmp_path, smollm_tokenizer) -> Path:
+    return save_tiny_model(tmp_path / "model", smollm_tokenizer)
+
+
+def _cache_args(run_dir: Path, model: Path, url: str = "http://127.0.0.1:9/v1") -> list[str]:
+    args = tiny_run_args(run_dir, model, url)
+    args[0] = "cache"
+    return args
+
+
+def test_a_full_tmpfs_stops_the_cache_in_one_line_and_the_same_command_resumes_it(tmp_path, model, tmpfs, capsys):
+    assert main(_cache_args(tmp_path / "reference", model)) == 0
+    small = tmpfs(64)
+    run_dir = small / "run"
+    assert main(_cache_args(run_dir, model)) == 2  # clearly too small: refused before caching
+    line = _error_line(capsys.readouterr().err)
+    assert re.search(r"has \d+\.\d KiB free, and this cache needs about \d+\.\d KiB.*--force", line), line
+    assert main([*_cache_args(run_dir, model), "--force"]) == 2  # tried anyway: the disk fills
+    line = _error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: No space left on the device writing {run_dir}/"), line
+    assert re.search(r"\(\d+(\.\d)? (bytes|KiB) free there; caching .* still needs about \d+\.\d KiB\)", line), line
+    assert "run the same command: it resumes" in line
+    assert not mid_write(run_dir)
+    tmpfs(1024, remount=True)
+    assert main(_cache_args(run_dir, model)) == 0
+    for d in (run_dir, tmp_path / "reference"):
+        assert len(list(covering_shards(d / "cache" / CODER))) == 4  # every shard whole, by size and sha256
+    assert differences(normalised(tmp_path / "reference"), normalised(run_dir)) == []
+
+
+SITES = {
+    "config.json": "config",
+    "tokens.safetensors": "token windows",
+    "coder.json": "coder description",
+    "stats.safetensors": "statistics",
+    "stats.json": "statistics totals",
+    "summary.json": "summary",
+    "explanations.jsonl": "explanations",
+    "scores.jsonl": "scores",
+    "llm_cache.jsonl": "response cache",
+}
+
+
+def site(path: str) -> str:
+    """What kind of write ``path`` is (a file being synced: the target, or its temporary copy)."""
+    name = Path(path).name
+    if name.startswith("shard-"):
+        return "shard" if name.endswith(".safetensors") else "shard sidecar"
+    if name.endswith(".png"):
+        return "plot"
+    if name.endswith(".lock.json"):
+        return "lock holder"
+    if name.endswith(".parquet"):
+        return "published table"
+    if name == "README.md":
+        return "dataset card"
+    return SITES.get(name, name)
+
+
+class FullAt:
+    """``os.fsync`` that raises ENOSPC at the first file write of each site not yet failed (``failed``)."""
+
+    def __init__(self):
+        self.failed: dict[str, str] = {}
+        self.armed = True
+        self.real = os.fsync
+
+    def __call__(self, fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if self.armed and os.path.isfile(path) and site(path) not in self.failed:
+            self.failed[site(path)] = path
+            self.armed = False  # one failure per command
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.real(fd)
+
+
+@pytest.mark.reliability  # about a minute on 2 busy cores: one resumed run per write site
+def test_enospc_at_every_write_site_is_one_line_and_the_resumed_run_equals_an_uninterrupted_one(
+    tmp_path, model, server, monkeypatch, capsys, record_property
+):
+    server.reply = scripted_reply
+    reference = tmp_path / "reference"
+    assert main(tiny_run_args(reference, model, server.base_url)) == 0
+    run_dir = tmp_path / "run"
+    full = FullAt()
+    monkeypatch.setattr(os, "fsync", full)
+    for _ in range(30):
+        full.armed = True
+        code = main(tiny_run_args(run_dir, model, server.base_url))
+        err = capsys.readouterr().err
+        if code == 0:
+            break
+        assert code == 2
+        path = list(full.failed.values())[-1]
+        line = _error_line(err)
+        assert line.startswith("error: No space left on the device writing "), line
+        assert "free there" in line and "run the same command: it resumes" in line
+        assert not mid_write(run_dir), f"a partial file or line after ENOSPC at {path}"
+    else:
+        pytest.fail("the run never finished")
+    assert set(full.failed) >= {
+        "config", "token windows", "coder description", "shard", "shard sidecar", "statistics", "statistics totals",
+        "summary", "explanations", "scores", "response cache", "plot", "lock holder",
+    }  # fmt: skip
+    assert differences(normalised(reference), normalised(run_dir)) == []
+    out = tmp_path / "published"
+    publish = ["publish", str(run_dir), "me/features", "--dry-run", "--out", str(out), "--quiet"]
+    for _ in range(5):
+        full.armed = True
+        if main(publish) == 0:
+            break
+        assert "No space left on the device writing " in _error_line(capsys.readouterr().err)
+        assert not any(out.rglob(".*.tmp"))
+    assert {"published table", "dataset card"} <= set(full.failed)
+    monkeypatch.undo()
+    record_property("enospc_sites", ", ".join(sorted(full.failed)))
+    print(f"ENOSPC at {len(full.failed)} write sites: {', '.join(sorted(full.failed))}")
+    assert main([*publish[:-3], "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    again = {p.relative_to(tmp_path / "again"): p.read_bytes() for p in (tmp_path / "again").rglob("*") if p.is_file()}
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == again
+    assert json.loads((run_dir / "summary.json").read_text())["scores"]
