@@ -114,6 +114,8 @@ def site(path: str) -> str:
     name = Path(path).name
     if name.startswith("shard-"):
         return "shard" if name.endswith(".safetensors") else "shard sidecar"
+    if name.startswith("index-"):
+        return "latent offset index"
     if name.endswith(".png"):
         return "plot"
     if name.endswith(".lock.json"):
@@ -168,7 +170,7 @@ def test_enospc_at_every_write_site_is_one_line_and_the_resumed_run_equals_an_un
         pytest.fail("the run never finished")
     assert set(full.failed) >= {
         "config", "token windows", "coder description", "shard", "shard sidecar", "statistics", "statistics totals",
-        "summary", "explanations", "scores", "response cache", "plot", "lock holder",
+        "summary", "explanations", "scores", "response cache", "plot", "lock holder", "latent offset index",
     }  # fmt: skip
     assert differences(normalised(reference), normalised(run_dir)) == []
     out = tmp_path / "published"
