@@ -172,7 +172,7 @@ def test_explain_over_an_openai_server_resumes_and_records_failures(tmp_path, se
 def test_explain_with_the_embedded_llm_and_the_token_baseline(tmp_path, capsys):
     run_dir = str(tmp_path / "run")
     base = ["--run-dir", run_dir, *SMALL, "--coders", "topk-neurons@model.layers.3.mlp", "--latents", "sample:2"]
-    assert main(["run", *base, "--explainer", "tokens"]) == 0
+    assert main(["run", *base, "--explainer", "tokens", "--scorers", "embedding"]) == 0
     assert "explanations (tokens): 2 ok" in capsys.readouterr().out
     assert (
         main(
@@ -208,11 +208,11 @@ def test_score_stage_appends_resumes_and_summarises_against_the_baseline(tmp_pat
 
     server.reply = lambda content: "[" + ", ".join("0" for _ in re.findall(r"Text \d+:", content)) + "]"
     llm = ["--llm", server.base_url, "--llm-model", "scripted-model", "--explainer", "tokens"]
-    scorers = ["--scorers", "embedding", "detection", "surprisal", "--score-mode", "generative"]
+    scorers = ["--scorers", "embedding", "detection", "--score-mode", "generative"]
     assert main(["score", *base, *llm, *scorers]) == 0
     rows = [json.loads(line) for line in (run_dir / "scores.jsonl").read_text().splitlines()]
-    assert len(rows) == 24  # embedding was done already: only detection and surprisal ran
-    assert {r["scorer"] for r in rows[8:]} == {"detection", "surprisal"}
+    assert len(rows) == 16  # embedding was done already: only detection ran
+    assert {r["scorer"] for r in rows[8:]} == {"detection"}
     detection = [r for r in rows if r["scorer"] == "detection"]
     assert all(r["metrics"]["recall"] == 0.0 and r["metrics"]["failed"] == 0 for r in detection)
     assert main(["summary", str(run_dir)]) == 0
