@@ -14,7 +14,7 @@ from interp.explain import (
     parse_explanation,
     token_list_explanation,
 )
-from interp.explain_short import REPLY_START, read_phrase, worked_examples
+from interp.explain.short import REPLY_START, read_phrase, worked_examples
 from interp.records import Example, LatentRecord, LatentStats
 from tests.helpers.text import is_plain_line
 

@@ -14,10 +14,10 @@ from collections import Counter
 from collections.abc import Callable
 from functools import cache
 
-from .llm.base import Prompt
-from .plain_text import plain_line
-from .prompts import render, template
-from .records import LatentRecord
+from ..llm.base import Prompt
+from ..plain_text import plain_line
+from ..prompts import render, template
+from ..records import LatentRecord
 
 REPLY_START = "Fires on"
 """The start of the assistant's reply, given in the prompt; the model continues it."""
@@ -34,7 +34,7 @@ LIST_SEPARATOR = re.compile(r"\s*,\s*|\s+and\s+")
 STARTED = re.compile(rf"^\s*(?:{REPLY_START})?\s*:?\s*", re.IGNORECASE)
 
 TokenTexts = Callable[[list[int]], list[str]]
-"""Token ids -> their texts (``explain.TokenText``)."""
+"""Token ids -> their texts (``explain.explainers.TokenText``)."""
 
 
 def firing_counts(record: LatentRecord) -> Counter:

@@ -16,19 +16,18 @@ pipeline runs end to end without a model and scorers have a floor to beat.
 import hashlib
 import json
 import logging
-import re
 import time
 import typing
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 
-from .config import Explainer
-from .explain_short import copies_a_worked_example, echoes_the_question, firing_counts, read_phrase, short_prompt
-from .llm.base import Completion, GenerationParams, LLMClient, Prompt
-from .plain_text import plain_line
-from .prompts import render
-from .records import Example, LatentRecord
-from .steer_effects import PromptEffect
+from ..config import Explainer
+from ..llm.base import Completion, GenerationParams, LLMClient, Prompt
+from ..prompts import render
+from ..records import Example, LatentRecord
+from ..steer_effects import PromptEffect
+from .parse import flag, parse_explanation
+from .short import firing_counts, read_phrase, short_prompt
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +37,6 @@ STEERING_EXPLAINERS = ("intervention",)
 """LLM explainers that read what steering the latent does instead (they need the model and coder)."""
 EXPLAINERS: tuple[Explainer, ...] = typing.get_args(Explainer)
 """Every explainer: the LLM ones, the steering one, and ``tokens`` (no LLM)."""
-MARKER = re.compile(r"\[?\s*explanation\s*\]?\s*:", re.IGNORECASE)
-ARTEFACTS = re.compile(r"<\|[^|>]*\|>|</?s>|^(assistant|answer)\s*:?\s*", re.IGNORECASE)
-MAX_WORDS = 40
-QUOTES = "\"'“”‘’"
 
 
 class TokenText:
@@ -137,48 +132,6 @@ def explain_prompt(
         {"role": "system", "content": render(system)},
         {"role": "user", "content": render(f"explain_{explainer}", **values)},
     )
-
-
-def parse_explanation(reply: str) -> str | None:
-    """The explanation in an LLM reply, or None when there is none to find.
-
-    Takes the first line after the last ``[EXPLANATION]:`` marker, or, when there is no marker
-    (small models often forget it), the first sentence of the reply; then strips chat
-    artefacts, markdown and stray quotes. Control characters and odd spaces become plain spaces
-    (``plain_text.plain_line``): the text goes on to prompts and published datasets.
-    """
-    text = ARTEFACTS.sub("", reply or "").strip()
-    parts = MARKER.split(text)
-    candidate = parts[-1] if len(parts) > 1 else text
-    lines = [line.strip() for line in candidate.splitlines() if line.strip()]
-    if not lines:
-        return None
-    line = lines[0] if len(parts) > 1 else re.split(r"(?<=[a-z0-9\)\"'])\. ", lines[0])[0]
-    line = ARTEFACTS.sub("", line).strip().lstrip(">").strip()
-    if line.startswith("<") and line.endswith(">"):
-        line = line[1:-1]
-    line = plain_line(line).strip("*_`# ")
-    while len(line) >= 2 and line[0] in QUOTES and line[-1] in QUOTES:
-        line = line[1:-1].strip()
-    return line or None
-
-
-def flag(explanation: str) -> str | None:
-    """Why an explanation is not worth scoring (empty, no words, too long, the template echoed), or None."""
-    if not explanation or not re.search(r"[A-Za-z]{2,}", explanation):
-        return "no words"
-    if len(explanation.split()) > MAX_WORDS:
-        return f"longer than {MAX_WORDS} words"
-    lowered = explanation.lower().rstrip(".")
-    if copies_a_worked_example(explanation):
-        return "copies a worked example"
-    if echoes_the_question(explanation):
-        return "echoes the prompt"
-    if "your one-sentence explanation" in lowered or (
-        len(lowered) > 20 and lowered in render("explain_system").lower()
-    ):
-        return "echoes the prompt"
-    return None
 
 
 def token_list_explanation(record: LatentRecord, text: TokenText, n: int = 5) -> str:
