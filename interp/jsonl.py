@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -77,27 +78,29 @@ def read_jsonl(path: str | Path) -> list[dict]:
     """Every complete line of ``path`` that holds a JSON object (none if the file does not exist).
 
     A torn final line is skipped with a warning; so is any other line that is not a JSON object
-    (a hand edit gone wrong), naming its line number.
+    (a hand edit gone wrong), naming its line number. The file is read line by line, so a large one
+    is never held whole beside its rows.
     """
     path = Path(path)
     if not path.is_file():
         return []
     rows = []
-    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-            if i == len(lines) - 1:
-                log.warning("%s: dropped a torn last line (an interrupted write); it will be redone", path)
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            line = raw.decode("utf-8", errors="replace")
+            if not line.strip():
                 continue
-        if isinstance(row, dict):
-            rows.append(row)
-        else:
-            log.warning("%s:%d: skipped a line that is not a JSON object", path, i + 1)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+                if not raw.endswith(b"\n"):  # only the last line can lack its newline: a write cut short
+                    log.warning("%s: dropped a torn last line (an interrupted write); it will be redone", path)
+                    continue
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                log.warning("%s:%d: skipped a line that is not a JSON object", path, number)
     return rows
 
 
@@ -106,10 +109,11 @@ def latest_rows(rows: Iterable[dict], key: tuple[str, ...]) -> list[dict]:
 
     Rows lacking a key field (hand-edited) are skipped with a warning.
     """
+    fields = itemgetter(*key) if len(key) > 1 else (lambda r: (r[key[0]],))
     out: dict[tuple, dict] = {}
     for r in rows:
         try:
-            out[tuple(r[k] for k in key)] = r
+            out[fields(r)] = r
         except (KeyError, TypeError):
             log.warning("skipped a result line without the fields %s: %.80s", ", ".join(key), json.dumps(r))
     return list(out.values())
