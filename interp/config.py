@@ -20,6 +20,7 @@ TrainSampling = Literal["top", "quantiles"]
 Explainer = Literal["short", "default", "activations", "contrastive", "logits", "intervention", "tokens"]
 ScorerName = Literal["embedding", "surprisal", "detection", "fuzzing", "intruder", "simulation", "intervention"]
 ScoreMode = Literal["logprob", "generative"]
+Search = Literal["none", "best-of-k", "refine"]
 
 
 def at_least(low: int, default):
@@ -169,6 +170,16 @@ class RecordsConfig:
     n_hard_negatives: int = at_least(0, 10)
     """Examples that contain the latent's top tokens but where it does not fire."""
 
+    n_valid: int = at_least(0, 20)
+    """Activating examples of the validation split, over activation quantiles: what an explanation search chooses on
+    (never reported). Drawn after every other split, from what they leave, with a random stream of its own."""
+
+    n_valid_negatives: int = at_least(0, 10)
+    """Random non-activating examples of the validation split, none of them a test negative."""
+
+    n_valid_hard_negatives: int = at_least(0, 10)
+    """Hard negatives of the validation split (the latent's top tokens, no firing), none of them a test one."""
+
     min_examples: int = at_least(0, 10)
     """Latents with fewer activating examples are marked rare and not explained (EleutherAI delphi: 200 at 10M
     tokens)."""
@@ -229,6 +240,27 @@ class ExplainConfig:
     redo: bool = False
     """Explain the chosen latents again where this explainer has already explained them (e.g. with another LLM); the
     new line replaces the old, and its scores are redone."""
+
+    search: Search = "none"
+    """none (one explanation per latent), best-of-k (--candidates explanations, the best on the validation split kept)
+    or refine (best-of-k, then --rounds rounds that show the explainer what the judge got wrong on validation). The
+    test split is never shown nor used to choose. README: Explanation search."""
+
+    candidates: int = at_least(1, 4)
+    """Explanations asked per latent and round in a search: the first greedy, the others sampled."""
+
+    temperature: float = at_least(0, 0.7)
+    """Sampling temperature of a search's candidates after the first."""
+
+    tokens_candidate: bool = False
+    """Add the tokens explainer's explanation (the firing-token list) to a search's first round as a candidate."""
+
+    judge: ScorerName = "embedding"
+    """The scorer that chooses among a search's candidates, on the validation split only (detection in logprob mode
+    suits a served LLM)."""
+
+    rounds: int = at_least(0, 1)
+    """Refinement rounds of --search refine."""
 
 
 @dataclass

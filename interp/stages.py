@@ -23,6 +23,7 @@ from .config import RunConfig, check_config
 from .corpus import split_windows
 from .errors import InterpError, StageFailedError
 from .explain import TokenText, explain_batch, note_other_models
+from .explain.search import Search, SearchSettings, note_other_searches
 from .llm import GenerationParams, LLMClient, run_client, runs_locally
 from .models import LoadedModel, load_model, resolve_hookpoint
 from .processes import everyone_done, on_own_device, share
@@ -174,6 +175,8 @@ def run_explain(
         kept += [done[(name, i)] for i in chosen if (name, i) in done]
         jobs.append((name, coder, [i for i in chosen if cfg.explain.redo or (name, i) not in done]))
     note_other_models(explainer, model, kept, cfg.explain.redo)
+    search = _search(cfg, subject, client, text, params) if cfg.explain.search != "none" else None
+    note_other_searches(search.settings if search else None, kept, cfg.explain.redo)
     bar = tqdm(
         total=sum(len(todo) for *_, todo in jobs),
         unit="latent",
@@ -187,7 +190,10 @@ def run_explain(
         stream = run.record_builder(name, cfg, lm, coder).build(name, todo)  # one ranged pass over the cache
         while records := list(islice(stream, latents_per_batch(cfg))):
             effects = _intervention_effects(cfg, lm, coder, records) if explainer == "intervention" else None
-            results = explain_batch(records, explainer, text, client, params, cfg.explain.max_retries, effects)
+            if search:
+                results = search.explain(records, effects)
+            else:
+                results = explain_batch(records, explainer, text, client, params, cfg.explain.max_retries, effects)
             run.add_explanations([r.to_dict() for r in results])
             now.update(r.status for r in results)
             failure = failure or next((r.note for r in results if r.status == "failed"), None)
@@ -206,6 +212,21 @@ def run_explain(
         "explainer": explainer,
         "failed_now": now["failed"],
     }
+
+
+def _search(cfg: RunConfig, subject: Subject, client: LLMClient | None, text: TokenText, params) -> Search:
+    """The explanation search ``cfg.explain`` asks for, its judge made as the scorer of that name is."""
+    e = cfg.explain
+    if e.explainer == "tokens" or client is None:
+        raise InterpError("--search needs an LLM explainer: the tokens explainer has one explanation per latent.")
+    if cfg.records.n_valid == 0:
+        raise InterpError(
+            "--search chooses on the validation split, and this run's records draw none (--n-valid 0); make a run "
+            "with --n-valid above 0."
+        )
+    judge_cfg = replace(cfg, score=replace(cfg.score, scorers=[e.judge]))
+    (judge,) = make_scorers(judge_cfg, client, subject.lm, subject.coders)
+    return Search(SearchSettings.of(e), judge, e.explainer, text, client, params)
 
 
 def _intervention_effects(

@@ -161,10 +161,20 @@ class Explanation:
     batch_seconds_per_latent: float = 0.0
     """Wall time of the batch this latent was explained in, divided by its latents: a batch is one request
     (local) or requests in flight together (server), so no latent has a time of its own."""
+    search: dict | None = None
+    """A search's settings (``explain.search``); None when the explanation is the explainer's one reply."""
+    judge: dict | None = None
+    """The scorer that chose among the candidates, its metric and the chosen one's validation score."""
+    candidates: list[dict] | None = None
+    """Every candidate of a search: text, status, validation score, round."""
 
     def to_dict(self) -> dict:
-        """JSON-ready form."""
-        return asdict(self)
+        """JSON-ready form; a line without a search has no search keys, as lines had before there was one."""
+        out = asdict(self)
+        if self.search is None:
+            for key in ("search", "judge", "candidates"):
+                del out[key]
+        return out
 
 
 def prompt_sha(prompt: Prompt) -> str:
@@ -172,7 +182,9 @@ def prompt_sha(prompt: Prompt) -> str:
     return hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _judge(reply: Completion, explainer: str) -> tuple[str | None, str, str | None]:
+def read_reply(reply: Completion, explainer: str) -> tuple[str | None, str, str | None]:
+    """(explanation, status, note) of one reply: failed when the request failed or nothing parses, flagged when the
+    explanation is not worth scoring (``flag``), else ok."""
     if reply.error:
         return None, "failed", reply.error
     parsed = read_phrase(reply.text) if explainer == "short" else parse_explanation(reply.text)
@@ -219,7 +231,7 @@ def explain_batch(
         replies = client.generate([prompts[i] for i in todo], p)
         still = []
         for i, reply in zip(todo, replies, strict=True):
-            parsed, status, note = _judge(reply, explainer)
+            parsed, status, note = read_reply(reply, explainer)
             e = out[i]
             e.explanation, e.status, e.note, e.attempts = parsed, status, note, attempt + 1
             e.prompt_sha, e.params = prompt_sha(prompts[i]), p.to_dict()

@@ -17,7 +17,7 @@ from functools import cache
 from ..llm.base import Prompt
 from ..plain_text import plain_line
 from ..prompts import render, template
-from ..records import LatentRecord
+from ..records import Example, LatentRecord
 
 REPLY_START = "Fires on"
 """The start of the assistant's reply, given in the prompt; the model continues it."""
@@ -50,17 +50,19 @@ def firing_tokens(record: LatentRecord, text: TokenTexts, n: int = N_TOKENS) -> 
     )
 
 
+def context(ex: Example, text: TokenTexts) -> str:
+    """A short context around the example's peak token, marked <<like this>>, on one line."""
+    peak = max(range(len(ex.acts)), key=ex.acts.__getitem__)
+    start = max(0, peak - BEFORE)
+    pieces = text(ex.tokens[start : peak + AFTER + 1])
+    at = peak - start
+    line = "".join(pieces[:at]) + "<<" + pieces[at].strip() + ">>" + "".join(pieces[at + 1 :])
+    return " ".join(line.split())
+
+
 def contexts(record: LatentRecord, text: TokenTexts, n: int = N_CONTEXTS) -> str:
     """Numbered short contexts, one per train example, each around its peak token, marked <<like this>>."""
-    lines = []
-    for i, ex in enumerate(record.train[:n], 1):
-        peak = max(range(len(ex.acts)), key=ex.acts.__getitem__)
-        start = max(0, peak - BEFORE)
-        pieces = text(ex.tokens[start : peak + AFTER + 1])
-        at = peak - start
-        line = "".join(pieces[:at]) + "<<" + pieces[at].strip() + ">>" + "".join(pieces[at + 1 :])
-        lines.append(f"{i}. {' '.join(line.split())}")
-    return "\n".join(lines)
+    return "\n".join(f"{i}. {context(ex, text)}" for i, ex in enumerate(record.train[:n], 1))
 
 
 @cache

@@ -24,7 +24,8 @@ class ScriptedServer(ThreadingHTTPServer):
     "completions" (the legacy ``/v1/completions`` shape) or "none"; the first ``top_logprobs``
     entries of ``top(content)`` are listed, and a request for more than ``max_top_logprobs``
     (when set) gets a 400, as OpenAI and vLLM answer more than 20. ``body``, when set, gives
-    the raw text of a 200 reply instead (replies of any shape; None keeps the normal reply).
+    the raw text of a 200 reply instead (replies of any shape; None keeps the normal reply). ``request_reply``, when
+    set, gives the reply's text from the whole request body (its seed and temperature too) instead of ``reply``.
     """
 
     def __init__(self, port: int = 0):
@@ -37,6 +38,7 @@ class ScriptedServer(ThreadingHTTPServer):
         self.jitter = 0.0
         self.requests: list[dict] = []
         self.reply = lambda content: f"echo: {content}"
+        self.request_reply = None
         self.top = lambda content: TOP
         self.max_top_logprobs: int | None = None
         self.body = None
@@ -104,8 +106,9 @@ class _Handler(BaseHTTPRequestHandler):
         raw = s.body(content) if s.body is not None else None
         if raw is not None:
             return self._send(200, raw)
+        text = s.request_reply(body) if s.request_reply is not None else s.reply(content)
         reply = {
-            "choices": [{"message": {"role": "assistant", "content": s.reply(content)}}],
+            "choices": [{"message": {"role": "assistant", "content": text}}],
             "usage": {"prompt_tokens": len(content.split()), "completion_tokens": 2},
         }
         if body.get("logprobs") and s.logprob_shape != "none":
