@@ -31,9 +31,9 @@ TOP_EXAMPLES = 10
 """Top examples kept for display, whatever the train sampling."""
 RANGE_LATENTS = 4096
 """Most latents built from one read of the cache."""
-RANGE_TRIPLES = 1 << 21
+RANGE_TRIPLES = 1 << 20
 """Most cached activations (of the latents a range spans) held at once; a latent with more is a range of its own."""
-LOGIT_FLOATS = 1 << 24
+LOGIT_FLOATS = 1 << 22
 """Most logits (latents x vocabulary) computed at once for promoted and suppressed tokens."""
 
 
@@ -297,7 +297,9 @@ class RecordBuilder:
         pair_max = np.maximum.reduceat(act, pair_start[:-1]) if len(act) else act
         pair_where = where[pair_start[:-1]]
         peak = np.flatnonzero(act == pair_max[pair_of])
-        peak = peak[np.append(True, pair_of[peak][1:] != pair_of[peak][:-1])]  # the first largest of each pair
+        first = np.ones(len(peak), dtype=bool)
+        first[1:] = pair_of[peak][1:] != pair_of[peak][:-1]
+        peak = peak[first]  # the first largest of each pair (none when no latent of the range fires)
         maximum = np.zeros(len(latents), dtype=np.float32)
         fired = latent_start[1:] > latent_start[:-1]
         if len(act):

@@ -283,6 +283,8 @@ def test_records_equal_the_reference_on_every_latent_of_a_run(subject, monkeypat
         picked = [view.num_latents - 1, 5, 3, 40]  # any selection gives each latent's same record
         for a, b in zip(builder.build(name, picked), (new[i] for i in sorted(picked)), strict=True):
             assert a == b
+        dead = [r.latent for r in new if r.status == "dead"]
+        assert list(builder.build(name, dead)) == [new[i] for i in dead]  # ranges in which nothing fires
     assert seen == ({"ok", "rare", "dead"} if cfg.min_examples > 10 else {"ok", "dead"})
 
 
