@@ -4,7 +4,9 @@ Cache windows are cut into examples of ``example_len`` tokens. For each latent, 
 score is its largest activation. From those come the top examples, a train set for the
 explainer and a disjoint, quantile-spread test set for the scorers (disjoint by construction:
 test examples are drawn from the activating examples left after the train set is taken),
-random and hard non-activating examples, statistics and the tokens the latent promotes.
+random and hard non-activating examples, a validation split (activating examples and negatives drawn last,
+from what the others leave, with a random stream of its own: what an explanation search chooses on), statistics and
+the tokens the latent promotes.
 
 Latents are walked in ranges (thousands at a time; memory is bounded by the range, not by the number
 of latents): each range is one slice of each shard (``interp.cache_index``), and everything but the
@@ -84,6 +86,11 @@ class LatentRecord:
     hard_negatives: list[Example] = field(default_factory=list)
     promoted: list[tuple[int, float]] = field(default_factory=list)
     suppressed: list[tuple[int, float]] = field(default_factory=list)
+    valid: list[Example] = field(default_factory=list)
+    """The validation split's activating examples: what an explanation search chooses on, never a reported score."""
+    valid_quantiles: list[int] = field(default_factory=list)
+    valid_negatives: list[Example] = field(default_factory=list)
+    valid_hard_negatives: list[Example] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
@@ -391,6 +398,28 @@ class RecordBuilder:
         active = r.pair_example[p:q]
         record.negatives = self._negatives(active, cfg.n_negatives, rng)
         record.hard_negatives = self._hard_negatives(r.peak_token[p + train], active, cfg.n_hard_negatives, rng)
+        self._validation(record, r, p, q, np.concatenate([train, np.array(test, dtype=np.int64)]), train)
+
+    def _validation(
+        self, record: LatentRecord, r: _Range, p: int, q: int, used: np.ndarray, train: np.ndarray
+    ) -> None:
+        """The validation split: activating examples over quantiles and random and hard negatives, drawn after every
+        other split from what they leave, with a random stream of the latent's own (``[records_seed, latent, 1]``), so
+        the other splits are as they were before there was a validation split."""
+        cfg = self.cfg
+        rng = np.random.default_rng([cfg.records_seed, record.latent, 1])
+        rest = np.ones(q - p, dtype=bool)
+        rest[used] = False
+        weakest_first = r.by_strength[p:q][::-1] - p
+        valid, record.valid_quantiles = _spread(weakest_first[rest[weakest_first]], cfg.n_valid, cfg.n_quantiles, rng)
+        record.valid = self._activating(r, p + np.array(valid, dtype=np.int64))
+        taken = [ex.index for ex in record.negatives + record.hard_negatives]
+        excluded = np.unique(np.concatenate([r.pair_example[p:q], np.array(taken, dtype=np.int64)]))
+        record.valid_negatives = self._negatives(excluded, cfg.n_valid_negatives, rng)
+        taken = [ex.index for ex in record.valid_negatives]
+        excluded = np.unique(np.concatenate([excluded, np.array(taken, dtype=np.int64)]))
+        peaks = r.peak_token[p + train]
+        record.valid_hard_negatives = self._hard_negatives(peaks, excluded, cfg.n_valid_hard_negatives, rng)
 
     def _activating(self, r: _Range, pairs: np.ndarray) -> list[Example]:
         """The examples of ``pairs`` of ``r``, with the latent's activation on each token."""

@@ -1,0 +1,257 @@
+"""Explanation search: the validation split, and best-of-k and refinement choosing on it alone.
+
+A tiny random Llama's cached run, explained through the scripted server by an explainer whose reply depends on the
+request's seed (so candidates differ); the judge is the real embedding scorer, watched by a spy that records what
+it is handed.
+"""
+
+import json
+import re
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from interp import stages
+from interp.cli import main
+from interp.config import RecordsConfig
+from interp.explain.search import mistakes, validation_view
+from interp.records import RecordBuilder
+from interp.rundir import RunDir
+from interp.scoring.base import ScoredExample, Scorer
+from tests.helpers.models import save_tiny_model
+
+CODER = "model.layers.1.mlp.topk-neurons"
+SPLITS = (
+    "--n-train 6 --n-test 6 --n-valid 6 --n-negatives 4 --n-hard-negatives 4 --n-valid-negatives 4 "
+    "--n-valid-hard-negatives 4 --min-examples 4 --example-len 16"
+).split()
+OLD_FIELDS = ("top", "train", "test", "test_quantiles", "negatives", "hard_negatives", "stats", "status")
+
+
+def explainer_reply(body: dict) -> str:
+    """A deterministic explainer: the request's seed picks which marked token of the contexts it names; a
+    refinement names a token the judge missed (again picked by the seed)."""
+    content = [m for m in body["messages"] if m["role"] != "assistant"][-1]["content"]
+    if "Your explanation was:" in content:
+        shown = content.split("does not cover these:\n", 1)[1].split("\nThe feature does not fire", 1)[0]
+    else:
+        shown = content.split("Contexts:", 1)[1]
+    tokens = re.findall(r"<<(.*?)>>", shown) or ["nothing"]
+    return f' the token "{tokens[body.get("seed", 0) % len(tokens)]}"'
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory, smollm_tokenizer) -> tuple[Path, Path]:
+    """(model folder, a cached run of it with small splits), made once; tests explain copies of the run."""
+    model = save_tiny_model(tmp_path_factory.mktemp("model"), smollm_tokenizer)
+    run = tmp_path_factory.mktemp("runs") / "cached"
+    args = ["cache", "--run-dir", str(run), "--quiet", "--model", str(model)]
+    args += ["--coders", "topk-neurons@model.layers.1.mlp", *SPLITS]
+    args += "--num-tokens 4096 --ctx-len 32 --shard-windows 32 --batch-size 16 --neuron-k 4".split()
+    assert main(args) == 0
+    return model, run
+
+
+def copy_of(run: Path, tmp_path: Path, name: str = "run") -> Path:
+    shutil.copytree(run, tmp_path / name)
+    return tmp_path / name
+
+
+def explain_args(run: Path, url: str, *extra: str) -> list[str]:
+    return ["explain", str(run), "--quiet", "--llm", url, "--llm-model", "scripted", "--concurrency", "2"] + [
+        *"--explain-batch 2 --latents sample:4".split(),
+        *extra,
+    ]
+
+
+class Spy(Scorer):
+    """The real judge, with every (record, explanation) it is handed kept; raises KeyboardInterrupt at call
+    ``stop_at`` (an interrupted search)."""
+
+    def __init__(self, inner: Scorer, seen: list, stop_at: int | None = None):
+        self.inner, self.name, self.seen, self.stop_at, self.calls = inner, inner.name, seen, stop_at, 0
+
+    def score(self, items):
+        self.calls += 1
+        if self.calls == self.stop_at:
+            raise KeyboardInterrupt
+        self.seen.extend(items)
+        return self.inner.score(items)
+
+
+@pytest.fixture
+def judged(monkeypatch):
+    """What the judges of the explain commands are handed, and a way to interrupt the next one."""
+    seen: list = []
+    control = {"stop_at": None, "spies": []}
+    make = stages.make_scorers
+
+    def spied(*args, **kwargs):
+        spies = [Spy(s, seen, control["stop_at"]) for s in make(*args, **kwargs)]
+        control["spies"] += spies
+        return spies
+
+    monkeypatch.setattr(stages, "make_scorers", spied)
+    return seen, control
+
+
+def records_of(run: Path, tokenizer, cfg: RecordsConfig | None = None) -> dict:
+    rd = RunDir(run)
+    view = rd.cache_view(CODER, tokenizer)
+    builder = RecordBuilder(view, cfg or rd.read_config().records)
+    return {r.latent: r for r in builder.build(CODER, range(view.num_latents))}
+
+
+def asked(server) -> list[str]:
+    """Each request the server received, as the canonical JSON of its messages, seed and temperature."""
+    out = []
+    for r in server.requests:
+        body = json.loads(r["body"])
+        out.append(json.dumps([body["messages"], body.get("seed"), body.get("temperature")], sort_keys=True))
+    return out
+
+
+def test_the_validation_split_is_disjoint_and_leaves_the_other_splits_as_they_were(cached, smollm_tokenizer):
+    _, run = cached
+    cfg = RunDir(run).read_config().records
+    with_valid = records_of(run, smollm_tokenizer, cfg)
+    without = records_of(run, smollm_tokenizer, replace(cfg, n_valid=0, n_valid_negatives=0, n_valid_hard_negatives=0))
+    ok = [r for r in with_valid.values() if r.status == "ok"]
+    assert len(ok) >= 10
+    assert sum(len(r.valid) == cfg.n_valid for r in ok) >= 5
+    assert sum(len(r.valid_hard_negatives) > 0 for r in ok) >= 3
+    for r in ok:
+        old = without[r.latent]
+        assert all(getattr(r, f) == getattr(old, f) for f in OLD_FIELDS), r.latent
+        assert not old.valid and not old.valid_negatives and not old.valid_hard_negatives
+        train, test, valid = ({ex.index for ex in split} for split in (r.train, r.test, r.valid))
+        assert not (train & test or train & valid or test & valid)
+        assert all(ex.max_act > 0 for ex in r.valid) and len(r.valid_quantiles) == len(r.valid)
+        used_negatives = {ex.index for ex in r.negatives + r.hard_negatives}
+        valid_negatives = [ex.index for ex in r.valid_negatives + r.valid_hard_negatives]
+        assert len(set(valid_negatives)) == len(valid_negatives)
+        assert not set(valid_negatives) & (used_negatives | train | test | valid)
+        assert all(max(ex.acts) == 0 for ex in r.valid_negatives + r.valid_hard_negatives)
+        view = validation_view(r)
+        assert not {ex.index for ex in view.top + view.test + view.negatives + view.hard_negatives} & (
+            test | used_negatives
+        )
+
+
+def test_a_run_made_before_the_validation_split_keeps_its_config_and_its_splits(cached, tmp_path, smollm_tokenizer):
+    _, made = cached
+    run = copy_of(made, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    for key in ("n_valid", "n_valid_negatives", "n_valid_hard_negatives"):
+        del config["records"][key]  # as a run made before there was a validation split
+    (run / "config.json").write_text(json.dumps(config))
+    rd = RunDir(run)
+    cfg = rd.read_config()
+    defaults = RecordsConfig()
+    assert (cfg.records.n_valid, cfg.records.n_valid_negatives, cfg.records.n_valid_hard_negatives) == (
+        defaults.n_valid,
+        defaults.n_valid_negatives,
+        defaults.n_valid_hard_negatives,
+    )  # missing fields read as their defaults
+    rd.check(cfg)  # nothing fixed differs: the run is still valid
+    before = records_of(made, smollm_tokenizer)
+    after = records_of(run, smollm_tokenizer)
+    assert all(getattr(after[i], f) == getattr(before[i], f) for i in before for f in OLD_FIELDS)
+
+
+def test_mistakes_of_a_ranking_judge_are_the_misranked_examples():
+    outcomes = [
+        ScoredExample(1, True, None, 0.9, "test"),
+        ScoredExample(2, True, None, 0.1, "test"),
+        ScoredExample(3, False, None, 0.5, "negative"),
+        ScoredExample(4, False, None, 0.0, "negative"),
+    ]
+    assert mistakes(outcomes) == ([2], [3])
+    called = [ScoredExample(1, True, False, None, "test"), ScoredExample(2, False, True, None, "negative")]
+    assert mistakes(called) == ([1], [2])
+
+
+def test_refine_from_the_cli_never_shows_nor_judges_a_test_example(cached, tmp_path, server, judged, smollm_tokenizer):
+    _, made = cached
+    run = copy_of(made, tmp_path)
+    server.request_reply = explainer_reply
+    search = "--search refine --rounds 2 --candidates 3 --judge embedding".split()
+    assert main(explain_args(run, server.base_url, *search)) == 0
+    lines = RunDir(run).explanations("short")
+    assert len(lines) == 4 and all(r["status"] == "ok" for r in lines)
+    for r in lines:
+        assert r["search"] == {
+            "search": "refine",
+            "candidates": 3,
+            "temperature": 0.7,
+            "tokens_candidate": False,
+            "judge": "embedding",
+            "rounds": 2,
+        }
+        assert r["judge"]["scorer"] == "embedding" and r["judge"]["metric"] == "auroc"
+        first = [c for c in r["candidates"] if c["round"] == 0]
+        assert len(first) == 3 and {c["round"] for c in r["candidates"]} <= {0, 1, 2}
+        scored = [c for c in r["candidates"] if c["score"] is not None]
+        chosen = max(scored, key=lambda c: c["score"])
+        assert r["explanation"] == chosen["text"] and r["judge"]["validation_score"] == chosen["score"]
+    assert any(c["round"] > 0 for r in lines for c in r["candidates"])  # refinement asked again
+    records = records_of(run, smollm_tokenizer)
+    text = smollm_tokenizer.decode
+    prompts = [m["content"] for r in server.requests for m in json.loads(r["body"])["messages"]]
+    seen, _ = judged
+    assert seen
+    for r in lines:
+        record = records[r["latent"]]
+        shown = {text(ex.tokens) for ex in record.train + record.valid + record.valid_negatives}
+        shown |= {text(ex.tokens) for ex in record.valid_hard_negatives}
+        for ex in record.test + record.negatives + record.hard_negatives:
+            if text(ex.tokens) not in shown:  # a text that also is a shown example's may appear
+                assert not any(text(ex.tokens).strip() in p for p in prompts)
+        held_out = {ex.index for ex in record.test + record.negatives + record.hard_negatives}
+        for given, _ in (item for item in seen if item[0].latent == record.latent):
+            judged_examples = given.top + given.test + given.negatives + given.hard_negatives + given.valid
+            assert not {ex.index for ex in judged_examples} & held_out
+            assert [ex.index for ex in given.test] == [ex.index for ex in record.valid]
+
+
+def test_a_failing_candidate_leaves_the_others(cached, tmp_path, server, judged):
+    _, made = cached
+    run = copy_of(made, tmp_path)
+    server.request_reply = explainer_reply
+    server.script = ["400", "ok", "ok", "400"]  # a 400 is not retried: exactly two candidates fail
+    assert main(explain_args(run, server.base_url, "--search", "best-of-k", "--candidates", "3")) == 0
+    lines = RunDir(run).explanations("short")
+    failed = [c for r in lines for c in r["candidates"] if c["status"] == "failed"]
+    assert len(failed) == 2 and all(c["score"] is None and c["note"] for c in failed)
+    assert all(r["status"] == "ok" and r["explanation"] for r in lines)
+
+
+def test_an_interrupted_search_resumes_without_asking_anything_twice(cached, tmp_path, server, judged):
+    _, made = cached
+    whole, broken = copy_of(made, tmp_path, "whole"), copy_of(made, tmp_path, "broken")
+    server.request_reply = explainer_reply
+    search = "--search refine --rounds 2 --candidates 2 --tokens-candidate".split()
+    assert main(explain_args(whole, server.base_url, *search)) == 0
+    _, control = judged
+    calls = control["spies"][-1].calls
+    uninterrupted = asked(server)
+    server.requests.clear()
+    control["stop_at"] = calls - 1  # mid-search: the last batch's first rounds are answered, not yet written
+    with pytest.raises(KeyboardInterrupt):
+        main(explain_args(broken, server.base_url, *search))
+    first = asked(server)
+    assert 0 < len(RunDir(broken).explanations("short")) < 4
+    server.requests.clear()
+    control["stop_at"] = None
+    assert main(explain_args(broken, server.base_url, *search)) == 0
+    resumed = asked(server)
+    assert not set(first) & set(resumed)
+    assert sorted(first + resumed) == sorted(uninterrupted)
+
+    def kept(run):
+        return [(r["latent"], r["explanation"], r["candidates"]) for r in RunDir(run).explanations("short")]
+
+    assert sorted(kept(broken)) == sorted(kept(whole))
+    assert any(c["source"] == "tokens" for _, _, cands in kept(whole) for c in cands)
