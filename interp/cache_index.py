@@ -7,9 +7,12 @@ shard's sha256 it was made from. It is written atomically the first time a range
 read, so caches made before the index existed keep working, and is made again whenever it does not
 belong to its shard (the shard was recomputed) or does not hold a valid index; each index is
 checked once per process. A range is then read through ``safetensors.safe_open``, which maps the
-file and copies only the slice.
+file and copies only the slice. Where the cache cannot be written (a read-only mount of a run cached
+before indexes existed), each index is built once per process and kept in memory instead.
 """
 
+import errno
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -24,9 +27,14 @@ from .cache import RESUME, ShardMeta, covering_shards, file_identity, shard_file
 from .errors import CacheCorruptError
 
 FORMAT = "interp-cache-index/1"
+READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+"""Why an index could not be written that means the folder is not writable (not that the disk is full)."""
+log = logging.getLogger(__name__)
 
 _checked: dict[Path, tuple[tuple, str, int]] = {}
 """Index path -> (its file's identity, the shard sha256 and latent count it was checked against)."""
+_in_memory: dict[Path, tuple[tuple[str, int], np.ndarray]] = {}
+"""Index path -> ((shard sha256, latent count), offsets) of indexes that could not be written beside their shard."""
 
 
 def index_file(coder_dir: Path, index: int) -> Path:
@@ -53,8 +61,9 @@ def _valid(path: Path, meta: ShardMeta, num_latents: int) -> bool:
     )
 
 
-def _write_index(coder_dir: Path, index: int, meta: ShardMeta, num_latents: int) -> None:
-    """Count the shard's triples per latent and write their offsets, atomically."""
+def _write_index(coder_dir: Path, index: int, meta: ShardMeta, num_latents: int) -> bool:
+    """Count the shard's triples per latent and write their offsets, atomically; False (the offsets kept in memory)
+    where the folder cannot be written."""
     path = shard_file(coder_dir, index)
     try:
         with safe_open(path, "pt") as f:
@@ -68,19 +77,40 @@ def _write_index(coder_dir: Path, index: int, meta: ShardMeta, num_latents: int)
     offsets = torch.zeros(num_latents + 1, dtype=torch.int64)
     offsets[1:] = torch.cumsum(torch.bincount(latent, minlength=num_latents), 0)
     metadata = {"format": FORMAT, "sha256": meta.sha256}
-    write_atomic(index_file(coder_dir, index), lambda p: save_file({"offsets": offsets}, str(p), metadata=metadata))
+    target = index_file(coder_dir, index)
+    try:
+        write_atomic(target, lambda p: save_file({"offsets": offsets}, str(p), metadata=metadata))
+    except OSError as e:
+        if e.errno not in READ_ONLY:
+            raise
+        if not _in_memory:
+            log.info("%s cannot be written: the cache's latent indexes are kept in memory for this process", coder_dir)
+        _in_memory[target] = ((meta.sha256, num_latents), offsets.numpy())
+        return False
+    return True
 
 
-def checked_index(coder_dir: Path, index: int, meta: ShardMeta, num_latents: int) -> Path:
-    """The index of shard ``index`` (verified, described by ``meta``), made or remade if it is not valid for it."""
+def checked_index(coder_dir: Path, index: int, meta: ShardMeta, num_latents: int) -> Path | np.ndarray:
+    """The index of shard ``index`` (verified, described by ``meta``), made or remade if it is not valid for it: its
+    file, or its offsets where the file could not be written."""
     path = index_file(coder_dir, index)
+    kept = _in_memory.get(path)
+    if kept is not None and kept[0] == (meta.sha256, num_latents):
+        return kept[1]
     seen = _checked.get(path)
     if seen is not None and path.is_file() and seen == (file_identity(path), meta.sha256, num_latents):
         return path
-    if not _valid(path, meta, num_latents):
-        _write_index(coder_dir, index, meta, num_latents)
+    if not _valid(path, meta, num_latents) and not _write_index(coder_dir, index, meta, num_latents):
+        return _in_memory[path][1]
     _checked[path] = (file_identity(path), meta.sha256, num_latents)
     return path
+
+
+def _offsets(index: Path | np.ndarray, lo: int, hi: int) -> np.ndarray:
+    if isinstance(index, np.ndarray):
+        return index[lo : hi + 1]
+    with safe_open(index, "np") as f:
+        return f.get_slice("offsets")[lo : hi + 1]
 
 
 class ShardRange(NamedTuple):
@@ -99,8 +129,7 @@ def read_range(coder_dir: Path, num_windows: int, num_latents: int, lo: int, hi:
     order, each sorted by latent then token; the rest of each shard is not read."""
     coder_dir = Path(coder_dir)
     for index, meta in enumerate(covering_shards(coder_dir, num_windows)):  # shard i is the i-th one covering
-        with safe_open(checked_index(coder_dir, index, meta, num_latents), "np") as f:
-            offsets = f.get_slice("offsets")[lo : hi + 1]
+        offsets = _offsets(checked_index(coder_dir, index, meta, num_latents), lo, hi)
         a, b = int(offsets[0]), int(offsets[-1])
         path = shard_file(coder_dir, index)
         try:

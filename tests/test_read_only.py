@@ -21,13 +21,20 @@ from tests.helpers.pipeline import scripted_reply, tiny_run_args
 CODER = "model.layers.1.mlp.topk-neurons"
 
 
-@pytest.fixture
-def read_only(tmp_path, smollm_tokenizer, server):
-    """A whole tiny run (cached, explained, scored) in a workspace, seen through a read-only bind mount."""
+@pytest.fixture(params=["indexed", "cached before indexes"])
+def read_only(request, tmp_path, smollm_tokenizer, server):
+    """A whole tiny run (cached, explained, scored) in a workspace, seen through a read-only bind mount; its cache
+    with its latent offset indexes, or without them, as a cache made before they existed (they cannot be written
+    beside the shards now: browsing keeps them in memory)."""
     server.reply = scripted_reply
     ws = tmp_path / "ws"
     model = save_tiny_model(ws / "model", smollm_tokenizer)
     assert main(tiny_run_args(ws / "run", model, server.base_url)) == 0
+    if request.param == "cached before indexes":
+        indexes = list((ws / "run" / "cache").rglob("index-*.safetensors"))
+        assert indexes
+        for index in indexes:
+            index.unlink()
     view = tmp_path / "ro"
     view.mkdir()
     done = subprocess.run(["mount", "--bind", str(ws), str(view)], capture_output=True, text=True)
