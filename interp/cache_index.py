@@ -27,6 +27,9 @@ from .cache import RESUME, ShardMeta, covering_shards, file_identity, shard_file
 from .errors import CacheCorruptError
 
 FORMAT = "interp-cache-index/1"
+SOURCE = "source"
+"""The one metadata key of an index: ``FORMAT;sha256=<the shard's sha256>``. One key, because safetensors writes
+several in no fixed order, and a resumed run's files must be byte-identical to an uninterrupted run's."""
 READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 """Why an index could not be written that means the folder is not writable (not that the disk is full)."""
 log = logging.getLogger(__name__)
@@ -42,6 +45,10 @@ def index_file(coder_dir: Path, index: int) -> Path:
     return Path(coder_dir) / f"index-{index:05d}.safetensors"
 
 
+def _source(meta: ShardMeta) -> str:
+    return f"{FORMAT};sha256={meta.sha256}"
+
+
 def _valid(path: Path, meta: ShardMeta, num_latents: int) -> bool:
     """Whether ``path`` is an index of the shard ``meta`` describes, over ``num_latents`` latents."""
     try:
@@ -51,8 +58,7 @@ def _valid(path: Path, meta: ShardMeta, num_latents: int) -> bool:
     except (OSError, SafetensorError):
         return False
     return (
-        header.get("format") == FORMAT
-        and header.get("sha256") == meta.sha256
+        header.get(SOURCE) == _source(meta)
         and offsets.dtype == torch.int64
         and offsets.shape == (num_latents + 1,)
         and int(offsets[0]) == 0
@@ -76,7 +82,7 @@ def _write_index(coder_dir: Path, index: int, meta: ShardMeta, num_latents: int)
         raise CacheCorruptError(f"{path} is not sorted by latent (made by another program?); {RESUME}.")
     offsets = torch.zeros(num_latents + 1, dtype=torch.int64)
     offsets[1:] = torch.cumsum(torch.bincount(latent, minlength=num_latents), 0)
-    metadata = {"format": FORMAT, "sha256": meta.sha256}
+    metadata = {SOURCE: _source(meta)}
     target = index_file(coder_dir, index)
     try:
         write_atomic(target, lambda p: save_file({"offsets": offsets}, str(p), metadata=metadata))
