@@ -111,6 +111,21 @@ FEATURES = Features(
 """The row schema of every config (see the README's "Publishing" section)."""
 
 
+def without_record() -> dict:
+    """The record columns of a row read from elsewhere (EleutherAI's layout, delphi's results), which hold no cache:
+    no statistics, no examples, no promoted tokens."""
+    return {
+        "count": None,
+        "frequency": None,
+        "max_activation": None,
+        "mean_activation": None,
+        "num_examples": None,
+        "top_examples": [],
+        "promoted_tokens": [],
+        "suppressed_tokens": [],
+    }
+
+
 class PublishError(InterpError):
     """A run directory that cannot be published, or a Hub that refuses it."""
 

@@ -25,7 +25,7 @@ from datasets import Dataset
 
 from interp.scoring.metrics import classification, correlation
 
-from .dataset import FEATURES, FLOAT_METRICS, INT_METRICS, SCHEMA_VERSION, PublishError
+from .dataset import FEATURES, FLOAT_METRICS, INT_METRICS, SCHEMA_VERSION, PublishError, without_record
 
 EXPLAINER = "delphi"
 """The explainer name given to explanations read from a delphi results folder."""
@@ -129,14 +129,7 @@ def _row(model: str, llm: str | None, module: str, latent: int, text: str | None
         if text
         else [],
         "scores": sorted(scores, key=lambda s: s["scorer"]),
-        "count": None,
-        "frequency": None,
-        "max_activation": None,
-        "mean_activation": None,
-        "num_examples": None,
-        "top_examples": [],
-        "promoted_tokens": [],
-        "suppressed_tokens": [],
+        **without_record(),
     }
 
 

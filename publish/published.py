@@ -22,7 +22,7 @@ from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
 
-from .dataset import FEATURES, FLOAT_METRICS, INT_METRICS, SCHEMA_VERSION, SPLIT, PublishError
+from .dataset import FEATURES, FLOAT_METRICS, INT_METRICS, SCHEMA_VERSION, SPLIT, PublishError, without_record
 from .delphi_results import is_delphi_results, read_delphi
 from .hub import CARD, hub_endpoint
 
@@ -107,14 +107,7 @@ def _imported_row(
             }
             for s, v in sorted(scores.items())
         ],
-        "count": None,
-        "frequency": None,
-        "max_activation": None,
-        "mean_activation": None,
-        "num_examples": None,
-        "top_examples": [],
-        "promoted_tokens": [],
-        "suppressed_tokens": [],
+        **without_record(),
     }
 
 
