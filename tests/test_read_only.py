@@ -48,7 +48,7 @@ def read_only(request, tmp_path, smollm_tokenizer, server):
             (view / "run" / "probe").write_text("x")
         yield view
     finally:
-        subprocess.run(["umount", str(view)], check=False)
+        subprocess.run(["umount", "--lazy", str(view)], check=False)  # detached even while the app still maps a file
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
