@@ -40,7 +40,10 @@ the round (they start together at a barrier), so a second round added time, not 
 CAP_S = 240.0
 """Hard wall-clock limit of the load phase; it takes about a minute on a 2-core machine."""
 CALL_TIMEOUT_S = 90.0
-"""Longest wait for one answer: a steering call queues behind every session's model calls."""
+"""Longest wait for one answer: a steering call queues behind every session's model calls. Each client's HTTP
+requests (its connection's /config and /info too) get the same: gradio_client's default is httpx's 5 s, which 50
+clients connecting at once outwait on a busy machine (stop 28: every session 'could not start', ReadTimeout on
+/config, whenever the browser test had run before it in the same process)."""
 SECRET = "OUTSIDE-THE-WORKSPACE-7f3a"
 """Written in the run and the file kept outside the workspace: no answer may ever hold it."""
 PLANTED = 100
@@ -155,6 +158,11 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def client_of(url: str) -> Client:
+    """A gradio_client session of the served app, every HTTP request of it allowed ``CALL_TIMEOUT_S``."""
+    return Client(url, verbose=False, httpx_kwargs={"timeout": CALL_TIMEOUT_S})
+
+
 def _close(client: Client) -> None:
     """Stop ``client``'s heartbeat and its thread pools (closing twice is harmless)."""
     client.close()
@@ -178,7 +186,7 @@ def test_many_sessions_at_once_each_get_their_own_answers_and_the_server_stays_u
     lock = threading.Lock()
 
     def connect() -> Client:
-        client = Client(app.url, verbose=False)
+        client = client_of(app.url)
         with lock:
             clients.append(client)
         return client
@@ -302,7 +310,7 @@ def test_many_sessions_at_once_each_get_their_own_answers_and_the_server_stays_u
 
 
 def test_paths_out_of_the_workspace_are_refused_on_every_field_and_nothing_outside_is_read(app):
-    client = Client(app.url, verbose=False)
+    client = client_of(app.url)
     before = _snapshot(app.root, app.outside)
     outside_run = str(app.outside / "run")
     refusals = {
@@ -364,7 +372,7 @@ def test_paths_out_of_the_workspace_are_refused_on_every_field_and_nothing_outsi
 
 
 def test_oversized_and_out_of_range_inputs_are_refused_quickly_and_the_server_stays_up(app):
-    client = Client(app.url, verbose=False)
+    client = client_of(app.url)
     before = _snapshot(app.root)
     for size in (1_000_000, 10_000_000):
         start = time.perf_counter()
@@ -455,7 +463,7 @@ def _inert(tags: _Tags) -> bool:
 
 
 def test_markup_in_explanations_names_and_typed_text_comes_back_as_text(app):
-    client = Client(app.url, verbose=False)
+    client = client_of(app.url)
     tables = [c["props"] for c in client.config["components"] if c["type"] == "dataframe"]
     assert tables and all(
         p["datatype"] == "str" for p in tables
