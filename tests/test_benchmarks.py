@@ -69,6 +69,23 @@ def test_cache_throughput_on_a_given_model_and_device(tiny_model):
     assert "| model.layers.1 (sparsify 32->256, k=32) | 512 |" in out  # the scaling table
 
 
+@pytest.mark.reliability  # about 90 s: six fresh processes, each importing torch, transformers and delphi
+def test_records_throughput_on_a_given_model(tiny_model):
+    out = script(
+        "records_throughput.py",
+        "--model",
+        str(tiny_model),
+        *"--layer 1 --latents 64 --k 8 --tokens 2048 --ctx-len 32 --batch-size 4 --shard-windows 16".split(),
+        *"--growth-tokens 2048 --growth-latents 16 64 --threads 1".split(),
+    )
+    assert f"{tiny_model} (3M parameters) on cpu, float32, 1 torch threads; coder model.layers.1" in out
+    row = next(line for line in out.splitlines() if line.startswith("| 2,048 | 64 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[-1].startswith("64 / ") and (cells[3] == "n/a") != PEER  # ours makes every latent's record
+    assert ("delphi is not installed" in out) != PEER
+    assert re.search(r"^\| 2,048 \| [\d.]+ \(\d+\) \| [\d.]+ \(\d+\) \| [\d.]+ \|$", out, flags=re.M)  # growth
+
+
 def test_scoring_cost_on_a_given_model_and_device(tiny_model):
     out = script(
         "scoring_cost.py",
