@@ -18,6 +18,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# delphi's own classes write the delphi results folder that tests/test_delphi_results.py reads back; --no-deps
 	# because its full dependencies (vLLM, faiss) are GPU-server packages that the tests never import.
 	$(PY) -m pip install -q --no-deps eai-delphi==0.1.3
+	# What delphi's cache and dataset import path needs (the benchmarks' tests compare with the peer when delphi is
+	# there: without these, delphi is found but cannot be imported).
+	$(PY) -m pip install -q orjson jaxtyping blobfile asyncer
 	touch $@
 
 install: $(VENV)/.installed
