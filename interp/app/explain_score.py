@@ -5,10 +5,14 @@ explainer, LLM, latents, scorers), never what was cached; results go to the run 
 ``interp explain`` and ``interp score`` write them, so they resume and show up in the CLI too.
 """
 
+import math
+import typing
 from dataclasses import replace
 from typing import NamedTuple
 
+from ..config import ExplainConfig, Search
 from ..errors import InterpError
+from ..explain.search import SearchSettings
 from ..records import select_latents
 from ..scoring.results import main_metric
 from ..stages import run_explain, run_score
@@ -19,6 +23,13 @@ from .workspace import Workspace
 
 BACKENDS = ("local", "url")
 """An LLM run in this process, or an OpenAI-compatible server."""
+SEARCHES: tuple[str, ...] = typing.get_args(Search)
+"""none (one explanation per latent), best-of-k, refine: ``interp explain --search``."""
+MAX_CANDIDATES = 16
+"""Most candidates per latent and round the panel asks for: each is an LLM request, and a visitor of a Space could
+otherwise ask for millions."""
+MAX_ROUNDS = 8
+"""Most refinement rounds the panel runs, for the same reason."""
 EXPLAINED_HEADERS = ["latent", "status", "explanation", "LLM", "note"]
 SUMMARY_HEADERS = ["scorer", "metric", "mean", "median", "random explanation (mean)", "margin", "vs random", "latents"]
 OUTCOME_HEADERS = ["call", "kind", "quantile", "fires", "prediction", "score", "text"]
@@ -63,6 +74,61 @@ def llm_spec(
     raise InterpError(f"Unknown LLM backend {backend!r}: use {' or '.join(BACKENDS)}.")
 
 
+class SearchChoice(NamedTuple):
+    """The panel's explanation search as ``ExplainConfig`` settings (``interp explain --search ...``)."""
+
+    search: str = ExplainConfig.search
+    candidates: int = ExplainConfig.candidates
+    rounds: int = ExplainConfig.rounds
+    judge: str = ExplainConfig.judge
+    temperature: float = ExplainConfig.temperature
+    tokens_candidate: bool = ExplainConfig.tokens_candidate
+
+
+def _whole(value, what: str, most: int) -> int:
+    """A whole number typed in the panel (the API may send any JSON value), at most ``most``; its least is
+    ``check_config``'s."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not number.is_integer():
+        raise InterpError(f"{str(value)[:40]!r} is not a whole number: type how many {what}.")
+    if number > most:
+        raise InterpError(f"{int(number):,} {what} is more than the app runs ({most}): use the CLI for more.")
+    return int(number)
+
+
+def search_spec(*values) -> SearchChoice:
+    """The panel's search settings (in ``SearchChoice``'s order; one not given or None is the default), checked as
+    values: a mode of ``SEARCHES``, whole numbers of candidates and rounds (at most ``MAX_CANDIDATES`` and
+    ``MAX_ROUNDS``), a number for the temperature. Their least values and the judge's name are checked with the rest
+    of the configuration when the job starts (``check_config``), in the words the CLI uses.
+
+    >>> search_spec("best-of-k", 8.0, None, "embedding")[:4]
+    ('best-of-k', 8, 1, 'embedding')
+    """
+    defaults = SearchChoice()
+    given = [values[i] if i < len(values) and values[i] is not None else d for i, d in enumerate(defaults)]
+    search, candidates, rounds, judge, temperature, tokens_candidate = given
+    if search not in SEARCHES:
+        raise InterpError(f"Unknown search {str(search)[:40]!r}: use {', '.join(SEARCHES)}.")
+    try:
+        heat = float(temperature)
+    except (TypeError, ValueError):
+        heat = math.nan
+    if not math.isfinite(heat):
+        raise InterpError(f"{str(temperature)[:40]!r} is not a temperature: type a number such as 0.7.")
+    return SearchChoice(
+        search,
+        _whole(candidates, "candidates per round", MAX_CANDIDATES),
+        _whole(rounds, "refinement rounds", MAX_ROUNDS),
+        str(judge),
+        heat,
+        bool(tokens_candidate),
+    )
+
+
 def _check_finished(run: OpenRun, coder: str) -> None:
     """Refuse ``coder`` (as typed) unless it is one of the run's finished coders: its name becomes a path."""
     names = run.coder_names()
@@ -80,16 +146,31 @@ def chosen_latents(run: OpenRun, coder: str, latents: str) -> list[int]:
     return select_latents(latents.strip(), count, min_count=r.min_examples, seed=r.records_seed)
 
 
+def _explain_config(run: OpenRun, explainer: str, llm: LLMChoice, latents: str, search, redo: bool) -> ExplainConfig:
+    """The run's explain settings with the panel's: what ``interp explain`` would build from the same flags."""
+    chosen = search._asdict() if search is not None else {}
+    return replace(run.cfg.explain, explainer=explainer, **llm._asdict(), latents=latents.strip(), redo=redo, **chosen)
+
+
 def explain(
-    run: OpenRun, coder: str, explainer: str, llm: LLMChoice, latents: str, *, progress: bool = True
+    run: OpenRun,
+    coder: str,
+    explainer: str,
+    llm: LLMChoice,
+    latents: str,
+    *,
+    search: SearchChoice | None = None,
+    redo: bool = False,
+    progress: bool = True,
 ) -> tuple[dict, Table]:
-    """Explain ``latents`` of ``coder`` with ``explainer`` (resumable: done ones are skipped); the
+    """Explain ``latents`` of ``coder`` with ``explainer`` (resumable: done ones are skipped, unless ``redo``); the
     counts and the rows.
+
+    ``search`` (default: the run's saved settings) searches as ``interp explain --search`` does: several candidates
+    per latent, the best on the validation split kept, every candidate saved on the latent's line.
     """
     wanted = set(chosen_latents(run, coder, latents))
-    cfg = replace(
-        run.cfg, explain=replace(run.cfg.explain, explainer=explainer, **llm._asdict(), latents=latents.strip())
-    )
+    cfg = replace(run.cfg, explain=_explain_config(run, explainer, llm, latents, search, redo))
     summary = run_explain(cfg, run.path, coders=[coder], progress=progress)
     rows = [
         [r["latent"], r["status"], r["explanation"] or "", r.get("model") or "", r.get("note") or ""]
@@ -97,6 +178,22 @@ def explain(
         if r["coder"] == coder and r["explainer"] == explainer and r["latent"] in wanted
     ]
     return summary, Table(EXPLAINED_HEADERS, sorted(rows))
+
+
+def other_searches(run: OpenRun, coder: str, explainer: str, latents: str, search: SearchChoice) -> int:
+    """How many of the chosen latents hold a usable ``explainer`` explanation made with other search settings than
+    ``search``: an explain job keeps them unless told to redo them (as ``interp explain`` warns)."""
+    wanted = set(chosen_latents(run, coder, latents))
+    cfg = replace(run.cfg.explain, **search._asdict())
+    settings = SearchSettings.of(cfg).to_dict() if cfg.search != "none" else None
+    return sum(
+        r["coder"] == coder
+        and r["explainer"] == explainer
+        and r["latent"] in wanted
+        and r["status"] == "ok"
+        and r.get("search") != settings
+        for r in run.explanations()
+    )
 
 
 def score(

@@ -5,12 +5,15 @@ metrics from ``scoring.results``, score entries (explanation beside its random b
 the published dataset has them.
 """
 
+import math
+from dataclasses import fields
 from typing import NamedTuple
 
 import torch
 from matplotlib.figure import Figure
 
 from ..errors import InterpError
+from ..explain.search import Candidate, best
 from ..hooks import capture_tokens
 from ..records import HISTOGRAM_BINS, LatentRecord
 from ..scoring.results import score_table, scored_explainers, summarize_scores
@@ -28,6 +31,21 @@ SORTS = ("latent", "frequency")
 SCORE_SORT = "score: "
 LATENT_HEADERS = ["latent", "status", "explanation", "frequency"]
 """The latent table's first columns; one column per scorer follows."""
+PAGE_SIZE = 100
+"""Rows of the latent table sent to the page at once: a run of 50,000 latents sends one page, not 50,000 rows."""
+SAVED_FIELDS = {f.name for f in fields(Candidate)}
+"""What a saved candidate may hold: a line written by a later version with more keys still reads."""
+CANDIDATE_HEADERS = [
+    "explainer",
+    "round",
+    "source",
+    "candidate",
+    "validation score",
+    "judge",
+    "status",
+    "chosen",
+    "note",
+]
 TOKEN_HEADERS = ["token", "token id", "logit"]
 EXPLANATION_HEADERS = ["explainer", "status", "explanation", "LLM", "note"]
 SCORE_HEADERS = [
@@ -54,6 +72,22 @@ class Table(NamedTuple):
     rows: list[list]
 
 
+class LatentPage(NamedTuple):
+    """One page of the latent table, and where it stands among the pages."""
+
+    table: Table
+    page: int
+    """1-based; a page past the last is the last."""
+    pages: int
+    """At least 1, even with no rows."""
+    total: int
+    """Latents the query kept, over every page."""
+
+    def line(self) -> str:
+        """Markdown: "page X of N (M latents)"."""
+        return f"page {self.page} of {self.pages} ({self.total:,} latent{'s' * (self.total != 1)})"
+
+
 class LatentView(NamedTuple):
     """What the Explore panel shows of one latent."""
 
@@ -69,6 +103,8 @@ class LatentView(NamedTuple):
     suppressed: Table
     explanations: Table
     scores: Table
+    candidates: Table
+    """Every candidate the explanation searches of the latent considered; no rows when none was searched."""
 
 
 class TextLatents(NamedTuple):
@@ -194,6 +230,23 @@ def latent_table(run: OpenRun, coder: str, query: str = "", sort: str = "latent"
     return Table([*LATENT_HEADERS, *scorers], rows)
 
 
+def latent_page(
+    run: OpenRun, coder: str, query: str = "", sort: str = "latent", page: int = 1, page_size: int = PAGE_SIZE
+) -> LatentPage:
+    """Page ``page`` (1-based) of ``latent_table(run, coder, query, sort)``, ``page_size`` rows: the query and the sort
+    apply to every latent before the page is cut, so page 1 of a search is its best matches.
+
+    A page below 1 is the first and one past the last is the last, so "next" on the last page stays there. The
+    whole table is kept until the run's lines change (``OpenRun.derived``), so turning pages only slices it.
+    """
+    table = run.derived(("latent_table", coder, query, sort), lambda: latent_table(run, coder, query, sort))
+    total = len(table.rows)
+    pages = max(1, math.ceil(total / page_size))
+    shown = min(max(page, 1), pages)
+    start = (shown - 1) * page_size
+    return LatentPage(Table(table.headers, table.rows[start : start + page_size]), shown, pages, total)
+
+
 def _histogram(record: LatentRecord) -> Figure:
     fig = Figure(figsize=(5, 2.6))
     ax = fig.subplots()
@@ -266,6 +319,39 @@ def _scores(run: OpenRun, coder: str, latent: int) -> Table:
     return Table(SCORE_HEADERS, rows)
 
 
+def candidates_table(run: OpenRun, coder: str, latent: int) -> Table:
+    """Every candidate each searched explanation of ``latent`` considered (``interp explain --search``), as its
+    ``explanations.jsonl`` line holds them: explainer, round, source, text, validation score, the judge, status,
+    whether it is the one kept, and why a candidate failed or was flagged. No rows when no explanation was searched.
+
+    The kept one is marked by the search's own rule (``explain.search.best``), so two candidates with the same text
+    are not both marked.
+    """
+    rows = []
+    for r in run.explanations():
+        if (r["coder"], r["latent"]) != (coder, latent) or not r.get("candidates"):
+            continue
+        candidates = [Candidate(**{k: v for k, v in c.items() if k in SAVED_FIELDS}) for c in r["candidates"]]
+        chosen = best(candidates) if r.get("status") != "failed" else None
+        judge = r.get("judge") or {}
+        judged = f"{judge.get('scorer', '')} ({judge.get('metric', '')})" if judge else ""
+        for c in candidates:
+            rows.append(
+                [
+                    r["explainer"],
+                    c.round,
+                    c.source,
+                    c.text or "",
+                    c.score,
+                    judged,
+                    c.status,
+                    "yes" if c is chosen else "",
+                    c.note or "",
+                ]
+            )
+    return Table(CANDIDATE_HEADERS, rows)
+
+
 def latent_view(run: OpenRun, coder: str, latent: int) -> LatentView:
     """Statistics, histogram, top and quantile examples, logit tokens, explanations and scores of one latent."""
     latent = int(latent)
@@ -298,6 +384,7 @@ def latent_view(run: OpenRun, coder: str, latent: int) -> LatentView:
         _token_table(run, record.suppressed),
         _explanations(run, coder, latent),
         _scores(run, coder, latent),
+        candidates_table(run, coder, latent),
     )
 
 

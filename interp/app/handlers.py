@@ -21,6 +21,8 @@ from .render import markdown_code, markdown_text
 from .session import Runs, run_is_complete
 from .workspace import Workspace
 
+NO_LATENTS = Table(explore.LATENT_HEADERS, [])
+
 
 def show_errors(fn):
     """Show expected mistakes (``InterpError``) on the page as the one-line message the CLI prints.
@@ -49,6 +51,16 @@ def _latent(value) -> int:
     if value is None:
         raise InterpError("Type a latent number in the top bar.")
     return int(value)
+
+
+def _page(value) -> int:
+    """The page number in the Explore panel (empty: the first; the API may send any JSON value)."""
+    if value is None:
+        return 1
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InterpError(f"{str(value)[:40]!r} is not a page number: type 1 or more.") from None
 
 
 def _number(value, what: str) -> float:
@@ -81,12 +93,12 @@ class Handlers:
         )
 
     def open_run(self, path: str):
-        # status, coder, latent, sort, latent table, score explainer, outcome scorer
+        # status, coder, latent, sort, latent table, score explainer, outcome scorer, page line, page number
         run = self.runs.get(path)
         coders = run.coder_names()
         coder = coders[0] if coders else None
-        table = explore.latent_table(run, coder) if coder else Table(explore.LATENT_HEADERS, [])
-        first = table.rows[0][0] if table.rows else 0
+        page = explore.latent_page(run, coder) if coder else explore.LatentPage(NO_LATENTS, 1, 1, 0)
+        first = page.table.rows[0][0] if page.table.rows else 0
         explainers = explain_score.explainers(run)
         scorers = sorted({r["scorer"] for r in run.scores()})
         return (
@@ -94,9 +106,11 @@ class Handlers:
             gr.Dropdown(choices=coders, value=coder),
             gr.Number(value=first),
             gr.Dropdown(choices=explore.sort_choices(run), value="latent"),
-            frame(table),
+            frame(page.table),
             gr.Dropdown(choices=explainers, value=explainers[0] if explainers else None),
             gr.Dropdown(choices=scorers, value=scorers[0] if scorers else None),
+            page.line(),
+            page.page,
         )
 
     def start(self, path: str, progress=gr.Progress(track_tqdm=True)):
@@ -114,7 +128,7 @@ class Handlers:
         except InterpError as e:
             message = markdown_text(str(e))
             hint = " Or build the default run here with the button below." if default else ""
-            return (f"**Cannot open the run:** {message}{hint}", *[gr.skip()] * 6, gr.Button(visible=default))
+            return (f"**Cannot open the run:** {message}{hint}", *[gr.skip()] * 8, gr.Button(visible=default))
 
     @show_errors
     def build(self, progress=gr.Progress(track_tqdm=True)):
@@ -126,8 +140,24 @@ class Handlers:
         return explore.describe(self.runs.get(path))
 
     @show_errors
-    def latents(self, path, coder, query, sort):
-        return frame(explore.latent_table(self.runs.get(path), coder, query or "", sort or "latent"))
+    def latents(self, path, coder, query, sort, page=1):
+        # the table, and where the page stands (a State, so the API still answers the table alone)
+        p = explore.latent_page(self.runs.get(path), coder, query or "", sort or "latent", _page(page))
+        return frame(p.table), {"line": p.line(), "page": p.page}
+
+    @show_errors
+    def previous_page(self, path, coder, query, sort, page):
+        """The page before ``page`` of the latent table."""
+        return self.latents(path, coder, query, sort, _page(page) - 1)
+
+    @show_errors
+    def next_page(self, path, coder, query, sort, page):
+        """The page after ``page`` of the latent table (the last stays the last)."""
+        return self.latents(path, coder, query, sort, _page(page) + 1)
+
+    def show_page(self, shown):
+        """The "page X of N" line and the page number of the page ``latents`` has just sent."""
+        return (shown["line"], shown["page"]) if shown else (gr.skip(), gr.skip())
 
     def pick(self, evt: gr.SelectData):
         return int(evt.row_value[0])
@@ -149,6 +179,14 @@ class Handlers:
         )
 
     @show_errors
+    def candidates(self, path, coder, latent):
+        """The chosen latent's search candidates, shown only when one of its explanations was searched."""
+        if not coder or latent is None:
+            return gr.skip()
+        table = explore.candidates_table(self.runs.get(path), coder, _latent(latent))
+        return gr.Dataframe(value=frame(table), visible=bool(table.rows))
+
+    @show_errors
     def test_text(self, path, coder, text, latent):
         t = explore.text_latents(self.runs.get(path), coder, text or "", None if latent is None else int(latent))
         return t.highlight, frame(t.latents)
@@ -166,18 +204,38 @@ class Handlers:
         local_model,
         url,
         server_model,
+        search=None,
+        candidates=None,
+        rounds=None,
+        judge=None,
+        temperature=None,
+        tokens_candidate=None,
+        redo=False,
         progress=gr.Progress(track_tqdm=True),
     ):
         run = self.runs.get(path)
         spec = str(_latent(latent)) if which == "this latent" else (selection or "").strip()
+        chosen = explain_score.search_spec(search, candidates, rounds, judge, temperature, tokens_candidate)
         summary, table = explain_score.explain(
-            run, coder, explainer, self.llm(backend, local_model, url, server_model), spec
+            run,
+            coder,
+            explainer,
+            self.llm(backend, local_model, url, server_model),
+            spec,
+            search=chosen,
+            redo=bool(redo),
         )
         counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["explanations"].items()))
         status = (
             f"**{explainer}** explanations of {markdown_code(coder)} (latents {markdown_text(spec)}): done. "
             f"All {explainer} lines in the run: {counts}."
         )
+        others = 0 if redo else explain_score.other_searches(run, coder, explainer, spec, chosen)
+        if others:
+            status += (
+                f" {others} of the chosen latents kept explanations made with other search settings: "
+                "tick *Explain again* to redo them."
+            )
         return status, frame(table), gr.Dropdown(choices=explain_score.explainers(run), value=explainer)
 
     @show_errors

@@ -10,7 +10,9 @@ its coders are loaded once per process. Every lock and cache the app's visitors 
   builders, and makes forward passes on the shared model take turns: a steering hook
   registered for one user must never act on another user's pass (``intervene``, ``explore``).
 - ``OpenRun`` reads ``explanations.jsonl`` and ``scores.jsonl`` again only when their size or
-  time of writing has changed, so the CLI or another visitor writing lines shows up at once.
+  time of writing has changed, so the CLI or another visitor writing lines shows up at once; what
+  is computed from them (``OpenRun.derived``: the current scores, the latent table of a search)
+  is kept on the same terms, so turning the table's pages on a run of 50,000 latents costs a slice.
 - ``Runs.build_default`` builds the default run once however many visitors ask at the same time.
 """
 
@@ -32,6 +34,8 @@ from .workspace import Workspace
 
 KEEP_OPEN = 2
 """Run directories whose models stay loaded at once; the least recently used is let go."""
+KEEP_DERIVED = 16
+"""Results computed from a run's lines (``OpenRun.derived``) kept at once; the least recently used is let go."""
 
 
 class OpenRun:
@@ -47,6 +51,8 @@ class OpenRun:
         self._builders: dict[str, RecordBuilder] = {}
         self._text: TokenText | None = None
         self._lines: dict[str, tuple[tuple, list[dict]]] = {}
+        self._derived: OrderedDict[tuple, tuple[tuple, object]] = OrderedDict()
+        self._derived_lock = threading.Lock()
 
     def coder_names(self) -> list[str]:
         """Coders whose cache is finished, in the order the run lists them (no model needed)."""
@@ -83,27 +89,55 @@ class OpenRun:
                 self._builders[name] = self.dir.record_builder(name, self.cfg, self.model().lm, self.coder(name))
             return self._builders[name]
 
+    @staticmethod
+    def _stamp(path: Path) -> tuple:
+        """When ``path`` was written and its size; () when it does not exist."""
+        stat = path.stat() if path.is_file() else None
+        return (stat.st_mtime_ns, stat.st_size) if stat else ()
+
+    def derived(self, key: tuple, make):
+        """``make()``, kept under ``key`` until ``explanations.jsonl`` or ``scores.jsonl`` changes: for what is
+        computed from the lines alone. The files are looked at before ``make`` reads them, so a value is never kept
+        past a change (at worst it is computed once more). Callers must not change what they are given."""
+        stamps = (self._stamp(self.dir.explanations_file), self._stamp(self.dir.scores_file))
+        with self._derived_lock:
+            kept = self._derived.get(key)
+            if kept is not None and kept[0] == stamps:
+                self._derived.move_to_end(key)
+                return kept[1]
+        value = make()
+        with self._derived_lock:
+            self._derived[key] = (stamps, value)
+            self._derived.move_to_end(key)
+            while len(self._derived) > KEEP_DERIVED:
+                self._derived.popitem(last=False)
+        return value
+
     def _read(self, path: Path) -> list[dict]:
         """Lines of a JSONL file of the run, read again only when the file has changed."""
-        stat = path.stat() if path.is_file() else None
-        key = (stat.st_mtime_ns, stat.st_size) if stat else ()
+        key = self._stamp(path)
         cached = self._lines.get(path.name)
         if cached is None or cached[0] != key:
-            cached = self._lines[path.name] = (key, read_jsonl(path) if stat else [])
+            cached = self._lines[path.name] = (key, read_jsonl(path) if key else [])
         return cached[1]
 
     def explanations(self) -> list[dict]:
         """The latest line of ``explanations.jsonl`` per (coder, latent, explainer)."""
-        return latest_rows(self._read(self.dir.explanations_file), EXPLANATION_KEY)
+        return self.derived(
+            ("explanations",), lambda: latest_rows(self._read(self.dir.explanations_file), EXPLANATION_KEY)
+        )
 
     def scores(self) -> list[dict]:
         """The latest line of ``scores.jsonl`` per (scorer, coder, latent, explainer, baseline), current or not."""
-        return latest_rows(self._read(self.dir.scores_file), SCORE_KEY)
+        return self.derived(("scores",), lambda: latest_rows(self._read(self.dir.scores_file), SCORE_KEY))
 
     def current_scores(self, explainer: str | None = None) -> CurrentScores:
         """The latest score lines split by whether they belong to the current explanations, as
         ``RunDir.current_scores`` splits them (from the lines this run holds read)."""
-        return current_scores(self.explanations(), self.scores(), self.cfg.records.records_seed, explainer)
+        return self.derived(
+            ("current_scores", explainer),
+            lambda: current_scores(self.explanations(), self.scores(), self.cfg.records.records_seed, explainer),
+        )
 
 
 class Runs:

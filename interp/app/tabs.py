@@ -106,13 +106,20 @@ def top_bar(workspace: Workspace, config: AppConfig) -> TopBar:
 def wire_top_bar(page: gr.Blocks, h: Handlers, top: TopBar, explore_: "ExploreTab", score: "ScoreTab"):
     """Open the run on page load and on the Open button, and build the default run on its button."""
     # in Handlers.open_run's order
-    opened = [top.status, top.coder, top.latent, explore_.sort, explore_.table, score.explainer, score.outcome_scorer]
-    chosen = [top.run, top.coder, top.latent]
-    page.load(h.start, [top.run], [*opened, top.build], api_visibility="private").then(
-        h.show_latent, chosen, explore_.view, api_visibility="private"
-    )
-    top.open.click(show_errors(h.open_run), [top.run], opened, api_name="open_run").then(
-        h.show_latent, chosen, explore_.view, api_visibility="private"
+    opened = [
+        top.status,
+        top.coder,
+        top.latent,
+        explore_.sort,
+        explore_.table,
+        score.explainer,
+        score.outcome_scorer,
+        explore_.page_line,
+        explore_.page,
+    ]
+    show_latent_after(h, top, explore_, page.load(h.start, [top.run], [*opened, top.build], api_visibility="private"))
+    show_latent_after(
+        h, top, explore_, top.open.click(show_errors(h.open_run), [top.run], opened, api_name="open_run")
     )
     top.build.click(h.build, None, [top.run], api_name="build").then(
         h.start, [top.run], [*opened, top.build], api_visibility="private"
@@ -126,11 +133,21 @@ class ExploreTab(NamedTuple):
     sort: gr.Dropdown
     search: gr.Button
     table: gr.Dataframe
+    """One page of the latent table (``explore.PAGE_SIZE`` rows)."""
+    page: gr.Number
+    previous: gr.Button
+    next: gr.Button
+    page_line: gr.Markdown
+    """"page X of N (M latents)"."""
+    shown: gr.State
+    """Where the page ``Handlers.latents`` sent stands, for ``page_line`` and ``page``."""
     show: gr.Button
     view: list
     """What ``Handlers.show_latent`` fills: stats, histogram, explanations, scores, top and quantile
     examples, promoted and suppressed tokens.
     """
+    candidates: gr.Dataframe
+    """The latent's search candidates (``Handlers.candidates``); hidden when none of its explanations was searched."""
     text: gr.Textbox
     test: gr.Button
     fired: list
@@ -159,6 +176,12 @@ def explore_tab() -> ExploreTab:
             max_height=320,
             elem_id="latents",
         )
+        with gr.Row(equal_height=True):
+            previous = gr.Button("◀ Previous", size="sm", scale=1, elem_id="previous-page")
+            page = gr.Number(value=1, precision=0, minimum=1, label="Page", scale=1, elem_id="page")
+            next_ = gr.Button("Next ▶", size="sm", scale=1, elem_id="next-page")
+            page_line = gr.Markdown(elem_id="page-line")
+        shown = gr.State()
         show = gr.Button("Show latent", variant="primary", elem_id="show")
         stats = gr.Markdown(elem_id="stats")
         with gr.Row():
@@ -177,6 +200,14 @@ def explore_tab() -> ExploreTab:
             interactive=False,
             wrap=True,
             elem_id="scores",
+        )
+        candidates = gr.Dataframe(
+            value=_empty(explore.CANDIDATE_HEADERS),
+            label="Search candidates: each scored by the judge on the validation split, the best kept",
+            interactive=False,
+            wrap=True,
+            visible=False,
+            elem_id="candidates",
         )
         gr.Markdown("### Top examples (hover a token for its activation)")
         top_html = gr.HTML(elem_id="top")
@@ -201,21 +232,61 @@ def explore_tab() -> ExploreTab:
                 elem_id="text-latents",
             )
     view = [stats, hist, expl_table, score_table, top_html, quant_html, promoted, suppressed]
-    return ExploreTab(query, sort, search, table, show, view, text, test, [text_html, text_table])
+    return ExploreTab(
+        query,
+        sort,
+        search,
+        table,
+        page,
+        previous,
+        next_,
+        page_line,
+        shown,
+        show,
+        view,
+        candidates,
+        text,
+        test,
+        [text_html, text_table],
+    )
+
+
+def candidates_after(h: Handlers, top: TopBar, tab: ExploreTab, event) -> None:
+    """After ``event`` has shown a latent: its search candidates, in an event of their own, so that ``/latent``
+    answers what it always has."""
+    event.then(h.candidates, [top.run, top.coder, top.latent], [tab.candidates], api_visibility="private")
+
+
+def show_latent_after(h: Handlers, top: TopBar, tab: ExploreTab, event) -> None:
+    """After ``event``: the chosen latent's view, then its candidates."""
+    shown = event.then(h.show_latent, [top.run, top.coder, top.latent], tab.view, api_visibility="private")
+    candidates_after(h, top, tab, shown)
 
 
 def wire_explore(h: Handlers, top: TopBar, tab: ExploreTab):
-    """Search and sort the table, open a latent from it or the top bar, and test a text."""
+    """Search and sort the table (from its first page) and turn its pages, open a latent from it or the top bar, and
+    test a text."""
     search = [top.run, top.coder, tab.query, tab.sort]
+    paged = [*search, tab.page]
+    table = [tab.table, tab.shown]
+    # (trigger, handler, inputs, API name): the page number is the API's, so that it can ask for any page
+    for trigger, fn, inputs, api in (
+        (tab.page.submit, h.latents, paged, "latents"),
+        (tab.search.click, h.latents, search, None),
+        (tab.query.submit, h.latents, search, None),
+        (tab.sort.input, h.latents, search, None),
+        (top.coder.input, h.latents, search, None),
+        (tab.previous.click, h.previous_page, paged, None),
+        (tab.next.click, h.next_page, paged, None),
+    ):
+        named = {"api_name": api} if api else {"api_visibility": "private"}
+        trigger(fn, inputs, table, **named).then(
+            h.show_page, [tab.shown], [tab.page_line, tab.page], api_visibility="private"
+        )
+    show_latent_after(h, top, tab, tab.table.select(h.pick, None, [top.latent], api_visibility="private"))
     chosen = [top.run, top.coder, top.latent]
-    tab.search.click(h.latents, search, [tab.table], api_name="latents")
-    for trigger in (tab.query.submit, tab.sort.input, top.coder.input):
-        trigger(h.latents, search, [tab.table], api_visibility="private")
-    tab.table.select(h.pick, None, [top.latent], api_visibility="private").then(
-        h.show_latent, chosen, tab.view, api_visibility="private"
-    )
-    tab.show.click(h.show_latent, chosen, tab.view, api_name="latent")
-    top.latent.submit(h.show_latent, chosen, tab.view, api_visibility="private")
+    candidates_after(h, top, tab, tab.show.click(h.show_latent, chosen, tab.view, api_name="latent"))
+    candidates_after(h, top, tab, top.latent.submit(h.show_latent, chosen, tab.view, api_visibility="private"))
     tab.test.click(
         h.test_text,
         [top.run, top.coder, tab.text, top.latent],
@@ -230,14 +301,78 @@ class ExplainTab(NamedTuple):
     """The explainer and LLM settings, the Explain button and its results."""
 
     settings: list
-    """Explainer, which latents, selection and the LLM choice, in ``Handlers.explain``'s order."""
+    """Explainer, which latents, selection, the LLM choice, the search settings and whether to explain again, in
+    ``Handlers.explain``'s order."""
     button: gr.Button
     status: gr.Markdown
     table: gr.Dataframe
 
 
+def _search_widgets() -> list:
+    """The explanation search (``interp explain --search``), in ``Handlers.explain``'s order, and "explain again"."""
+    defaults = explain_score.SearchChoice()
+    with gr.Accordion(
+        "Search: several candidates, the best on the validation split", open=False, elem_id="explain-search"
+    ):
+        with gr.Row():
+            search = gr.Radio(
+                list(explain_score.SEARCHES),
+                value=defaults.search,
+                label="Search",
+                elem_id="search-mode",
+                info="best-of-k: candidates from the explainer, the judge keeps the best; refine: then rounds that "
+                "show the explainer what the judge got wrong. The test split is never shown nor used to choose",
+            )
+            judge = gr.Dropdown(
+                list(SCORERS),
+                value=defaults.judge,
+                label="Judge",
+                elem_id="search-judge",
+                info="the scorer that chooses, on validation examples alone; embedding is cheap on a CPU",
+            )
+        with gr.Row():
+            candidates = gr.Slider(
+                1,
+                explain_score.MAX_CANDIDATES,
+                value=defaults.candidates,
+                step=1,
+                label="Candidates per round",
+                info="the first greedy, the others sampled",
+                elem_id="search-candidates",
+            )
+            rounds = gr.Slider(
+                0,
+                explain_score.MAX_ROUNDS,
+                value=defaults.rounds,
+                step=1,
+                label="Refinement rounds (refine)",
+                elem_id="search-rounds",
+            )
+            temperature = gr.Slider(
+                0,
+                2,
+                value=defaults.temperature,
+                step=0.05,
+                label="Temperature of the sampled candidates",
+                elem_id="search-temperature",
+            )
+        with gr.Row():
+            tokens_candidate = gr.Checkbox(
+                value=defaults.tokens_candidate,
+                label="Add the firing-token list (the tokens explainer's) as a candidate",
+                elem_id="search-tokens-candidate",
+            )
+            redo = gr.Checkbox(
+                value=False,
+                label="Explain again",
+                info="latents this explainer has explained already are redone (their scores too), not skipped",
+                elem_id="redo",
+            )
+    return [search, candidates, rounds, judge, temperature, tokens_candidate, redo]
+
+
 def explain_tab(config: AppConfig) -> ExplainTab:
-    """Explain the chosen latent or a selection with one explainer and LLM."""
+    """Explain the chosen latent or a selection with one explainer and LLM, searching or not."""
     with gr.Tab("Explain", elem_id="tab-explain"):
         with gr.Row():
             explainer = gr.Dropdown(
@@ -252,6 +387,7 @@ def explain_tab(config: AppConfig) -> ExplainTab:
                 value="sample:8", label="Selection", info="all, sample:N, A-B or A,B,C", elem_id="selection"
             )
         llm = _llm_widgets("explain", config)
+        search = _search_widgets()
         button = gr.Button("Explain", variant="primary", elem_id="explain")
         status = gr.Markdown(elem_id="explain-status")
         table = gr.Dataframe(
@@ -261,7 +397,7 @@ def explain_tab(config: AppConfig) -> ExplainTab:
             wrap=True,
             elem_id="explained",
         )
-    return ExplainTab([explainer, which, selection, *llm], button, status, table)
+    return ExplainTab([explainer, which, selection, *llm, *search], button, status, table)
 
 
 def wire_explain(h: Handlers, top: TopBar, tab: ExplainTab, score: "ScoreTab"):
