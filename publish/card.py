@@ -7,6 +7,7 @@ explainers, scorers and their settings), the summary scores against the random-e
 baseline, how to load it, and its limitations.
 """
 
+import json
 from collections import Counter
 
 from datasets import DatasetInfo, SplitDict, SplitInfo
@@ -151,6 +152,7 @@ def _made_with(run: RunData) -> str:
         by = ", ".join(f"`{m}`" for m in sorted(llms.get(name, ()))) or "no LLM (the most frequent firing tokens)"
         status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         lines.append(f"* **Explainer `{name}`**: {by}; {status}.")
+    lines += _searches(run)
     scorers = sorted({row["scorer"] for row in run.scores})
     if scorers:
         lines.append(
@@ -159,6 +161,31 @@ def _made_with(run: RunData) -> str:
         )
         lines += [f"  * `{name}`: {_scorer_setting(name, run)}" for name in scorers]
     return "\n".join(lines)
+
+
+def _searches(run: RunData) -> list[str]:
+    """One line per search setting the run's explanations were made with, and how its choosing was kept honest."""
+    searches: dict[tuple[str, str], int] = {}
+    for row in run.explanations:
+        if row.get("search"):
+            key = (row["explainer"], json.dumps(row["search"], sort_keys=True))
+            searches[key] = searches.get(key, 0) + 1
+    r = run.config.records
+    lines = []
+    for (explainer, settings), n in sorted(searches.items()):
+        s = json.loads(settings)
+        rounds = f", then {s['rounds']} refinement rounds of {s['candidates']} each" if s["search"] == "refine" else ""
+        tokens = " plus the firing-token list" if s["tokens_candidate"] else ""
+        lines.append(
+            f"* **Search `{s['search']}`** ({n} latents of explainer `{explainer}`): K = {s['candidates']} candidates"
+            f"{tokens} (sampled at temperature {s['temperature']}){rounds}, judged by the `{s['judge']}` scorer on "
+            f"each latent's validation split ({r.n_valid} activating, {r.n_valid_negatives} random and "
+            f"{r.n_valid_hard_negatives} hard negative examples, disjoint from the explainer's and the scorers'). "
+            "The validation split chose the explanation; the scores below are on the test split, which no "
+            "candidate's choosing saw, so they are not a maximum over candidates. Every candidate is in the "
+            "`candidates` column with its validation score."
+        )
+    return lines
 
 
 def _scores(run: RunData) -> str:
@@ -220,7 +247,11 @@ With interp installed, `publish.published.load_published("{repo_id}")` returns e
 * `count`, `frequency`, `max_activation`, `mean_activation`, `num_examples`: firing statistics over the corpus.
 * `top_examples`: the strongest examples, with `tokens` (one string per token), `token_ids` and `activations`.
 * `promoted_tokens`, `suppressed_tokens`: the tokens the latent's decoder direction raises and lowers most
-  through the final norm and unembedding (empty when the coder does not write to the residual stream)."""
+  through the final norm and unembedding (empty when the coder does not write to the residual stream).
+* `search`: how a search chose the explanation (`search` mode, `judge` scorer and its `metric`, K `candidates`,
+  `rounds`, `temperature`, `tokens_candidate`, the chosen one's `validation_score` over `validation_examples`);
+  null when no search did. `candidates`: every candidate (`text`, validation `score`, `round`, `status`,
+  `source`, `chosen`); empty without a search."""
 
 
 LIMITATIONS = """## Limitations

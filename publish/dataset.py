@@ -3,7 +3,8 @@
 Each row holds what a reader needs without re-running anything: which model, hookpoint and
 coder, the latent's explanations (with explainer and LLM), every scorer's metrics beside the
 random-explanation baseline, firing statistics, the top examples (tokens and activations) and
-the tokens the latent promotes and suppresses. ``FEATURES`` is the schema; ``SCHEMA_VERSION``
+the tokens the latent promotes and suppresses, and, when a search chose the explanation, every
+candidate it considered with its validation score. ``FEATURES`` is the schema; ``SCHEMA_VERSION``
 changes whenever a column is added, removed or changes meaning. The README documents it.
 
 On disk (and on the Hub) each config is one Parquet file, ``data/<coder>/train-00000-of-00001.parquet``.
@@ -24,14 +25,15 @@ from interp.atomic import write_atomic
 from interp.config import ModelConfig, RunConfig
 from interp.errors import InterpError
 from interp.explain import TokenText
+from interp.explain.search import Candidate, best
 from interp.models import EMBEDDED, LoadedModel, load_model
 from interp.records import LatentRecord
 from interp.rundir import RunDir
 from interp.scoring.results import main_metric
 from interp.subject import open_coders
 
-SCHEMA_VERSION = "interp-explanations/1"
-"""Name and major version of the row schema below."""
+SCHEMA_VERSION = "interp-explanations/2"
+"""Name and major version of the row schema below (2 added ``search`` and ``candidates``)."""
 
 EMBEDDED_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 """The Hub id of the embedded subject model (shipped as a Q4_1 GGUF)."""
@@ -57,6 +59,25 @@ FLOAT_METRICS = (
 
 _TOKEN = {"token": Value("string"), "token_id": Value("int64"), "logit": Value("float32")}
 _METRICS = {**{k: Value("int64") for k in INT_METRICS}, **{k: Value("float64") for k in FLOAT_METRICS}}
+_SEARCH = {
+    "search": Value("string"),
+    "judge": Value("string"),
+    "metric": Value("string"),
+    "candidates": Value("int64"),
+    "rounds": Value("int64"),
+    "temperature": Value("float64"),
+    "tokens_candidate": Value("bool"),
+    "validation_score": Value("float64"),
+    "validation_examples": Value("int64"),
+}
+_CANDIDATE = {
+    "text": Value("string"),
+    "score": Value("float64"),
+    "round": Value("int64"),
+    "status": Value("string"),
+    "source": Value("string"),
+    "chosen": Value("bool"),
+}
 
 FEATURES = Features(
     {
@@ -106,6 +127,8 @@ FEATURES = Features(
         ),
         "promoted_tokens": List(_TOKEN),
         "suppressed_tokens": List(_TOKEN),
+        "search": _SEARCH,
+        "candidates": List(_CANDIDATE),
     }
 )
 """The row schema of every config (see the README's "Publishing" section)."""
@@ -123,6 +146,53 @@ def without_record() -> dict:
         "top_examples": [],
         "promoted_tokens": [],
         "suppressed_tokens": [],
+        **without_search(),
+    }
+
+
+def without_search() -> dict:
+    """The search columns of a row whose explanation no search chose: null settings, no candidates (the column is
+    there, empty, so datasets of searched and unsearched runs concatenate)."""
+    return {"search": None, "candidates": []}
+
+
+def search_columns(line: dict | None) -> dict:
+    """The ``search`` and ``candidates`` columns of an explanation line of ``explanations.jsonl``.
+
+    The chosen candidate is the one the search kept (``interp.explain.search.best``, the rule that chose it), so a
+    reader sees which text won and by how much on the validation split.
+    """
+    if line is None or not line.get("search"):
+        return without_search()
+    settings, judge, found = line["search"], line.get("judge") or {}, line.get("candidates") or []
+    candidates = [
+        Candidate(c.get("text"), c["status"], c["round"], source=c.get("source", "explainer"), score=c.get("score"))
+        for c in found
+    ]
+    kept = best(candidates)
+    return {
+        "search": {
+            "search": settings["search"],
+            "judge": settings["judge"],
+            "metric": judge.get("metric"),
+            "candidates": settings["candidates"],
+            "rounds": settings["rounds"],
+            "temperature": settings["temperature"],
+            "tokens_candidate": settings["tokens_candidate"],
+            "validation_score": judge.get("validation_score"),
+            "validation_examples": judge.get("validation_examples"),
+        },
+        "candidates": [
+            {
+                "text": c.text,
+                "score": c.score,
+                "round": c.round,
+                "status": c.status,
+                "source": c.source,
+                "chosen": c is kept,
+            }
+            for c in candidates
+        ],
     }
 
 
@@ -250,6 +320,7 @@ def latent_row(
         ],
         "promoted_tokens": _tokens(record.promoted, text),
         "suppressed_tokens": _tokens(record.suppressed, text),
+        **search_columns(next((r for r in explanations if r["explainer"] == primary), None)),
     }
 
 

@@ -22,7 +22,15 @@ from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
 
-from .dataset import FEATURES, FLOAT_METRICS, INT_METRICS, SCHEMA_VERSION, SPLIT, PublishError, without_record
+from .dataset import (
+    FEATURES,
+    FLOAT_METRICS,
+    INT_METRICS,
+    SCHEMA_VERSION,
+    SPLIT,
+    PublishError,
+    without_record,
+)
 from .delphi_results import is_delphi_results, read_delphi
 from .hub import CARD, hub_endpoint
 
