@@ -80,12 +80,12 @@ def summarize_scores(rows: list[dict]) -> dict:
             a, b = entry["explanation"]["mean"], entry["baseline"]["mean"]
             entry["margin"] = a - b if a is not None and b is not None else None
             both = [v for (c, s, _), v in paired.items() if (c, s) == (coder, scorer) and len(v) == 2]
-            entry["margin_ci"] = _mean_interval([v[False] - v[True] for v in both])
+            entry["margin_ci"] = mean_interval([v[False] - v[True] for v in both])
             entry["above_chance"] = None if entry["margin_ci"] is None else entry["margin_ci"][0] > 0
     return out
 
 
-def _mean_interval(values: list[float]) -> list[float] | None:
+def mean_interval(values: list[float]) -> list[float] | None:
     """A 95% normal interval of the mean of ``values``; None with fewer than two."""
     if len(values) < 2:
         return None
