@@ -37,6 +37,10 @@ SESSIONS = 50
 ROUNDS = 1
 """Times each session goes through its six calls: 50 x 1 x 6 = 300 calls. The sessions overlap in every call of
 the round (they start together at a barrier), so a second round added time, not interleavings."""
+VARIANTS = 5
+"""Kinds of each model call (text, steering) the sessions share: each kind is asked by ten sessions at once and once
+more, alone, for the reference answer (with one distinct call of each kind per session, the reference phase asked
+about 250 calls one by one)."""
 CAP_S = 240.0
 """Hard wall-clock limit of the load phase; it takes about a minute on a 2-core machine."""
 CALL_TIMEOUT_S = 90.0
@@ -140,16 +144,21 @@ class Call(NamedTuple):
 
 
 def _session_calls(i: int, queries: list[str], scored: list[int]) -> list[Call]:
-    """What session ``i`` does in one round: its own latent, text, search and sort."""
-    latent = i * 7 % 128  # a different latent per session
-    text = f"Session {i} reads: the {i}th cat sat on mat number {i * 3}."
+    """What session ``i`` does in one round: its own latent, and one of ``VARIANTS`` texts, steerings and searches.
+
+    Every session opens a latent of its own (the check that no session gets a neighbour's answer); the model calls
+    (a text's latents, a steering) come in ``VARIANTS`` kinds, so sessions with different arguments still run at once
+    while the lone client's reference answers, asked one by one afterwards, stay few.
+    """
+    latent, v = i * 7 % 128, i % VARIANTS  # a different latent per session
+    text = f"Session {v} reads: the {v}th cat sat on mat number {v * 3}."
     return [
         Call("/open_run", (RUN,)),
-        Call("/latents", (RUN, CODER, queries[i % len(queries)], ("latent", "frequency", "score: embedding")[i % 3])),
+        Call("/latents", (RUN, CODER, queries[v % len(queries)], ("latent", "frequency", "score: embedding")[i % 3])),
         Call("/latent", (RUN, CODER, latent)),
-        Call("/test_text", (RUN, CODER, text, latent)),
-        Call("/outcomes", (RUN, CODER, scored[i % len(scored)], "embedding", "tokens")),
-        Call("/steer", (RUN, CODER, latent, f"Session {i} says", "add", "strength", 2.0 + i, 3)),
+        Call("/test_text", (RUN, CODER, text, v * 7)),
+        Call("/outcomes", (RUN, CODER, scored[v % len(scored)], "embedding", "tokens")),
+        Call("/steer", (RUN, CODER, v * 7, f"Session {v} says", "add", "strength", 2.0 + v, 3)),
     ]
 
 
