@@ -16,7 +16,7 @@ from .diskspace import still_needs
 from .jsonl import read_json
 from .locks import Work, hold
 from .records import select_latents
-from .rundir import RunDir
+from .rundir import SCORE_KEY, RunDir
 from .scoring.registry import line_name
 
 DOING = {"cache": "caching", "explain": "explaining", "score": "scoring"}
@@ -24,9 +24,24 @@ LINE_BYTES = {"explain": 4096, "score": 16384}
 """Bytes one explanation (with its LLM replies) or one score line takes, until the run has lines to measure."""
 
 
-def stage_work(stage: str, run: RunDir, cfg: RunConfig, coders: list[str] | None) -> list[Work]:
+def replaced_lines(run: RunDir, cfg: RunConfig) -> dict[str, set[tuple]]:
+    """Scorer -> the SCORE_KEYs of its lines of ``cfg``'s explainer that are of replaced explanations, for each
+    scorer that ``cfg.score`` does not run itself (those score every explanation anyway): what a bare
+    ``interp score`` scores again, so the score stage locks these scorers too."""
+    given = {line_name(name, cfg.score.score_mode) for name in cfg.score.scorers}
+    out: dict[str, set[tuple]] = {}
+    for r in run.current_scores(cfg.explain.explainer).replaced:
+        if r["scorer"] not in given:
+            out.setdefault(r["scorer"], set()).add(tuple(r[k] for k in SCORE_KEY))
+    return out
+
+
+def stage_work(
+    stage: str, run: RunDir, cfg: RunConfig, coders: list[str] | None, rescore: dict[str, set[tuple]] | None = None
+) -> list[Work]:
     """The pieces a stage writes: the cache of the run as a whole (its coders are cached in one pass); per coder the
-    explanations of one explainer; per coder the lines of one scorer of one explainer."""
+    explanations of one explainer; per coder the lines of one scorer of one explainer, for the scorers ``cfg`` names
+    and, per coder it has lines of, each scorer in ``rescore`` (``replaced_lines``)."""
     if stage == "cache":
         return [Work(run.lock_file("cache"), f"caching {run.path}")]
     names = coders if coders is not None else run.finished_coders()
@@ -36,11 +51,11 @@ def stage_work(stage: str, run: RunDir, cfg: RunConfig, coders: list[str] | None
             Work(run.lock_file("explain", c, explainer), f"explaining {c} of {run.path} with {explainer}")
             for c in names
         ]
-    scorers = [line_name(s, cfg.score.score_mode) for s in cfg.score.scorers]
+    pieces = {(c, line_name(s, cfg.score.score_mode)) for c in names for s in cfg.score.scorers}
+    pieces |= {(key[1], s) for s, keys in (rescore or {}).items() for key in keys if key[1] in names}
     return [
         Work(run.lock_file("score", c, f"{s}--{explainer}"), f"scoring {c} of {run.path} ({explainer}) with {s}")
-        for c in names
-        for s in scorers
+        for c, s in pieces
     ]
 
 
@@ -97,7 +112,10 @@ def bytes_left(stage: str, run: RunDir, cfg: RunConfig) -> int | None:
 def writing_stage(stage: str) -> Callable:
     """Decorate the stage function ``stage`` (called as ``fn(cfg, run_dir, ..., coders=...)``): before it runs,
     a run that cannot be written is refused in one line, and the locks of its work are taken (``wait=True``: waited
-    for); a full disk inside names what it still needs."""
+    for); a full disk inside names what it still needs.
+
+    The score stage's ``rescore_replaced=True`` reaches ``fn`` as ``rescore``, the lines of other scorers to score
+    again (``replaced_lines``), found before the locks are taken: every scorer it writes is one it locked."""
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -106,7 +124,9 @@ def writing_stage(stage: str) -> Callable:
             if stage != "cache":
                 run.read_config()  # not a run: said before a lock folder is made in it
             run.check_writable(stage)
-            work = stage_work(stage, run, cfg, kwargs.get("coders"))
+            if stage == "score" and kwargs.pop("rescore_replaced", False):
+                kwargs["rescore"] = replaced_lines(run, cfg)
+            work = stage_work(stage, run, cfg, kwargs.get("coders"), kwargs.get("rescore"))
             with hold(work, wait=wait), still_needs(lambda: bytes_left(stage, run, cfg), f"{DOING[stage]} {run.path}"):
                 return fn(cfg, run_dir, *args, **kwargs)
 

@@ -31,7 +31,7 @@ from .records import LatentRecord, select_latents
 from .rundir import SCORE_KEY, RunDir
 from .scoring.base import ScoreResult
 from .scoring.plots import plot_coder_scores, plot_diagnostics, plot_scores, score_plot
-from .scoring.registry import line_name, make_scorers, needs_llm, scorer_settings
+from .scoring.registry import make_scorers, needs_llm, scorer_settings
 from .scoring.results import (
     all_failed,
     baseline_explanations,
@@ -251,7 +251,7 @@ def run_score(
     client: LLMClient | None = None,
     coders: list[str] | None = None,
     progress: bool = True,
-    rescore_replaced: bool = False,
+    rescore: dict[str, set[tuple]] | None = None,
 ) -> dict:
     """Stage 4: score the explanations of ``cfg.explain.explainer`` (and a random baseline) of ``coders`` (default:
     all).
@@ -260,8 +260,9 @@ def run_score(
     Resumable: (scorer, coder, latent, explainer, baseline) already scored are skipped, except
     those with failed examples (an LLM request that failed): they are scored again, and the new
     line, if it differs, replaces the old one. Replies already cached are not asked again.
-    With ``rescore_replaced``, every other scorer whose lines are of replaced explanations (``current_scores``)
-    scores those latents again, in the mode its lines were scored in, so the run reports one consistent table.
+    With ``rescore_replaced=True`` (turned by ``writing_stage`` into ``rescore``, the lines it locked: see
+    ``replaced_lines``), every other scorer whose lines are of replaced explanations (``current_scores``) scores
+    those latents again, in the mode its lines were scored in, so the run reports one consistent table.
     """
     run = _open_run(cfg, run_dir)
     explainer = cfg.explain.explainer
@@ -272,7 +273,7 @@ def run_score(
         )
     subject = subject or open_subject(on_own_device(cfg), run)
     lm = subject.lm
-    again = _replaced_lines(run, cfg) if rescore_replaced else {}
+    again = rescore or {}  # found before the locks were taken, so no scorer is written unlocked
     others = [replace(cfg, score=scorer_settings(cfg.score, name)) for name in again]
     if client is None and any(needs_llm(c.score.scorers) for c in [cfg, *others]):
         client = run_client(on_own_device(cfg), lm, run.llm_cache_file)
@@ -324,17 +325,6 @@ def run_score(
             "recorded, and the same command scores them again once the LLM answers."
         )
     return summarize_run(run.path, explainer)
-
-
-def _replaced_lines(run: RunDir, cfg: RunConfig) -> dict[str, set[tuple]]:
-    """Scorer -> the SCORE_KEYs of its lines of ``cfg``'s explainer that are of replaced explanations, for each
-    scorer that ``cfg.score`` does not run itself (those score every explanation anyway)."""
-    given = {line_name(name, cfg.score.score_mode) for name in cfg.score.scorers}
-    out: dict[str, set[tuple]] = {}
-    for r in run.current_scores(cfg.explain.explainer).replaced:
-        if r["scorer"] not in given:
-            out.setdefault(r["scorer"], set()).add(tuple(r[k] for k in SCORE_KEY))
-    return out
 
 
 def summarize_run(run_dir: Path, explainer: str | None = None) -> dict:

@@ -21,6 +21,7 @@ from interp.app.session import Runs
 from interp.app.workspace import Workspace
 from interp.cli import main
 from interp.errors import BusyError
+from interp.locks import Work, hold
 from interp.rundir import RunDir
 from tests.helpers.models import save_tiny_model
 from tests.helpers.pipeline import scripted_reply, tiny_run_args
@@ -195,3 +196,20 @@ def test_the_apps_explain_job_beside_a_cli_job_is_refused_on_the_page(cached, se
     asked = len(server.requests)
     _, table = explain_score.explain(open_run, CODER, "default", llm, LATENTS, progress=False)
     assert len(table.rows) == 12 and len(server.requests) == asked  # after the CLI job: nothing asked again
+
+
+def test_a_bare_score_locks_the_other_scorers_it_rescores(cached, capsys):
+    """A bare ``interp score`` also scores again the lines of other scorers whose explanations were replaced: it
+    locks those scorers too, so one held elsewhere stops it in one line (before any model loads)."""
+    run = RunDir(cached)
+    assert main(["explain", str(cached), "--explainer", "tokens", "--latents", LATENTS, "--quiet"]) == 0
+    assert main(["score", str(cached), "--explainer", "tokens", "--scorers", "embedding", "--quiet"]) == 0
+    (first,) = [r for r in run.explanations("tokens") if r["latent"] == 0]
+    run.add_explanations([{**first, "explanation": "a replaced explanation"}])  # as `explain --redo` leaves it
+    lock = run.lock_file("score", CODER, "embedding--tokens")
+    capsys.readouterr()
+    with hold([Work(lock, "scoring with embedding elsewhere")]):
+        assert main(["score", str(cached), "--explainer", "tokens", "--quiet"]) == 2  # its own scorer: detection
+    line = _one_line(capsys.readouterr().err, "error: Another process is already scoring")
+    assert f"with embedding: pid {os.getpid()} on " in line
+    assert {r["scorer"] for r in run.current_scores("tokens").replaced} == {"embedding"}  # nothing rescored
