@@ -48,22 +48,31 @@ def test_the_explain_tabs_search_reaches_the_explain_stage_and_explore_shows_its
     ws = copy_workspace(workspace, tmp_path)
     server.request_reply = explainer_reply
     h = Handlers(AppConfig(workspace=str(ws), run_dir=RUN))
-    first, second, untouched, *_ = explained_latents(ws)
+    run = h.runs.get(RUN)
+    latents = explained_latents(ws)
+    records = {r.latent: r for r in run.builder(CODER).build(CODER, latents)}
+    # the judge's AUROC needs validation examples of both kinds; this small run has them for some latents only
+    scored = [k for k in latents if records[k].valid and records[k].valid_negatives + records[k].valid_hard_negatives]
+    first, second = scored[0], next(k for k in latents if k not in scored)
+    untouched = next(k for k in latents if k not in (first, second))
     chosen = f"{first},{second}"
     llm = ["url", "", server.base_url, "scripted"]
     status, table, _ = h.explain(
         RUN, CODER, 0, "short", "a selection", chosen, *llm, "best-of-k", 3, 1, "embedding", 0.5, True, False
     )
     assert "done" in status and "other search settings" not in status
-    assert sorted(table["latent"]) == [first, second]
+    assert sorted(table["latent"]) == sorted([first, second])
     bodies = [json.loads(r["body"]) for r in server.requests]
     assert len(bodies) == 6  # 3 candidates for each of the 2 latents
     assert [b.get("temperature") for b in bodies].count(
         0.5
     ) == 4  # the first of each latent greedy, the others sampled
     lines = searched_lines(ws)
-    assert sorted(lines) == [first, second]
-    run = h.runs.get(RUN)
+    assert sorted(lines) == sorted([first, second])
+    ok = [c for c in lines[first]["candidates"] if c["status"] == "ok"]
+    assert ok and all(c["score"] is not None for c in ok)  # judged on validation
+    assert lines[first]["judge"]["validation_score"] == max(c["score"] for c in ok)
+    assert all(c["score"] is None for c in lines[second]["candidates"])  # nothing to judge on: the first ok is kept
     for latent, r in lines.items():
         assert r["search"] == {
             "search": "best-of-k",
@@ -100,7 +109,8 @@ def test_the_explain_tabs_search_reaches_the_explain_stage_and_explore_shows_its
         assert r["search"]["search"] == "refine" and r["search"]["rounds"] == 1 and r["search"]["candidates"] == 2
         assert [c["round"] for c in r["candidates"]][:2] == [0, 0] and {c["round"] for c in r["candidates"]} <= {0, 1}
     refined = [json.loads(r["body"])["messages"][-2]["content"] for r in server.requests]
-    assert all("Your explanation was:" in m for m in refined)  # round 0 was answered by the response cache
+    assert refined and all("Your explanation was:" in m for m in refined)  # round 0 came from the response cache
+    assert any(c["round"] == 1 for c in searched_lines(ws)[first]["candidates"])
 
 
 def test_the_search_settings_are_checked_as_the_cli_checks_them(tmp_path, workspace):
