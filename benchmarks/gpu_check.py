@@ -198,7 +198,7 @@ def small_plan() -> Plan:
         sae_latents=256,
         bench_model="tiny-b",
         cache_bench=[
-            *"--layers 1 --latents 256 --tokens 256 --ctx-len 32 --batch-size 4 --repeats 1 --scale 1".split(),
+            *"--layers 1 --latents 256 --tokens 256 --ctx-len 32 --batch-size 4 --repeats 1 --scale 2".split(),
             *one_thread,
         ],
         scoring_bench=["--latents", "1", "--texts", "2", "--max-tokens", "4", "--tokens", "4000", *one_thread],
