@@ -26,7 +26,7 @@ from .explain import TokenText, explain_batch, note_other_models
 from .explain.search import Search, SearchSettings, note_other_searches
 from .llm import GenerationParams, LLMClient, run_client, runs_locally
 from .models import LoadedModel, load_model, resolve_hookpoint
-from .processes import everyone_done, on_own_device, share
+from .processes import everyone_done, launch_state, on_own_device, share
 from .records import LatentRecord, select_latents
 from .rundir import SCORE_KEY, RunDir
 from .scoring.base import ScoreResult
@@ -65,9 +65,7 @@ def run_cache(
     loaded, so a first command with a mistake in it leaves nothing that blocks the corrected one.
     """
     check_config(cfg)
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = launch_state()  # before anything else makes accelerate's state: it is made once
     run = RunDir(run_dir)
     if state.is_main_process:
         run.start(overwrite=overwrite)
