@@ -30,6 +30,7 @@ Run from the repository root::
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -129,6 +130,37 @@ def write_scores(run: RunDir, batch: int = 512) -> None:
     (run.path / "scored").write_text("done\n")
 
 
+def replicate(source: RunDir, run: RunDir) -> None:
+    """``run``'s explanation and score lines: ``source``'s (real ones), repeated over ``run``'s latents with the keys
+    changed, through ``RunDir.add_explanations`` and ``add_scores``; each random-explanation line gets the text that
+    ``baseline_explanations`` assigns in ``run``, so the lines count as current. For sizes whose ``interp explain``
+    would take longer than this machine has (about 26 ms a latent under load)."""
+    if (run.path / "scored").exists():
+        return
+    run.explanations_file.unlink(missing_ok=True)
+    run.scores_file.unlink(missing_ok=True)
+    (coder,) = run.finished_coders()
+    count = run.latent_counts(coder)
+    latents = [i for i in range(len(count)) if count[i] >= run.read_config().records.min_examples]
+    lines = source.usable_explanations(EXPLAINER)
+    made = [{**lines[i % len(lines)], "coder": coder, "latent": latent} for i, latent in enumerate(latents)]
+    run.add_explanations(made)
+    baseline = baseline_explanations(made, run.read_config().records.records_seed)
+    scored: dict[int, dict] = {}
+    for r in source.current_scores(EXPLAINER).rows:
+        scored.setdefault(r["latent"], {})[r["baseline"]] = r
+    pairs = [(v[False], v[True]) for v in scored.values() if len(v) == 2]
+    for start in range(0, len(made), 2048):
+        out = []
+        for i, row in enumerate(made[start : start + 2048], start):
+            texts = (row["explanation"], baseline[(coder, row["latent"])])
+            for line, text in zip(pairs[i % len(pairs)], texts, strict=True):
+                out.append({**line, "coder": coder, "latent": row["latent"], "explanation": text})
+        run.add_scores(out)
+    print(f"replicated {len(made):,} explanations of {source.path.name} in {run.path.name}", flush=True)
+    (run.path / "scored").write_text("replicated\n")
+
+
 def add_scores(run: RunDir, scorer: EmbeddingScorer, coder: str, jobs: list) -> None:
     """Score ``jobs`` (record, baseline?, text) and append their lines."""
     results = scorer.score([(record, text) for record, _, text in jobs])
@@ -218,12 +250,15 @@ def time_explain(work: Path, model: str, latents: int, tokens: int) -> str:
     """``interp explain RUN --explainer tokens --latents all`` on a run of ``tokens`` cached tokens, from none."""
     run = make_run(work, model, latents, tokens, explain=False)
     run.explanations_file.unlink(missing_ok=True)
-    before = load()
+    before, cpu = load(), resource.getrusage(resource.RUSAGE_CHILDREN)
     seconds = interp("explain", str(run.path), "--explainer", EXPLAINER, "--latents", "all", "--quiet")
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
     n = len(run.usable_explanations(EXPLAINER))
     return (
         f"`interp explain --explainer tokens --latents all`, {tokens:,} cached tokens, {latents:,} latents "
-        f"({model} model): {n:,} explained in {seconds:.1f} s (load average {before} before, {load()} after)"
+        f"({model} model): {n:,} explained in {seconds:.1f} s wall, {cpu_s:.1f} s CPU "
+        f"(load average {before} before, {load()} after)"
     )
 
 
@@ -235,15 +270,25 @@ def main(argv=None) -> None:
     p.add_argument(
         "--tokens", type=int, default=131072, help="cached tokens of those runs (default: 131,072: every latent fires)"
     )
+    p.add_argument(
+        "--replicate",
+        action="store_true",
+        help="the larger runs' lines are the first run's, repeated over their latents (their caches are real)",
+    )
     p.add_argument("--explain-tokens", type=int, default=None, help="also time explain on a cache this large")
     p.add_argument("--explain-latents", type=int, default=4608, help="latents of that run (default: 4,608)")
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     rows = []
+    first = None
     for n in args.latents:
-        run = make_run(args.work, args.model, n, args.tokens, explain=True)
-        write_scores(run)
+        run = make_run(args.work, args.model, n, args.tokens, explain=first is None or not args.replicate)
+        if first is not None and args.replicate:
+            replicate(first, run)
+        else:
+            write_scores(run)
+        first = first or run
         rows.append(measure(run, args.work / f"publish-{n}"))
         print(json.dumps(rows[-1]), flush=True)
     if rows:

@@ -120,6 +120,10 @@ def run_cache(
     return Cached(summary, Subject(lm, coders))
 
 
+TOKENS_BATCH = 256
+"""Latents the tokens explainer (no LLM) explains per appended batch of explanations.jsonl lines."""
+
+
 def latents_per_batch(cfg: RunConfig) -> int:
     """Latents explained (or scored) together: ``explain_batch`` for a local LLM; with a server, enough that
     ``concurrency`` requests stay in flight across latents, not only within one."""
@@ -184,9 +188,12 @@ def run_explain(
     start = time.perf_counter()
     now: Counter = Counter()
     failure: str | None = None
+    # The tokens explainer costs nothing per latent, so its batch is only how often lines are synced to disk: in
+    # batches of 8, the appends' fsyncs were 5% of the stage at 1,000 latents; a kill loses seconds of work.
+    step = TOKENS_BATCH if explainer == "tokens" and search is None else latents_per_batch(cfg)
     for name, coder, todo in jobs:
         stream = run.record_builder(name, cfg, lm, coder).build(name, todo)  # one ranged pass over the cache
-        while records := list(islice(stream, latents_per_batch(cfg))):
+        while records := list(islice(stream, step)):
             effects = _intervention_effects(cfg, lm, coder, records) if explainer == "intervention" else None
             if search:
                 results = search.explain(records, effects)
