@@ -84,10 +84,9 @@ def test_two_processes_explain_and_score_exactly_what_one_does(runs, tmp_path):
     )
     scores, want = _keyed(_lines(two / "scores.jsonl"), SKEY), _keyed(_lines(one / "scores.jsonl"), SKEY)
     assert scores.keys() == want.keys()
-    # Only the explanations' own lines: the random baseline text a latent gets (baseline_explanations) depends on
-    # the order of explanations.jsonl's lines, which two processes append in another order, so every baseline
-    # line differs (a known gap, not the split's: the baselines should be drawn from the lines sorted by key).
-    assert all(_close(scores[k], want[k]) for k in want if not k[4])
+    # The random baselines too: their texts are drawn from the explanations sorted by key, not in the order the two
+    # processes appended them (before, every baseline line of a split run differed from one process's).
+    assert all(_close(scores[k], want[k]) for k in want)
 
 
 def _close(a, b) -> bool:

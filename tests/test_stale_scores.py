@@ -153,3 +153,16 @@ def test_a_line_counts_only_for_the_current_usable_text_and_the_random_text_it_a
     assert split.left_out() == {"embedding": {"replaced": 2, "withdrawn": 4}}
     assert current_scores(explanations, now + old + gone, seed=7, explainer="x").rows == []
     assert current_scores(explanations, now, seed=8).replaced == [now[1]]  # another seed assigns other random texts
+
+
+def test_the_random_texts_depend_on_the_explanations_held_not_on_their_line_order():
+    """Processes under ``accelerate launch`` append their explanations interleaved: the baselines are the same."""
+    rows = [
+        {"explainer": "default", "coder": c, "latent": k, "status": "ok", "explanation": f"{c} {k}"}
+        for c in ("a", "b")
+        for k in range(20)
+    ]
+    assigned = baseline_explanations(rows, seed=3)
+    assert baseline_explanations(rows[::-1], seed=3) == assigned
+    assert baseline_explanations(rows[1::2] + rows[::2], seed=3) == assigned
+    assert all(text != f"{coder} {latent}" for (coder, latent), text in assigned.items())  # never its own

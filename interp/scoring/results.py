@@ -124,9 +124,12 @@ def scorer_agreement(table: dict[str, dict[int, float]]) -> dict[tuple[str, str]
 
 
 def baseline_explanations(rows: list[dict], seed: int) -> dict[tuple[str, int], str]:
-    """Each latent's random explanation: another latent's, by a seeded derangement."""
+    """Each latent's random explanation: another latent's, by a seeded derangement of the rows sorted by (coder,
+    latent), so the assignment depends on which explanations a run holds, not on the order its lines were appended in
+    (processes under ``accelerate launch`` append theirs interleaved)."""
     if len(rows) < 2:
         return {}
+    rows = sorted(rows, key=lambda r: (r["coder"], r["latent"]))
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     shifted = order[1:] + order[:1]
