@@ -30,6 +30,7 @@ from .dataset import (
     SPLIT,
     PublishError,
     without_record,
+    without_search,
 )
 from .delphi_results import is_delphi_results, read_delphi
 from .hub import CARD, hub_endpoint
@@ -49,12 +50,25 @@ def load_folder(folder: str | Path, *, cache_dir: str | None = None) -> dict[str
     version = (card.data.get("interp") or {}).get("schema_version")
     if version is None:
         raise PublishError(f"{folder / CARD} has no interp.schema_version: this is not a dataset published by interp.")
-    if version != SCHEMA_VERSION:
+    if version not in (SCHEMA_VERSION, BEFORE_SEARCH):
         raise PublishError(
-            f"{folder} uses schema {version}; this interp reads {SCHEMA_VERSION}. Upgrade interp to read it."
+            f"{folder} uses schema {version}; this interp reads {SCHEMA_VERSION} and {BEFORE_SEARCH}. Upgrade interp "
+            "to read it."
         )
     configs = MetadataConfigs.from_dataset_card_data(card.data)
-    return {name: load_dataset(str(folder), name, split=SPLIT, cache_dir=cache_dir) for name in configs}
+    tables = {name: load_dataset(str(folder), name, split=SPLIT, cache_dir=cache_dir) for name in configs}
+    return tables if version == SCHEMA_VERSION else {name: _with_search(t) for name, t in tables.items()}
+
+
+BEFORE_SEARCH = "interp-explanations/1"
+"""The schema before the search columns: its rows are read with no search and no candidates."""
+
+
+def _with_search(table: Dataset) -> Dataset:
+    """A table of schema 1 in today's schema: the search columns empty, as for an explanation no search chose."""
+    return table.map(
+        lambda _: {**without_search(), "schema_version": SCHEMA_VERSION}, features=FEATURES, desc="schema 1 to 2"
+    )
 
 
 def _latent(key: str, path: Path) -> int:

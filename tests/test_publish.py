@@ -183,6 +183,31 @@ def test_a_folder_of_another_schema_version_is_refused(folder, tmp_path):
         load_published(copy)
 
 
+@pytest.mark.slow
+def test_a_folder_published_before_the_search_columns_reads_with_them_empty(folder, tmp_path):
+    """Schema 1 had no ``search`` and ``candidates``: its rows come back in today's schema, nothing else changed."""
+    import pyarrow.parquet as pq
+
+    copy = tmp_path / "v1"
+    shutil.copytree(folder.path, copy)
+    (copy / "README.md").write_text((copy / "README.md").read_text().replace(SCHEMA_VERSION, "interp-explanations/1"))
+    for part in copy.glob("data/*/*.parquet"):
+        table = pq.read_table(part).drop_columns(["search", "candidates"])
+        pq.write_table(
+            table.set_column(
+                table.schema.get_field_index("schema_version"),
+                "schema_version",
+                [["interp-explanations/1"] * table.num_rows],
+            ),
+            part,
+        )
+    now, before = load_published(folder.path), load_published(copy)
+    assert before.keys() == now.keys()
+    for name, table in before.items():
+        assert table.features == now[name].features
+        assert table.to_list() == [{**row, "search": None, "candidates": []} for row in now[name].to_list()]
+
+
 def _everything_written(*roots) -> bytes:
     return b"".join(p.read_bytes() for root in roots for p in sorted(root.rglob("*")) if p.is_file())
 
