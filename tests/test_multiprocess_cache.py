@@ -1,5 +1,5 @@
-"""Caching across processes (``accelerate launch``): each process writes its own shards, and the result is the
-one-process cache, byte for byte."""
+"""Caching across processes (``torchrun``, which ``accelerate`` reads as a launch): each process writes its own
+shards, and the result is the one-process cache, byte for byte."""
 
 import subprocess
 import sys
@@ -19,21 +19,9 @@ def test_two_processes_cache_exactly_what_one_does(tmp_path, smollm_tokenizer):
         "--coders topk-neurons@model.layers.1.mlp neurons@model.layers.2.mlp --quiet"
     ).split()
     assert main(["cache", str(tmp_path / "one"), *args]) == 0
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.accelerate_cli",
-        "launch",
-        "--cpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
+    # torchrun, as tests/test_accelerate_split.py: `accelerate launch --cpu --num_processes 2` starts one process
+    # unless MPI runs it (this test compared one process with itself until stop 29).
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     done = subprocess.run(
         [*launch, "-m", "interp", "cache", str(tmp_path / "two"), *args], capture_output=True, text=True, timeout=600
     )
