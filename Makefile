@@ -40,9 +40,10 @@ lint: install
 test: lint chromium
 	$(PY) -m pytest -q
 
-# Everything but the long reliability suites (kills, faults, flaky servers, app load, browser).
+# The developer's quick loop: everything but the long reliability suites (kills, faults, flaky servers, app load,
+# browser, the Space) and the slow tests (the embedded SmolLM2, fresh Python processes).
 test-fast: lint
-	$(PY) -m pytest -q -m "not reliability"
+	$(PY) -m pytest -q -m "not reliability and not slow"
 
 app: install
 	$(VENV)/bin/interp app $(RUN_DIR)

@@ -29,6 +29,14 @@ doing and replays; a developer's ``make test`` keeps exploring new cases. A case
 test as an ``@example``."""
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the embedded SmolLM2 (the ``smollm`` fixture) is ``slow``, marked or not, so ``make
+    test-fast`` leaves out each of them, not only those whose author remembered the mark."""
+    for item in items:
+        if "smollm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def smollm_tokenizer():
     """The embedded model's real tokenizer (cheap once the GGUF has been converted)."""

@@ -500,6 +500,7 @@ def test_interp_app_reports_bad_settings_in_one_line(tmp_path, capsys, monkeypat
     assert "$INTERP_PORT: Cannot read 'zero' as a whole number" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_python_app_py_serves_the_run_on_localhost_with_settings_from_the_environment(workspace, tmp_path):
     port = free_port()
     env = {
@@ -526,6 +527,7 @@ def test_python_app_py_serves_the_run_on_localhost_with_settings_from_the_enviro
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_app_py_is_the_interp_app_command():
     out = subprocess.run([sys.executable, "app.py", "--help"], capture_output=True, text=True, check=True).stdout
     assert "usage: interp app" in out and "--workspace" in out and "INTERP_" in out

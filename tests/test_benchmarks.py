@@ -71,6 +71,7 @@ def test_records_throughput_on_a_given_model(tiny_model):
     assert re.search(r"^\| 2,048 \| [\d.]+ \(\d+\) \| [\d.]+ \(\d+\) \| [\d.]+ \|$", out, flags=re.M)  # growth
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_scoring_cost_on_a_given_model_and_device(tiny_model):
     out = script(
         "scoring_cost.py",
@@ -85,6 +86,7 @@ def test_scoring_cost_on_a_given_model_and_device(tiny_model):
     )
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_gpu_check_dry_run_on_the_cpu(tmp_path, benchmarks_importable):
     import gpu_check
 

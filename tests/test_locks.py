@@ -130,6 +130,7 @@ def _one_line(err: str, starts: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # other processes (forked from a server)
 def test_a_second_explain_stops_in_one_line_or_waits_and_asks_nothing_again(cached, server, forks):
     run = RunDir(cached)
     server.gate.clear()
@@ -158,6 +159,7 @@ def holder_left(run: RunDir) -> list[Path]:
     return sorted((run.path / "locks").glob("*.json"))
 
 
+@pytest.mark.slow  # other processes (forked from a server)
 def test_a_second_score_stops_and_a_waiting_one_scores_nothing_again(cached, server, forks):
     for explainer in ("tokens", "default"):
         assert main(["explain", str(cached), "--explainer", explainer, "--latents", LATENTS, "--quiet"]) == 0
@@ -183,6 +185,7 @@ def test_a_second_score_stops_and_a_waiting_one_scores_nothing_again(cached, ser
     assert len(prompts) == len(set(prompts))
 
 
+@pytest.mark.slow  # other processes (forked from a server)
 def test_the_apps_explain_job_beside_a_cli_job_is_refused_on_the_page(cached, server, forks):
     server.gate.clear()
     first = _explain(forks, cached, server.base_url)

@@ -463,6 +463,7 @@ def test_score_entries_keep_every_metric_typed_or_as_json():
     assert table[0]["scores"] == [first, second]
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_the_core_does_not_import_publish():
     code = "import sys, interp.cli, interp.stages; print('publish' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

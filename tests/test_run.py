@@ -108,6 +108,7 @@ def test_run_on_the_embedded_default_loads_the_model_once(tmp_path, loads, capsy
     assert len(loads) == 1
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_python_dash_m_interp_shows_help():
     out = subprocess.run(
         [sys.executable, "-m", "interp", "run", "--help"], capture_output=True, text=True, check=True

@@ -70,6 +70,7 @@ def made_run(tmp_path_factory, tiny_model, saelens_dir) -> Path:
     return run_dir
 
 
+@pytest.mark.slow  # every stage end to end
 def test_a_users_run_loads_its_model_once_and_resumes_from_the_run_directory_alone(
     tmp_path, tiny_model, saelens_dir, loads
 ):
@@ -82,6 +83,7 @@ def test_a_users_run_loads_its_model_once_and_resumes_from_the_run_directory_alo
     assert loads == [str(tiny_model)] * 2
 
 
+@pytest.mark.slow  # every stage end to end
 def test_every_stage_on_an_existing_run_takes_the_run_directory_alone(
     tmp_path, made_run, tiny_model, llm, loads, capsys
 ):
@@ -194,6 +196,7 @@ def test_a_stage_on_a_folder_that_is_no_run_says_so(tmp_path, capsys):
     assert "Two run directories given" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # every stage end to end
 def test_a_failed_first_command_leaves_nothing_that_blocks_the_corrected_one(
     tmp_path, tiny_model, saelens_dir, capsys
 ):
@@ -225,6 +228,7 @@ def test_the_readme_draws_the_run_directory_as_its_owning_module_does():
     assert drawn.strip() == owned.split("\nEvery write", 1)[0].strip()
 
 
+@pytest.mark.slow  # every stage end to end
 def test_another_llm_neither_silently_keeps_nor_mixes_explanations(tmp_path, made_run, llm, capsys, caplog):
     run_dir = tmp_path / "run"
     shutil.copytree(made_run, run_dir)

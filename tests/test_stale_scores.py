@@ -55,6 +55,7 @@ def tiny_model(tmp_path_factory, smollm_tokenizer) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("model"), smollm_tokenizer)
 
 
+@pytest.mark.slow  # every stage end to end
 def test_scores_of_replaced_explanations_are_left_out_named_and_rescored_by_one_command(
     tmp_path, tiny_model, server, capsys
 ):
