@@ -14,7 +14,9 @@ def test_the_scale_benchmark_keeps_as_many_requests_in_flight_as_asked(capsys):
     spec = importlib.util.spec_from_file_location("served_scale", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    bench.main(["--latents", "3", "--concurrency", "1", "16", "--latency", "0.05"])
+    # Each reply waits 0.3 s, so the client's 16 requests overlap even on a busy machine: at 0.05 s, a fresh-clone CI
+    # run saw 14 at once (replies came back before the last requests were sent).
+    bench.main(["--latents", "3", "--concurrency", "1", "16", "--latency", "0.3"])
     out = capsys.readouterr().out
     rows = re.findall(r"^\| (\d+) \| (\d+) \| ([\d.]+) \| (\d+) \|", out, flags=re.MULTILINE)
     assert [(int(c), int(inflight)) for c, _, _, inflight in rows] == [(1, 1), (16, 16)]
