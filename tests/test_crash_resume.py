@@ -1,11 +1,15 @@
 """Crash and resume: ``interp run`` killed with SIGKILL at many points, then resumed, ends as an uninterrupted run.
 
 The pipeline runs in child processes (forked from a server that has imported the library once,
-so a kill-and-resume costs the run's own work, not torch's import; one kill hits a real
-``python -m interp run`` process). Kill points are file-system events the harness watches for:
-a shard's sidecar appearing, a temporary file of an atomic write existing (a write in
-progress), k new lines in a JSONL file, a plot being drawn. A second chain kills at seeded
-random times. After every kill, each file in the run directory must be whole (JSON parses,
+so a kill-and-resume costs the run's own work, not torch's import; the first of each chain runs
+in a fresh Python interpreter). Kill points are file-system events: a shard's sidecar appearing,
+a temporary file of an atomic write existing (a write in progress), k new lines in a JSONL
+file, a plot being drawn. The child checks them itself, from an audit hook, at each of its
+own file operations in the run directory, and SIGKILLs itself at the first one after an event
+has happened: the chain kills at the same points on every machine, where a watcher polling
+from outside missed the points that pass in a millisecond when the child held both cores (a
+fresh-clone CI run on a faster machine reached 12 of 16). A second chain kills at seeded
+random times, from outside. After every kill, each file in the run directory must be whole (JSON parses,
 safetensors load, PNGs decode, JSONL lines parse but for a torn last one); after the last
 resume the directory must equal an uninterrupted run's, file by file.
 
@@ -42,6 +46,7 @@ pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="forkserver and SIGKILL semantics of Linux"),
 ]
 
+ROOT = Path(__file__).resolve().parents[1]
 CODER = "model.layers.3.mlp.topk-neurons"
 TIMEOUT = 240.0
 """Seconds one child may run before the harness calls it hung."""
@@ -83,14 +88,52 @@ def run_args(run_dir: Path, url: str) -> list[str]:
     ]
 
 
-def _child(argv: list[str], log: str) -> None:
-    """Entry point of a forked child: ``interp`` with its output in ``log``."""
+FILE_OPERATIONS = {"open": 0, "os.rename": 1, "os.remove": 0, "os.mkdir": 0, "shutil.rmtree": 0}
+"""Audit events of file operations, with which of their arguments is the path they write (os.rename: the target)."""
+
+
+def _child(argv: list[str], log: str, run_dir: str, start: dict, window: list[int]) -> None:
+    """Entry point of a child: ``interp`` with its output in ``log``; it kills itself at the first event of ``window``
+    (indexes of EVENTS) that it reaches, if any."""
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     from interp.cli import main
 
-    sys.exit(main(argv))
+    if not window:
+        sys.exit(main(argv))
+    start = {k: tuple(v) if isinstance(v, list) else v for k, v in start.items()}  # (mtime, size), through JSON
+    die = _die_at_first_event(Path(run_dir), start, window)
+    sys.addaudithook(die)
+    code = main(argv)
+    die("os.rename", (None, run_dir))  # the last write has no file operation after it: check once more
+    sys.exit(code)
+
+
+def reached_events(run_dir: Path, start: dict, window) -> list[int]:
+    """The indexes of ``window`` (into EVENTS) whose events have happened in ``run_dir`` since ``start``."""
+    return [i for i in window if EVENTS[i][1](run_dir, start)]
+
+
+def _die_at_first_event(run_dir: Path, start: dict, window) -> Callable[[str, tuple], None]:
+    """An audit hook that SIGKILLs this process at a file operation in ``run_dir`` once an event of ``window`` has
+    happened. Its own reads (the events open files) are not checked again; a thread's operation while another
+    checks is let through, and the next one is checked."""
+    checking = []
+    root = str(run_dir)
+
+    def hook(event: str, args: tuple) -> None:
+        which = FILE_OPERATIONS.get(event)
+        if which is None or checking or not str(args[which]).startswith(root):
+            return
+        checking.append(True)
+        try:
+            if reached_events(run_dir, start, window):
+                os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            checking.clear()
+
+    return hook
 
 
 class Outcome(NamedTuple):
@@ -184,8 +227,8 @@ SHARDS = f"cache/{CODER}"
 EVENTS: list[tuple[str, Event]] = [
     ("config written", written("config.json")),
     ("token windows cached", written("cache/tokens.safetensors")),
-    ("shard 0 done", written(f"{SHARDS}/shard-00000.json")),
     ("writing a shard", writing(SHARDS)),
+    ("shard 0 done", written(f"{SHARDS}/shard-00000.json")),
     ("2 more shards done", new_files(SHARDS, "shard-*.json", 2)),
     ("shard 6 written, its sidecar not yet", written(f"{SHARDS}/shard-00006.safetensors")),
     ("cache stats written", written(f"{SHARDS}/stats.safetensors")),
@@ -202,8 +245,12 @@ EVENTS: list[tuple[str, Event]] = [
 """Kill points in the order a run meets them; each refers to progress made by the process it kills."""
 
 
+IN_A_FRESH_PROCESS = "import json, sys; from tests.test_crash_resume import _child; _child(*json.loads(sys.argv[1]))"
+"""``python -c`` this with ``_child``'s arguments as JSON: the same child in a fresh interpreter."""
+
+
 class Harness:
-    """Starts ``interp`` children (forked, or a real ``python -m interp``) and kills them when an event happens."""
+    """Starts ``interp`` children (forked from a preloaded server, or in a fresh Python) and kills them at a point."""
 
     def __init__(self, url: str, logs: Path):
         self.url = url
@@ -214,32 +261,38 @@ class Harness:
         warm.start()
         warm.join()
 
-    def run(self, run_dir: Path, kill: Event | None = None, *, real_process: bool = False) -> Outcome:
-        """Run the pipeline on ``run_dir`` until it ends or ``kill`` fires (then SIGKILL)."""
+    def run(
+        self, run_dir: Path, kill: Event | None = None, *, window=(), fresh_process: bool = False
+    ) -> tuple[Outcome, list[int]]:
+        """Run the pipeline on ``run_dir`` until it ends, the child reaches an event of ``window`` (indexes of
+        EVENTS: it kills itself) or ``kill`` fires (watched from here: then SIGKILL). Also returns the events of
+        ``window`` that had happened when it ended."""
         start = snapshot(run_dir) if run_dir.exists() else {}
         for rel in ("llm_cache.jsonl", "explanations.jsonl", "scores.jsonl"):
             start[f"lines:{rel}"] = _lines(run_dir / rel)
-        argv = run_args(run_dir, self.url)
+        args = [run_args(run_dir, self.url), self.log, str(run_dir), start, list(window)]
         t0 = time.monotonic()
-        if real_process:
-            with open(self.log, "a") as log:
-                proc = subprocess.Popen([sys.executable, "-m", "interp", *argv], stdout=log, stderr=log)
+        if fresh_process:
+            proc = subprocess.Popen([sys.executable, "-c", IN_A_FRESH_PROCESS, json.dumps(args)], cwd=ROOT)
             pid, alive, code = proc.pid, lambda: proc.poll() is None, lambda: proc.wait()
         else:
-            proc = self.ctx.Process(target=_child, args=(argv, self.log))
+            proc = self.ctx.Process(target=_child, args=args)
             proc.start()
             pid, alive, code = proc.pid, proc.is_alive, lambda: (proc.join(), proc.exitcode)[1]
+        killed = False
         while alive():
             if kill is not None and kill(run_dir, start):
                 os.kill(pid, signal.SIGKILL)
-                returncode = code()
-                return Outcome(returncode in (-signal.SIGKILL,), returncode, time.monotonic() - t0)
+                killed = True
+                break
             if time.monotonic() - t0 > TIMEOUT:
                 os.kill(pid, signal.SIGKILL)
                 code()
                 pytest.fail(f"interp run hung for {TIMEOUT:.0f} s on {run_dir}; see {self.log}")
             time.sleep(0.002)
-        return Outcome(False, code(), time.monotonic() - t0)
+        returncode = code()
+        killed = killed or (bool(window) and returncode == -signal.SIGKILL)
+        return Outcome(killed, returncode, time.monotonic() - t0), reached_events(run_dir, start, window)
 
 
 def after(seconds: float) -> Event:
@@ -323,57 +376,64 @@ def harness(tmp_path_factory):
 def reference(harness, tmp_path_factory):
     """An uninterrupted run, and how long it took."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
-    outcome = harness.run(run_dir)
+    outcome, _ = harness.run(run_dir)
     assert outcome.returncode == 0, f"reference run failed; see {harness.log}"
     assert not check_whole(run_dir)
     return normalised(run_dir), outcome.seconds
 
 
-def kill_chain(
-    harness: Harness, run_dir: Path, kills: list[tuple[str, Event]], *, skip_ahead: bool, real_first: bool = False
-) -> list[str]:
-    """Run, killing at each point in turn (each resume starts where the last kill left off); then finish the run.
+def resumed_after(harness: Harness, run_dir: Path, name: str, reached: list[str]) -> None:
+    """After a kill at ``name``: every file is whole (fails at once if not); ``name`` goes to ``reached``, marked
+    "(mid-write)" where the kill left the temporary file of an atomic write or a torn JSONL line behind."""
+    problems = check_whole(run_dir)
+    assert not problems, f"after a kill at {name!r}: {problems}"
+    reached.append(name + (" (mid-write)" if mid_write(run_dir) else ""))
 
-    With ``skip_ahead``, a process is killed at the first of all the remaining points that it
-    reaches, and the points before that one are dropped: a kill that lands a little late (the
-    process ran on past its event) then skips a point rather than ending the chain. Without it,
-    the k-th process is killed at the k-th point (times: each from its own start).
 
-    Returns the names of the kill points reached, marked "(mid-write)" where the kill left the
-    temporary file of an atomic write or a torn JSONL line behind. Fails at once if a kill leaves
-    a damaged file.
-    """
-    reached, remaining, first = [], list(kills), True
+def finish(harness: Harness, run_dir: Path) -> None:
+    final, _ = harness.run(run_dir)
+    assert final.returncode == 0, f"the resumed run failed (exit {final.returncode}); see {harness.log}"
+
+
+def event_chain(harness: Harness, run_dir: Path) -> list[str]:
+    """Run, each process killed at the first of the remaining EVENTS it reaches (each resume starts where the last
+    kill left off, and the points it passed before its kill are dropped); then finish the run. The first process
+    is a fresh Python, the others are forked.
+
+    Returns the names of the kill points reached (see ``resumed_after``)."""
+    reached, remaining = [], list(range(len(EVENTS)))
     while remaining:
-        window = remaining if skip_ahead else remaining[:1]
-        fired = []
-
-        def event(d: Path, start: dict, window=window, fired=fired) -> bool:
-            fired[:] = [i for i, (_, e) in enumerate(window) if e(d, start)][:1]
-            return bool(fired)
-
-        outcome = harness.run(run_dir, event, real_process=real_first and first)
-        first = False
+        outcome, happened = harness.run(run_dir, window=remaining, fresh_process=not reached)
         if not outcome.killed:
             assert outcome.returncode == 0, f"run failed (exit {outcome.returncode}); see {harness.log}"
             break
-        name = window[fired[0]][0]
-        problems = check_whole(run_dir)
-        assert not problems, f"after a kill at {name!r}: {problems}"
-        reached.append(name + (" (mid-write)" if mid_write(run_dir) else ""))
-        remaining = remaining[remaining.index(window[fired[0]]) + 1 :]
-    final = harness.run(run_dir)
-    assert final.returncode == 0, f"the resumed run failed (exit {final.returncode}); see {harness.log}"
+        resumed_after(harness, run_dir, EVENTS[happened[0]][0], reached)
+        remaining = [i for i in remaining if i > happened[0]]
+    finish(harness, run_dir)
+    return reached
+
+
+def timed_chain(harness: Harness, run_dir: Path, times: list[float]) -> list[str]:
+    """Run, the k-th process killed ``times[k]`` seconds after its start (watched from here), until a process ends
+    before its time; then finish the run. Returns the kills that landed (see ``resumed_after``)."""
+    reached = []
+    for t in times:
+        outcome, _ = harness.run(run_dir, after(t))
+        if not outcome.killed:
+            assert outcome.returncode == 0, f"run failed (exit {outcome.returncode}); see {harness.log}"
+            break
+        resumed_after(harness, run_dir, f"{t:.2f} s", reached)
+    finish(harness, run_dir)
     return reached
 
 
 def test_sigkill_at_each_stage_then_resume_equals_an_uninterrupted_run(harness, reference, tmp_path):
     want, _ = reference
-    reached = kill_chain(harness, tmp_path / "run", EVENTS, skip_ahead=True, real_first=True)
+    reached = event_chain(harness, tmp_path / "run")
     diffs = differences(want, normalised(tmp_path / "run"))
     print(f"\nkill points (events): {len(reached)} of {len(EVENTS)} reached and passed: {reached}")
     assert not diffs, diffs
-    assert len(reached) >= len(EVENTS) - 3, f"too few kill points reached: {reached}"
+    assert [name.removesuffix(" (mid-write)") for name in reached] == [name for name, _ in EVENTS]
 
 
 def test_sigkill_at_random_times_then_resume_equals_an_uninterrupted_run(harness, reference, tmp_path):
@@ -382,7 +442,7 @@ def test_sigkill_at_random_times_then_resume_equals_an_uninterrupted_run(harness
     rng = random.Random(seed)
     # each resume has less left to do, so each kill comes sooner
     times = [rng.uniform(0.1, 0.6) * seconds * 0.75**k for k in range(8)]
-    reached = kill_chain(harness, tmp_path / "run", [(f"{t:.2f} s", after(t)) for t in times], skip_ahead=False)
+    reached = timed_chain(harness, tmp_path / "run", times)
     diffs = differences(want, normalised(tmp_path / "run"))
     print(
         f"\nkill points (random times, seed {seed}, reference run {seconds:.1f} s): "
