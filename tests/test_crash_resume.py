@@ -103,16 +103,21 @@ def _child(argv: list[str], log: str, run_dir: str, start: dict, window: list[in
     if not window:
         sys.exit(main(argv))
     start = {k: tuple(v) if isinstance(v, list) else v for k, v in start.items()}  # (mtime, size), through JSON
-    die = _die_at_first_event(Path(run_dir), start, window)
-    sys.addaudithook(die)
+    sys.addaudithook(_die_at_first_event(Path(run_dir), start, window))
     code = main(argv)
-    die("os.rename", (None, run_dir))  # the last write has no file operation after it: check once more
+    _die_if_reached(Path(run_dir), start, window)  # the last write has no file operation after it: check once more
     sys.exit(code)
 
 
 def reached_events(run_dir: Path, start: dict, window) -> list[int]:
     """The indexes of ``window`` (into EVENTS) whose events have happened in ``run_dir`` since ``start``."""
     return [i for i in window if EVENTS[i][1](run_dir, start)]
+
+
+def _die_if_reached(run_dir: Path, start: dict, window) -> None:
+    """SIGKILL this process if an event of ``window`` has happened."""
+    if reached_events(run_dir, start, window):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _die_at_first_event(run_dir: Path, start: dict, window) -> Callable[[str, tuple], None]:
@@ -128,8 +133,7 @@ def _die_at_first_event(run_dir: Path, start: dict, window) -> Callable[[str, tu
             return
         checking.append(True)
         try:
-            if reached_events(run_dir, start, window):
-                os.kill(os.getpid(), signal.SIGKILL)
+            _die_if_reached(run_dir, start, window)
         finally:
             checking.clear()
 
@@ -279,20 +283,19 @@ class Harness:
             proc = self.ctx.Process(target=_child, args=args)
             proc.start()
             pid, alive, code = proc.pid, proc.is_alive, lambda: (proc.join(), proc.exitcode)[1]
-        killed = False
         while alive():
             if kill is not None and kill(run_dir, start):
                 os.kill(pid, signal.SIGKILL)
-                killed = True
                 break
             if time.monotonic() - t0 > TIMEOUT:
                 os.kill(pid, signal.SIGKILL)
                 code()
                 pytest.fail(f"interp run hung for {TIMEOUT:.0f} s on {run_dir}; see {self.log}")
             time.sleep(0.002)
-        returncode = code()
-        killed = killed or (bool(window) and returncode == -signal.SIGKILL)
-        return Outcome(killed, returncode, time.monotonic() - t0), reached_events(run_dir, start, window)
+        returncode = code()  # a SIGKILL is always ours: sent from here, or by the child at its point
+        return Outcome(returncode == -signal.SIGKILL, returncode, time.monotonic() - t0), reached_events(
+            run_dir, start, window
+        )
 
 
 def after(seconds: float) -> Event:
@@ -382,7 +385,7 @@ def reference(harness, tmp_path_factory):
     return normalised(run_dir), outcome.seconds
 
 
-def resumed_after(harness: Harness, run_dir: Path, name: str, reached: list[str]) -> None:
+def resumed_after(run_dir: Path, name: str, reached: list[str]) -> None:
     """After a kill at ``name``: every file is whole (fails at once if not); ``name`` goes to ``reached``, marked
     "(mid-write)" where the kill left the temporary file of an atomic write or a torn JSONL line behind."""
     problems = check_whole(run_dir)
@@ -391,6 +394,7 @@ def resumed_after(harness: Harness, run_dir: Path, name: str, reached: list[str]
 
 
 def finish(harness: Harness, run_dir: Path) -> None:
+    """Run to the end, uninterrupted: it must succeed."""
     final, _ = harness.run(run_dir)
     assert final.returncode == 0, f"the resumed run failed (exit {final.returncode}); see {harness.log}"
 
@@ -407,7 +411,7 @@ def event_chain(harness: Harness, run_dir: Path) -> list[str]:
         if not outcome.killed:
             assert outcome.returncode == 0, f"run failed (exit {outcome.returncode}); see {harness.log}"
             break
-        resumed_after(harness, run_dir, EVENTS[happened[0]][0], reached)
+        resumed_after(run_dir, EVENTS[happened[0]][0], reached)
         remaining = [i for i in remaining if i > happened[0]]
     finish(harness, run_dir)
     return reached
@@ -422,7 +426,7 @@ def timed_chain(harness: Harness, run_dir: Path, times: list[float]) -> list[str
         if not outcome.killed:
             assert outcome.returncode == 0, f"run failed (exit {outcome.returncode}); see {harness.log}"
             break
-        resumed_after(harness, run_dir, f"{t:.2f} s", reached)
+        resumed_after(run_dir, f"{t:.2f} s", reached)
     finish(harness, run_dir)
     return reached
 
