@@ -155,14 +155,6 @@ def _spans(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
 
 
-def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
-    """Which ``values`` are in ``sorted_set`` (sorted ascending)."""
-    if not len(sorted_set):
-        return np.zeros(len(values), dtype=bool)
-    pos = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
-    return sorted_set[pos] == values
-
-
 def _first_occurrences(values: np.ndarray) -> np.ndarray:
     """``values`` without repeats, each where it first appears."""
     _, first = np.unique(values, return_index=True)
@@ -395,17 +387,26 @@ class RecordBuilder:
         record.top = examples[: len(top)]
         record.train = examples[len(top) : len(top) + len(train)]
         record.test = examples[len(top) + len(train) :]
-        active = r.pair_example[p:q]
-        record.negatives = self._negatives(active, cfg.n_negatives, rng)
-        record.hard_negatives = self._hard_negatives(r.peak_token[p + train], active, cfg.n_hard_negatives, rng)
-        self._validation(record, r, p, q, np.concatenate([train, np.array(test, dtype=np.int64)]), train)
+        blocked = np.zeros(self.num_examples, dtype=bool)  # the examples no negative may be: here, where it fires
+        blocked[r.pair_example[p:q]] = True
+        record.negatives = self._negatives(blocked, cfg.n_negatives, rng)
+        record.hard_negatives = self._hard_negatives(r.peak_token[p + train], blocked, cfg.n_hard_negatives, rng)
+        self._validation(record, r, p, q, np.concatenate([train, np.array(test, dtype=np.int64)]), train, blocked)
 
     def _validation(
-        self, record: LatentRecord, r: _Range, p: int, q: int, used: np.ndarray, train: np.ndarray
+        self,
+        record: LatentRecord,
+        r: _Range,
+        p: int,
+        q: int,
+        used: np.ndarray,
+        train: np.ndarray,
+        blocked: np.ndarray,
     ) -> None:
         """The validation split: activating examples over quantiles and random and hard negatives, drawn after every
         other split from what they leave, with a random stream of the latent's own (``[records_seed, latent, 1]``), so
-        the other splits are as they were before there was a validation split."""
+        the other splits are as they were before there was a validation split. ``blocked`` (the examples the latent
+        fires in) is extended in place with the negatives taken."""
         cfg = self.cfg
         rng = np.random.default_rng([cfg.records_seed, record.latent, 1])
         rest = np.ones(q - p, dtype=bool)
@@ -413,13 +414,11 @@ class RecordBuilder:
         weakest_first = r.by_strength[p:q][::-1] - p
         valid, record.valid_quantiles = _spread(weakest_first[rest[weakest_first]], cfg.n_valid, cfg.n_quantiles, rng)
         record.valid = self._activating(r, p + np.array(valid, dtype=np.int64))
-        taken = [ex.index for ex in record.negatives + record.hard_negatives]
-        excluded = np.unique(np.concatenate([r.pair_example[p:q], np.array(taken, dtype=np.int64)]))
-        record.valid_negatives = self._negatives(excluded, cfg.n_valid_negatives, rng)
-        taken = [ex.index for ex in record.valid_negatives]
-        excluded = np.unique(np.concatenate([excluded, np.array(taken, dtype=np.int64)]))
+        blocked[[ex.index for ex in record.negatives + record.hard_negatives]] = True
+        record.valid_negatives = self._negatives(blocked, cfg.n_valid_negatives, rng)
+        blocked[[ex.index for ex in record.valid_negatives]] = True
         peaks = r.peak_token[p + train]
-        record.valid_hard_negatives = self._hard_negatives(peaks, excluded, cfg.n_valid_hard_negatives, rng)
+        record.valid_hard_negatives = self._hard_negatives(peaks, blocked, cfg.n_valid_hard_negatives, rng)
 
     def _activating(self, r: _Range, pairs: np.ndarray) -> list[Example]:
         """The examples of ``pairs`` of ``r``, with the latent's activation on each token."""
@@ -436,27 +435,38 @@ class RecordBuilder:
         zeros = [0.0] * self.cfg.example_len
         return [Example(t, list(zeros), i) for t, i in zip(self._tokens[ids].tolist(), ids.tolist(), strict=True)]
 
-    def _negatives(self, active: np.ndarray, n: int, rng) -> list[Example]:
-        """``n`` random examples the latent does not fire on: the first distinct ones of batches of ``2 n`` draws."""
-        free = self.num_examples - len(active)
+    def _negatives(self, blocked: np.ndarray, n: int, rng) -> list[Example]:
+        """``n`` random examples not ``blocked`` (a mask over examples): the first distinct ones of batches of ``2 n``
+        draws."""
+        free = self.num_examples - int(np.count_nonzero(blocked))
         if n <= 0 or free <= 0:
             return []
         chosen = np.empty(0, dtype=np.int64)
         while len(chosen) < min(n, free):
             draws = rng.integers(0, self.num_examples, size=2 * n)
-            chosen = _first_occurrences(np.concatenate([chosen, draws[~_member(draws, active)]]))[:n]
+            chosen = _first_occurrences(np.concatenate([chosen, draws[~blocked[draws]]]))[:n]
         return self._inactive(np.sort(chosen))
 
-    def _hard_negatives(self, peaks: np.ndarray, active: np.ndarray, n: int, rng) -> list[Example]:
-        """Non-activating examples containing the tokens the latent fires most strongly on (``peaks``, one per train
-        example): those of the first peak token first, each once."""
+    def _hard_negatives(self, peaks: np.ndarray, blocked: np.ndarray, n: int, rng) -> list[Example]:
+        """Examples not ``blocked`` (a mask over examples) containing the tokens the latent fires most strongly on
+        (``peaks``, one per train example): those of the first peak token first, each once.
+
+        One mask pass per distinct peak token (each token's examples are listed ascending, each once), not a sort
+        of every candidate: a common token is in a fixed share of the examples, so the candidates grow with the
+        cache."""
         if n <= 0:
             return []
         peaks = _first_occurrences(peaks)
         if self.view.bos_token_id is not None:
             peaks = peaks[peaks != self.view.bos_token_id]
-        candidates = self._token_examples[_spans(self._token_start[peaks], self._token_start[peaks + 1])]
-        candidates = _first_occurrences(candidates[~_member(candidates, active)])
+        taken = blocked.copy()
+        parts = []
+        for token in peaks.tolist():
+            examples = self._token_examples[self._token_start[token] : self._token_start[token + 1]]
+            examples = examples[~taken[examples]]
+            taken[examples] = True
+            parts.append(examples)
+        candidates = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
         if len(candidates) > n:
             candidates = np.sort(rng.choice(candidates, size=n, replace=False))
         return self._inactive(candidates)
