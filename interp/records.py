@@ -252,15 +252,19 @@ class RecordBuilder:
         self.decoder = decoder
         self.unembed = unembed
 
-    def build(self, coder: str, latents) -> Iterator[LatentRecord]:
-        """Records for ``latents`` of ``coder``, in increasing latent order, streamed range by range."""
+    def build(self, coder: str, latents, *, top_only: bool = False) -> Iterator[LatentRecord]:
+        """Records for ``latents`` of ``coder``, in increasing latent order, streamed range by range.
+
+        With ``top_only``, each record has its statistics, promoted tokens and top examples but no sampled split
+        (train, test, negatives, validation): what a published dataset row holds, at a fraction of the cost; the top
+        examples are those of a whole record (they take no random draw)."""
         wanted = np.unique(np.array([int(i) for i in latents], dtype=np.int64))
         n = self.view.num_latents
         bad = wanted[(wanted < 0) | (wanted >= n)]
         if len(bad):
             raise InterpError(f"Latents {bad[:5].tolist()} do not exist: this coder has {n} latents (0-{n - 1}).")
         for chunk in self._ranges(wanted):
-            yield from self._range_records(coder, chunk)
+            yield from self._range_records(coder, chunk, top_only)
 
     def _ranges(self, wanted: np.ndarray) -> Iterator[np.ndarray]:
         """``wanted`` cut into ranges of at most ``RANGE_LATENTS`` whose span holds at most ``RANGE_TRIPLES`` cached
@@ -347,7 +351,7 @@ class RecordBuilder:
             out += zip(*sides, strict=True)
         return out
 
-    def _range_records(self, coder: str, latents: np.ndarray) -> Iterator[LatentRecord]:
+    def _range_records(self, coder: str, latents: np.ndarray, top_only: bool) -> Iterator[LatentRecord]:
         r = self._read(latents)
         act = torch.from_numpy(r.act)
         for i, (latent, logit_tokens) in enumerate(zip(latents.tolist(), self._logit_tokens(latents), strict=True)):
@@ -364,7 +368,9 @@ class RecordBuilder:
             )
             status = "dead" if count == 0 else "rare" if q - p < self.cfg.min_examples else "ok"
             record = LatentRecord(coder, latent, status, stats, promoted=logit_tokens[0], suppressed=logit_tokens[1])
-            if count:
+            if count and top_only:
+                record.top = self._activating(r, r.by_strength[p : min(q, p + TOP_EXAMPLES)])
+            elif count:
                 self._sample(record, r, p, q)
             yield record
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import datasets
+import pyarrow as pa
 from datasets import Dataset, Features, List, Value
 from tqdm.auto import tqdm
 
@@ -26,6 +27,7 @@ from interp.config import ModelConfig, RunConfig
 from interp.errors import InterpError
 from interp.explain import TokenText
 from interp.explain.search import Candidate, best
+from interp.gcpause import cycle_collection_paused
 from interp.models import EMBEDDED, LoadedModel, load_model
 from interp.records import LatentRecord
 from interp.rundir import RunDir
@@ -368,9 +370,10 @@ def build_dataset(
         latents = sorted(explanations)[:limit]
         builder = run.run.record_builder(name, cfg, lm, loaded[name])
         rows = []
-        with tqdm(total=len(latents), desc=f"dataset rows ({name})", unit="latent", disable=not progress) as bar:
+        bar = tqdm(total=len(latents), desc=f"dataset rows ({name})", unit="latent", disable=not progress)
+        with bar, cycle_collection_paused():  # the rows kept: collector passes over them grew faster than the rows
             for chunk in _chunks(latents, RECORD_CHUNK):
-                for record in builder.build(name, chunk):
+                for record in builder.build(name, chunk, top_only=True):  # a row holds no sampled split
                     rows.append(
                         latent_row(
                             record,
@@ -383,7 +386,8 @@ def build_dataset(
                         )
                     )
                 bar.update(len(chunk))
-        tables[name] = Dataset.from_list(rows, features=FEATURES)
+        # straight to Arrow in the features' schema: the same table as Dataset.from_list, a third of its time
+        tables[name] = Dataset(pa.Table.from_pylist(rows, schema=FEATURES.arrow_schema))
     return tables
 
 

@@ -128,6 +128,20 @@ def test_any_latent_selection_gives_the_same_records_as_the_full_range(setup):
         assert r == full[r.latent]
 
 
+def test_top_only_records_are_the_whole_records_without_their_sampled_splits(tiny_lm, setup):
+    sae, _, _, view = setup
+    lens = logit_lens(tiny_lm.model, sae.decoder_weight())
+    builder = RecordBuilder(view, RecordsConfig(example_len=E, min_examples=1), sae.decoder_weight(), lens)
+    full = list(builder.build("sae", range(sae.num_latents)))
+    top = list(builder.build("sae", range(sae.num_latents), top_only=True))
+    assert sum(bool(r.top) for r in full) > 20
+    for whole, lean in zip(full, top, strict=True):
+        assert (lean.latent, lean.status, lean.stats) == (whole.latent, whole.status, whole.stats)
+        assert (lean.top, lean.promoted, lean.suppressed) == (whole.top, whole.promoted, whole.suppressed)
+        splits = (lean.train, lean.test, lean.negatives, lean.hard_negatives, lean.valid, lean.valid_negatives)
+        assert not any(splits)
+
+
 def test_few_activating_examples_are_shared_between_train_and_test(setup):
     sae, _, _, view = setup
     cfg = RecordsConfig(example_len=E, n_train=20, n_test=20, min_examples=1)

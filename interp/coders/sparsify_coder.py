@@ -5,13 +5,16 @@ The weights and the encoder are sparsify's own; this module only adapts them to 
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from sparsify import SparseCoder as SparsifyModule
 
 from ..errors import CoderFormatError
 from .base import Latents, SparseCoder
 from .source import fetch
+
+if TYPE_CHECKING:
+    from sparsify import SparseCoder as SparsifyModule
 
 
 class SparsifyCoder(SparseCoder):
@@ -19,7 +22,7 @@ class SparsifyCoder(SparseCoder):
 
     kind = "sparsify"
 
-    def __init__(self, sae: SparsifyModule, *, hookpoint: str, source: str):
+    def __init__(self, sae: "SparsifyModule", *, hookpoint: str, source: str):
         super().__init__(
             hookpoint=hookpoint,
             reads="input" if sae.cfg.transcode else "output",
@@ -61,7 +64,12 @@ def load_sparsify(source: str, hookpoint: str | None = None) -> SparsifyCoder:
 
     >>> load_sparsify("EleutherAI/sae-llama-3-8b-32x", "layers.10")
     >>> load_sparsify("runs/demo/coders/model.layers.6")
+
+    sparsify is imported here, not with this module: its import pulls in transformers' modeling code (about 4 s),
+    which commands that never open a sparsify coder (``interp summary``, ``publish --dry-run``) need not pay.
     """
+    from sparsify import SparseCoder as SparsifyModule
+
     # Hub repos name their folders relative to the base model (layers.6)
     hub_folder = hookpoint.removeprefix("model.") if hookpoint and not Path(source).exists() else None
     root = fetch(source, hub_folder)
