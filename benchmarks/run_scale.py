@@ -13,6 +13,8 @@ take hours here; the lines are the stage's, only the similarities differ. Then, 
 
 * reading ``explanations.jsonl`` (the latest line per key: ``RunDir.explanations``),
 * reading ``scores.jsonl`` (``RunDir.scores``) and splitting it by the current explanations (``current_scores``),
+* the app's Explore table: its first page from a freshly opened run (``latent_page``: every latent's row made, sorted
+  and cut to a page of 100) and the next page (a slice of the kept table),
 * ``interp summary RUN`` and ``interp publish RUN --dry-run --out DIR``, whole commands (their Python start
   included: ``python -c 'import interp.cli'`` is timed beside them).
 
@@ -41,6 +43,9 @@ import torch
 
 from cache_throughput import model_skeleton, random_sae_targets
 from common import table
+from interp.app.explore import latent_page
+from interp.app.session import OpenRun
+from interp.app.workspace import Workspace
 from interp.config import ModelConfig
 from interp.jsonl import read_jsonl
 from interp.models import load_model
@@ -185,6 +190,7 @@ def measure(run: RunDir, out: Path) -> dict:
     t_expl, expl = timed(lambda: fresh.explanations(EXPLAINER))
     t_scores, scores = timed(fresh.scores)
     t_current, current = timed(lambda: fresh.current_scores(EXPLAINER))
+    t_page, t_next = app_pages(run)
     t_import = interp_import()
     t_summary = interp("summary", str(run.path), "--explainer", EXPLAINER)
     t_publish = interp("publish", str(run.path), "bench/run-scale", "--dry-run", "--out", str(out), "--quiet")
@@ -197,11 +203,22 @@ def measure(run: RunDir, out: Path) -> dict:
         "explanations s": t_expl,
         "scores s": t_scores,
         "current_scores s": t_current,
+        "app first page s": t_page,
+        "app next page s": t_next,
         "import s": t_import,
         "summary s": t_summary,
         "publish s": t_publish,
         "load": load(),
     }
+
+
+def app_pages(run: RunDir) -> tuple[float, float]:
+    """Seconds for the app's latent table to show its first page from a freshly opened run, and then the next."""
+    opened = OpenRun(run.path, Workspace(run.path.parent))
+    (coder,) = opened.coder_names()
+    first, _ = timed(lambda: latent_page(opened, coder))
+    second, _ = timed(lambda: latent_page(opened, coder, page=2))
+    return first, second
 
 
 def interp_import() -> float:
@@ -220,6 +237,7 @@ def scale_table(rows: list[dict]) -> str:
         "explanations s",
         "scores s",
         "current_scores s",
+        "app table: first page / next s",
         "`interp summary` s",
         "`interp publish --dry-run` s",
         "load avg",
@@ -232,6 +250,7 @@ def scale_table(rows: list[dict]) -> str:
             f"{r['explanations s']:.2f}",
             f"{r['scores s']:.2f}",
             f"{r['current_scores s']:.2f}",
+            f"{r['app first page s']:.2f} / {r['app next page s']:.3f}",
             f"{r['summary s']:.1f}",
             f"{r['publish s']:.1f}",
             r["load"],
@@ -240,8 +259,9 @@ def scale_table(rows: list[dict]) -> str:
     ]
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
-        keys = ["explanations s", "scores s", "current_scores s", "summary s", "publish s"]
-        body.append([f"x{b['latents'] / a['latents']:.0f}", "", ""] + [f"x{b[k] / a[k]:.1f}" for k in keys] + [""])
+        grown = [f"x{b[k] / a[k]:.1f}" for k in ["explanations s", "scores s", "current_scores s", "app first page s"]]
+        grown += [f"x{b[k] / a[k]:.1f}" for k in ["summary s", "publish s"]]
+        body.append([f"x{b['latents'] / a['latents']:.1f}", "", ""] + grown + [""])
     start = rows[-1]["import s"]
     return table(head, body) + f"\n\n(Python start + `import interp.cli`: {start:.1f} s of each command.)"
 

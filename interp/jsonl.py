@@ -117,11 +117,12 @@ def latest_rows(rows: Iterable[dict], key: tuple[str, ...]) -> list[dict]:
     """
     fields = itemgetter(*key) if len(key) > 1 else (lambda r: (r[key[0]],))
     out: dict[tuple, dict] = {}
-    for r in rows:
-        try:
-            out[fields(r)] = r
-        except (KeyError, TypeError):
-            log.warning("skipped a result line without the fields %s: %.80s", ", ".join(key), json.dumps(r))
+    with cycle_collection_paused():  # a new key tuple per row would set off collector passes over every row read
+        for r in rows:
+            try:
+                out[fields(r)] = r
+            except (KeyError, TypeError):
+                log.warning("skipped a result line without the fields %s: %.80s", ", ".join(key), json.dumps(r))
     return list(out.values())
 
 
