@@ -16,6 +16,7 @@ import pytest
 from interp import stages
 from interp.cli import main
 from interp.config import RecordsConfig
+from interp.explain.parse import flag
 from interp.explain.search import mistakes, validation_view
 from interp.records import RecordBuilder
 from interp.rundir import RunDir
@@ -255,3 +256,22 @@ def test_an_interrupted_search_resumes_without_asking_anything_twice(cached, tmp
 
     assert sorted(kept(broken)) == sorted(kept(whole))
     assert any(c["source"] == "tokens" for _, _, cands in kept(whole) for c in cands)
+
+
+def test_every_refinement_round_asks_anew_even_where_the_best_did_not_change(cached, tmp_path, server, judged):
+    _, made = cached
+    run = copy_of(made, tmp_path)
+    server.request_reply = explainer_reply
+    search = "--search refine --rounds 3 --candidates 2".split()
+    assert main(explain_args(run, server.base_url, *search)) == 0
+    lines = RunDir(run).explanations("short")
+    per_round = [sum(c["round"] == k for r in lines for c in r["candidates"]) for k in range(4)]
+    assert per_round[0] == 8 and per_round[2] > 0
+    assert len(server.requests) == sum(per_round)  # none answered from the response cache: no repeated request
+    assert len(set(asked(server))) == len(server.requests)
+
+
+def test_a_reply_that_repeats_the_refinement_request_is_flagged():
+    assert flag("The feature does not fire anywhere here, but your explanation suggests") == "echoes the prompt"
+    assert flag("The feature fires on the marked token here, but your explanation does") == "echoes the prompt"
+    assert flag("fires on the word crown and on royal titles") is None

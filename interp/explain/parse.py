@@ -51,4 +51,16 @@ def flag(explanation: str) -> str | None:
         len(lowered) > 20 and lowered in render("explain_system").lower()
     ):
         return "echoes the prompt"
+    if echoes_the_refinement(explanation):
+        return "echoes the prompt"
     return None
+
+
+def echoes_the_refinement(explanation: str) -> bool:
+    """Whether an explanation repeats a line of the refinement request (``The feature does not fire anywhere here,
+    but your explanation suggests it would``), as a small model served without a started reply does (seen against
+    a llama.cpp server: every refinement round of SmolLM2-135M answered with one)."""
+    said = " ".join(explanation.lower().split()).strip(" .:")
+    fixed = render("explain_refine", current="", missed="", false_alarms="").replace("<<", "").replace(">>", "")
+    lines = [" ".join(line.lower().split()).strip(" .:") for line in fixed.splitlines()]
+    return len(said) > 20 and any(len(line) > 20 and (said in line or line in said) for line in lines)

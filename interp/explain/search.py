@@ -218,14 +218,17 @@ class Search:
 
     def _ask(self, found: dict[int, list[Candidate]], prompts: dict[int, Prompt], round_: int) -> None:
         """``candidates`` replies to each prompt, one batched ``generate`` per candidate: the first greedy, the others
-        sampled with seeds of their own (identical requests would be one entry of the response cache)."""
+        sampled with seeds of their own (identical requests would be one entry of the response cache).
+
+        From the second refinement round on, every candidate is sampled, with seeds of the round's own: a latent whose
+        best did not change is sent the prompt of the round before, which greedy or same-seed requests would answer
+        as before (from the response cache), adding nothing."""
         order = list(prompts)
-        for k in range(self.settings.candidates):
-            params = (
-                self.params
-                if k == 0
-                else replace(self.params, temperature=self.settings.temperature, seed=self.params.seed + k)
-            )
+        n = self.settings.candidates
+        for k in range(n):
+            seed = self.params.seed + (k if round_ < 2 else round_ * n + k)
+            sampled = replace(self.params, temperature=self.settings.temperature, seed=seed)
+            params = self.params if k == 0 and round_ < 2 else sampled
             replies = self.client.generate([prompts[i] for i in order], params)
             for i, reply in zip(order, replies, strict=True):
                 parsed, status, note = read_reply(reply, self.explainer)
