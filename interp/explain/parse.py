@@ -59,7 +59,7 @@ def flag(explanation: str) -> str | None:
 def echoes_the_refinement(explanation: str) -> bool:
     """Whether an explanation repeats a line of the refinement request (``The feature does not fire anywhere here,
     but your explanation suggests it would``), as a small model served without a started reply does (seen against
-    a llama.cpp server: every refinement round of SmolLM2-135M answered with one)."""
+    a llama.cpp server: half of SmolLM2-135M's refinement replies were one)."""
     said = " ".join(explanation.lower().split()).strip(" .:")
     fixed = render("explain_refine", current="", missed="", false_alarms="").replace("<<", "").replace(">>", "")
     lines = [" ".join(line.lower().split()).strip(" .:") for line in fixed.splitlines()]
