@@ -174,13 +174,16 @@ def test_mistakes_of_a_ranking_judge_are_the_misranked_examples():
     assert mistakes(called) == ([1], [2])
 
 
-def test_refine_from_the_cli_never_shows_nor_judges_a_test_example(cached, tmp_path, server, judged, smollm_tokenizer):
-    _, made = cached
-    run = copy_of(made, tmp_path)
+def searched(cached, tmp_path: Path, server, search: str) -> tuple[Path, list[dict]]:
+    """A copy of the cached run explained with ``search`` through the scripted explainer, and its explanation lines."""
+    run = copy_of(cached[1], tmp_path)
     server.request_reply = explainer_reply
-    search = "--search refine --rounds 2 --candidates 3 --judge embedding".split()
-    assert main(explain_args(run, server.base_url, *search)) == 0
-    lines = RunDir(run).explanations("short")
+    assert main(explain_args(run, server.base_url, *search.split())) == 0
+    return run, RunDir(run).explanations("short")
+
+
+def test_refine_from_the_cli_never_shows_nor_judges_a_test_example(cached, tmp_path, server, judged, smollm_tokenizer):
+    run, lines = searched(cached, tmp_path, server, "--search refine --rounds 2 --candidates 3 --judge embedding")
     assert len(lines) == 4 and all(r["status"] == "ok" for r in lines)
     for r in lines:
         assert r["search"] == {
@@ -259,12 +262,7 @@ def test_an_interrupted_search_resumes_without_asking_anything_twice(cached, tmp
 
 
 def test_every_refinement_round_asks_anew_even_where_the_best_did_not_change(cached, tmp_path, server, judged):
-    _, made = cached
-    run = copy_of(made, tmp_path)
-    server.request_reply = explainer_reply
-    search = "--search refine --rounds 3 --candidates 2".split()
-    assert main(explain_args(run, server.base_url, *search)) == 0
-    lines = RunDir(run).explanations("short")
+    _, lines = searched(cached, tmp_path, server, "--search refine --rounds 3 --candidates 2")
     per_round = [sum(c["round"] == k for r in lines for c in r["candidates"]) for k in range(4)]
     assert per_round[0] == 8 and per_round[2] > 0
     assert len(server.requests) == sum(per_round)  # none answered from the response cache: no repeated request
