@@ -259,9 +259,8 @@ def scale_table(rows: list[dict]) -> str:
     ]
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
-        grown = [f"x{b[k] / a[k]:.1f}" for k in ["explanations s", "scores s", "current_scores s", "app first page s"]]
-        grown += [f"x{b[k] / a[k]:.1f}" for k in ["summary s", "publish s"]]
-        body.append([f"x{b['latents'] / a['latents']:.1f}", "", ""] + grown + [""])
+        keys = ["explanations s", "scores s", "current_scores s", "app first page s", "summary s", "publish s"]
+        body.append([f"x{b['latents'] / a['latents']:.1f}", "", ""] + [f"x{b[k] / a[k]:.1f}" for k in keys] + [""])
     start = rows[-1]["import s"]
     return table(head, body) + f"\n\n(Python start + `import interp.cli`: {start:.1f} s of each command.)"
 

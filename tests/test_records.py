@@ -138,8 +138,8 @@ def test_top_only_records_are_the_whole_records_without_their_sampled_splits(tin
     for whole, lean in zip(full, top, strict=True):
         assert (lean.latent, lean.status, lean.stats) == (whole.latent, whole.status, whole.stats)
         assert (lean.top, lean.promoted, lean.suppressed) == (whole.top, whole.promoted, whole.suppressed)
-        splits = (lean.train, lean.test, lean.negatives, lean.hard_negatives, lean.valid, lean.valid_negatives)
-        assert not any(splits)
+        splits = (lean.train, lean.test, lean.test_quantiles, lean.negatives, lean.hard_negatives)
+        assert not any(splits + (lean.valid, lean.valid_quantiles, lean.valid_negatives, lean.valid_hard_negatives))
 
 
 def test_few_activating_examples_are_shared_between_train_and_test(setup):
