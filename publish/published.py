@@ -56,7 +56,12 @@ def load_folder(folder: str | Path, *, cache_dir: str | None = None) -> dict[str
             "to read it."
         )
     configs = MetadataConfigs.from_dataset_card_data(card.data)
-    tables = {name: load_dataset(str(folder), name, split=SPLIT, cache_dir=cache_dir) for name in configs}
+    # Rebuilt on every load: datasets keys its cache of a local folder by the folder's name and configs, not by its
+    # files, so a second folder of the same name (another run published to `dataset/`) read back the first's rows.
+    tables = {
+        name: load_dataset(str(folder), name, split=SPLIT, cache_dir=cache_dir, download_mode="force_redownload")
+        for name in configs
+    }
     return tables if version == SCHEMA_VERSION else {name: _with_search(t) for name, t in tables.items()}
 
 

@@ -120,11 +120,24 @@ def test_explanation_rows_match_the_run_files_and_the_cache(run_dir, folder, smo
 
 
 @pytest.mark.slow
+def test_two_folders_of_one_name_load_back_each_with_its_own_rows(folder, tmp_path):
+    tables = load_published(folder.path)
+    first = tables[CODER].to_list()
+    other = tmp_path / folder.path.name  # the same folder name, another run's rows
+    shutil.copytree(folder.path, other)
+    changed = tables[CODER].map(lambda r: {"explanation": "another run's explanation"}, features=FEATURES)
+    changed.to_parquet(other / data_file(CODER))
+    assert [r["explanation"] for r in load_published(other)[CODER]] == ["another run's explanation"] * len(first)
+    assert load_published(folder.path)[CODER].to_list() == first
+
+
+@pytest.mark.slow
 def test_the_saved_folder_loads_back_with_datasets_to_the_same_rows(folder, run_dir, smollm):
     path = folder.path
     assert folder.files == ["README.md", data_file(CODER)] and (path / data_file(CODER)).is_file()
     again = load_published(path)[CODER]
-    direct = datasets.load_dataset(str(path), CODER, split="train")
+    # a fresh read: datasets' cache of a local folder is keyed by its name, and other tests publish to `dataset/` too
+    direct = datasets.load_dataset(str(path), CODER, split="train", download_mode="force_redownload")
     assert direct.to_list() == again.to_list() and direct.features == FEATURES
     built = build_dataset(run_dir, lm=smollm, progress=False)[CODER]
     assert built.to_list() == direct.to_list()  # what was built is what is on disk
