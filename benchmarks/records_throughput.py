@@ -26,6 +26,16 @@ resident set just before it (Linux ``/proc``), and the whole process's peak. The
 of ``--growth-tokens`` x ``--growth-latents``: the time per latent should stay flat in the number of
 latents (one read of the cache per range of latents, not per batch).
 
+Every measurement of ours, in the comparison and in each cell of the growth table, starts from the
+same state: a fresh process, and a cache without its latent offset indexes (``index-NNNNN.safetensors``,
+which the first read of a cache writes beside its shards and every later read reuses). They are
+removed, untimed, before each measurement, so each one builds them, as the first ``interp explain``
+of a freshly cached run does. Before, only the first measurement to read a cache paid for them (at
+a size of the growth table alone, its first cell; at a size of the comparison, the comparison's, which
+the growth table reuses), and none did where delphi's cache is written from ours, which reads ours
+first (1,048,576 tokens by default). The shards themselves come from the page cache in every
+measurement: the caches are all written just before.
+
 Run from the repository root, after ``pip install --no-deps eai-delphi`` and
 ``pip install orjson jaxtyping blobfile asyncer`` (without delphi, ours runs alone)::
 
@@ -64,6 +74,7 @@ from cache_throughput import (
 )
 from common import Data, describe, load_tokenizer, mib, set_threads, table
 from interp.cache import TOKENS_FILE, finalize_stats, shard_file
+from interp.cache_index import index_file
 from interp.config import CoderConfig, ModelConfig, RecordsConfig, RunConfig
 from interp.models import EMBEDDED, load_model, model_files
 from interp.records import CacheView, RecordBuilder, logit_lens
@@ -221,6 +232,16 @@ def peer_cache_from_ours(ours: Path, folder: Path, module: str, windows: torch.T
     (module_dir / "config.json").write_text(json.dumps({**cfg, "model_name": model}, indent=4))
 
 
+def drop_indexes(cache: Path) -> None:
+    """Remove the latent offset indexes of our ``cache`` (its first read writes them), so that the next measurement
+    starts as every other does: it builds them."""
+    for coder_dir in (p for p in cache.iterdir() if p.is_dir()):
+        i = 0
+        while shard_file(coder_dir, i).is_file():
+            index_file(coder_dir, i).unlink(missing_ok=True)
+            i += 1
+
+
 def prefix_cache(source: Path, folder: Path, windows: torch.Tensor) -> bool:
     """Our cache of the first ``windows`` in ``folder``, from the shards of the larger cache ``source`` (what
     ``build_cache`` would write, since each shard holds its own windows), if they end on a shard boundary."""
@@ -365,8 +386,9 @@ def main(argv=None) -> None:
 
         def ours(size: int, latents: int) -> Result:
             """Our records of ``latents`` latents from the ``size``-token cache, measured once (the comparison's
-            size and latents may be a cell of the growth table too)."""
+            size and latents may be a cell of the growth table too), in a fresh process, its indexes built anew."""
             if (size, latents) not in measured:
+                drop_indexes(caches[size] / "ours")
                 job = RecordsJob(model, args.threads, target, caches[size] / "ours", size, latents)
                 measured[size, latents] = in_fresh_process(records_ours, job)
             return measured[size, latents]

@@ -9,6 +9,14 @@ baseline, over ``--latents`` latents of a small run (a random Llama with SmolLM2
 top-k MLP neurons, cached once and copied for each concurrency). The server is bounded: loopback
 only, shut down at the end.
 
+Each explanation the server writes is its own, derived from a sha256 of the request's messages:
+different latents get different explanations, so each latent's random-explanation baseline
+(another latent's explanation) is a prompt the server is asked, not one the run's response cache
+already holds, and the same prompt still gets the same reply, in any process (each concurrency's
+run gets the same explanations and so asks the same prompts). A stand-in that gave every latent
+the same explanation made the whole baseline free: 63.5 requests a latent instead of 129.5, on 4
+latents.
+
 The table shows requests per latent, the most requests in flight, and latents per hour at each
 concurrency. Below it, a projection for a vLLM server: the prompt and reply tokens per latent
 measured here, divided by a prefill and a decode rate that you state (``--prefill-rate``,
@@ -21,6 +29,7 @@ GPU-days with a 70B 4-bit explainer, about 170 latents per GPU-hour.
 """
 
 import argparse
+import hashlib
 import json
 import shutil
 import tempfile
@@ -77,7 +86,7 @@ class _Handler(BaseHTTPRequestHandler):
             s.max_in_flight = max(s.max_in_flight, s.in_flight)
         time.sleep(s.latency)
         prompt = "".join(m["content"] for m in body["messages"])
-        reply = "1" if body.get("logprobs") else "[EXPLANATION]: Words of kings and their courts"
+        reply = "1" if body.get("logprobs") else explanation(body["messages"])
         prompt_tokens, reply_tokens = len(s.tokenizer(prompt).input_ids), len(s.tokenizer(reply).input_ids)
         with s.lock:
             s.prompt_tokens += prompt_tokens
@@ -93,6 +102,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+def explanation(messages: list[dict]) -> str:
+    """An explanation of its own for each prompt, the same one for the same prompt in any process (sha256 of the
+    messages, not Python's salted ``hash``), as a model decoding greedily would answer."""
+    digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+    return f"[EXPLANATION]: Words of kings and their courts (variant {digest[:8]})"
 
 
 def _reply(text: str, body: dict, seed: int) -> dict:
