@@ -39,7 +39,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from interp.config import Explainer, RunConfig, ScorerName
-from interp.explain.search import validation_view
 from interp.llm import run_client
 from interp.records import LatentRecord
 from interp.rundir import RunDir
@@ -47,6 +46,7 @@ from interp.scoring.registry import make_scorers
 from interp.scoring.results import main_metric, mean_interval
 from interp.stages import run_explain, run_score
 from interp.subject import Subject, open_subject
+from interp.views import scored_view, validation_view
 
 EXPLAINERS: list[Explainer] = ["short", "default", "tokens"]
 """The small-model explainer, the delphi-style one, and the no-LLM floor."""
@@ -174,7 +174,7 @@ def selection_bias(cfg: RunConfig, run: RunDir, subject: Subject) -> dict:
                 if len(texts) > 1
             ]
     valid = iter(judge.score([(validation_view(r), t) for _, texts, r in asked for t in texts]))
-    test = iter(judge.score([(r, t) for _, texts, r in asked for t in texts]))
+    test = iter(judge.score([(scored_view(r), t) for _, texts, r in asked for t in texts]))
     out: dict = {"search's candidates": {}, "random explanations": {}}
     for kind, texts, _ in asked:
         on_valid = [next(valid)[0][metric] for _ in texts]

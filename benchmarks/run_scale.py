@@ -53,6 +53,7 @@ from interp.rundir import RunDir
 from interp.scoring.base import ScoreResult
 from interp.scoring.embedding import EmbeddingScorer
 from interp.scoring.results import baseline_explanations
+from interp.views import scored_view
 from records_throughput import random_model
 
 INTERP = [sys.executable, "-m", "interp"]
@@ -125,7 +126,8 @@ def write_scores(run: RunDir, batch: int = 512) -> None:
     for coder in run.finished_coders():
         texts = {r["latent"]: r["explanation"] for r in explained if r["coder"] == coder}
         chunk: list = []
-        for record in run.record_builder(coder, cfg, lm).build(coder, list(texts)):
+        for whole in run.record_builder(coder, cfg, lm).build(coder, list(texts)):
+            record = scored_view(whole)
             chunk += [(record, False, texts[record.latent]), (record, True, baseline[(coder, record.latent)])]
             if len(chunk) >= 2 * batch:
                 add_scores(run, scorer, coder, chunk)

@@ -79,11 +79,12 @@ def _fmt(value: float | None) -> str:
 
 
 def _verdict(entry: dict) -> str:
-    """How the margin over the random explanation reads: its 95% interval, and 'at chance' where it includes zero."""
+    """How the margin over the random explanation reads: paired, over how many latents, its 95% interval on the same
+    latents, and 'at chance' where that includes zero."""
     ci = entry.get("margin_ci")
     if ci is None:
         return ""
-    said = f"  margin {entry['margin']:+.3f} (95% CI {ci[0]:+.3f} to {ci[1]:+.3f})"
+    said = f"  margin {entry['margin']:+.3f} (paired, n={entry['margin_n']}; 95% CI {ci[0]:+.3f} to {ci[1]:+.3f})"
     return said if entry["above_chance"] else said + "  at chance: try a served explainer (README: A served LLM)"
 
 
@@ -123,7 +124,19 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
             )
     for scorer, n in summary.get("left_out", {}).items():
         print(_left_out(scorer, n, run_dir, summary["explainer"]))
+    if summary.get("leaked"):
+        print(_leaked(summary["leaked"], run_dir, summary["explainer"]))
     print(f"results: {run_dir.resolve()}")
+
+
+def _leaked(n: int, run_dir: Path, explainer: str) -> str:
+    """One line on the current explanations made from what their scorers score, and the command that mends them."""
+    return (
+        f"warning: {n} {explainer} explanations were made with the old, leaking prompts (they held the examples or "
+        "steering prompts their scorers score, or a search chose on them), so their scores are optimistic; "
+        f"`interp explain {run_dir} --explainer {explainer} --redo` explains them again apart, then `interp score` "
+        "rescores them."
+    )
 
 
 def _left_out(scorer: str, counts: dict[str, int], run_dir: Path, explainer: str) -> str:

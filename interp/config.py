@@ -180,6 +180,10 @@ class RecordsConfig:
     n_valid_hard_negatives: int = at_least(0, 10)
     """Hard negatives of the validation split (the latent's top tokens, no firing), none of them a test one."""
 
+    n_contrast_negatives: int = at_least(0, 10)
+    """Non-activating examples shown to the contrastive explainer (hard ones first): drawn for it alone, none of them
+    a scored or a validation example."""
+
     min_examples: int = at_least(0, 10)
     """Latents with fewer activating examples are marked rare and not explained (EleutherAI delphi: 200 at 10M
     tokens)."""
@@ -257,7 +261,7 @@ class ExplainConfig:
 
     judge: ScorerName = "embedding"
     """The scorer that chooses among a search's candidates, on the validation split only (detection in logprob mode
-    suits a served LLM)."""
+    suits a served LLM). Not intervention: it reads no examples, only the steering prompts it scores on."""
 
     rounds: int = at_least(0, 1)
     """Refinement rounds of --search refine."""
@@ -295,7 +299,8 @@ class InterveneConfig:
     """Text file of prompts to steer from, one per line; None uses the builtin neutral prompts."""
 
     num_steer_prompts: int = at_least(1, 8)
-    """Prompts used (the first N)."""
+    """Prompts used: the intervention scorer's are the first N, the intervention explainer's the next N (never the
+    scorer's); the builtin file holds 16."""
 
     steer_new_tokens: int = at_least(1, 16)
     """Tokens the intervention scorer generates after each prompt, with and without steering."""
@@ -401,6 +406,11 @@ def check_config(cfg: RunConfig) -> None:
         problems.append(
             f"{_label('records.example_len')} must not exceed {_label('corpus.ctx_len')} "
             f"({cfg.records.example_len} > {cfg.corpus.ctx_len})"
+        )
+    if cfg.explain.search != "none" and cfg.explain.judge == "intervention":
+        problems.append(
+            f"{_label('explain.judge')} cannot be intervention: that scorer reads no examples, only the steering "
+            "prompts it reports scores on, so a search judged by it would choose on what `interp score` reports"
         )
     if problems:
         raise ConfigError("Settings out of range: " + "; ".join(problems) + ".")

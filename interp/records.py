@@ -91,6 +91,9 @@ class LatentRecord:
     valid_quantiles: list[int] = field(default_factory=list)
     valid_negatives: list[Example] = field(default_factory=list)
     valid_hard_negatives: list[Example] = field(default_factory=list)
+    contrast_negatives: list[Example] = field(default_factory=list)
+    """Non-activating examples shown to the contrastive explainer alone (hard ones first, then random ones), drawn
+    last, disjoint from every scored and validation example; only built when asked for (``build(contrast=True)``)."""
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
@@ -252,19 +255,20 @@ class RecordBuilder:
         self.decoder = decoder
         self.unembed = unembed
 
-    def build(self, coder: str, latents, *, top_only: bool = False) -> Iterator[LatentRecord]:
+    def build(self, coder: str, latents, *, top_only: bool = False, contrast: bool = False) -> Iterator[LatentRecord]:
         """Records for ``latents`` of ``coder``, in increasing latent order, streamed range by range.
 
         With ``top_only``, each record has its statistics, promoted tokens and top examples but no sampled split
         (train, test, negatives, validation): what a published dataset row holds, at a fraction of the cost; the top
-        examples are those of a whole record (they take no random draw)."""
+        examples are those of a whole record (they take no random draw). With ``contrast``, each record also draws
+        the contrastive explainer's negatives (``contrast_negatives``); every other split is the same either way."""
         wanted = np.unique(np.array([int(i) for i in latents], dtype=np.int64))
         n = self.view.num_latents
         bad = wanted[(wanted < 0) | (wanted >= n)]
         if len(bad):
             raise InterpError(f"Latents {bad[:5].tolist()} do not exist: this coder has {n} latents (0-{n - 1}).")
         for chunk in self._ranges(wanted):
-            yield from self._range_records(coder, chunk, top_only)
+            yield from self._range_records(coder, chunk, top_only, contrast)
 
     def _ranges(self, wanted: np.ndarray) -> Iterator[np.ndarray]:
         """``wanted`` cut into ranges of at most ``RANGE_LATENTS`` whose span holds at most ``RANGE_TRIPLES`` cached
@@ -351,7 +355,9 @@ class RecordBuilder:
             out += zip(*sides, strict=True)
         return out
 
-    def _range_records(self, coder: str, latents: np.ndarray, top_only: bool) -> Iterator[LatentRecord]:
+    def _range_records(
+        self, coder: str, latents: np.ndarray, top_only: bool, contrast: bool
+    ) -> Iterator[LatentRecord]:
         r = self._read(latents)
         act = torch.from_numpy(r.act)
         for i, (latent, logit_tokens) in enumerate(zip(latents.tolist(), self._logit_tokens(latents), strict=True)):
@@ -371,10 +377,10 @@ class RecordBuilder:
             if count and top_only:
                 record.top = self._activating(r, r.by_strength[p : min(q, p + TOP_EXAMPLES)])
             elif count:
-                self._sample(record, r, p, q)
+                self._sample(record, r, p, q, contrast)
             yield record
 
-    def _sample(self, record: LatentRecord, r: _Range, p: int, q: int) -> None:
+    def _sample(self, record: LatentRecord, r: _Range, p: int, q: int, contrast: bool) -> None:
         """Fill ``record``'s examples from its pairs ``[p, q)`` of ``r``, with the latent's own random stream."""
         cfg = self.cfg
         rng = np.random.default_rng([cfg.records_seed, record.latent])
@@ -398,6 +404,8 @@ class RecordBuilder:
         record.negatives = self._negatives(blocked, cfg.n_negatives, rng)
         record.hard_negatives = self._hard_negatives(r.peak_token[p + train], blocked, cfg.n_hard_negatives, rng)
         self._validation(record, r, p, q, np.concatenate([train, np.array(test, dtype=np.int64)]), train, blocked)
+        if contrast:
+            self._contrast(record, r.peak_token[p + train], blocked)
 
     def _validation(
         self,
@@ -425,6 +433,17 @@ class RecordBuilder:
         blocked[[ex.index for ex in record.valid_negatives]] = True
         peaks = r.peak_token[p + train]
         record.valid_hard_negatives = self._hard_negatives(peaks, blocked, cfg.n_valid_hard_negatives, rng)
+        blocked[[ex.index for ex in record.valid_hard_negatives]] = True
+
+    def _contrast(self, record: LatentRecord, peaks: np.ndarray, blocked: np.ndarray) -> None:
+        """The contrastive explainer's own negatives: hard ones (its train examples' peak tokens, no firing) first,
+        topped up with random ones, drawn after every other split from what they leave (``blocked``: where the latent
+        fires and every negative already taken), with a stream of their own (``[records_seed, latent, 2]``)."""
+        rng = np.random.default_rng([self.cfg.records_seed, record.latent, 2])
+        n = self.cfg.n_contrast_negatives
+        hard = self._hard_negatives(peaks, blocked, n, rng)
+        blocked[[ex.index for ex in hard]] = True
+        record.contrast_negatives = hard + self._negatives(blocked, n - len(hard), rng)
 
     def _activating(self, r: _Range, pairs: np.ndarray) -> list[Example]:
         """The examples of ``pairs`` of ``r``, with the latent's activation on each token."""

@@ -220,8 +220,7 @@ class RunDir:
     def current_scores(self, explainer: str | None = None) -> CurrentScores:
         """The latest score lines that belong to the current explanations (of ``explainer`` alone when given), and
         those left out: the score lines every summary, table and published row reads."""
-        seed = self.read_config().records.records_seed
-        return current_scores(self.explanations(), self.scores(), seed, explainer)
+        return current_scores(self.explanations(), self.scores(), explainer)
 
     def add_scores(self, rows: list[dict]) -> None:
         """Append score lines (whole lines, synced)."""

@@ -27,7 +27,7 @@ from .explain.search import Search, SearchSettings, note_other_searches
 from .llm import GenerationParams, LLMClient, run_client, runs_locally
 from .models import LoadedModel, load_model, resolve_hookpoint
 from .processes import everyone_done, launch_state, on_own_device, share
-from .records import LatentRecord, select_latents
+from .records import select_latents
 from .rundir import SCORE_KEY, RunDir
 from .scoring.base import ScoreResult
 from .scoring.plots import plot_coder_scores, plot_diagnostics, plot_scores, score_plot
@@ -40,8 +40,9 @@ from .scoring.results import (
     summarize_scores,
 )
 from .stage_guard import writing_stage
-from .steer_effects import PromptEffect, latent_effects, load_steer_prompts
+from .steer_effects import PromptEffect, explainer_steer_prompts, latent_effects
 from .subject import Subject, open_coders, open_subject
+from .views import ExplainerView, explainer_view, made_with_leaking_prompts, scored_view, validation_view
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,9 @@ def run_explain(
         jobs.append((name, coder, [i for i in chosen if cfg.explain.redo or (name, i) not in done]))
     note_other_models(explainer, model, kept, cfg.explain.redo)
     search = _search(cfg, subject, client, text, params) if cfg.explain.search != "none" else None
+    v = cfg.intervene  # the explainer's own prompts, never the scorer's; a pool too small is refused before any work
+    steering = explainer == "intervention"
+    steer_prompts = explainer_steer_prompts(v.steer_prompts, v.num_steer_prompts) if steering else []
     note_other_searches(search.settings if search else None, kept, cfg.explain.redo)
     bar = tqdm(
         total=sum(len(todo) for *_, todo in jobs),
@@ -192,13 +196,15 @@ def run_explain(
     # batches of 8, the appends' fsyncs were 5% of the stage at 1,000 latents; a kill loses seconds of work.
     step = TOKENS_BATCH if explainer == "tokens" and search is None else latents_per_batch(cfg)
     for name, coder, todo in jobs:
-        stream = run.record_builder(name, cfg, lm, coder).build(name, todo)  # one ranged pass over the cache
+        # one ranged pass over the cache; the explainer and the judge are each handed their own view of a record
+        stream = run.record_builder(name, cfg, lm, coder).build(name, todo, contrast=explainer == "contrastive")
         while records := list(islice(stream, step)):
-            effects = _intervention_effects(cfg, lm, coder, records) if explainer == "intervention" else None
+            seen = [explainer_view(r) for r in records]
+            effects = _intervention_effects(cfg, lm, coder, seen, steer_prompts) if steer_prompts else None
             if search:
-                results = search.explain(records, effects)
+                results = search.explain(seen, [validation_view(r) for r in records], effects)
             else:
-                results = explain_batch(records, explainer, text, client, params, cfg.explain.max_retries, effects)
+                results = explain_batch(seen, explainer, text, client, params, cfg.explain.max_retries, effects)
             run.add_explanations([r.to_dict() for r in results])
             now.update(r.status for r in results)
             failure = failure or next((r.note for r in results if r.status == "failed"), None)
@@ -235,12 +241,11 @@ def _search(cfg: RunConfig, subject: Subject, client: LLMClient | None, text: To
 
 
 def _intervention_effects(
-    cfg: RunConfig, lm: LoadedModel, coder: SparseCoder, records: list[LatentRecord]
+    cfg: RunConfig, lm: LoadedModel, coder: SparseCoder, records: list[ExplainerView], prompts: list[str]
 ) -> list[list[PromptEffect] | None]:
-    """What steering each explainable latent (at the calibrated strength) does to the next token after the steering
-    prompts."""
+    """What steering each explainable latent (at a strength calibrated on ``prompts``, the explainer's own) does to
+    the next token after ``prompts``."""
     v = cfg.intervene
-    prompts = load_steer_prompts(v.steer_prompts, v.num_steer_prompts)
     return [
         latent_effects(lm, coder, r.latent, prompts, v.target_kl, v.steer_top_tokens)[1] if r.status == "ok" else None
         for r in records
@@ -285,8 +290,9 @@ def run_score(
     scorers = make_scorers(cfg, client, lm, subject.coders)
     for other in others:
         scorers += make_scorers(other, client, lm, subject.coders)
-    baseline = baseline_explanations(explained, cfg.records.records_seed) if cfg.score.baseline else {}
     previous = {tuple(r[k] for k in SCORE_KEY): r for r in run.scores()}
+    drawn = [r for r in previous.values() if r["baseline"] and r["explainer"] == explainer]  # kept while still current
+    baseline = baseline_explanations(explained, cfg.records.records_seed, drawn) if cfg.score.baseline else {}
     done = {
         (key, r["explanation"]) for key, r in previous.items() if not has_failures(r)
     }  # a new explanation is rescored
@@ -302,7 +308,8 @@ def run_score(
         rows = share([r for r in explained if r["coder"] == name])  # this process's share, under accelerate launch
         if not rows:
             continue
-        records = {r.latent: r for r in run.record_builder(name, cfg, lm).build(name, [r["latent"] for r in rows])}
+        builder = run.record_builder(name, cfg, lm)  # a scorer is handed the test split alone
+        records = {r.latent: scored_view(r) for r in builder.build(name, [r["latent"] for r in rows])}
         for scorer in scorers:
             jobs = []
             only = again.get(scorer.name)  # a scorer the command was not given: the lines it scores again
@@ -337,7 +344,8 @@ def summarize_run(run_dir: Path, explainer: str | None = None) -> dict:
 
     ``explainer`` defaults to the run's own (its config.json's); the summary names it. Explainers
     are never pooled: their explanations differ, and so do their scores. Only the lines of the current
-    explanations count (``RunDir.current_scores``); ``left_out`` counts the others per scorer.
+    explanations count (``RunDir.current_scores``); ``left_out`` counts the others per scorer, and ``leaked`` the
+    current explanations made from what their scorers score (``views.made_with_leaking_prompts``: runs made before).
     """
     run = RunDir(run_dir)
     own = run.read_config().explain.explainer
@@ -353,6 +361,7 @@ def summarize_run(run_dir: Path, explainer: str | None = None) -> dict:
                 f"{', '.join(scored_explainers(rows))}: pick one with --explainer."
             )
         raise InterpError(f"No scores in {run.path}: run `interp score {run.path}` first.")
+    leaked = sum(map(made_with_leaking_prompts, run.explanations(explainer)))
     plots = run.plots_dir(explainer, own)
     writable = run.writable()  # a read-only run is summarized as it is: its plots stay as they were
     for r in current.replaced + current.withdrawn:  # a plot of old scores only would show them as current
@@ -362,7 +371,7 @@ def summarize_run(run_dir: Path, explainer: str | None = None) -> dict:
         plot_scores(summary, plots)
         plot_diagnostics(current.rows, run.firing_frequencies(set(summary)), plots)
         plot_coder_scores(summary, plots)
-    return {"scores": summary, "explainer": explainer, "left_out": left_out}
+    return {"scores": summary, "explainer": explainer, "left_out": left_out, "leaked": leaked}
 
 
 def run(

@@ -1,6 +1,7 @@
 """What steering a latent does to the next token, and the strength at which it does enough.
 
-Used by the intervention explainer and scorer, and by the side-by-side view: encode prompts,
+Used by the intervention explainer and scorer (on disjoint prompts: ``explainer_steer_prompts``), and by the
+side-by-side view: encode prompts,
 read the next-token distribution and greedy continuations under whatever steering is active,
 measure KL(steered || clean), calibrate a latent's strength to a target KL (the same strength
 means different things for different latents), and list the tokens steering promotes.
@@ -268,3 +269,18 @@ def load_steer_prompts(path: str | None = None, n: int | None = None) -> list[st
     if not prompts:
         raise SteeringError(f"{path or 'The builtin prompt file'} holds no prompts: write one per line.")
     return prompts[:n] if n else prompts
+
+
+def explainer_steer_prompts(path: str | None = None, n: int = 8) -> list[str]:
+    """The intervention explainer's prompts: up to ``n`` of the pool (``path``, or the builtin prompts) after the first
+    ``n``, which are the intervention scorer's (``load_steer_prompts(path, n)``). The explainer is never told what
+    steering does after a prompt that is then scored; a pool with nothing after the scorer's is refused in one line."""
+    pool = load_steer_prompts(path)
+    own = pool[n : 2 * n]
+    if not own:
+        raise SteeringError(
+            f"{path or 'The builtin prompt file'} holds {len(pool)} steering prompts and the intervention scorer "
+            f"steers after the first {n} (--num-steer-prompts): the intervention explainer needs prompts of its own "
+            "after those. Add lines to the file or lower --num-steer-prompts."
+        )
+    return own

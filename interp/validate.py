@@ -18,10 +18,11 @@ from .corpus import corpus_windows
 from .explain import TokenText
 from .llm import run_client
 from .models import LoadedModel, load_model
-from .records import Example, LatentRecord, LatentStats
+from .records import Example
 from .scoring.base import Scorer
 from .scoring.registry import make_scorers, needs_llm
 from .scoring.results import main_metric
+from .views import HeldOut
 
 PLANTED: dict[str, tuple[str, ...]] = {
     'the words "king", "queen" or "crown"': ("king", "queen", "crown", "kings", "queens"),
@@ -59,8 +60,8 @@ class PlantedResult:
 
 def planted_records(
     windows, tokenizer, *, example_len: int = 32, n_test: int = 20, n_negatives: int = 20, seed: int = 0
-) -> list[tuple[LatentRecord, str]]:
-    """(record, true explanation) for each planted latent with at least 4 activating examples in ``windows``."""
+) -> list[tuple[HeldOut, str]]:
+    """(test split, true explanation) for each planted latent with at least 4 activating examples in ``windows``."""
     pieces = TokenText(tokenizer)
     examples = []
     for row in windows.tolist():
@@ -84,17 +85,12 @@ def planted_records(
             continue
         test = rng.sample(fires, min(n_test, len(fires)))
         negatives = rng.sample(quiet, min(n_negatives, len(quiet)))
-        count = sum(sum(a > 0 for a in ex.acts) for ex in fires)
-        stats = LatentStats(count, count / (len(examples) * example_len), 1.0, 1.0, [0] * 19 + [count], len(fires))
-        record = LatentRecord(
-            "planted", latent, "ok", stats, test=test, test_quantiles=[0] * len(test), negatives=negatives
-        )
-        out.append((record, explanation))
+        out.append((HeldOut("planted", latent, "ok", "test", test, [0] * len(test), negatives), explanation))
     return out
 
 
 def validate_scorers(
-    scorers: list[Scorer], planted: list[tuple[LatentRecord, str]], *, progress: bool = True
+    scorers: list[Scorer], planted: list[tuple[HeldOut, str]], *, progress: bool = True
 ) -> list[PlantedResult]:
     """Score each planted latent's true explanation and a random one (the next latent's) with every scorer."""
     shuffled = [planted[(i + 1) % len(planted)][1] for i in range(len(planted))]

@@ -16,6 +16,7 @@ from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCardData
 
 from interp.scoring.results import explainer_rows, scored_explainers, summarize_scores
+from interp.views import EXPLAINER_SEES, made_with_leaking_prompts
 
 from .dataset import EMBEDDED_ID, FEATURES, SCHEMA_VERSION, SPLIT, RunData, data_file, model_id, rows_per_config
 
@@ -144,14 +145,21 @@ def _made_with(run: RunData) -> str:
     ]
     explainers: dict[str, Counter] = {}
     llms: dict[str, set] = {}
+    leaked: Counter = Counter()
     for row in run.explanations:
         explainers.setdefault(row["explainer"], Counter())[row["status"]] += 1
+        leaked[row["explainer"]] += made_with_leaking_prompts(row)
         if row.get("model"):
             llms.setdefault(row["explainer"], set()).add(row["model"])
     for name, counts in explainers.items():
         by = ", ".join(f"`{m}`" for m in sorted(llms.get(name, ()))) or "no LLM (the most frequent firing tokens)"
         status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        lines.append(f"* **Explainer `{name}`**: {by}; {status}.")
+        lines.append(f"* **Explainer `{name}`**: {by}; {status}. It saw {_seen(name, cfg)}.")
+        if leaked[name]:
+            lines.append(
+                f"  * {leaked[name]} of these explanations were made with an earlier version's prompts, which held "
+                "examples or steering prompts their scorers score: their scores are optimistic."
+            )
     lines += _searches(run)
     scorers = sorted({row["scorer"] for row in run.scores})
     if scorers:
@@ -161,6 +169,17 @@ def _made_with(run: RunData) -> str:
         )
         lines += [f"  * `{name}`: {_scorer_setting(name, run)}" for name in scorers]
     return "\n".join(lines)
+
+
+def _seen(explainer: str, cfg) -> str:
+    """What ``explainer`` was shown, with the run's numbers: never an example or a prompt that is scored."""
+    said = EXPLAINER_SEES.get(explainer, "its own view of each latent")
+    if explainer == "contrastive":
+        said += f" ({cfg.records.n_contrast_negatives} a latent)"
+    if explainer == "intervention":
+        n = cfg.intervene.num_steer_prompts
+        said += f" (prompts {n + 1}-{2 * n} of the pool; the scorer's are 1-{n})"
+    return said
 
 
 def _searches(run: RunData) -> list[str]:
@@ -198,10 +217,12 @@ def _scores(run: RunData) -> str:
         return "\n".join([*lines, "This run has no scores of its current explanations yet.", *said])
     lines += [
         "Mean over latents of each scorer's main metric; the random explanation is another latent's explanation "
-        "scored on the same examples, so the gap between the two columns is what the explanations are worth.",
+        "scored on the same examples. The margin is what the explanations are worth: the mean, over the latents "
+        "scored both ways (its n), of each latent's explanation's score minus its random explanation's.",
         "",
-        "| config | explainer | scorer | metric | explanation | random explanation | margin | latents |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| config | explainer | scorer | metric | explanation | random explanation | margin (paired) | n (paired) "
+        "| latents |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for explainer in scored_explainers(run.scores):
         summary = summarize_scores(explainer_rows(run.scores, explainer))
@@ -209,7 +230,8 @@ def _scores(run: RunData) -> str:
             for scorer, e in scorers.items():
                 lines.append(
                     f"| `{coder}` | {explainer} | {scorer} | {e['metric']} | {_fmt(e['explanation']['mean'])} "
-                    f"| {_fmt(e['baseline']['mean'])} | {_fmt(e['margin'])} | {e['explanation']['n']} |"
+                    f"| {_fmt(e['baseline']['mean'])} | {_fmt(e['margin'])} | {e['margin_n']} "
+                    f"| {e['explanation']['n']} |"
                 )
     lines += ["", *said] if said else []
     return "\n".join(lines)

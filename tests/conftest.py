@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 
 from interp.config import ModelConfig
 from interp.models import LoadedModel, embedded_model_dir, load_model
-from interp.records import LatentRecord, LatentStats
+from interp.views import HeldOut
 from tests.helpers.app import make_workspace
 from tests.helpers.models import tiny_llama
 from tests.helpers.openai_server import serving
@@ -87,13 +87,12 @@ def one_cpu_thread():
 
 
 @pytest.fixture
-def cat_record(smollm_tokenizer) -> LatentRecord:
-    """A record of the latent planted on cats: the cat texts as test examples, the money texts as negatives."""
+def cat_record(smollm_tokenizer) -> HeldOut:
+    """The test split of the latent planted on cats: the cat texts as test examples, the money texts as negatives."""
     test = [example(smollm_tokenizer, t, i) for i, t in enumerate(CAT_TEXTS)]
     assert all(ex.max_act > 0 for ex in test)
     negatives = [example(smollm_tokenizer, t, 100 + i) for i, t in enumerate(MONEY_TEXTS)]
-    stats = LatentStats(count=8, frequency=0.1, max=2.0, mean=2.0, histogram=[0] * 20, num_examples=6)
-    return LatentRecord("sae", 5, "ok", stats, test=test, test_quantiles=[0, 0, 1, 1, 2, 2], negatives=negatives)
+    return HeldOut("sae", 5, "ok", "test", test, [0, 0, 1, 1, 2, 2], negatives)
 
 
 @pytest.fixture(scope="session")

@@ -15,12 +15,13 @@ from interp.explain import (
     token_list_explanation,
 )
 from interp.explain.short import REPLY_START, read_phrase, worked_examples
-from interp.records import Example, LatentRecord, LatentStats
+from interp.records import Example, LatentStats
+from interp.views import ExplainerView
 from tests.helpers.text import is_plain_line
 
 
-def record(tokenizer, texts: list[tuple[str, str]], **extra) -> LatentRecord:
-    """A record whose train examples fire exactly on the marked word of each (text, word) pair."""
+def record(tokenizer, texts: list[tuple[str, str]], **extra) -> ExplainerView:
+    """An explainer's view whose train examples fire exactly on the marked word of each (text, word) pair."""
     train = []
     for i, (text, word) in enumerate(texts):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -31,7 +32,7 @@ def record(tokenizer, texts: list[tuple[str, str]], **extra) -> LatentRecord:
     stats = LatentStats(
         count=len(train), frequency=0.01, max=3.0, mean=3.0, histogram=[0] * 20, num_examples=len(train)
     )
-    return LatentRecord("sae", 7, "ok", stats, train=train, **extra)
+    return ExplainerView("sae", 7, "ok", stats, train=train, **extra)
 
 
 def test_highlight_marks_runs_of_active_tokens():
@@ -45,7 +46,7 @@ def test_every_llm_explainer_builds_a_chat_prompt_with_marked_examples(explainer
     r = record(
         smollm_tokenizer,
         [("The cat sat on the mat.", "cat"), ("My cat is old.", "cat")],
-        hard_negatives=[neg],
+        contrast=[neg],
         promoted=[(smollm_tokenizer(" purr", add_special_tokens=False)["input_ids"][0], 2.0)],
         suppressed=[],
     )

@@ -35,6 +35,7 @@ from interp.records import CacheView, RecordBuilder
 from interp.scoring.classify import DetectionScorer, FuzzingScorer, parse_labels
 from interp.scoring.intruder import parse_choice
 from interp.scoring.simulation import parse_activations
+from interp.views import explainer_view, scored_view
 from tests.helpers.models import save_tiny_model, tiny_llama
 from tests.helpers.openai_server import serving
 from tests.helpers.pipeline import scripted_reply, tiny_run_args
@@ -615,7 +616,9 @@ def test_a_byte_level_tokenizer_and_unicode_text_go_through_records_prompts_and_
     view = CacheView.open(cache_dir, "n", bos_token_id=lm.tokenizer.bos_token_id)
     records = [
         r
-        for r in RecordBuilder(view, RecordsConfig(example_len=16, min_examples=2)).build("n", list(range(64)))
+        for r in RecordBuilder(view, RecordsConfig(example_len=16, min_examples=2)).build(
+            "n", list(range(64)), contrast=True
+        )
         if r.status == "ok"
     ]
     assert len(records) > 10
@@ -623,10 +626,10 @@ def test_a_byte_level_tokenizer_and_unicode_text_go_through_records_prompts_and_
     assert "\ufffd" in "".join(text(list(range(2, len(lm.tokenizer)))))  # lone bytes of multi-byte characters
     for record in records:
         for explainer in LLM_EXPLAINERS:  # the intervention explainer steers a model: tested in test_intervention
-            prompt = explain_prompt(record, explainer, text)
+            prompt = explain_prompt(explainer_view(record), explainer, text)
             assert all(isinstance(m["content"], str) and m["content"] for m in prompt)
         for scorer in (DetectionScorer(None, lm.tokenizer), FuzzingScorer(None, lm.tokenizer)):
-            cases = scorer.cases(record, np.random.default_rng(0))
+            cases = scorer.cases(scored_view(record), np.random.default_rng(0))
             assert len(cases) == len(record.test) + len(record.negatives) + len(record.hard_negatives)
             assert all(isinstance(c, str) and "\n" not in c for c, _ in cases)
 

@@ -16,9 +16,10 @@ from interp.errors import InterpError
 from interp.explain import TokenText, explain_batch, explain_prompt
 from interp.llm import GenerationParams, OpenAIClient
 from interp.prompts import render
-from interp.records import LatentRecord, LatentStats
+from interp.records import LatentStats
 from interp.scoring.intervention import InterventionScorer, statement_parts
 from interp.steer_effects import latent_effects, load_steer_prompts
+from interp.views import ExplainerView, HeldOut
 from tests.helpers.coders import planted_word_coder
 
 PROMPTS = 4
@@ -28,9 +29,14 @@ TRUE, RANDOM = "cats", "legal contracts and court cases"
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
-def record(coder_name: str, latent: int) -> LatentRecord:
-    """A record with no examples: this latent never fires, so there are none."""
-    return LatentRecord(coder_name, latent, "ok", LatentStats(0, 0.0, 0.0, 0.0, [0] * 20, 0))
+def record(coder_name: str, latent: int) -> HeldOut:
+    """A test split with no examples: the intervention scorer reads none."""
+    return HeldOut(coder_name, latent, "ok", "test")
+
+
+def seen(coder_name: str, latent: int) -> ExplainerView:
+    """An explainer's view with no examples: the intervention explainer reads its steering effects instead."""
+    return ExplainerView(coder_name, latent, "ok", LatentStats(0, 0.0, 0.0, 0.0, [0] * 20, 0))
 
 
 def test_the_statement_is_split_around_the_explanation():
@@ -88,16 +94,16 @@ def test_the_intervention_explainer_sees_what_steering_promotes_and_names_it(smo
     assert all(c.steered > c.clean for e in effects for c in e.changes)
 
     text = TokenText(smollm.tokenizer)
-    system, user = explain_prompt(record("planted", 0), "intervention", text, effects)
+    system, user = explain_prompt(seen("planted", 0), "intervention", text, effects)
     assert system["content"] == render("explain_intervention_system")
     assert f"Prompt 1: {prompts[0]!r}\nMore likely next tokens: ' cat' (+" in user["content"]
     with pytest.raises(ValueError, match="needs the latent's steering effects"):
-        explain_prompt(record("planted", 0), "intervention", text)
+        explain_prompt(seen("planted", 0), "intervention", text)
 
     server.reply = consensus_reply
     client = OpenAIClient(server.base_url, "scripted-model", concurrency=2, timeout=5, max_retries=1, backoff=0.01)
     [result] = explain_batch(
-        [record("planted", 0)], "intervention", text, client, GenerationParams(max_tokens=40), effects=[effects]
+        [seen("planted", 0)], "intervention", text, client, GenerationParams(max_tokens=40), effects=[effects]
     )
     assert result.status == "ok" and result.explanation == 'The word "cat"' and result.explainer == "intervention"
 
@@ -156,3 +162,6 @@ def test_explain_and_score_stages_run_the_intervention_explainer_and_scorer(tiny
     assert len(mine) == 2 and all(r["status"] == "ok" and r["explanation"].startswith("The word") for r in mine)
     sent = [json.loads(q["body"])["messages"][1]["content"] for q in server.requests]
     assert all(c.count("More likely next tokens:") == 3 for c in sent)
+    pool = load_steer_prompts()
+    for c in sent:  # the explainer steers after prompts of its own, never after one the scorer scores
+        assert all(f"{p!r}" in c for p in pool[3:6]) and not any(f"{p!r}" in c for p in pool[:3])

@@ -71,10 +71,12 @@ def test_main_metrics_per_scorer():
     ] == ["auroc", "balanced_accuracy", "auroc", "accuracy", "correlation"]
 
 
-def test_summary_sets_explanations_beside_the_baseline():
+def test_summary_sets_explanations_beside_the_baseline_and_pairs_the_margin():
     entry = summarize_scores(ROWS)["sae"]["embedding"]
     assert entry["explanation"]["mean"] == 0.675 and entry["baseline"]["mean"] == 0.4
-    assert abs(entry["margin"] - 0.275) < 1e-12
+    # only latent 0 is scored both ways: the margin is its own 0.9 - 0.4, not the unpaired 0.675 - 0.4 of two sets
+    assert abs(entry["margin"] - 0.5) < 1e-12 and entry["margin_n"] == 1 and entry["margin_ci"] is None
+    assert summarize_scores(ROWS)["sae"]["simulation"]["margin"] is None  # never scored both ways
 
 
 def test_scorer_agreement_is_spearman_over_shared_latents():
@@ -178,5 +180,6 @@ def test_a_margin_whose_interval_includes_zero_is_called_at_chance(tmp_path, cap
     append_jsonl(run_dir / "scores.jsonl", explained(run_dir, rows))
     assert main(["summary", str(run_dir)]) == 0
     out = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
-    assert "margin +0.296 (95% CI +0.196 to +0.396)" in out["embedding"] and "at chance" not in out["embedding"]
+    assert "margin +0.296 (paired, n=5; 95% CI +0.196 to +0.396)" in out["embedding"]
+    assert "at chance" not in out["embedding"]
     assert "at chance: try a served explainer" in out["surprisal"]

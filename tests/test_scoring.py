@@ -102,7 +102,7 @@ def test_surprisal_favours_the_true_explanation(cat_record, smollm):
     assert true["auroc"] > 0.8 and wrong["auroc"] < 0.2
     assert len(outcomes) == 12 and all(o.score is not None for o in outcomes)
     # the loss is transformers' own loss on the example's tokens, the prefix masked out
-    prefix, body = scorer._prefix("About cats:"), cat_record.test[0].tokens
+    prefix, body = scorer._prefix("About cats:"), cat_record.activating[0].tokens
     ids = torch.tensor([prefix + body])
     labels = ids.clone()
     labels[0, : len(prefix)] = -100

@@ -6,103 +6,41 @@ it is handed.
 """
 
 import json
-import re
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from interp import stages
 from interp.cli import main
 from interp.config import RecordsConfig
 from interp.explain.parse import flag
-from interp.explain.search import mistakes, validation_view
-from interp.records import RecordBuilder
+from interp.explain.search import mistakes
 from interp.rundir import RunDir
-from interp.scoring.base import ScoredExample, Scorer
-from tests.helpers.models import save_tiny_model
+from interp.scoring.base import ScoredExample
+from interp.views import validation_view
+from tests.helpers.leaks import leaks
+from tests.helpers.search import (
+    cache_tiny_run,
+    copy_of,
+    explain_args,
+    explainer_reply,
+    records_of,
+    spy_on_judges,
+)
 
-CODER = "model.layers.1.mlp.topk-neurons"
-SPLITS = (
-    "--n-train 6 --n-test 6 --n-valid 6 --n-negatives 4 --n-hard-negatives 4 --n-valid-negatives 4 "
-    "--n-valid-hard-negatives 4 --min-examples 4 --example-len 16"
-).split()
 OLD_FIELDS = ("top", "train", "test", "test_quantiles", "negatives", "hard_negatives", "stats", "status")
-
-
-def explainer_reply(body: dict) -> str:
-    """A deterministic explainer: the request's seed picks which marked token of the contexts it names; a
-    refinement names a token the judge missed (again picked by the seed)."""
-    content = [m for m in body["messages"] if m["role"] != "assistant"][-1]["content"]
-    if "Your explanation was:" in content:
-        shown = content.split("does not cover these:\n", 1)[1].split("\nThe feature does not fire", 1)[0]
-    else:
-        shown = content.split("Contexts:", 1)[1]
-    tokens = re.findall(r"<<(.*?)>>", shown) or ["nothing"]
-    return f' the token "{tokens[body.get("seed", 0) % len(tokens)]}"'
 
 
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory, smollm_tokenizer) -> tuple[Path, Path]:
     """(model folder, a cached run of it with small splits), made once; tests explain copies of the run."""
-    model = save_tiny_model(tmp_path_factory.mktemp("model"), smollm_tokenizer)
-    run = tmp_path_factory.mktemp("runs") / "cached"
-    args = ["cache", "--run-dir", str(run), "--quiet", "--model", str(model)]
-    args += ["--coders", "topk-neurons@model.layers.1.mlp", *SPLITS]
-    args += "--num-tokens 4096 --ctx-len 32 --shard-windows 32 --batch-size 16 --neuron-k 4".split()
-    assert main(args) == 0
-    return model, run
-
-
-def copy_of(run: Path, tmp_path: Path, name: str = "run") -> Path:
-    shutil.copytree(run, tmp_path / name)
-    return tmp_path / name
-
-
-def explain_args(run: Path, url: str, *extra: str) -> list[str]:
-    return ["explain", str(run), "--quiet", "--llm", url, "--llm-model", "scripted", "--concurrency", "2"] + [
-        *"--explain-batch 2 --latents sample:4".split(),
-        *extra,
-    ]
-
-
-class Spy(Scorer):
-    """The real judge, with every (record, explanation) it is handed kept; raises KeyboardInterrupt at call
-    ``stop_at`` (an interrupted search)."""
-
-    def __init__(self, inner: Scorer, seen: list, stop_at: int | None = None):
-        self.inner, self.name, self.seen, self.stop_at, self.calls = inner, inner.name, seen, stop_at, 0
-
-    def score(self, items):
-        self.calls += 1
-        if self.calls == self.stop_at:
-            raise KeyboardInterrupt
-        self.seen.extend(items)
-        return self.inner.score(items)
+    return cache_tiny_run(tmp_path_factory, smollm_tokenizer)
 
 
 @pytest.fixture
 def judged(monkeypatch):
     """What the judges of the explain commands are handed, and a way to interrupt the next one."""
-    seen: list = []
-    control = {"stop_at": None, "spies": []}
-    make = stages.make_scorers
-
-    def spied(*args, **kwargs):
-        spies = [Spy(s, seen, control["stop_at"]) for s in make(*args, **kwargs)]
-        control["spies"] += spies
-        return spies
-
-    monkeypatch.setattr(stages, "make_scorers", spied)
-    return seen, control
-
-
-def records_of(run: Path, tokenizer, cfg: RecordsConfig | None = None) -> dict:
-    rd = RunDir(run)
-    view = rd.cache_view(CODER, tokenizer)
-    builder = RecordBuilder(view, cfg or rd.read_config().records)
-    return {r.latent: r for r in builder.build(CODER, range(view.num_latents))}
+    return spy_on_judges(monkeypatch)
 
 
 def asked(server) -> list[str]:
@@ -136,9 +74,31 @@ def test_the_validation_split_is_disjoint_and_leaves_the_other_splits_as_they_we
         assert not set(valid_negatives) & (used_negatives | train | test | valid)
         assert all(max(ex.acts) == 0 for ex in r.valid_negatives + r.valid_hard_negatives)
         view = validation_view(r)
-        assert not {ex.index for ex in view.top + view.test + view.negatives + view.hard_negatives} & (
-            test | used_negatives
-        )
+        assert view.split == "validation" and [ex.index for ex in view.activating] == [ex.index for ex in r.valid]
+        judged = {ex.index for ex in view.activating + view.negatives + view.hard_negatives}
+        assert not judged & (test | used_negatives)
+
+
+def test_the_contrastive_explainers_negatives_are_its_own_and_change_no_other_split(cached, smollm_tokenizer):
+    _, run = cached
+    plain, contrast = records_of(run, smollm_tokenizer), records_of(run, smollm_tokenizer, contrast=True)
+    ok = [r for r in contrast.values() if r.status == "ok"]
+    assert sum(len(r.contrast_negatives) == 4 for r in ok) >= 5
+    for r in ok:
+        old = plain[r.latent]
+        assert not old.contrast_negatives and replace(r, contrast_negatives=[]) == old
+        shown = [ex.index for ex in r.contrast_negatives]
+        others = r.train + r.test + r.valid + r.negatives + r.hard_negatives + r.valid_negatives
+        assert len(set(shown)) == len(shown) and not set(shown) & {ex.index for ex in others + r.valid_hard_negatives}
+        assert all(max(ex.acts) == 0 for ex in r.contrast_negatives)
+
+
+def test_a_search_cannot_be_judged_by_the_intervention_scorer(cached, tmp_path, server, capsys):
+    run = copy_of(cached[1], tmp_path)
+    assert main(explain_args(run, server.base_url, "--search", "best-of-k", "--judge", "intervention")) != 0
+    err = capsys.readouterr().err
+    assert "--judge) cannot be intervention" in err and len(err.strip().splitlines()) == 1
+    assert not server.requests
 
 
 def test_a_run_made_before_the_validation_split_keeps_its_config_and_its_splits(cached, tmp_path, smollm_tokenizer):
@@ -202,22 +162,11 @@ def test_refine_from_the_cli_never_shows_nor_judges_a_test_example(cached, tmp_p
         assert r["explanation"] == chosen["text"] and r["judge"]["validation_score"] == chosen["score"]
     assert any(c["round"] > 0 for r in lines for c in r["candidates"])  # refinement asked again
     records = records_of(run, smollm_tokenizer)
-    text = smollm_tokenizer.decode
     prompts = [m["content"] for r in server.requests for m in json.loads(r["body"])["messages"]]
     seen, _ = judged
-    assert seen
-    for r in lines:
-        record = records[r["latent"]]
-        shown = {text(ex.tokens) for ex in record.train + record.valid + record.valid_negatives}
-        shown |= {text(ex.tokens) for ex in record.valid_hard_negatives}
-        for ex in record.test + record.negatives + record.hard_negatives:
-            if text(ex.tokens) not in shown:  # a text that also is a shown example's may appear
-                assert not any(text(ex.tokens).strip() in p for p in prompts)
-        held_out = {ex.index for ex in record.test + record.negatives + record.hard_negatives}
-        for given, _ in (item for item in seen if item[0].latent == record.latent):
-            judged_examples = given.top + given.test + given.negatives + given.hard_negatives + given.valid
-            assert not {ex.index for ex in judged_examples} & held_out
-            assert [ex.index for ex in given.test] == [ex.index for ex in record.valid]
+    assert seen and not leaks([records[r["latent"]] for r in lines], prompts, seen, smollm_tokenizer)
+    for given, _ in seen:
+        assert [ex.index for ex in given.activating] == [ex.index for ex in records[given.latent].valid]
 
 
 def test_a_failing_candidate_leaves_the_others(cached, tmp_path, server, judged):

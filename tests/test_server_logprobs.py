@@ -20,8 +20,8 @@ import pytest
 from interp.llm import OpenAIClient, TransformersClient
 from interp.llm.openai_client import TOP_LOGPROBS
 from interp.models import embedded_gguf_path
-from interp.records import LatentRecord, LatentStats
 from interp.scoring.classify import DetectionScorer
+from interp.views import HeldOut
 from tests.helpers.scoring import CAT_TEXTS, MONEY_TEXTS, example
 
 LLAMA_PYTHON = "INTERP_LLAMA_PYTHON"
@@ -35,17 +35,16 @@ differed by 0.001 to 0.20 (median 0.055)."""
 EXPLANATIONS = ["Mentions of a cat", "Words about money and finance", "The weather", "Verbs in the past tense"]
 
 
-def cat_record(tokenizer) -> LatentRecord:
-    """A latent that fires on "cat" in six texts; six texts about money are its negatives."""
-    stats = LatentStats(count=6, frequency=0.1, max=2.0, mean=2.0, histogram=[0] * 20, num_examples=6)
-    return LatentRecord(
+def cat_record(tokenizer) -> HeldOut:
+    """The test split of a latent that fires on "cat" in six texts; six texts about money are its negatives."""
+    return HeldOut(
         "sae",
         5,
         "ok",
-        stats,
-        test=[example(tokenizer, t, i) for i, t in enumerate(CAT_TEXTS)],
-        test_quantiles=[0, 0, 1, 1, 2, 2],
-        negatives=[example(tokenizer, t, 100 + i) for i, t in enumerate(MONEY_TEXTS)],
+        "test",
+        [example(tokenizer, t, i) for i, t in enumerate(CAT_TEXTS)],
+        [0, 0, 1, 1, 2, 2],
+        [example(tokenizer, t, 100 + i) for i, t in enumerate(MONEY_TEXTS)],
     )
 
 

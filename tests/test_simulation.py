@@ -48,10 +48,10 @@ def test_generative_simulation_correlates_for_the_true_explanation_only(server, 
     (true_m, outcomes), (random_m, _) = scorer.score([(cat_record, "the word cat"), (cat_record, "money")])
     assert scorer.name == "simulation"
     assert true_m["correlation"] == 1.0 and true_m["auroc"] == 1.0 and true_m["failed"] == 0
-    assert true_m["tokens"] == sum(len(ex.tokens) for ex in cat_record.test + cat_record.negatives)
+    assert true_m["tokens"] == sum(len(ex.tokens) for ex in cat_record.activating + cat_record.negatives)
     assert random_m["correlation"] is None  # a constant simulation has no correlation, not a zero one
     cat = next(o for o in outcomes if o.label)
-    ex = next(e for e in cat_record.test if e.index == cat.index)
+    ex = next(e for e in cat_record.activating if e.index == cat.index)
     assert cat.values == [9.0 if a > 0 else 0.0 for a in ex.acts]
 
 
@@ -92,7 +92,7 @@ def test_logprob_simulation_with_the_embedded_model_is_cached_and_well_formed(sm
     scorer = SimulationScorer(client, smollm.tokenizer, mode="logprob")
     [(m, outcomes)] = scorer.score([(cat_record, "the word cat")])
     assert scorer.name == "simulation-logprob" and m["failed"] == 0
-    lengths = {ex.index: len(ex.tokens) for ex in cat_record.test + cat_record.negatives}
+    lengths = {ex.index: len(ex.tokens) for ex in cat_record.activating + cat_record.negatives}
     assert [len(o.values) for o in outcomes] == [lengths[o.index] for o in outcomes]
     for o in outcomes:
         assert all(0 <= v <= 9 for v in o.values) and o.score == max(o.values)

@@ -149,11 +149,44 @@ def test_a_line_counts_only_for_the_current_usable_text_and_the_random_text_it_a
     now = [line(0, "cats"), line(0, assigned[("sae", 0)], baseline=True), line(1, "dogs"), line(2, "fish")]
     old = [line(1, "old dogs"), line(2, "old fish", baseline=True)]
     gone = [line(3, "..."), line(3, "cats", baseline=True), line(4, "never explained"), line(0, "cats", explainer="x")]
-    split = current_scores(explanations, now + old + gone, seed=7)
+    split = current_scores(explanations, now + old + gone)
     assert (split.rows, split.replaced, split.withdrawn) == (now, old, gone)
     assert split.left_out() == {"embedding": {"replaced": 2, "withdrawn": 4}}
-    assert current_scores(explanations, now + old + gone, seed=7, explainer="x").rows == []
-    assert current_scores(explanations, now, seed=8).replaced == [now[1]]  # another seed assigns other random texts
+    assert current_scores(explanations, now + old + gone, explainer="x").rows == []
+    own = line(1, "dogs", baseline=True)  # its own text is no other latent's: not a random explanation
+    assert current_scores(explanations, [own]).replaced == [own]
+
+
+def rows_of(texts: dict[int, str], coder: str = "a") -> list[dict]:
+    return [
+        {"explainer": "default", "coder": coder, "latent": k, "status": "ok", "explanation": t}
+        for k, t in texts.items()
+    ]
+
+
+def baseline_lines(assigned: dict) -> list[dict]:
+    return [
+        ScoreResult("embedding", c, k, "default", True, text, {"auroc": 0.5}, []).to_dict()
+        for (c, k), text in assigned.items()
+    ]
+
+
+def test_explaining_more_latents_moves_no_random_explanation_and_re_explaining_one_moves_only_those_drawn_from_it():
+    first = {k: f"text {k}" for k in range(10)}
+    assigned = baseline_explanations(rows_of(first), seed=3)
+    scored = baseline_lines(assigned)
+    more = {**first, **{k: f"text {k}" for k in range(10, 40)}}
+    grown = baseline_explanations(rows_of(more), seed=3, scored=scored)
+    assert all(grown[key] == text for key, text in assigned.items())  # every earlier draw kept
+    assert current_scores(rows_of(more), scored).rows == scored  # and counted by the summary
+    donor = next(k for k in range(10) if list(assigned.values()).count(f"text {k}"))
+    redone = {**more, donor: "a new text"}
+    after = baseline_explanations(rows_of(redone), seed=3, scored=scored)
+    moved = {key for key in assigned if after[key] != assigned[key]}
+    assert moved == {key for key, text in assigned.items() if text == f"text {donor}"} and moved
+    split = current_scores(rows_of(redone), scored)
+    assert {(r["coder"], r["latent"]) for r in split.replaced} == moved
+    assert baseline_explanations(rows_of(more), seed=3) == baseline_explanations(rows_of(more), seed=3)  # seeded
 
 
 def test_the_random_texts_depend_on_the_explanations_held_not_on_their_line_order():
@@ -167,3 +200,7 @@ def test_the_random_texts_depend_on_the_explanations_held_not_on_their_line_orde
     assert baseline_explanations(rows[::-1], seed=3) == assigned
     assert baseline_explanations(rows[1::2] + rows[::2], seed=3) == assigned
     assert all(text != f"{coder} {latent}" for (coder, latent), text in assigned.items())  # never its own
+    scored = baseline_lines(assigned)
+    assert baseline_explanations(rows, seed=3, scored=scored[::-1]) == assigned
+    same = rows_of({0: "cats", 1: "cats", 2: "dogs"})  # another text wherever there is one
+    assert baseline_explanations(same, seed=0) == {("a", 0): "dogs", ("a", 1): "dogs", ("a", 2): "cats"}

@@ -22,11 +22,12 @@ def test_planted_latents_fire_exactly_on_their_words(planted, smollm_tokenizer):
     assert len(planted) >= 6
     for record, explanation in planted:
         words = PLANTED[explanation]
-        for ex in record.test + record.negatives:
+        assert record.split == "test"
+        for ex in record.activating + record.negatives:
             pieces = [p.strip().lower() for p in smollm_tokenizer.batch_decode([[t] for t in ex.tokens])]
             assert ex.acts == [1.0 if p in words else 0.0 for p in pieces]
-        assert all(ex.max_act == 1.0 for ex in record.test) and all(ex.max_act == 0 for ex in record.negatives)
-        assert not {ex.index for ex in record.test} & {ex.index for ex in record.negatives}
+        assert all(ex.max_act == 1.0 for ex in record.activating) and all(ex.max_act == 0 for ex in record.negatives)
+        assert not {ex.index for ex in record.activating} & {ex.index for ex in record.negatives}
 
 
 def test_embedding_scorer_prefers_the_true_explanation(planted, smollm_tokenizer):
@@ -38,7 +39,7 @@ def test_embedding_scorer_prefers_the_true_explanation(planted, smollm_tokenizer
 @pytest.mark.slow
 def test_surprisal_scorer_prefers_the_true_explanation(planted, smollm):
     small = [
-        (replace(r, test=r.test[:6], test_quantiles=r.test_quantiles[:6], negatives=r.negatives[:6]), e)
+        (replace(r, activating=r.activating[:6], quantiles=r.quantiles[:6], negatives=r.negatives[:6]), e)
         for r, e in planted[:3]
     ]
     [result] = validate_scorers([SurprisalScorer(smollm, batch_size=16)], small, progress=False)

@@ -31,7 +31,17 @@ otherwise ask for millions."""
 MAX_ROUNDS = 8
 """Most refinement rounds the panel runs, for the same reason."""
 EXPLAINED_HEADERS = ["latent", "status", "explanation", "LLM", "note"]
-SUMMARY_HEADERS = ["scorer", "metric", "mean", "median", "random explanation (mean)", "margin", "vs random", "latents"]
+SUMMARY_HEADERS = [
+    "scorer",
+    "metric",
+    "mean",
+    "median",
+    "random explanation (mean)",
+    "margin (paired)",
+    "vs random",
+    "latents",
+    "latents scored both ways",
+]
 OUTCOME_HEADERS = ["call", "kind", "quantile", "fires", "prediction", "score", "text"]
 
 
@@ -247,6 +257,7 @@ def summary_table(summary: dict, coder: str) -> Table:
                 e["margin"],
                 _against_random(e),
                 e["explanation"]["n"],
+                e["margin_n"],
             ]
         )
     return Table(SUMMARY_HEADERS, rows)

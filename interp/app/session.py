@@ -136,7 +136,7 @@ class OpenRun:
         ``RunDir.current_scores`` splits them (from the lines this run holds read)."""
         return self.derived(
             ("current_scores", explainer),
-            lambda: current_scores(self.explanations(), self.scores(), self.cfg.records.records_seed, explainer),
+            lambda: current_scores(self.explanations(), self.scores(), explainer),
         )
 
 

@@ -5,10 +5,13 @@ LLM explainers (prompts in ``interp/prompts/``):
                contexts, worked examples, the reply started as "Fires on" (``explain_short``)
   default      activating examples with the firing tokens marked <<like this>>
   activations  the same, plus the strongest tokens with activations scaled 0-10
-  contrastive  activating examples beside hard negatives that contain the same tokens
+  contrastive  activating examples beside non-activating ones drawn for it alone (hard ones first: they contain
+               the same tokens), never the negatives a scorer scores
   logits       the same examples, plus the tokens the latent promotes and suppresses
   intervention no examples: the next tokens that steering the latent made more likely after
-               a few prompts (``steer_effects.latent_effects``), for latents whose meaning is in their output
+               a few prompts (``steer_effects.latent_effects``), for latents whose meaning is in their output;
+               the prompts are never the intervention scorer's (``steer_effects.explainer_steer_prompts``)
+Every explainer reads an ``ExplainerView`` (``interp.views``): no split that a scorer or a judge scores.
 The ``tokens`` explainer needs no LLM: it lists the tokens the latent fires on most, so the
 pipeline runs end to end without a model and scorers have a floor to beat.
 """
@@ -24,8 +27,9 @@ from dataclasses import asdict, dataclass, replace
 from ..config import Explainer
 from ..llm.base import Completion, GenerationParams, LLMClient, Prompt
 from ..prompts import render
-from ..records import Example, LatentRecord
+from ..records import Example
 from ..steer_effects import PromptEffect
+from ..views import ExplainerView
 from .parse import flag, parse_explanation
 from .short import firing_counts, read_phrase, short_prompt
 
@@ -100,9 +104,9 @@ def _effects_block(effects: list[PromptEffect]) -> str:
 
 
 def explain_prompt(
-    record: LatentRecord, explainer: str, text: TokenText, effects: list[PromptEffect] | None = None
+    record: ExplainerView, explainer: str, text: TokenText, effects: list[PromptEffect] | None = None
 ) -> Prompt:
-    """The chat prompt that asks an LLM to explain ``record`` in the style of ``explainer``.
+    """The chat prompt that asks an LLM to explain the latent seen through ``record`` in the style of ``explainer``.
 
     The intervention explainer needs ``effects``: what steering the latent did after each prompt.
     """
@@ -119,7 +123,7 @@ def explain_prompt(
     elif explainer == "activations":
         values["activations"] = _activations_block(record.train, text)
     elif explainer == "contrastive":
-        values["negatives"] = _examples_block(record.hard_negatives or record.negatives, text, marked=False)
+        values["negatives"] = _examples_block(record.contrast, text, marked=False) or "(none)"
     elif explainer == "logits":
         values["promoted"] = _token_list(record.promoted, text)
         values["suppressed"] = _token_list(record.suppressed, text)
@@ -134,7 +138,7 @@ def explain_prompt(
     )
 
 
-def token_list_explanation(record: LatentRecord, text: TokenText, n: int = 5) -> str:
+def token_list_explanation(record: ExplainerView, text: TokenText, n: int = 5) -> str:
     """The baseline explanation: the tokens the latent fires on most often in its train examples."""
     counts = firing_counts(record)
     words = [w.strip() or repr(w) for w in text([t for t, _ in counts.most_common(n)])]
@@ -167,6 +171,9 @@ class Explanation:
     """The scorer that chose among the candidates, its metric and the chosen one's validation score."""
     candidates: list[dict] | None = None
     """Every candidate of a search: text, status, validation score, round."""
+    separated: bool = True
+    """Made from the explainer's own view (``interp.views``), apart from everything scored. Lines made before have
+    none: the contrastive and intervention explainers' prompts then held what their scorers score."""
 
     def to_dict(self) -> dict:
         """JSON-ready form; a line without a search has no search keys, as lines had before there was one."""
@@ -195,7 +202,7 @@ def read_reply(reply: Completion, explainer: str) -> tuple[str | None, str, str 
 
 
 def explain_batch(
-    records: list[LatentRecord],
+    records: list[ExplainerView],
     explainer: str,
     text: TokenText,
     client: LLMClient | None,

@@ -3,10 +3,12 @@
 ``best-of-k`` asks the explainer for ``candidates`` explanations (the first greedy, as ``--search none`` asks; the
 others sampled, each with its own seed, so that each is its own entry in the response cache and a resumed search
 asks nothing twice). ``refine`` then shows the explainer its current best with the validation examples the judge
-got wrong, for ``rounds`` rounds. The judge (any scorer) scores each candidate on a copy of the record whose held-out
-examples are the validation ones (``validation_view``): no test example is ever in a prompt or in the judge's inputs,
-so a latent's test score is not a maximum over candidates. EleutherAI delphi's best-of-k chooses on the test examples
-and reports the same score: the maximum of K noisy scores, inflated by the choosing.
+got wrong, for ``rounds`` rounds. The search is handed two views of each latent (``interp.views``): the explainer's
+(its prompts are built from it alone) and the validation split (all that the judge scores, and all that a refinement
+round shows besides): no test or scored negative example is ever in a prompt or in the judge's inputs, so a latent's
+test score is not a maximum over candidates. The intervention scorer cannot judge: it reads no examples, only its own
+steering prompts, so choosing by it would choose on what ``interp score`` reports. EleutherAI delphi's best-of-k
+chooses on the test examples and reports the same score: the maximum of K noisy scores, inflated by the choosing.
 """
 
 import logging
@@ -16,10 +18,11 @@ from dataclasses import asdict, dataclass, field, replace
 from ..config import ExplainConfig
 from ..llm.base import GenerationParams, LLMClient, Prompt
 from ..prompts import render
-from ..records import Example, LatentRecord
+from ..records import Example
 from ..scoring.base import ScoredExample, Scorer, labelled_examples
 from ..scoring.results import main_metric
 from ..steer_effects import PromptEffect
+from ..views import ExplainerView, HeldOut
 from .explainers import Explanation, TokenText, explain_prompt, prompt_sha, read_reply, token_list_explanation
 from .short import REPLY_START, context
 
@@ -80,26 +83,6 @@ class Candidate:
     def to_dict(self) -> dict:
         """The saved form: text, status, round, source, validation score and note."""
         return {k: getattr(self, k) for k in ("text", "status", "round", "source", "score", "note")}
-
-
-def validation_view(record: LatentRecord) -> LatentRecord:
-    """A copy of ``record`` whose held-out examples are its validation examples: all that a judge may see.
-
-    Its top examples (which may hold test examples) and validation fields are emptied, so a scorer handed it can
-    reach no test example.
-    """
-    return replace(
-        record,
-        top=[],
-        test=record.valid,
-        test_quantiles=record.valid_quantiles,
-        negatives=record.valid_negatives,
-        hard_negatives=record.valid_hard_negatives,
-        valid=[],
-        valid_quantiles=[],
-        valid_negatives=[],
-        valid_hard_negatives=[],
-    )
 
 
 def mistakes(outcomes: list[ScoredExample], n: int = SHOWN_MISTAKES) -> tuple[list[int], list[int]]:
@@ -178,12 +161,18 @@ class Search:
         self.params = params
 
     def explain(
-        self, records: list[LatentRecord], effects: list[list[PromptEffect] | None] | None = None
+        self,
+        records: list[ExplainerView],
+        judged: list[HeldOut],
+        effects: list[list[PromptEffect] | None] | None = None,
     ) -> list[Explanation]:
-        """One explanation per record, in order; records that are dead or rare keep their status."""
+        """One explanation per latent, in order, from its explainer's view (``records``) chosen on its validation split
+        (``judged``, in the same order); latents that are dead or rare keep their status."""
         start = time.perf_counter()
+        if any(h.split != "validation" for h in judged):
+            raise ValueError("A search chooses on validation splits alone, never on what is scored.")
         live = [i for i, r in enumerate(records) if r.status == "ok"]
-        views = {i: validation_view(records[i]) for i in live}
+        views = {i: judged[i] for i in live}
         found: dict[int, list[Candidate]] = {i: [] for i in live}
         effects = effects or [None] * len(records)
         base = {i: explain_prompt(records[i], self.explainer, self.text, effects[i]) for i in live}
@@ -211,7 +200,7 @@ class Search:
         elapsed = (time.perf_counter() - start) / max(len(records), 1)
         out = []
         for i, r in enumerate(records):
-            e = self._explanation(r, found.get(i))
+            e = self._explanation(r, judged[i], found.get(i))
             e.batch_seconds_per_latent = elapsed
             out.append(e)
         return out
@@ -244,7 +233,7 @@ class Search:
                     )
                 )
 
-    def _score(self, found: dict[int, list[Candidate]], views: dict[int, LatentRecord]) -> None:
+    def _score(self, found: dict[int, list[Candidate]], views: dict[int, HeldOut]) -> None:
         """The judge's validation score of every ok candidate not scored yet, in one batched call."""
         todo = [(i, c) for i, cands in found.items() for c in cands if c.status == "ok" and not c.outcomes]
         if not todo:
@@ -253,7 +242,7 @@ class Search:
         for (_, c), (metrics, outcomes) in zip(todo, results, strict=True):
             c.score, c.outcomes = metrics.get(self.metric), outcomes
 
-    def _explanation(self, record: LatentRecord, candidates: list[Candidate] | None) -> Explanation:
+    def _explanation(self, record: ExplainerView, judged: HeldOut, candidates: list[Candidate] | None) -> Explanation:
         e = Explanation(record.coder, record.latent, self.explainer, None, record.status)
         if candidates is None:
             return e
@@ -265,7 +254,7 @@ class Search:
             "scorer": self.judge.name,
             "metric": self.metric,
             "validation_score": chosen.score if chosen else None,
-            "validation_examples": len(record.valid) + len(record.valid_negatives) + len(record.valid_hard_negatives),
+            "validation_examples": len(judged.activating) + len(judged.negatives) + len(judged.hard_negatives),
         }
         if chosen is None:
             first = candidates[0]

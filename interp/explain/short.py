@@ -17,7 +17,8 @@ from functools import cache
 from ..llm.base import Prompt
 from ..plain_text import plain_line
 from ..prompts import render, template
-from ..records import Example, LatentRecord
+from ..records import Example
+from ..views import ExplainerView
 
 REPLY_START = "Fires on"
 """The start of the assistant's reply, given in the prompt; the model continues it."""
@@ -37,12 +38,12 @@ TokenTexts = Callable[[list[int]], list[str]]
 """Token ids -> their texts (``explain.explainers.TokenText``)."""
 
 
-def firing_counts(record: LatentRecord) -> Counter:
+def firing_counts(record: ExplainerView) -> Counter:
     """Token id -> how often the latent fires on it in its train examples."""
     return Counter(t for ex in record.train for t, a in zip(ex.tokens, ex.acts, strict=True) if a > 0)
 
 
-def firing_tokens(record: LatentRecord, text: TokenTexts, n: int = N_TOKENS) -> str:
+def firing_tokens(record: ExplainerView, text: TokenTexts, n: int = N_TOKENS) -> str:
     """The tokens the latent fires on most often in its train examples, with counts: ``' king' (9), ' queen' (3)``."""
     top = firing_counts(record).most_common(n)
     return (
@@ -60,7 +61,7 @@ def context(ex: Example, text: TokenTexts) -> str:
     return " ".join(line.split())
 
 
-def contexts(record: LatentRecord, text: TokenTexts, n: int = N_CONTEXTS) -> str:
+def contexts(record: ExplainerView, text: TokenTexts, n: int = N_CONTEXTS) -> str:
     """Numbered short contexts, one per train example, each around its peak token, marked <<like this>>."""
     return "\n".join(f"{i}. {context(ex, text)}" for i, ex in enumerate(record.train[:n], 1))
 
@@ -72,7 +73,7 @@ def worked_examples() -> tuple[tuple[str, str], ...]:
     return tuple(tuple(part.strip() for part in block.rsplit("\n=> ", 1)) for block in blocks)
 
 
-def short_prompt(record: LatentRecord, text: TokenTexts) -> Prompt:
+def short_prompt(record: ExplainerView, text: TokenTexts) -> Prompt:
     """The chat prompt: the task, the worked examples as earlier turns, this latent's facts, the reply's start."""
     messages = [{"role": "system", "content": render("explain_short_system")}]
     for question, answer in worked_examples():

@@ -1,14 +1,16 @@
 """What every scorer takes and returns.
 
-A scorer judges an explanation against a latent's held-out examples: the test set (activating,
-over quantiles) and the negatives (random and hard). It scores many latents per call so that
-LLM and embedding work can be batched across them.
+A scorer judges an explanation against one held-out split of a latent (``views.HeldOut``): the test split when it
+reports a score, the validation split when it judges a search's candidates; activating examples over quantiles and
+the negatives (random and hard). It is never handed a whole record. It scores many latents per call so that LLM and
+embedding work can be batched across them.
 """
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 
-from ..records import Example, LatentRecord
+from ..records import Example
+from ..views import HeldOut
 
 
 @dataclass
@@ -49,9 +51,9 @@ class ScoreResult:
         return asdict(self)
 
 
-def labelled_examples(record: LatentRecord) -> list[tuple[Example, bool, str, int | None]]:
+def labelled_examples(record: HeldOut) -> list[tuple[Example, bool, str, int | None]]:
     """(example, fires?, kind, quantile) for every held-out example of ``record``."""
-    out = [(ex, True, "test", q) for ex, q in zip(record.test, record.test_quantiles, strict=True)]
+    out = [(ex, True, "test", q) for ex, q in zip(record.activating, record.quantiles, strict=True)]
     out += [(ex, False, "negative", None) for ex in record.negatives]
     out += [(ex, False, "hard_negative", None) for ex in record.hard_negatives]
     return out
@@ -63,5 +65,5 @@ class Scorer(ABC):
     name: str
 
     @abstractmethod
-    def score(self, items: list[tuple[LatentRecord, str]]) -> list[tuple[dict, list[ScoredExample]]]:
+    def score(self, items: list[tuple[HeldOut, str]]) -> list[tuple[dict, list[ScoredExample]]]:
         """(metrics, per-example outcomes) for each (record, explanation), in order."""

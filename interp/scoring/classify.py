@@ -26,7 +26,8 @@ from ..config import ScoreMode
 from ..explain import TokenText, highlight
 from ..llm.base import AnswerLogprobs, GenerationParams, LLMClient, Prompt
 from ..prompts import render
-from ..records import Example, LatentRecord
+from ..records import Example
+from ..views import HeldOut
 from .base import ScoredExample, Scorer, labelled_examples
 from .metrics import classification
 
@@ -92,7 +93,7 @@ class ClassifierScorer(Scorer):
         return self.prompt if self.mode == "generative" else f"{self.prompt}-logprob"
 
     @abstractmethod
-    def cases(self, record: LatentRecord, rng) -> list[tuple[str, ClassifiedExample]]:
+    def cases(self, record: HeldOut, rng) -> list[tuple[str, ClassifiedExample]]:
         """(text shown to the LLM, outcome to fill in) for each held-out example, shuffled."""
 
     def _system(self) -> dict:
@@ -108,7 +109,7 @@ class ClassifierScorer(Scorer):
         user = render(f"{self.prompt}_batch", explanation=explanation, texts=body, n=str(len(texts)), example=example)
         return (self._system(), {"role": "user", "content": user})
 
-    def score(self, items: list[tuple[LatentRecord, str]]) -> list[tuple[dict, list[ScoredExample]]]:
+    def score(self, items: list[tuple[HeldOut, str]]) -> list[tuple[dict, list[ScoredExample]]]:
         all_cases = [self.cases(r, np.random.default_rng([self.seed, r.latent])) for r, _ in items]
         if self.mode == "logprob":
             self._logprob(items, all_cases)
@@ -163,7 +164,7 @@ class DetectionScorer(ClassifierScorer):
 
     prompt = "detection"
 
-    def cases(self, record: LatentRecord, rng) -> list[tuple[str, ClassifiedExample]]:
+    def cases(self, record: HeldOut, rng) -> list[tuple[str, ClassifiedExample]]:
         cases = [
             (self._plain(ex), ClassifiedExample(ex.index, label, None, None, kind, q))
             for ex, label, kind, q in labelled_examples(record)
@@ -176,7 +177,7 @@ class FuzzingScorer(ClassifierScorer):
 
     prompt = "fuzzing"
 
-    def cases(self, record: LatentRecord, rng) -> list[tuple[str, ClassifiedExample]]:
+    def cases(self, record: HeldOut, rng) -> list[tuple[str, ClassifiedExample]]:
         labelled = labelled_examples(record)
         active_counts = [sum(a > 0 for a in ex.acts) for ex, label, *_ in labelled if label]
         n_marks = max(1, int(np.median(active_counts))) if active_counts else 1

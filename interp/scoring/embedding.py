@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InterpError
-from ..records import LatentRecord
+from ..views import HeldOut
 from .base import ScoredExample, Scorer, labelled_examples
 from .metrics import auroc
 
@@ -46,10 +46,10 @@ class EmbeddingScorer(Scorer):
         self.embedder = embedder or load_embedder()
         self.batch_size = batch_size
 
-    def _texts(self, record: LatentRecord) -> list[str]:
+    def _texts(self, record: HeldOut) -> list[str]:
         return [self.tokenizer.decode(ex.tokens, skip_special_tokens=True) for ex, *_ in labelled_examples(record)]
 
-    def score(self, items: list[tuple[LatentRecord, str]]) -> list[tuple[dict, list[ScoredExample]]]:
+    def score(self, items: list[tuple[HeldOut, str]]) -> list[tuple[dict, list[ScoredExample]]]:
         queries = [explanation for _, explanation in items]
         docs = [self._texts(record) for record, _ in items]
         flat = [t for texts in docs for t in texts]

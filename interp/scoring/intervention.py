@@ -23,9 +23,9 @@ from ..coders.base import SparseCoder
 from ..errors import InterpError
 from ..models import LoadedModel
 from ..prompts import render
-from ..records import LatentRecord
 from ..steer import Edit, steer
 from ..steer_effects import Calibration, calibrate_strength, continue_prompts, encode_prompts
+from ..views import HeldOut
 from .base import ScoredExample, Scorer
 from .metrics import auroc
 from .surprisal import SurprisalScorer
@@ -105,7 +105,7 @@ class InterventionScorer(Scorer):
         logprob = {case: -loss * len(case[1]) for case, loss in zip(unique, losses, strict=True)}
         return [logprob[case] for case in cases]
 
-    def score(self, items: list[tuple[LatentRecord, str]]) -> list[tuple[dict, list[ScoredExample]]]:
+    def score(self, items: list[tuple[HeldOut, str]]) -> list[tuple[dict, list[ScoredExample]]]:
         clean = self.clean()
         runs = [self.steered(record.coder, record.latent) for record, _ in items]
         passages, explanations = [], []

@@ -13,7 +13,7 @@ import numpy as np
 from ..explain import TokenText
 from ..llm.base import GenerationParams, LLMClient, Prompt
 from ..prompts import render
-from ..records import LatentRecord
+from ..views import HeldOut
 from .base import ScoredExample, Scorer
 from .classify import MODES
 
@@ -40,10 +40,10 @@ class IntruderScorer(Scorer):
         """``intruder`` or ``intruder-logprob``."""
         return "intruder" if self.mode == "generative" else "intruder-logprob"
 
-    def groups(self, record: LatentRecord) -> list[tuple[list, int]]:
+    def groups(self, record: HeldOut) -> list[tuple[list, int]]:
         """(examples shown, position of the intruder) for as many groups as the record allows."""
         rng = np.random.default_rng([self.seed, record.latent])
-        positives = [record.test[i] for i in rng.permutation(len(record.test))]
+        positives = [record.activating[i] for i in rng.permutation(len(record.activating))]
         negatives = record.hard_negatives + record.negatives
         n = min(len(negatives), len(positives) // (self.group_size - 1))
         out = []
@@ -60,7 +60,7 @@ class IntruderScorer(Scorer):
         user = render("intruder_user", explanation=explanation, texts=texts, n=str(len(examples)))
         return ({"role": "system", "content": render("intruder_system")}, {"role": "user", "content": user})
 
-    def score(self, items: list[tuple[LatentRecord, str]]) -> list[tuple[dict, list[ScoredExample]]]:
+    def score(self, items: list[tuple[HeldOut, str]]) -> list[tuple[dict, list[ScoredExample]]]:
         groups = [self.groups(r) for r, _ in items]
         prompts = [self._prompt(expl, shown) for (_, expl), gs in zip(items, groups, strict=True) for shown, _ in gs]
         answers = [str(k) for k in range(1, self.group_size + 1)]

@@ -53,14 +53,15 @@ def _one_explainer(rows: list[dict]) -> None:
 
 
 def summarize_scores(rows: list[dict]) -> dict:
-    """``{coder: {scorer: {"metric", "explanation": stats, "baseline": stats, "margin", "margin_ci",
-    "above_chance"}}}``
-    from one explainer's score rows.
+    """``{coder: {scorer: {"metric", "explanation": stats, "baseline": stats, "margin", "margin_ci", "margin_n",
+    "above_chance"}}}`` from one explainer's score rows.
 
-    ``margin_ci`` is a 95% interval of the mean margin over the latents scored both ways (each
-    latent's explanation against its random explanation, paired); ``above_chance`` says whether
-    it lies above zero (None with fewer than two such latents), so a summary can say plainly when
-    explanations do no better than another latent's.
+    ``margin`` is the mean, over the ``margin_n`` latents scored both ways, of each latent's explanation's score minus
+    its random explanation's (paired), and ``margin_ci`` its 95% interval, on the same latents; ``above_chance`` says
+    whether the interval lies above zero (None with fewer than two such latents), so a summary can say plainly when
+    explanations do no better than another latent's. The two means (``explanation`` and ``baseline`` stats) are each
+    over every latent scored that way, so after a partial re-explaining they may describe different latents: their
+    difference is not the margin.
     """
     _one_explainer(rows)
     out: dict = {}
@@ -77,10 +78,10 @@ def summarize_scores(rows: list[dict]) -> dict:
     for coder, scorers in out.items():
         for scorer, entry in scorers.items():
             entry["explanation"], entry["baseline"] = _describe(entry["explanation"]), _describe(entry["baseline"])
-            a, b = entry["explanation"]["mean"], entry["baseline"]["mean"]
-            entry["margin"] = a - b if a is not None and b is not None else None
-            both = [v for (c, s, _), v in paired.items() if (c, s) == (coder, scorer) and len(v) == 2]
-            entry["margin_ci"] = mean_interval([v[False] - v[True] for v in both])
+            both = [v[False] - v[True] for (c, s, _), v in paired.items() if (c, s) == (coder, scorer) and len(v) == 2]
+            entry["margin"] = statistics.fmean(both) if both else None
+            entry["margin_n"] = len(both)
+            entry["margin_ci"] = mean_interval(both)
             entry["above_chance"] = None if entry["margin_ci"] is None else entry["margin_ci"][0] > 0
     return out
 
@@ -123,17 +124,56 @@ def scorer_agreement(table: dict[str, dict[int, float]]) -> dict[tuple[str, str]
     return out
 
 
-def baseline_explanations(rows: list[dict], seed: int) -> dict[tuple[str, int], str]:
-    """Each latent's random explanation: another latent's, by a seeded derangement of the rows sorted by (coder,
-    latent), so the assignment depends on which explanations a run holds, not on the order its lines were appended in
-    (processes under ``accelerate launch`` append theirs interleaved)."""
-    if len(rows) < 2:
-        return {}
-    rows = sorted(rows, key=lambda r: (r["coder"], r["latent"]))
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    shifted = order[1:] + order[:1]
-    return {(rows[i]["coder"], rows[i]["latent"]): rows[j]["explanation"] for i, j in zip(order, shifted, strict=True)}
+def baseline_explanations(rows: list[dict], seed: int, scored: list[dict] | tuple = ()) -> dict[tuple[str, int], str]:
+    """Each latent's random explanation: another latent's current explanation (of the explainer of ``rows``, its
+    usable lines).
+
+    A latent keeps the random text it was scored with (``scored``: earlier random-explanation score lines) while that
+    text is still another latent's current explanation (``is_another_latents``), so explaining more latents moves no
+    baseline, and re-explaining one latent moves only the baselines drawn from its old text. A latent without one
+    draws it, with a stream of its own (``seed``, coder, latent), among the other latents' explanations (one of
+    another text where there is one): the draw does not depend on the order of the lines, nor on which process asks.
+    """
+    texts = {(r["coder"], r["latent"]): r["explanation"] for r in rows}
+    holders = explanation_holders(rows)
+    out = {}
+    for line in sorted(scored, key=lambda r: r["scorer"]):  # the same choice whatever order the lines come in
+        key = (line["coder"], line["latent"])
+        if key in texts and key not in out and is_another_latents(line["explanation"], key, holders):
+            out[key] = line["explanation"]
+    pool = sorted(texts)
+    if len(pool) < 2:
+        return out
+    for key in pool:
+        if key not in out:
+            out[key] = texts[_donor(key, pool, texts, seed)]
+    return out
+
+
+def explanation_holders(rows: list[dict]) -> dict[str, set[tuple[str, int]]]:
+    """Explanation text -> the (coder, latent) whose current explanation it is, over ``rows`` (usable lines)."""
+    out: dict[str, set[tuple[str, int]]] = {}
+    for r in rows:
+        out.setdefault(r["explanation"], set()).add((r["coder"], r["latent"]))
+    return out
+
+
+def is_another_latents(text: str, key: tuple[str, int], holders: dict[str, set[tuple[str, int]]]) -> bool:
+    """Whether ``text`` is the current explanation of a latent other than ``key``: a random explanation of ``key``."""
+    held = holders.get(text, ())
+    return len(held) > 1 or (len(held) == 1 and key not in held)
+
+
+def _donor(key: tuple[str, int], pool: list[tuple[str, int]], texts: dict, seed: int) -> tuple[str, int]:
+    """The latent whose explanation ``key`` is scored with, drawn from ``pool`` (sorted) by ``key``'s own stream:
+    another latent, of another text where a few draws find one."""
+    rng = random.Random(f"{seed}:{key[0]}:{key[1]}")
+    for _ in range(32):
+        other = pool[rng.randrange(len(pool))]
+        if other != key and texts[other] != texts[key]:
+            return other
+    others = [k for k in pool if k != key and texts[k] != texts[key]] or [k for k in pool if k != key]
+    return rng.choice(others)
 
 
 def all_failed(row: dict) -> bool:
@@ -171,30 +211,34 @@ class CurrentScores(NamedTuple):
         return {s: {"replaced": replaced[s], "withdrawn": withdrawn[s]} for s in sorted(replaced | withdrawn)}
 
 
-def current_scores(
-    explanations: list[dict], scores: list[dict], seed: int, explainer: str | None = None
-) -> CurrentScores:
+def current_scores(explanations: list[dict], scores: list[dict], explainer: str | None = None) -> CurrentScores:
     """Split the latest ``scores`` by the latest ``explanations`` (of ``explainer`` alone when given): the one rule
     of which score lines count.
 
     A line of a true explanation counts when the latent's explanation of that explainer is usable (status ok) and
-    its text is the line's ``explanation``; a random-explanation line counts when its text is the one
-    ``baseline_explanations`` assigns from the current usable explanations (with the run's ``seed``), so after
-    scoring again the numbers are those a fresh run with these explanations would report.
+    its text is the line's ``explanation``; a random-explanation line counts while the latent has a usable
+    explanation and the line's text is the current explanation of another latent (``is_another_latents``): what
+    ``baseline_explanations`` keeps. Explaining more latents leaves every line counted; after scoring again the
+    numbers are those a fresh run with these explanations would report.
     """
     usable: dict[str, list[dict]] = {}
     for r in explanations:
         if r.get("status") == "ok" and isinstance(r.get("explanation"), str):
             usable.setdefault(r["explainer"], []).append(r)
-    wanted: dict[tuple, str] = {}
-    for name, rows in usable.items():
-        wanted.update({(name, r["coder"], r["latent"], False): r["explanation"] for r in rows})
-        wanted.update({(name, *key, True): text for key, text in baseline_explanations(rows, seed).items()})
+    own = {(name, r["coder"], r["latent"]): r["explanation"] for name, rows in usable.items() for r in rows}
+    holders = {name: explanation_holders(rows) for name, rows in usable.items()}
     out = CurrentScores([], [], [])
     for line in scores:
-        if explainer is not None and line.get("explainer") != explainer:
+        name = line.get("explainer")
+        if explainer is not None and name != explainer:
             continue
-        text = wanted.get((line.get("explainer"), line.get("coder"), line.get("latent"), line.get("baseline")))
-        kept = out.withdrawn if text is None else out.rows if text == line.get("explanation") else out.replaced
-        kept.append(line)
+        key = (line.get("coder"), line.get("latent"))
+        text = own.get((name, *key))
+        if text is None:
+            out.withdrawn.append(line)
+        elif line.get("baseline"):
+            current = is_another_latents(line.get("explanation"), key, holders[name])
+            (out.rows if current else out.replaced).append(line)
+        else:
+            (out.rows if text == line.get("explanation") else out.replaced).append(line)
     return out

@@ -21,7 +21,8 @@ from ..errors import InterpError
 from ..explain import TokenText
 from ..llm.base import GenerationParams, LLMClient, Prompt
 from ..prompts import render
-from ..records import Example, LatentRecord
+from ..records import Example
+from ..views import HeldOut
 from .base import ScoredExample, Scorer, labelled_examples
 from .classify import LIST, MODES
 from .metrics import auroc, correlation
@@ -96,7 +97,7 @@ class SimulationScorer(Scorer):
         user = render("simulation_user", explanation=explanation, tokens=tokens, instruction=instruction)
         return ({"role": "system", "content": render("simulation_system")}, {"role": "user", "content": user})
 
-    def score(self, items: list[tuple[LatentRecord, str]]) -> list[tuple[dict, list[ScoredExample]]]:
+    def score(self, items: list[tuple[HeldOut, str]]) -> list[tuple[dict, list[ScoredExample]]]:
         cases = [
             (expl, ex, ScoredExample(ex.index, label, None, None, kind, q))
             for record, expl in items

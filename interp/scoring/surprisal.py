@@ -11,7 +11,7 @@ import torch
 
 from ..models import LoadedModel
 from ..prompts import render
-from ..records import LatentRecord
+from ..views import HeldOut
 from .base import ScoredExample, Scorer, labelled_examples
 from .metrics import auroc
 
@@ -49,7 +49,7 @@ class SurprisalScorer(Scorer):
                 out.append(float(nll[i, len(p) - 1 : len(p) + len(b) - 1].mean()))
         return out
 
-    def score(self, items: list[tuple[LatentRecord, str]]) -> list[tuple[dict, list[ScoredExample]]]:
+    def score(self, items: list[tuple[HeldOut, str]]) -> list[tuple[dict, list[ScoredExample]]]:
         neutral = self._prefix(render("surprisal_neutral"))
         cases = [
             (i, ex, label, kind, q) for i, (r, _) in enumerate(items) for ex, label, kind, q in labelled_examples(r)
