@@ -100,7 +100,7 @@ def measure(
         base = replace(base, explain=replace(base.explain, llm=llm, llm_model=llm_model))
     subject = open_subject(base, run)
     needs_llm = any(v["explainer"] != "tokens" for _, v in rows_of)
-    client = run_client(base, subject.lm, run.llm_cache_file) if needs_llm else None
+    client = run_client(base, subject.lm, run.results_db()) if needs_llm else None
     widest = max((v["candidates"] for _, v in rows_of if v["search"] == "best-of-k"), default=None)
     rows, bias = [], {}
     for label, settings in rows_of:

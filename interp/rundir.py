@@ -13,7 +13,12 @@
       explanations.jsonl   one line per (coder, latent, explainer), appended; a later line replaces an earlier one
       scores.jsonl         one line per (scorer, coder, latent, explainer, baseline), appended; likewise. A
                            line counts only while the text it scored is the latent's current explanation
-      llm_cache.jsonl      LLM replies keyed by (model, prompt, parameters): a re-run costs nothing
+      results.sqlite       the results database (interp.results_db): LLM replies keyed by (model, prompt,
+                           parameters), so a re-run costs nothing, looked up by key (with its -wal and -shm
+                           files while it is open)
+      results.p<i>.sqlite  what process i of an accelerate launch wrote during a stage, merged into results.sqlite
+                           by the main process when the stage ends (or the next one begins, after a kill)
+      llm_cache.jsonl      a run made before the database: its replies, imported once into results.sqlite
       summary.json         coder statistics, the default SAE's held-out quality, explanation counts, scores
       plots/               plots of the run's own explainer's scores; plots/<explainer>/ of another explainer's
       compare/<A>--<B>/    comparisons of one of its coders with another coder (interp compare)
@@ -21,9 +26,11 @@
       locks/               one OS lock per piece of work under way (<stage>[--<coder>[--<name>]].lock), each
                            with its holder (pid, host, since, command) in <lock>.json while it is held
 
-Every write is an append of whole lines or an atomic replace, so a run killed at any point resumes.
+Every write is an append of whole lines, an atomic replace or a database transaction, so a run killed at any point
+resumes.
 """
 
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -37,15 +44,20 @@ from .config import FIXED_SECTIONS, RunConfig, check_config, read_config_file
 from .errors import InterpError, NotARunDirError, ReadOnlyRunError, RunConfigMismatchError
 from .explain import EXPLAINERS
 from .jsonl import append_jsonl, latest_rows, read_json, read_jsonl
+from .llm.response_cache import legacy_replies
 from .records import CacheView, RecordBuilder, logit_lens
+from .results_db import ResultsDB
 from .scoring.results import CurrentScores, current_scores
 
 CONFIG = "config.json"
 EXPLANATIONS = "explanations.jsonl"
 SCORES = "scores.jsonl"
 LLM_CACHE = "llm_cache.jsonl"
+RESULTS_DB = "results.sqlite"
 SUMMARY = "summary.json"
 LOCKS = "locks"
+
+log = logging.getLogger(__name__)
 
 EXPLANATION_KEY = ("coder", "latent", "explainer")
 """What identifies a line of explanations.jsonl; a later line with the same key replaces an earlier one."""
@@ -93,6 +105,10 @@ class RunDir:
     @property
     def llm_cache_file(self) -> Path:
         return self.path / LLM_CACHE
+
+    @property
+    def results_file(self) -> Path:
+        return self.path / RESULTS_DB
 
     @property
     def summary_file(self) -> Path:
@@ -225,6 +241,31 @@ class RunDir:
     def add_scores(self, rows: list[dict]) -> None:
         """Append score lines (whole lines, synced)."""
         append_jsonl(self.scores_file, rows)
+
+    def results_db(self) -> ResultsDB:
+        """The run's results database, for a stage that writes: a run made before it had one has its
+        ``llm_cache.jsonl`` imported into it first (once; the JSONL is left as it was)."""
+        db = ResultsDB(self.results_file)
+        if self.llm_cache_file.is_file():
+            if db.import_once(LLM_CACHE, legacy_replies(self.llm_cache_file)):
+                log.info("imported %s into %s", self.llm_cache_file, self.results_file)
+        return db
+
+    def process_results_db(self, process: int) -> ResultsDB:
+        """The results database process ``process`` of a launch writes in a stage (``results.p<process>.sqlite``),
+        reading the run's as well; merged into the run's by ``merge_process_results``."""
+        return ResultsDB(self.path / f"results.p{process}.sqlite", base=self.results_file)
+
+    def merge_process_results(self) -> None:
+        """Ready the run's database for a launch's processes to read, and close it: a legacy JSONL imported, and the
+        databases processes wrote (all that are there: a killed launch leaves some) merged into it, each in one
+        transaction, then removed."""
+        db = self.results_db()
+        parts = sorted(self.path.glob("results.p*.sqlite"))
+        if parts:
+            added = db.merge_from(parts)
+            log.info("merged %d replies of %d processes into %s", added, len(parts), self.results_file)
+        db.close()
 
     def summary(self) -> dict:
         """``summary.json``, or {} before the cache has finished; a damaged one is named, not a traceback."""

@@ -90,7 +90,7 @@ def bytes_left(stage: str, run: RunDir, cfg: RunConfig) -> int | None:
             )
         ]
         left = sum(key not in done for key in chosen)
-        written = _size(run.explanations_file) + _size(run.llm_cache_file)
+        written = _size(run.explanations_file) + _size(run.results_file)  # the replies, most of the rest
         lines = _lines(run.explanations_file)
     else:
         scored = {

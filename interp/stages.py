@@ -24,10 +24,11 @@ from .corpus import split_windows
 from .errors import InterpError, StageFailedError
 from .explain import TokenText, explain_batch, note_other_models
 from .explain.search import Search, SearchSettings, note_other_searches
-from .llm import GenerationParams, LLMClient, run_client, runs_locally
+from .llm import CachedClient, GenerationParams, LLMClient, run_client, runs_locally
 from .models import LoadedModel, load_model, resolve_hookpoint
 from .processes import everyone_done, launch_state, on_own_device, share
 from .records import select_latents
+from .results_db import ResultsDB
 from .rundir import SCORE_KEY, RunDir
 from .scoring.base import ScoreResult
 from .scoring.plots import plot_coder_scores, plot_diagnostics, plot_scores, score_plot
@@ -164,7 +165,7 @@ def run_explain(
     lm = subject.lm
     explainer = cfg.explain.explainer
     if client is None and explainer != "tokens":  # not `client or`: an empty CachedClient is falsy
-        client = run_client(on_own_device(cfg), lm, run.llm_cache_file)
+        client = run_client(on_own_device(cfg), lm, stage_results(run))
     text = TokenText(lm.tokenizer)
     params = GenerationParams(max_tokens=cfg.explain.max_new_tokens)
     model = client.model if client is not None else None
@@ -211,7 +212,7 @@ def run_explain(
             bar.update(len(records))
             bar.set_postfix(per_min=f"{60 * bar.n / (time.perf_counter() - start):.1f}")
     bar.close()
-    everyone_done()
+    stage_done(run, client)
     asked = now["ok"] + now["flagged"] + now["failed"]
     if asked and now["failed"] == asked:
         raise StageFailedError(
@@ -223,6 +224,32 @@ def run_explain(
         "explainer": explainer,
         "failed_now": now["failed"],
     }
+
+
+def stage_results(run: RunDir) -> ResultsDB:
+    """The results database this process writes in a stage: the run's own, alone; in a launch of several processes
+    (machines may share the run over a network filesystem), one of its own that also reads the run's as it is now,
+    which nobody writes until the stage ends (the main process first merges what a killed launch left)."""
+    state = launch_state()
+    if state.num_processes == 1:
+        return run.results_db()
+    if state.is_main_process:
+        run.merge_process_results()
+    everyone_done()
+    return run.process_results_db(state.process_index)
+
+
+def stage_done(run: RunDir, client: LLMClient | None) -> None:
+    """The end of a stage in every process: in a launch, each closes its own results database and the main process
+    merges them into the run's once all have."""
+    state = launch_state()
+    if state.num_processes > 1 and isinstance(client, CachedClient):
+        client.db.close()  # reopened if the next stage asks again
+    everyone_done()
+    if state.num_processes > 1:
+        if state.is_main_process:
+            run.merge_process_results()
+        everyone_done()  # nobody reopens its database (nor reads the run's) while the merge writes
 
 
 def _search(cfg: RunConfig, subject: Subject, client: LLMClient | None, text: TokenText, params) -> Search:
@@ -286,7 +313,7 @@ def run_score(
     again = rescore or {}  # found before the locks were taken, so no scorer is written unlocked
     others = [replace(cfg, score=scorer_settings(cfg.score, name)) for name in again]
     if client is None and any(needs_llm(c.score.scorers) for c in [cfg, *others]):
-        client = run_client(on_own_device(cfg), lm, run.llm_cache_file)
+        client = run_client(on_own_device(cfg), lm, stage_results(run))
     scorers = make_scorers(cfg, client, lm, subject.coders)
     for other in others:
         scorers += make_scorers(other, client, lm, subject.coders)
@@ -330,7 +357,7 @@ def run_score(
                 new_lines += new
                 bar.update(sum(not b for _, b, _ in chunk))
     bar.close()
-    everyone_done()
+    stage_done(run, client)
     if new_lines and all(all_failed(r) for r in new_lines):
         raise StageFailedError(
             f"Every score of this command failed: no reply of the LLM ({cfg.explain.llm}) could be read. They are "
@@ -389,7 +416,7 @@ def run(
     directory = RunDir(run_dir)
     client = None
     if cfg.explain.explainer != "tokens" or needs_llm(cfg.score.scorers):
-        client = run_client(cfg, cached.subject.lm, directory.llm_cache_file)
+        client = run_client(cfg, cached.subject.lm, stage_results(directory))
     summary = dict(cached.summary)
     summary.update(run_explain(cfg, run_dir, subject=cached.subject, client=client, progress=progress, wait=wait))
     summary.update(run_score(cfg, run_dir, subject=cached.subject, client=client, progress=progress, wait=wait))

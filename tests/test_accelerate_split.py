@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ import pytest
 
 from interp.cli import main
 from tests.helpers.models import save_tiny_model
+from tests.helpers.pipeline import scripted_reply
 
 pytestmark = pytest.mark.reliability  # three accelerate launches: a minute or two on 2 busy cores
 
@@ -147,3 +149,31 @@ def test_one_process_killed_partway_a_rerun_finishes_the_rest(runs, tmp_path):
     assert len(whole) < len(want)  # rank 1 wrote nothing (a line rank 0 was cut in is not counted)
     assert main(["explain", str(run), *EXPLAIN]) == 0  # the same command, in one process
     assert _keyed(_lines(lines, TIMING), EKEY) == want
+
+
+def _replies(run_dir: Path) -> list[tuple]:
+    with sqlite3.connect(f"file:{run_dir / 'results.sqlite'}?mode=ro", uri=True) as con:
+        return con.execute("SELECT key, method, value FROM replies ORDER BY key").fetchall()
+
+
+def test_two_processes_cache_the_llms_replies_in_databases_of_their_own_merged_into_the_runs(runs, tmp_path, server):
+    """Machines may share a run over a network filesystem, where SQLite's locks cannot be trusted: no two processes
+    write one database file; the run's holds every reply once the stage ends, and a rerun reads them all."""
+    server.reply = scripted_reply
+    one, two = tmp_path / "one", tmp_path / "two"
+    for run_dir in (one, two):
+        shutil.copytree(runs.cached, run_dir)
+    llm = ["--explainer", "default", "--latents", "0-11", "--llm", server.base_url, "--llm-model", "scripted"]
+    assert main(["explain", str(one), *llm, "--quiet"]) == 0
+    asked = len(server.requests)
+    done = subprocess.run([*LAUNCH, "explain", str(two), *llm, "--quiet"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(server.requests) == 2 * asked and not list(two.glob("results.p*"))
+    assert _replies(two) == _replies(one) and _replies(one)
+    server.requests.clear()
+    again = subprocess.run(
+        [*LAUNCH, "explain", str(two), *llm, "--redo", "--quiet"], capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not server.requests  # every process read the run's replies
+    assert _lines(two / "explanations.jsonl", TIMING)[-12:] and not list(two.glob("results.p*"))

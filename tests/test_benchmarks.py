@@ -72,6 +72,13 @@ def test_records_throughput_on_a_given_model(tiny_model):
 
 
 @pytest.mark.slow  # a fresh Python process
+def test_reply_cache_scale_looks_up_what_it_cached(tmp_path):
+    out = script("reply_cache_scale.py", "--sizes", "0", "300", "--work", str(tmp_path))
+    assert "0 replies: database" in out and "0 of 64 found" in out
+    assert "300 replies: database" in out and "32 of 64 found" in out  # half the batch is cached
+    assert "| 300 |" in out
+
+
 def test_scoring_cost_on_a_given_model_and_device(tiny_model):
     out = script(
         "scoring_cost.py",

@@ -4,18 +4,20 @@ The pipeline runs in child processes (forked from a server that has imported the
 so a kill-and-resume costs the run's own work, not torch's import; the first of each chain runs
 in a fresh Python interpreter). Kill points are file-system events: a shard's sidecar appearing,
 a temporary file of an atomic write existing (a write in progress), k new lines in a JSONL
-file, a plot being drawn. The child checks them itself, from an audit hook, at each of its
-own file operations in the run directory, and SIGKILLs itself at the first one after an event
-has happened: the chain kills at the same points on every machine, where a watcher polling
+file, k new rows in the results database, a plot being drawn. The child checks them itself,
+from an audit hook, at each of its own file operations in the run directory, and SIGKILLs itself at the first one
+after an event has happened: the chain kills at the same points on every machine, where a watcher polling
 from outside missed the points that pass in a millisecond when the child held both cores (a
 fresh-clone CI run on a faster machine reached 12 of 16). A second chain kills at seeded
 random times, from outside. After every kill, each file in the run directory must be whole (JSON parses,
-safetensors load, PNGs decode, JSONL lines parse but for a torn last one); after the last
-resume the directory must equal an uninterrupted run's, file by file.
+safetensors load, PNGs decode, JSONL lines parse but for a torn last one, the results database passes SQLite's
+integrity check); after the last resume the directory must equal an uninterrupted run's, file by file.
 
 Exclusions from the comparison, and why:
   * ``batch_seconds_per_latent`` in explanations.jsonl: wall time, which differs on every run.
-Nothing else is excluded: caches, LLM cache, scores, plots and summary must be byte-identical.
+  * the results database is compared by its rows, not its bytes: SQLite lays out pages in the order transactions
+    came, which a resume changes; its -wal and -shm files are its journal, not content.
+Nothing else is excluded: caches, LLM replies, scores, plots and summary must be identical.
 
 The LLM is the scripted OpenAI-compatible server of ``tests/helpers/openai_server.py`` on 127.0.0.1 with a
 deterministic reply (explain: the first marked token; detect: whether a text holds that token).
@@ -26,6 +28,7 @@ import multiprocessing
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -173,6 +176,27 @@ def _lines(path: Path) -> int:
         return 0
 
 
+def _replies(run_dir: Path) -> int:
+    """Rows of the results database's response cache (0 before it exists), read through a read-only connection."""
+    path = run_dir / "results.sqlite"
+    if not path.is_file():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
+            return con.execute("SELECT count(*) FROM replies").fetchone()[0]
+    except sqlite3.OperationalError:  # created, its tables not yet
+        return 0
+
+
+def new_replies(k: int) -> Event:
+    """The results database gained ``k`` cached LLM replies since the process started."""
+
+    def event(run_dir: Path, start: dict) -> bool:
+        return _replies(run_dir) >= start.get("replies", 0) + k
+
+    return event
+
+
 def written(rel: str) -> Event:
     """``rel`` appeared or was rewritten since the process started."""
 
@@ -236,7 +260,7 @@ EVENTS: list[tuple[str, Event]] = [
     ("2 more shards done", new_files(SHARDS, "shard-*.json", 2)),
     ("shard 6 written, its sidecar not yet", written(f"{SHARDS}/shard-00006.safetensors")),
     ("cache stats written", written(f"{SHARDS}/stats.safetensors")),
-    ("first LLM reply cached", new_lines("llm_cache.jsonl", 1)),
+    ("first LLM reply cached", new_replies(1)),
     ("2 explanations written", new_lines("explanations.jsonl", 2)),
     ("2 more explanations written", new_lines("explanations.jsonl", 2)),
     ("all explanations written", new_lines("explanations.jsonl", 2)),
@@ -272,8 +296,9 @@ class Harness:
         EVENTS: it kills itself) or ``kill`` fires (watched from here: then SIGKILL). Also returns the events of
         ``window`` that had happened when it ended."""
         start = snapshot(run_dir) if run_dir.exists() else {}
-        for rel in ("llm_cache.jsonl", "explanations.jsonl", "scores.jsonl"):
+        for rel in ("explanations.jsonl", "scores.jsonl"):
             start[f"lines:{rel}"] = _lines(run_dir / rel)
+        start["replies"] = _replies(run_dir)
         args = [run_args(run_dir, self.url), self.log, str(run_dir), start, list(window)]
         t0 = time.monotonic()
         if fresh_process:
@@ -324,6 +349,9 @@ def check_whole(run_dir: Path) -> list[str]:
             elif p.suffix == ".png":
                 with Image.open(p) as im:
                     im.load()
+            elif p.suffix == ".sqlite":
+                with sqlite3.connect(f"file:{p}?mode=ro", uri=True) as con:
+                    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             elif p.suffix == ".jsonl":
                 data = p.read_bytes()
                 lines = data.split(b"\n")
@@ -352,6 +380,11 @@ def normalised(run_dir: Path) -> dict[str, object]:
         if rel == "explanations.jsonl":
             rows = [json.loads(line) for line in p.read_text().splitlines()]
             out[rel] = [{k: v for k, v in r.items() if k != "batch_seconds_per_latent"} for r in rows]
+        elif rel == "results.sqlite":
+            with sqlite3.connect(f"file:{p}?mode=ro", uri=True) as con:
+                out[rel] = con.execute("SELECT key, method, value FROM replies ORDER BY key").fetchall()
+        elif rel.startswith("results.sqlite-"):
+            continue
         else:
             out[rel] = p.read_bytes()
     return out

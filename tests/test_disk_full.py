@@ -1,16 +1,18 @@
 """A full disk is one line and loses nothing.
 
 A real tiny tmpfs (where the test may mount one) for the cache: refused at once when clearly too small, stopped
-in one line when it fills mid-way, and resumed to the uninterrupted cache byte for byte once it has room. Then
-ENOSPC at every write site of a whole run (and of publish), raised by a wrapper of the ``fsync`` that every write
-shares, at the first write of each site in turn: each stops in one line with exit 2, leaves no partial file or
-line, and the resumed run ends equal to an uninterrupted one.
+in one line when it fills mid-way, and resumed to the uninterrupted cache byte for byte once it has room; and for
+the results database, full when the LLM's replies are committed. Then ENOSPC at every other write site of a whole
+run (and of publish), raised by a wrapper of the ``fsync`` that every write of files shares (SQLite syncs its own
+files, beneath Python: the tmpfs test is its), at the first write of each site in turn: each stops in one line
+with exit 2, leaves no partial file or line, and the resumed run ends equal to an uninterrupted one.
 """
 
 import errno
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from safetensors import safe_open
 
 from interp.cache import covering_shards
 from interp.cli import main
+from interp.errors import DiskFullError
+from interp.results_db import ResultsDB
 from tests.helpers.models import save_tiny_model
 from tests.helpers.pipeline import scripted_reply, tiny_run_args
 from tests.test_crash_resume import differences, mid_write
@@ -105,7 +109,6 @@ SITES = {
     "summary.json": "summary",
     "explanations.jsonl": "explanations",
     "scores.jsonl": "scores",
-    "llm_cache.jsonl": "response cache",
 }
 
 
@@ -125,6 +128,41 @@ def site(path: str) -> str:
     if name == "README.md":
         return "dataset card"
     return SITES.get(name, name)
+
+
+def test_a_full_disk_at_the_results_database_is_one_line_and_the_same_command_resumes(
+    tmp_path, model, tmpfs, server, capsys
+):
+    server.reply = scripted_reply
+    reference = tmp_path / "reference"
+    assert main(tiny_run_args(reference, model, server.base_url)) == 0
+    disk = tmpfs(16 * 1024)
+    run_dir = disk / "run"
+    assert main(_cache_args(run_dir, model, server.base_url)) == 0
+    filler = disk / "filler"
+    filler.write_bytes(bytes(shutil.disk_usage(disk).free - 24 * 1024))  # room for the stage's small files only
+    assert main(tiny_run_args(run_dir, model, server.base_url)) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: No space left on the device writing {run_dir}/results.sqlite"), line
+    assert "run the same command: it resumes" in line and not mid_write(run_dir)
+    filler.unlink()
+    assert main(tiny_run_args(run_dir, model, server.base_url)) == 0
+    assert differences(normalised(reference), normalised(run_dir)) == []
+
+
+def test_a_commit_that_finds_the_disk_full_is_one_error_and_keeps_every_earlier_reply(tmpfs):
+    disk = tmpfs(1024)
+    db = ResultsDB(disk / "results.sqlite")
+    db.add_replies([(f"k{i}", "generate", {"text": "kept"}) for i in range(10)])
+    filler = disk / "filler"
+    filler.write_bytes(bytes(shutil.disk_usage(disk).free - 64 * 1024))
+    with pytest.raises(DiskFullError, match="results.sqlite"):
+        db.add_replies([("big", "generate", {"text": "x" * 512 * 1024})])  # one batch, larger than the room left
+    filler.unlink()
+    again = ResultsDB(db.path)  # as the next command opens it
+    assert again.count_replies() == 10 and again.replies(["k3", "big"]) == {"k3": {"text": "kept"}}
+    again.add_replies([("big", "generate", {"text": "x" * 512 * 1024})])
+    assert again.count_replies() == 11
 
 
 class FullAt:
@@ -170,7 +208,7 @@ def test_enospc_at_every_write_site_is_one_line_and_the_resumed_run_equals_an_un
         pytest.fail("the run never finished")
     assert set(full.failed) >= {
         "config", "token windows", "coder description", "shard", "shard sidecar", "statistics", "statistics totals",
-        "summary", "explanations", "scores", "response cache", "plot", "lock holder", "latent offset index",
+        "summary", "explanations", "scores", "plot", "lock holder", "latent offset index",
     }  # fmt: skip
     assert differences(normalised(reference), normalised(run_dir)) == []
     out = tmp_path / "published"

@@ -333,9 +333,9 @@ CASES = [
     ("scores.jsonl", "missing", RECOVERS),
     ("scores.jsonl", "truncated", RECOVERS),
     ("scores.jsonl", "garbage", RECOVERS),
-    ("llm_cache.jsonl", "missing", RECOVERS),
-    ("llm_cache.jsonl", "truncated", RECOVERS),
-    ("llm_cache.jsonl", "garbage", NAMED),
+    ("results.sqlite", "missing", RECOVERS),
+    ("results.sqlite", "truncated", RECOVERS),  # a finished run asks the LLM nothing: its cache is never opened
+    ("results.sqlite", "garbage", RECOVERS),  # (where it is, the file is named: test_llm.py)
     ("summary.json", "garbage", RECOVERS),
 ]
 """(file, damage, outcome): the run either rebuilds what it needs and ends as the undamaged run did,
@@ -344,11 +344,11 @@ or stops with one line naming the file (where the file's content cannot be redon
 
 def outputs(run_dir: Path) -> dict:
     """What a run produced, ignoring timing, the line order of appended files, plots (redrawn from the
-    scores) and the LLM response cache (a cache: a lost reply is fetched again only when it is needed)."""
+    scores) and the results database (the LLM response cache: a lost reply is fetched again only when needed)."""
     out = {}
     for p in sorted(run_dir.rglob("*")):
         rel = str(p.relative_to(run_dir))
-        if not p.is_file() or rel.startswith("plots/") or rel == "llm_cache.jsonl":
+        if not p.is_file() or rel.startswith(("plots/", "results.sqlite")):
             continue
         if p.suffix == ".jsonl":
             rows = [{k: v for k, v in r.items() if k != "batch_seconds_per_latent"} for r in read_jsonl(p)]
@@ -527,7 +527,8 @@ def _writes(call: ast.Call, writers: set[str]) -> bool:
 
 
 def test_every_library_write_is_atomic_or_an_append():
-    """A source audit: each call that writes a file sits inside ``write_atomic`` (or is the JSONL appender)."""
+    """A source audit: each call that writes a file sits inside ``write_atomic`` (or is the JSONL appender, or the
+    results database's transactions)."""
     root = Path(__file__).resolve().parents[1]
     writers = {
         "savefig",
@@ -541,8 +542,10 @@ def test_every_library_write_is_atomic_or_an_append():
         "to_csv",
         "to_json",
         "dump",
+        "connect",  # sqlite3: a database written outside results_db.py would escape its transactions
     }
     allowed = {
+        "interp/results_db.py": "the results database: every write is one SQLite transaction",
         "interp/atomic.py": "the atomic writer itself",
         "interp/jsonl.py": "the JSONL appender itself: whole lines, flushed and synced",
         "interp/models.py": "the embedded model is converted into a staging folder that is renamed into place whole",

@@ -14,7 +14,7 @@ import pytest
 from interp.config import CacheConfig, CoderConfig, CorpusConfig, ExplainConfig, ModelConfig, RunConfig, ScoreConfig
 from interp.jsonl import latest_rows, read_jsonl
 from interp.llm import GenerationParams, OpenAIClient, make_client
-from interp.rundir import EXPLANATION_KEY, EXPLANATIONS, LLM_CACHE, SCORE_KEY, SCORES
+from interp.rundir import EXPLANATION_KEY, EXPLANATIONS, SCORE_KEY, SCORES, RunDir
 from interp.stages import run_cache, run_explain, run_score, summarize_run
 from tests.helpers.models import save_tiny_model
 from tests.helpers.pipeline import scripted_reply
@@ -77,7 +77,7 @@ def client(server, run_dir):
     return make_client(
         server.base_url,
         "scripted",
-        cache_path=run_dir / LLM_CACHE,
+        cache=RunDir(run_dir).results_db(),
         concurrency=4,
         timeout=0.2,
         max_retries=2,

@@ -4,6 +4,7 @@ import copy
 import json
 import math
 import socket
+import sqlite3
 import time
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from transformers import Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from interp.config import CacheConfig, CoderConfig, CorpusConfig, ExplainConfig, ModelConfig, RunConfig
+from interp.errors import CorruptFileError
 from interp.jsonl import read_jsonl
 from interp.llm import (
     CachedClient,
@@ -22,7 +24,9 @@ from interp.llm import (
     make_client,
 )
 from interp.llm.local import prefix_chunks
+from interp.llm.response_cache import legacy_replies
 from interp.models import LoadedModel
+from interp.results_db import ResultsDB
 from interp.rundir import EXPLANATIONS
 from interp.stages import run_cache, run_explain
 from tests.helpers.models import save_tiny_model, tiny_llama
@@ -238,49 +242,100 @@ def test_a_failed_logprob_request_gives_an_empty_dict(server):
 
 
 def test_cache_sends_only_uncached_prompts_and_retries_failures(server, tmp_path):
-    path = tmp_path / "responses.jsonl"
+    db = ResultsDB(tmp_path / "results.sqlite")
     prompts = [user("a"), user("b"), user("c"), user("a")]
     params = GenerationParams(max_tokens=5)
     server.fail_contents = {"b"}
-    first = CachedClient(client(server, max_retries=0), path).generate(prompts, params)
+    first = CachedClient(client(server, max_retries=0), db).generate(prompts, params)
     assert [r.text for r in first] == ["echo: a", "", "echo: c", "echo: a"] and first[1].error
     assert len(server.requests) == 3
 
     server.fail_contents = set()
-    second = CachedClient(client(server), path).generate(prompts, params)
+    second = CachedClient(client(server), ResultsDB(db.path)).generate(prompts, params)  # another process's view
     assert [r.text for r in second] == ["echo: a", "echo: b", "echo: c", "echo: a"]
     assert len(server.requests) == 4 and '"b"' in server.requests[-1]["body"]
 
-    cached = CachedClient(client(server), path)
+    cached = CachedClient(client(server), db)
     assert cached.generate(prompts, params) == second
     assert cached.generate(prompts, GenerationParams(max_tokens=6))[0].text == "echo: a"
     assert len(server.requests) == 4 + 3
 
     scores = cached.answer_logprobs(prompts[:1], ["Yes", "Maybe"])
-    [again] = CachedClient(client(server), path).answer_logprobs(prompts[:1], ["Yes", "Maybe"])
+    [again] = CachedClient(client(server), ResultsDB(db.path)).answer_logprobs(prompts[:1], ["Yes", "Maybe"])
     assert [again] == scores and again.ceiling == scores[0].ceiling == -4.0
     assert scores == [{"Yes": -0.2, "Maybe": -math.inf}] and len(server.requests) == 8
-    assert all(json.loads(line) for line in path.read_text().splitlines())
+    with sqlite3.connect(db.path) as con:  # a plain SQLite file: any tool reads it
+        assert con.execute("SELECT count(*) FROM replies").fetchone()[0] == len(cached) == 7
 
 
-def test_a_torn_last_line_is_dropped_with_a_warning(server, tmp_path, caplog):
-    path = tmp_path / "responses.jsonl"
-    CachedClient(client(server), path).generate([user("a"), user("b")], GenerationParams())
-    with open(path, "a") as f:
-        f.write('{"key": "12ab", "method": "gen')
-    reloaded = CachedClient(client(server), path)
-    assert len(reloaded) == 2 and "torn last line" in caplog.text
-    assert path.read_text().endswith("}\n") and len(path.read_text().splitlines()) == 2
-    reloaded.generate([user("c")], GenerationParams())
-    caplog.clear()
-    assert len(CachedClient(client(server), path)) == 3 and not caplog.text
+def test_a_run_made_before_the_database_has_its_replies_imported_once_and_its_jsonl_left_alone(
+    server, tmp_path, caplog
+):
+    legacy = tmp_path / "llm_cache.jsonl"
+    old = CachedClient(client(server), ResultsDB(tmp_path / "old.sqlite"))
+    old.generate([user("a"), user("b")], GenerationParams())
+    with sqlite3.connect(old.db.path) as con:
+        rows = con.execute("SELECT key, method, value FROM replies ORDER BY key").fetchall()
+    lines = "".join(json.dumps({"key": k, "method": m, "value": json.loads(v)}) + "\n" for k, m, v in rows)
+    legacy.write_text(lines + '{"key": "12ab", "method": "gen')  # as the previous version wrote it, torn at the end
+    before = legacy.read_bytes()
+    server.requests.clear()
+    run = [ResultsDB(tmp_path / "new.sqlite") for _ in range(2)]
+    assert run[0].import_once("llm_cache.jsonl", legacy_replies(legacy)) and "torn last line" in caplog.text
+    assert not run[1].import_once("llm_cache.jsonl", legacy_replies(legacy))  # once
+    assert legacy.read_bytes() == before and run[1].count_replies() == 2
+    replies = CachedClient(client(server), run[1]).generate([user("a"), user("b"), user("c")], GenerationParams())
+    assert [r.text for r in replies] == ["echo: a", "echo: b", "echo: c"] and len(server.requests) == 1
 
 
-def test_a_corrupt_cache_line_is_an_error(tmp_path, server):
-    path = tmp_path / "responses.jsonl"
+def test_an_import_cut_short_leaves_nothing_and_is_done_again(server, tmp_path):
+    db = ResultsDB(tmp_path / "results.sqlite")
+
+    def killed():
+        yield "k1", "generate", {"text": "one"}
+        raise KeyboardInterrupt  # the process is stopped mid-import
+
+    with pytest.raises(KeyboardInterrupt):
+        db.import_once("llm_cache.jsonl", killed())
+    assert db.count_replies() == 0
+    assert db.import_once("llm_cache.jsonl", iter([("k1", "generate", {"text": "one"})])) and db.count_replies() == 1
+
+
+def test_a_process_database_reads_the_runs_and_is_merged_into_it_once(tmp_path):
+    run = ResultsDB(tmp_path / "results.sqlite")
+    run.add_replies([("a", "generate", {"text": "A"})])
+    run.close()  # the run's is not written while a launch's processes read it
+    mine = ResultsDB(tmp_path / "results.p1.sqlite", base=run.path)
+    assert mine.replies(["a", "b"]) == {"a": {"text": "A"}}
+    mine.add_replies([("b", "generate", {"text": "B"}), ("a", "generate", {"text": "A"})])
+    mine.close()
+    assert run.merge_from([mine.path]) == 1 and not list(tmp_path.glob("results.p1*"))
+    twice = ResultsDB(tmp_path / "results.p2.sqlite")
+    twice.add_replies([("b", "generate", {"text": "B"})])  # a file merged already, left by a kill before its removal
+    twice.close()
+    assert run.merge_from([twice.path]) == 0
+    assert run.replies(["a", "b", "c"]) == {"a": {"text": "A"}, "b": {"text": "B"}} and run.count_replies() == 2
+
+
+def test_a_corrupt_legacy_cache_line_is_named(tmp_path):
+    path = tmp_path / "llm_cache.jsonl"
     path.write_text("not json\n")
-    with pytest.raises(LLMError, match="line 1 is not a cache record"):
-        CachedClient(client(server), path)
+    with pytest.raises(CorruptFileError, match="line 1 is not a cache record"):
+        ResultsDB(tmp_path / "results.sqlite").import_once("llm_cache.jsonl", legacy_replies(path))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_database_is_named(tmp_path, server, damage):
+    path = tmp_path / "results.sqlite"
+    if damage == "garbage":
+        path.write_bytes(b"garbage " * 1000)
+    else:
+        db = ResultsDB(path)
+        db.add_replies([(f"k{i}", "generate", {"text": "x" * 2000}) for i in range(200)])
+        db.close()
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CorruptFileError, match="is not a readable results database"):
+        CachedClient(client(server), ResultsDB(path)).generate([user(f"k{i}") for i in range(50)], GenerationParams())
 
 
 # --- make_client -------------------------------------------------------------------------
@@ -289,7 +344,7 @@ def test_a_corrupt_cache_line_is_an_error(tmp_path, server):
 def test_make_client_reads_specs(server, tmp_path, smollm):
     http = make_client(server.base_url, "scripted-model", concurrency=2)
     assert isinstance(http, OpenAIClient) and http.concurrency == 2 and http.model == "scripted-model"
-    cached = make_client(server.base_url, "scripted-model", cache_path=tmp_path / "c.jsonl")
+    cached = make_client(server.base_url, "scripted-model", cache=ResultsDB(tmp_path / "results.sqlite"))
     assert isinstance(cached, CachedClient) and cached.model == "scripted-model"
     local = make_client("local", lm=smollm)
     assert isinstance(local, TransformersClient) and local.model == "embedded"

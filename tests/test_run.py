@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from interp.cli import main
+from interp.rundir import RunDir
 
 SMALL = ["--num-tokens", "2048", "--ctx-len", "32", "--shard-windows", "16", "--batch-size", "8", "--quiet"]
 
@@ -187,8 +188,7 @@ def test_explain_with_the_embedded_llm_and_the_token_baseline(tmp_path, capsys):
     assert {r["latent"] for r in llm_rows} == {r["latent"] for r in rows[:2]}
     assert all(r["model"] == "embedded" and r["attempts"] >= 1 for r in llm_rows)
     assert all(r["status"] in ("ok", "flagged", "failed") for r in llm_rows)
-    cache_lines = (tmp_path / "run" / "llm_cache.jsonl").read_text().splitlines()
-    assert len(cache_lines) >= 2
+    assert RunDir(tmp_path / "run").results_db().count_replies() >= 2
 
 
 @pytest.mark.slow

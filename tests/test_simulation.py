@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from interp.errors import InterpError
 from interp.llm import CachedClient, TransformersClient
+from interp.results_db import ResultsDB
 from interp.scoring.simulation import SimulationScorer, expected_value, parse_activations
 from tests.helpers.scoring import keyword, scripted
 
@@ -88,7 +89,7 @@ def test_reply_logprobs_match_one_forward_pass_per_slot(tiny_lm):
 
 
 def test_logprob_simulation_with_the_embedded_model_is_cached_and_well_formed(smollm, cat_record, tmp_path):
-    client = CachedClient(TransformersClient(lm=smollm), tmp_path / "llm_cache.jsonl")
+    client = CachedClient(TransformersClient(lm=smollm), ResultsDB(tmp_path / "results.sqlite"))
     scorer = SimulationScorer(client, smollm.tokenizer, mode="logprob")
     [(m, outcomes)] = scorer.score([(cat_record, "the word cat")])
     assert scorer.name == "simulation-logprob" and m["failed"] == 0

@@ -1,10 +1,10 @@
 """Turning a client spec from the command line or a config file into a client."""
 
 from dataclasses import replace
-from pathlib import Path
 
 from ..config import ExplainConfig, ModelConfig, RunConfig
 from ..models import EMBEDDED, LoadedModel, loads_alike
+from ..results_db import ResultsDB
 from .base import LLMClient
 from .errors import LLMError
 from .local import TransformersClient
@@ -36,11 +36,11 @@ def make_client(
     spec: str,
     model: str | None = None,
     *,
-    cache_path: str | Path | None = None,
+    cache: ResultsDB | None = None,
     local: ModelConfig | None = None,
     **options,
 ) -> LLMClient:
-    """The client ``spec`` names, wrapped in a ``CachedClient`` when ``cache_path`` is given.
+    """The client ``spec`` names, wrapped in a ``CachedClient`` over the results database ``cache`` when given.
 
     - ``"local"``: the embedded SmolLM2 (or ``model``) run in this process;
     - ``"local:<hub id, folder or .gguf>"``: that model run in this process;
@@ -69,11 +69,12 @@ def make_client(
             f"Unknown LLM client {spec!r}: use 'local', 'local:<model id or path>' or an "
             "OpenAI-compatible base URL such as http://127.0.0.1:8000/v1."
         )
-    return CachedClient(client, cache_path) if cache_path is not None else client
+    return CachedClient(client, cache) if cache is not None else client
 
 
-def run_client(cfg: RunConfig, lm: LoadedModel | None, cache_path: str | Path | None) -> LLMClient:
-    """The explainer/scorer LLM that ``cfg.explain`` names, behind the response cache at ``cache_path``.
+def run_client(cfg: RunConfig, lm: LoadedModel | None, cache: ResultsDB | None) -> LLMClient:
+    """The explainer/scorer LLM that ``cfg.explain`` names, behind the response cache in ``cache`` (a run's results
+    database, ``RunDir.results_db``).
 
     When that LLM is the run's own subject model loaded the same way (the embedded default with
     default settings, say), it is ``lm`` itself: the model is not loaded a second time.
@@ -85,4 +86,4 @@ def run_client(cfg: RunConfig, lm: LoadedModel | None, cache_path: str | Path | 
         options = {"batch_size": e.explain_batch, "local": local, **({"lm": lm} if same else {})}
     else:
         options = {"concurrency": e.concurrency, "api_key_env": e.api_key_env}
-    return make_client(e.llm, e.llm_model, cache_path=cache_path, **options)
+    return make_client(e.llm, e.llm_model, cache=cache, **options)

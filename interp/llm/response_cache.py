@@ -1,23 +1,24 @@
 """A response cache in front of any LLM client, so an interrupted or repeated run pays once.
 
-Each successful response is one line of an append-only JSONL file, keyed by the sha256 of
-``[method, model, prompt, params or answers]``. Lines are flushed and fsynced once per batch;
-a crash can only tear the last line, which is dropped (with a warning) when the file is
-next opened. Failed requests are not stored, so a re-run retries exactly those.
+Each successful response is a row of the run's results database (``interp.results_db``), keyed by the sha256 of
+``[method, model, prompt, params or answers]``; a batch's new replies are one transaction. Only the keys a batch asks
+for are looked up: nothing is read whole, so a command starts as fast with millions of cached replies as with none.
+Failed requests are not stored, so a re-run retries exactly those. ``legacy_replies`` reads the ``llm_cache.jsonl``
+of runs made before the database, for their one import.
 """
 
 import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..jsonl import append_jsonl, drop_torn_tail
+from ..errors import CorruptFileError
+from ..results_db import ResultsDB
 from .base import AnswerLogprobs, Completion, GenerationParams, LLMClient, Prompt
-from .errors import LLMError
 
 log = logging.getLogger(__name__)
 
@@ -29,23 +30,19 @@ def cache_key(method: str, model: str, prompt: Prompt, extra: Any) -> str:
 
 
 class CachedClient:
-    """Wraps ``client``; answers from ``path`` when it can and sends only the rest.
+    """Wraps ``client``; answers from the results database ``db`` when it can and sends only the rest."""
 
-    Not safe to share between threads or processes writing the same file.
-    """
-
-    def __init__(self, client: LLMClient, path: str | Path):
+    def __init__(self, client: LLMClient, db: ResultsDB):
         self.client = client
         self.model = client.model
-        self.path = Path(path)
-        self._store: dict[str, Any] = _load(self.path)
+        self.db = db
 
     def __repr__(self) -> str:
-        return f"CachedClient({self.client!r}, path={str(self.path)!r})"
+        return f"CachedClient({self.client!r}, db={str(self.db.path)!r})"
 
     def __len__(self) -> int:
-        """Responses stored."""
-        return len(self._store)
+        """Responses stored (a count over the table)."""
+        return self.db.count_replies()
 
     def generate(self, prompts: list[Prompt], params: GenerationParams) -> list[Completion]:
         """``client.generate`` for the prompts not cached yet; failed completions are not stored."""
@@ -107,16 +104,17 @@ class CachedClient:
         ``to_json`` returns None for a response that must not be stored (a failure).
         """
         keys = [cache_key(method, self.model, p, extra) for p in prompts]
-        todo = {k: p for k, p in zip(keys, prompts, strict=True) if k not in self._store}
+        stored = self.db.replies(list(dict.fromkeys(keys)))
+        todo = {k: p for k, p in zip(keys, prompts, strict=True) if k not in stored}
         fresh = dict(zip(todo, call(list(todo.values())), strict=True)) if todo else {}
-        lines = []
+        rows = []
         for key, response in fresh.items():
             value = to_json(response)
             if value is not None:
-                self._store[key] = value
-                lines.append({"key": key, "method": method, "value": value})
-        append_jsonl(self.path, lines)
-        return [from_json(self._store[k]) if k in self._store else fresh[k] for k in keys]
+                stored[key] = value
+                rows.append((key, method, value))
+        self.db.add_replies(rows)
+        return [from_json(stored[k]) if k in stored else fresh[k] for k in keys]
 
 
 def _nulls(logprobs: dict[str, float]) -> dict[str, float | None]:
@@ -129,19 +127,19 @@ def _infs(stored: dict[str, float | None]) -> dict[str, float]:
     return {a: -math.inf if v is None else v for a, v in stored.items()}
 
 
-def _load(path: Path) -> dict[str, Any]:
-    """Key -> stored value; a torn last line (no newline) is cut off the file with a warning."""
-    if not path.is_file():
-        return {}
-    drop_torn_tail(path)
-    store = {}
-    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
-        try:
-            record = json.loads(line)
-            store[record["key"]] = record["value"]
-        except (ValueError, KeyError, TypeError):
-            raise LLMError(
-                f"Response cache {path} line {number} is not a cache record; "
-                "delete the file to start the cache afresh."
-            ) from None
-    return store
+def legacy_replies(path: Path) -> Iterator[tuple[str, str, Any]]:
+    """(key, method, reply) of each line of a run's ``llm_cache.jsonl`` (made before the results database), read line
+    by line and left as it is; a torn last line (an interrupted write) is skipped, another unreadable line named."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.endswith(b"\n"):
+                log.warning("%s: skipped a torn last line (an interrupted write); it will be asked again", path)
+                return
+            try:
+                record = json.loads(line)
+                yield record["key"], record.get("method", ""), record["value"]
+            except (ValueError, KeyError, TypeError):
+                raise CorruptFileError(
+                    f"Response cache {path} line {number} is not a cache record; delete the file to start the cache "
+                    "afresh (it holds only LLM replies)."
+                ) from None
