@@ -240,10 +240,11 @@ def stage_results(run: RunDir) -> ResultsDB:
 
 
 def stage_done(run: RunDir, client: LLMClient | None) -> None:
-    """The end of a stage in every process: in a launch, each closes its own results database and the main process
-    merges them into the run's once all have."""
+    """The end of a stage in every process: each closes its results database, so the file on disk is whole and
+    still when the command returns (SQLite folds its journal into it as the last connection closes); in a launch,
+    the main process then merges the processes' databases into the run's."""
     state = launch_state()
-    if state.num_processes > 1 and isinstance(client, CachedClient):
+    if isinstance(client, CachedClient):
         client.db.close()  # reopened if the next stage asks again
     everyone_done()
     if state.num_processes > 1:
