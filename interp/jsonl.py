@@ -17,17 +17,9 @@ from .gcpause import cycle_collection_paused
 log = logging.getLogger(__name__)
 
 
-def drop_torn_tail(path: Path) -> None:
-    """Cut a torn last line (no final newline: an interrupted write) off ``path``, so appends start clean."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    with open(path, "rb+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # never while another process is appending a line
-        _cut_torn_tail(f, path)
-
-
 def _cut_torn_tail(f: BinaryIO, path: Path) -> None:
-    """``drop_torn_tail`` on ``f``, open for reading and writing, whose lock the caller holds."""
+    """Cut a torn last line (no final newline: an interrupted write) off ``f``, open for reading and writing, whose
+    lock the caller holds, so appends start clean."""
     if f.seek(0, os.SEEK_END) == 0:
         return
     f.seek(-1, os.SEEK_END)

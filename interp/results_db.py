@@ -49,7 +49,7 @@ class ResultsDB:
         """A database this one's lookups also read (the run's, for a process of a launch), never written."""
         self._conn: sqlite3.Connection | None = None
         self._based = False
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -96,32 +96,32 @@ class ResultsDB:
                 db.execute("BEGIN IMMEDIATE")
                 work(db)
                 db.execute("COMMIT")
-            except sqlite3.Error as e:
+            except BaseException as e:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
-                raise self._error(e) from e
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise self._error(e) from e
                 raise
 
-    def replies(self, keys: list[str]) -> dict[str, Any]:
-        """Key -> stored reply, for the ``keys`` that are stored."""
-        out: dict[str, Any] = {}
+    def _query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+        """The rows of one read."""
         with self._lock:
-            db = self._db()
-            for i in range(0, len(keys), LOOKUP_CHUNK):
-                chunk = keys[i : i + LOOKUP_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                sql = f"SELECT key, value FROM replies WHERE key IN ({marks})"
-                if self._based:
-                    sql += f" UNION ALL SELECT key, value FROM base.replies WHERE key IN ({marks})"
-                    chunk = chunk * 2
-                try:
-                    found = db.execute(sql, chunk).fetchall()
-                except sqlite3.Error as e:
-                    raise self._error(e) from e
-                out.update((k, json.loads(v)) for k, v in found)
+            try:
+                return self._db().execute(sql, params).fetchall()
+            except sqlite3.Error as e:
+                raise self._error(e) from e
+
+    def replies(self, keys: list[str]) -> dict[str, Any]:
+        """Key -> stored reply, for the ``keys`` that are stored (here, or in the ``base`` database)."""
+        with self._lock:
+            self._db()  # opened, with the base attached where there is one
+            tables = ["replies", "base.replies"] if self._based else ["replies"]
+        out: dict[str, Any] = {}
+        for i in range(0, len(keys), LOOKUP_CHUNK):
+            chunk = keys[i : i + LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            sql = " UNION ALL ".join(f"SELECT key, value FROM {t} WHERE key IN ({marks})" for t in tables)
+            out.update((k, json.loads(v)) for k, v in self._query(sql, chunk * len(tables)))
         return out
 
     def add_replies(self, rows: list[tuple[str, str, Any]]) -> None:
@@ -131,18 +131,12 @@ class ResultsDB:
 
     def count_replies(self) -> int:
         """Replies stored (a count over the table: for tests and reports, not for a hot path)."""
-        with self._lock:
-            return self._db().execute("SELECT count(*) FROM replies").fetchone()[0]
+        return self._query("SELECT count(*) FROM replies")[0][0]
 
     def import_once(self, source: str, rows: Iterator[tuple[str, str, Any]]) -> bool:
         """Store ``rows`` (read from the legacy file named ``source``) and a note that they were, in one transaction,
         unless the note is there already: True when they were imported now."""
-        with self._lock:
-            try:
-                done = self._db().execute("SELECT 1 FROM imported WHERE source = ?", (source,)).fetchone()
-            except sqlite3.Error as e:
-                raise self._error(e) from e
-        if done:
+        if self._query("SELECT 1 FROM imported WHERE source = ?", (source,)):
             return False
 
         def work(db: sqlite3.Connection) -> None:
@@ -156,27 +150,23 @@ class ResultsDB:
     def merge_from(self, others: list[Path]) -> int:
         """Merge each database of ``others`` (a process's, left by a launch) into this one, one transaction each, and
         remove it; returns the replies added."""
-        added = 0
+        added = []
+
+        def merge(db: sqlite3.Connection) -> None:
+            before = db.total_changes
+            db.execute("INSERT OR IGNORE INTO replies SELECT key, method, value FROM other.replies")
+            added.append(db.total_changes - before)
+
         for other in others:
-            with self._lock:
-                db = self._db()
+            with self._lock:  # re-entrant: the attached file stays this merge's until it is detached
+                self._query("ATTACH DATABASE ? AS other", (_uri(other, "mode=ro"),))
                 try:
-                    db.execute("ATTACH DATABASE ? AS other", (_uri(other, "mode=ro"),))
-                    try:
-                        db.execute("BEGIN IMMEDIATE")
-                        before = db.total_changes
-                        db.execute("INSERT OR IGNORE INTO replies SELECT key, method, value FROM other.replies")
-                        added += db.total_changes - before
-                        db.execute("COMMIT")
-                    finally:
-                        if db.in_transaction:
-                            db.execute("ROLLBACK")
-                        db.execute("DETACH DATABASE other")
-                except sqlite3.Error as e:
-                    raise self._error(e) from e
+                    self._write(merge)
+                finally:
+                    self._query("DETACH DATABASE other")
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{other}{suffix}").unlink(missing_ok=True)
-        return added
+        return sum(added)
 
     def close(self) -> None:
         """Close the connection (reopened on next use)."""
