@@ -1,6 +1,6 @@
 """Command line: ``interp run`` (the main job) and each stage on its own; also ``python -m interp``.
 
-``interp run RUN ...`` makes a run directory; ``interp explain|score|summary|publish|compare|steer|app``
+``interp run RUN ...`` makes a run directory; ``interp explain|score|summary|export|publish|compare|steer|app``
 then take it alone (``interp score RUN --scorers ...``): what makes the run comes from its config.json.
 Each command is a thin shell over library functions; expected mistakes print one line.
 """
@@ -109,7 +109,9 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
         )
         if summary.get("failed_now"):
             print(f"  {summary['failed_now']} failed this time (recorded as failed: the same command retries them)")
-        for r in RunDir(run_dir).usable_explanations(summary["explainer"])[:5]:
+        with RunDir(run_dir).reading() as db:
+            shown = db.explanations(summary["explainer"], usable=True, limit=5)
+        for r in shown:
             print(f"  {r['coder']} #{r['latent']}: {r.get('explanation')}")
     for coder, scorers in summary.get("scores", {}).items():
         print(
@@ -216,6 +218,26 @@ def _compare(ns: argparse.Namespace) -> int:
     paths = write_comparison(comparison, ns.out or default_out_dir(a, b))
     print(format_report(comparison.report, top=ns.top))
     print("results: " + ", ".join(str(p.resolve()) for p in paths))
+    return 0
+
+
+def _export_parser(sub) -> None:
+    help = "Write a run's explanations and scores as JSONL files (explanations.jsonl, scores.jsonl) into a folder."
+    p = sub.add_parser("export", help=help, description=help)
+    _run_argument(p)
+    p.add_argument("--jsonl", type=Path, required=True, metavar="DIR", help="The folder to write the files into")
+    p.add_argument(
+        "--history", action="store_true", help="Every line ever written, replaced ones too (each with `current`)"
+    )
+    p.set_defaults(quiet=False)
+
+
+def _export(ns: argparse.Namespace) -> int:
+    from .export import export_jsonl
+
+    counts = export_jsonl(RunDir(_run_dir(ns)), ns.jsonl, history=ns.history)
+    for name, n in counts.items():
+        print(f"{ns.jsonl / name}: {n:,} lines")
     return 0
 
 
@@ -483,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
         sections=("model", "corpus", "records", "explain", "score", "intervene"),
     )
     _compare_parser(sub)
+    _export_parser(sub)
     _publish_parser(sub)
     _steer_parser(sub)
     _app_parser(sub)
@@ -531,6 +554,7 @@ COMMANDS = {
     "summary": _stage,
     "validate": _validate,
     "compare": _compare,
+    "export": _export,
     "publish": _publish,
     "steer": _steer,
     "app": _app,

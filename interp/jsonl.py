@@ -5,7 +5,7 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -78,11 +78,15 @@ def read_jsonl(path: str | Path) -> list[dict]:
     if not path.is_file():
         return []
     with cycle_collection_paused():
-        return _parse_lines(path)
+        return list(iter_jsonl(path))
 
 
-def _parse_lines(path: Path) -> list[dict]:
-    rows = []
+def iter_jsonl(path: str | Path) -> Iterator[dict]:
+    """The JSON-object lines of ``path`` one at a time, skipping what ``read_jsonl`` skips: for reading a large file
+    without holding it."""
+    path = Path(path)
+    if not path.is_file():
+        return
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             line = raw.decode("utf-8", errors="replace")
@@ -96,10 +100,9 @@ def _parse_lines(path: Path) -> list[dict]:
                     log.warning("%s: dropped a torn last line (an interrupted write); it will be redone", path)
                     continue
             if isinstance(row, dict):
-                rows.append(row)
+                yield row
             else:
                 log.warning("%s:%d: skipped a line that is not a JSON object", path, number)
-    return rows
 
 
 def latest_rows(rows: Iterable[dict], key: tuple[str, ...]) -> list[dict]:

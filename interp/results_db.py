@@ -1,15 +1,20 @@
-"""The run's results database, ``RUN/results.sqlite``: what is looked up by key, never read whole.
+"""The run's results database, ``RUN/results.sqlite``: explanations, scores and LLM replies, read by query.
 
-It holds the LLM response cache (table ``replies``: the sha256 key of a request -> its method and stored reply as
-JSON). Python's ``sqlite3``, a WAL journal, ``synchronous=FULL`` and a busy timeout: a batch of replies is one
-transaction, so a kill or a full disk loses at most the batch being committed and never tears a row, and several
-processes of one machine (another explainer, ``accelerate launch``) write the same file safely. A lookup reads the
-keys asked for, so a command starts as fast with ten million cached replies as with none. The file opens in the
-``sqlite3`` shell, Datasette, pandas and DuckDB.
+Tables: ``explanations`` (a row per explanation line: its key columns, status and text, and the whole line as JSON),
+``scores`` (a row per score line: key columns, the text scored, its metrics as JSON) with ``score_examples`` apart
+(each line's examples as one compact blob, ``example_codec``: a reader of metrics never touches them), ``replies``
+(the LLM response cache: the sha256 key of a request -> its method and stored reply as JSON), ``imported`` (the
+legacy files and process databases already taken in) and ``meta``. A later line with the key of an earlier one
+replaces it: the earlier row stays, as history, with ``current = 0``; one partial unique index per table keeps one
+current row per key. Python's ``sqlite3``, a WAL journal, ``synchronous=FULL`` and a busy timeout: a batch of lines
+or replies is one transaction, so a kill or a full disk loses at most the batch being committed and never tears a
+row, and several processes of one machine (another explainer, ``accelerate launch``) write the same file safely. A
+lookup reads the keys asked for, so a command starts as fast with ten million cached replies as with none. The file
+opens in the ``sqlite3`` shell, Datasette, pandas and DuckDB.
 
-A run made before the database existed has its replies in ``llm_cache.jsonl``; they are imported once, in one
-transaction, on the first open that writes (a kill during the import leaves the JSONL as it was and the import is
-done again), and the JSONL is left in place.
+A run made before the database existed has its lines in ``explanations.jsonl``, ``scores.jsonl`` and
+``llm_cache.jsonl``; each file is imported once, in one transaction, on the first open that writes (a kill during the
+import leaves the JSONL as it was and the import is done again), and the JSONL is left in place.
 
 The processes of an ``accelerate launch`` (several machines may share the run directory over a network filesystem,
 where SQLite's locks cannot be trusted) never write one file together: each writes a database of its own and reads
@@ -19,48 +24,113 @@ main process merges theirs into the run's when the stage ends, or when the next 
 """
 
 import json
+import logging
+import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .diskspace import disk_full
 from .errors import CorruptFileError, InterpError
+from .example_codec import decode_examples, encode_examples
+from .scoring.results import COLUMNS, STANDINGS, main_metric, metric_value
+
+log = logging.getLogger(__name__)
 
 BUSY_SECONDS = 60.0
 """How long a write waits for another process's transaction before it fails."""
 LOOKUP_CHUNK = 500
 """Keys per ``IN (...)`` lookup: below SQLite's limit on bound parameters."""
 
+PAGE = 1000
+"""Lines per page of a read that streams."""
+WRITE_CHUNK = 2000
+"""Lines per ``executemany`` inside one transaction: a large import never holds its rows whole."""
+
+EXPLANATION_KEY = ("coder", "latent", "explainer")
+"""What identifies an explanation line; a later line with the same key replaces an earlier one."""
+SCORE_KEY = ("scorer", "coder", "latent", "explainer", "baseline")
+"""What identifies a score line; a later line with the same key replaces an earlier one."""
+SCORE_FIELDS = ("scorer", "coder", "latent", "explainer", "baseline", "explanation", "metrics", "examples")
+"""The fields of a score line (``scoring.base.ScoreResult``); any other a line has is kept in ``extra``."""
+
+STANDING = f"""CASE WHEN e.explanation IS NULL THEN {STANDINGS.index("withdrawn")}
+    WHEN NOT s.baseline THEN (CASE WHEN s.explanation = e.explanation THEN 0 ELSE 1 END)
+    WHEN EXISTS (SELECT 1 FROM explanations h WHERE h.current AND h.explainer = s.explainer
+        AND h.explanation = s.explanation AND h.status = 'ok' AND NOT (h.coder = s.coder AND h.latent = s.latent))
+    THEN 0 ELSE 1 END"""
+"""A current score line's standing (``scoring.results.STANDINGS``: 0 counts, 1 replaced, 2 withdrawn), as
+``scoring.results.current_scores`` decides it, over ``scores s`` joined with ``STANDING_JOIN``."""
+STANDING_JOIN = """LEFT JOIN explanations e ON e.current AND e.explainer = s.explainer AND e.coder = s.coder
+    AND e.latent = s.latent AND e.status = 'ok'"""
+METRIC_COLUMNS_SQL = f"""SELECT s.latent, s.baseline, coalesce(s.value, 9e999), {STANDING}
+FROM scores s {STANDING_JOIN}
+WHERE s.current AND s.explainer = ? AND s.coder = ? AND s.scorer = ? ORDER BY s.latent, s.baseline"""
+"""Each current score line of one (explainer, coder, scorer): latent, baseline, main metric (infinity where it has
+none: every main metric is bounded) and standing."""
+LINE_COLUMNS = "s.scorer, s.coder, s.latent, s.explainer, s.baseline, s.explanation, s.metrics, s.n_examples, s.extra"
+"""The columns ``_score_line`` reads, before the examples' blob."""
+
 INSERT_REPLY = "INSERT OR IGNORE INTO replies (key, method, value) VALUES (?, ?, ?)"
+EXPLANATION_COLUMNS = "coder, latent, explainer, status, explanation, current, line"
+SCORE_COLUMNS = (
+    "id, scorer, coder, latent, explainer, baseline, explanation, metrics, value, n_examples, extra, current"
+)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, method TEXT NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS imported (source TEXT PRIMARY KEY, rows INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS explanations (
+    id INTEGER PRIMARY KEY, coder TEXT NOT NULL, latent INTEGER NOT NULL, explainer TEXT NOT NULL, status TEXT,
+    explanation TEXT, current INTEGER NOT NULL, line TEXT NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS explanation_now ON explanations (explainer, coder, latent) WHERE current;
+CREATE INDEX IF NOT EXISTS explanation_text ON explanations (explainer, explanation) WHERE current;
+CREATE TABLE IF NOT EXISTS scores (
+    id INTEGER PRIMARY KEY, scorer TEXT NOT NULL, coder TEXT NOT NULL, latent INTEGER NOT NULL,
+    explainer TEXT NOT NULL, baseline INTEGER NOT NULL, explanation TEXT, metrics TEXT NOT NULL, value REAL,
+    n_examples INTEGER NOT NULL, extra TEXT, current INTEGER NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS score_now ON scores (explainer, coder, latent, scorer, baseline) WHERE current;
+CREATE INDEX IF NOT EXISTS score_latent ON scores (coder, latent) WHERE current;
+CREATE TABLE IF NOT EXISTS score_examples (score INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS explanation_latent ON explanations (coder, latent) WHERE current;
+CREATE VIRTUAL TABLE IF NOT EXISTS explanation_words
+    USING fts5(explanation, content='explanations', content_rowid='id');
+CREATE TRIGGER IF NOT EXISTS explanation_words_added AFTER INSERT ON explanations WHEN new.explanation IS NOT NULL
+    BEGIN INSERT INTO explanation_words (rowid, explanation) VALUES (new.id, new.explanation); END;
 """
 
 
 class ResultsDB:
-    """One run's results database; opened on first use, one connection per object, shared by its threads."""
+    """One run's results database; opened on first use, one connection per object, shared by its threads.
 
-    def __init__(self, path: str | Path, base: str | Path | None = None):
-        self.path = Path(path)
+    ``path=None`` is a database in memory (an old read-only run's lines, browsed in place); ``read_only`` opens the
+    file as it is, immutable (a run on a read-only mount: nothing is written, no journal made).
+    """
+
+    def __init__(self, path: str | Path | None, base: str | Path | None = None, *, read_only: bool = False):
+        self.path = Path(path) if path is not None else None
         self.base = Path(base) if base is not None else None
         """A database this one's lookups also read (the run's, for a process of a launch), never written."""
+        self.read_only = read_only
         self._conn: sqlite3.Connection | None = None
         self._based = False
         self._lock = threading.RLock()
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                _uri(self.path), timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False, uri=True
-            )
+            conn = self._connect()
             try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
-                conn.executescript(SCHEMA)
+                if not self.read_only:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute("PRAGMA synchronous=FULL")
+                    conn.executescript(SCHEMA)
+                    conn.execute("INSERT OR IGNORE INTO meta VALUES ('id', ?)", (uuid.uuid4().hex,))
                 self._based = self.base is not None and self.base.is_file()
                 if self._based:
                     conn.execute("ATTACH DATABASE ? AS base", (_uri(self.base, "mode=ro&immutable=1"),))
@@ -69,6 +139,19 @@ class ResultsDB:
                 raise self._error(e) from e
             self._conn = conn
         return self._conn
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path is None:
+            return sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        if not self.read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        return sqlite3.connect(
+            _uri(self.path, "mode=ro&immutable=1" if self.read_only else ""),
+            timeout=BUSY_SECONDS,
+            isolation_level=None,
+            check_same_thread=False,
+            uri=True,
+        )
 
     def _error(self, e: sqlite3.Error) -> InterpError:
         """The one-line error of a failed statement: a full disk says so, a damaged file is named, a lock held too
@@ -133,29 +216,49 @@ class ResultsDB:
         """Replies stored (a count over the table: for tests and reports, not for a hot path)."""
         return self._query("SELECT count(*) FROM replies")[0][0]
 
-    def import_once(self, source: str, rows: Iterator[tuple[str, str, Any]]) -> bool:
-        """Store ``rows`` (read from the legacy file named ``source``) and a note that they were, in one transaction,
-        unless the note is there already: True when they were imported now."""
-        if self._query("SELECT 1 FROM imported WHERE source = ?", (source,)):
+    def tables(self) -> set[str]:
+        """The names of the tables the file holds."""
+        return {name for (name,) in self._query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def imported(self) -> set[str]:
+        """The sources (legacy files, process databases) already taken in."""
+        return {source for (source,) in self._query("SELECT source FROM imported")}
+
+    def import_once(self, source: str, rows: Iterator, kind: str = "replies") -> bool:
+        """Store ``rows`` (read from the legacy file named ``source``: replies, or explanation or score lines, as
+        ``kind`` says) and a note that they were, in one transaction, unless the note is there already: True when
+        they were imported now."""
+        if source in self.imported():
             return False
+        store = {"replies": _insert_replies, "explanations": _insert_explanations, "scores": _insert_scores}[kind]
 
         def work(db: sqlite3.Connection) -> None:
-            before = db.total_changes
-            db.executemany(INSERT_REPLY, ((k, m, json.dumps(v)) for k, m, v in rows))
-            db.execute("INSERT OR REPLACE INTO imported VALUES (?, ?)", (source, db.total_changes - before))
+            n = 0
+            for chunk in _chunks(rows):
+                store(db, chunk)
+                n += len(chunk)
+            db.execute("INSERT OR REPLACE INTO imported VALUES (?, ?)", (source, n))
 
         self._write(work)
         return True
 
     def merge_from(self, others: list[Path]) -> int:
         """Merge each database of ``others`` (a process's, left by a launch) into this one, one transaction each, and
-        remove it; returns the replies added."""
+        remove it; returns the rows added (replies, explanations and scores). A database merged before (a kill came
+        between its commit and its removal) is only removed."""
         added = []
 
         def merge(db: sqlite3.Connection) -> None:
+            (name,) = db.execute("SELECT value FROM other.meta WHERE key = 'id'").fetchone() or (None,)
+            source = f"merge:{name}"
+            if name is not None and db.execute("SELECT 1 FROM imported WHERE source = ?", (source,)).fetchone():
+                return
             before = db.total_changes
             db.execute("INSERT OR IGNORE INTO replies SELECT key, method, value FROM other.replies")
+            _merge_lines(db)
             added.append(db.total_changes - before)
+            if name is not None:
+                db.execute("INSERT INTO imported VALUES (?, ?)", (source, added[-1]))
 
         for other in others:
             with self._lock:  # re-entrant: the attached file stays this merge's until it is detached
@@ -168,6 +271,157 @@ class ResultsDB:
                 Path(f"{other}{suffix}").unlink(missing_ok=True)
         return sum(added)
 
+    # --- explanations and scores --------------------------------------------------------------
+
+    def add_explanations(self, rows: list[dict]) -> None:
+        """Store explanation lines in one transaction; each replaces the current line of its key (kept as history)."""
+        if rows:
+            self._write(lambda db: _insert_explanations(db, rows))
+
+    def add_scores(self, rows: list[dict]) -> None:
+        """Store score lines (their examples apart, compact) in one transaction; each replaces the current line of its
+        key (kept as history)."""
+        if rows:
+            self._write(lambda db: _insert_scores(db, rows))
+
+    def explanations(
+        self, explainer: str | None = None, *, usable: bool = False, limit: int | None = None
+    ) -> list[dict]:
+        """The current line per (coder, latent, explainer), of ``explainer`` alone when given, in the order written;
+        ``usable``: those that hold an explanation (status ok); ``limit``: the first that many."""
+        where, params = _only(explainer)
+        where += " AND status = 'ok' AND explanation IS NOT NULL" if usable else ""
+        cut = f" LIMIT {int(limit)}" if limit is not None else ""
+        rows = self._query(f"SELECT line FROM explanations WHERE current{where} ORDER BY id{cut}", params)
+        return [json.loads(line) for (line,) in rows]
+
+    def scores(self, explainer: str | None = None, *, examples: bool = True) -> list[dict]:
+        """The current line per (scorer, coder, latent, explainer, baseline), of ``explainer`` alone when given, in
+        the order written; without ``examples``, each line's ``examples`` is left out (``n_examples`` says how many
+        it has), and the blobs are not read."""
+        where, params = _only(explainer, "s.")
+        blob = ", e.data" if examples else ", NULL"
+        join = " LEFT JOIN score_examples e ON e.score = s.id" if examples else ""
+        sql = (
+            "SELECT s.scorer, s.coder, s.latent, s.explainer, s.baseline, s.explanation, s.metrics, s.n_examples, "
+            f"s.extra{blob} FROM scores s{join} WHERE s.current{where} ORDER BY s.id"
+        )
+        return [_score_line(row, examples) for row in self._query(sql, params)]
+
+    def history(self, table: str, *, examples: bool = False) -> list[dict]:
+        """Every line ever stored in ``table`` (explanations or scores), replaced ones too, in the order written,
+        each with ``current``; scores with their examples only when asked."""
+        return list(self.lines(table, current_only=False, examples=examples))
+
+    def lines(self, table: str, *, current_only: bool = True, examples: bool = True) -> Iterator[dict]:
+        """The lines of ``table`` (explanations or scores) one at a time, in the order written: the current ones, or
+        (``current_only=False``) every line, each then with ``current``. For a reader that must see them all (an
+        export) without holding them: read a page at a time, nothing locked between pages."""
+        now = " AND current" if current_only else ""
+        if table == "explanations":
+            sql = f"SELECT id, line, current FROM explanations WHERE id > ?{now} ORDER BY id LIMIT {PAGE}"
+            decode: Callable[[tuple], dict] = _explanation_line
+        elif table == "scores":
+            blob = "(SELECT data FROM score_examples WHERE score = s.id)" if examples else "NULL"
+            sql = (
+                "SELECT id, scorer, coder, latent, explainer, baseline, explanation, metrics, n_examples, extra, "
+                f"{blob}, current FROM scores s WHERE id > ?{now} ORDER BY id LIMIT {PAGE}"
+            )
+            decode = lambda row: {**_score_line(row[:10], examples), "current": bool(row[10])}  # noqa: E731
+        else:
+            raise InterpError(f"No table {table!r} of lines: explanations or scores.")
+        after = 0
+        while page := self._query(sql, (after,)):
+            for row in page:
+                line = decode(row[1:])
+                if current_only:
+                    del line["current"]
+                yield line
+            after = page[-1][0]
+
+    def scored_explainers(self) -> list[str]:
+        """The explainers whose explanations have current score lines, sorted."""
+        return [e for (e,) in self._query("SELECT DISTINCT explainer FROM scores WHERE current ORDER BY explainer")]
+
+    def scorer_names(self) -> list[str]:
+        """The scorers with current score lines, sorted."""
+        return [s for (s,) in self._query("SELECT DISTINCT scorer FROM scores WHERE current ORDER BY scorer")]
+
+    def current_metrics(self, explainer: str) -> Iterator[tuple[str, str, np.ndarray]]:
+        """(coder, scorer, lines as ``scoring.results.COLUMNS``) for each coder and scorer with current score lines
+        of ``explainer``: each line's latent, baseline, main metric and standing (``current_scores``'s rule, in SQL),
+        ordered by latent then baseline. Neither a line's JSON nor its examples is read."""
+        pairs = self._query(
+            "SELECT DISTINCT coder, scorer FROM scores WHERE current AND explainer = ? ORDER BY coder, scorer",
+            (explainer,),
+        )
+        for coder, scorer in pairs:
+            lines = np.array(self._query(METRIC_COLUMNS_SQL, (explainer, coder, scorer)), COLUMNS)
+            lines["value"][np.isinf(lines["value"])] = np.nan
+            yield coder, scorer, lines
+
+    def status_counts(self) -> dict[str, dict[str, int]]:
+        """Explainer -> status -> current explanation lines."""
+        out: dict[str, dict[str, int]] = {}
+        sql = "SELECT explainer, status, count(*) FROM explanations WHERE current GROUP BY explainer, status"
+        for explainer, status, n in self._query(sql):
+            out.setdefault(explainer, {})[str(status)] = n
+        return out
+
+    def explained_latents(self, coder: str, words: str = "") -> np.ndarray:
+        """The latents of ``coder`` with a current explanation line (of any explainer), sorted; with ``words``, those
+        one of whose current explanations holds them (a full-text query: ``words`` as a phrase, its last word a
+        prefix, case-insensitive; punctuation alone is found as it is written)."""
+        if not words.strip():
+            sql = "SELECT DISTINCT latent FROM explanations WHERE current AND coder = ? ORDER BY latent"
+            params = [coder]
+        elif not re.search(r"\w", words):  # punctuation alone is no word: looked for as it is, line by line
+            sql = (
+                "SELECT DISTINCT latent FROM explanations WHERE current AND coder = ? "
+                "AND instr(lower(explanation), lower(?)) ORDER BY latent"
+            )
+            params = [coder, words.strip()]
+        else:
+            sql = (
+                "SELECT DISTINCT x.latent FROM explanation_words w JOIN explanations x ON x.id = w.rowid "
+                "WHERE explanation_words MATCH ? AND x.current AND x.coder = ? ORDER BY x.latent"
+            )
+            params = [_phrase(words), coder]
+        return np.array([latent for (latent,) in self._query(sql, params)], dtype=np.int64)
+
+    def explanations_of(self, coder: str, latents: list[int]) -> list[dict]:
+        """The current explanation lines (every explainer's) of ``latents`` of ``coder``, in the order written."""
+        out = []
+        for i in range(0, len(latents), LOOKUP_CHUNK):
+            chunk = [int(k) for k in latents[i : i + LOOKUP_CHUNK]]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT id, line FROM explanations WHERE current AND coder = ? AND latent IN ({marks})"
+            out += self._query(sql, [coder, *chunk])
+        return [json.loads(line) for _, line in sorted(out)]
+
+    def scores_of(self, coder: str, latent: int) -> list[tuple[dict, str]]:
+        """Each current score line of one latent (every explainer's, with its examples) and its standing (a name of
+        ``scoring.results.STANDINGS``), in the order written."""
+        sql = (
+            f"SELECT {LINE_COLUMNS}, x.data, {STANDING} FROM scores s {STANDING_JOIN} "
+            "LEFT JOIN score_examples x ON x.score = s.id WHERE s.current AND s.coder = ? AND s.latent = ? "
+            "ORDER BY s.id"
+        )
+        return [(_score_line(row[:10], True), STANDINGS[row[10]]) for row in self._query(sql, (coder, int(latent)))]
+
+    def count_leaking(self, explainer: str, leaking_before: tuple[str, ...]) -> list[dict]:
+        """The current ok explanation lines of ``explainer`` that may have been made from what their scorers score
+        (judged by the intervention scorer, or by one of ``leaking_before`` without ``separated``): the candidates
+        ``views.made_with_leaking_prompts`` decides on, found without reading every line."""
+        marks = ",".join("?" * len(leaking_before))
+        rows = self._query(
+            "SELECT line FROM explanations WHERE current AND explainer = ? AND status = 'ok' AND ("
+            "json_extract(line, '$.judge.scorer') = 'intervention' OR (explainer IN "
+            f"({marks}) AND NOT coalesce(json_extract(line, '$.separated'), 0)))",
+            (explainer, *leaking_before),
+        )
+        return [json.loads(line) for (line,) in rows]
+
     def close(self) -> None:
         """Close the connection (reopened on next use)."""
         with self._lock:
@@ -179,3 +433,149 @@ class ResultsDB:
 def _uri(path: Path, query: str = "") -> str:
     """``path`` as the ``file:`` URI SQLite opens (any character of a folder's name escaped), with ``query``."""
     return Path(path).absolute().as_uri() + (f"?{query}" if query else "")
+
+
+def _chunks(rows: Iterable) -> Iterator[list]:
+    """``rows`` in lists of ``WRITE_CHUNK``."""
+    it = iter(rows)
+    while chunk := list(islice(it, WRITE_CHUNK)):
+        yield chunk
+
+
+def _only(explainer: str | None, prefix: str = "") -> tuple[str, tuple]:
+    """The ``AND`` clause and parameters that keep one explainer's rows (none when ``explainer`` is None)."""
+    return ("", ()) if explainer is None else (f" AND {prefix}explainer = ?", (explainer,))
+
+
+def _latest_of_batch(rows: list[dict], key: tuple[str, ...]) -> list[tuple[tuple, dict, bool]]:
+    """(key, row, is it the last of its key in ``rows``) for each row that has every ``key`` field; those that do
+    not (a hand-edited legacy line) are skipped with a warning."""
+    keyed = []
+    for r in rows:
+        try:
+            keyed.append((tuple(r[k] for k in key), r))
+        except (KeyError, TypeError):
+            log.warning("skipped a result line without the fields %s: %.80s", ", ".join(key), json.dumps(r))
+    last = {k: i for i, (k, _) in enumerate(keyed)}
+    return [(k, r, last[k] == i) for i, (k, r) in enumerate(keyed)]
+
+
+def _insert_replies(db: sqlite3.Connection, rows: list[tuple[str, str, Any]]) -> None:
+    db.executemany(INSERT_REPLY, ((k, m, json.dumps(v)) for k, m, v in rows))
+
+
+def _insert_explanations(db: sqlite3.Connection, rows: list[dict]) -> None:
+    """Insert explanation lines; the last of each key becomes current, its earlier rows history."""
+    keyed = _latest_of_batch(rows, EXPLANATION_KEY)
+    db.executemany(
+        "UPDATE explanations SET current = 0 WHERE current AND explainer = ? AND coder = ? AND latent = ?",
+        ((k[2], k[0], k[1]) for k, _, last in keyed if last),
+    )
+    db.executemany(
+        f"INSERT INTO explanations ({EXPLANATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            (
+                r["coder"],
+                r["latent"],
+                r["explainer"],
+                r.get("status"),
+                _text(r.get("explanation")),
+                last,
+                json.dumps(r, ensure_ascii=False),
+            )
+            for _, r, last in keyed
+        ),
+    )
+
+
+def _insert_scores(db: sqlite3.Connection, rows: list[dict]) -> None:
+    """Insert score lines and their examples; the last of each key becomes current, its earlier rows history."""
+    keyed = _latest_of_batch(rows, SCORE_KEY)
+    db.executemany(
+        "UPDATE scores SET current = 0 WHERE current AND explainer = ? AND coder = ? AND latent = ? AND scorer = ? "
+        "AND baseline = ?",
+        ((k[3], k[1], k[2], k[0], bool(k[4])) for k, _, last in keyed if last),
+    )
+    (first,) = db.execute("SELECT coalesce(max(id), 0) + 1 FROM scores").fetchone()
+    lines, blobs = [], []
+    for i, (_, r, last) in enumerate(keyed):
+        examples = r.get("examples") or []
+        extra = {k: v for k, v in r.items() if k not in SCORE_FIELDS}
+        lines.append(
+            (
+                first + i,
+                r["scorer"],
+                r["coder"],
+                r["latent"],
+                r["explainer"],
+                bool(r["baseline"]),
+                _text(r.get("explanation")),
+                json.dumps(r.get("metrics")),
+                metric_value(r, main_metric(r["scorer"])),
+                len(examples),
+                json.dumps(extra, ensure_ascii=False) if extra else None,
+                last,
+            )
+        )
+        blobs.append((first + i, encode_examples(examples)))
+    db.executemany(f"INSERT INTO scores ({SCORE_COLUMNS}) VALUES ({', '.join('?' * 12)})", lines)
+    db.executemany("INSERT INTO score_examples (score, data) VALUES (?, ?)", blobs)
+
+
+def _merge_lines(db: sqlite3.Connection) -> None:
+    """Take the explanation and score lines of the attached database ``other`` in, after this one's: its current
+    lines replace this one's of the same key."""
+    db.execute(
+        "UPDATE explanations SET current = 0 WHERE current AND EXISTS (SELECT 1 FROM other.explanations o WHERE "
+        "o.current AND o.explainer = explanations.explainer AND o.coder = explanations.coder AND o.latent = "
+        "explanations.latent)"
+    )
+    db.execute(
+        f"INSERT INTO explanations ({EXPLANATION_COLUMNS}) SELECT {EXPLANATION_COLUMNS} FROM other.explanations "
+        "ORDER BY id"
+    )
+    (offset,) = db.execute("SELECT coalesce(max(id), 0) FROM scores").fetchone()
+    db.execute(
+        "UPDATE scores SET current = 0 WHERE current AND EXISTS (SELECT 1 FROM other.scores o WHERE o.current AND "
+        "o.explainer = scores.explainer AND o.coder = scores.coder AND o.latent = scores.latent AND o.scorer = "
+        "scores.scorer AND o.baseline = scores.baseline)"
+    )
+    shifted = SCORE_COLUMNS.replace("id,", "id + ?,", 1)
+    db.execute(f"INSERT INTO scores ({SCORE_COLUMNS}) SELECT {shifted} FROM other.scores ORDER BY id", (offset,))
+    db.execute("INSERT INTO score_examples SELECT score + ?, data FROM other.score_examples", (offset,))
+
+
+def _explanation_line(row: tuple) -> dict:
+    line, current = row
+    return {**json.loads(line), "current": bool(current)}
+
+
+def _score_line(row: tuple, examples: bool) -> dict:
+    """A score line as ``ScoreResult.to_dict`` wrote it, from a row of ``scores`` (and its blob)."""
+    scorer, coder, latent, explainer, baseline, text, metrics, n, extra, blob = row
+    line = {
+        "scorer": scorer,
+        "coder": coder,
+        "latent": latent,
+        "explainer": explainer,
+        "baseline": bool(baseline),
+        "explanation": text,
+        "metrics": json.loads(metrics),
+    }
+    if examples:
+        line["examples"] = decode_examples(blob) if blob is not None else []
+    else:
+        line["n_examples"] = n
+    if extra:
+        line.update(json.loads(extra))
+    return line
+
+
+def _phrase(words: str) -> str:
+    """``words`` as an FTS5 query: one phrase (quotes doubled, so nothing in it is syntax), its last word a prefix."""
+    return '"' + " ".join(words.split()).replace('"', '""') + '"*'
+
+
+def _text(value: Any) -> str | None:
+    """An explanation's text column: the text, or None where a line holds none (failed) or not a string."""
+    return value if isinstance(value, str) else None

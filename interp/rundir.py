@@ -10,15 +10,17 @@
                            and its flags override them.
       coders/<hookpoint>/  the default SAE, when the run trained one (sparsify format + train.json)
       cache/               the token windows, and per coder its sparse latents and statistics (see interp.cache)
-      explanations.jsonl   one line per (coder, latent, explainer), appended; a later line replaces an earlier one
-      scores.jsonl         one line per (scorer, coder, latent, explainer, baseline), appended; likewise. A
-                           line counts only while the text it scored is the latent's current explanation
-      results.sqlite       the results database (interp.results_db): LLM replies keyed by (model, prompt,
-                           parameters), so a re-run costs nothing, looked up by key (with its -wal and -shm
-                           files while it is open)
+      results.sqlite       the results database (interp.results_db; with its -wal and -shm files while it is
+                           open): explanations, one current row per (coder, latent, explainer); scores, one
+                           per (scorer, coder, latent, explainer, baseline), their examples apart and compact
+                           (a score counts only while the text it scored is the latent's current
+                           explanation); replaced rows kept as history; and the LLM replies keyed by (model,
+                           prompt, parameters), so a re-run costs nothing. `interp export` writes it as JSONL
       results.p<i>.sqlite  what process i of an accelerate launch wrote during a stage, merged into results.sqlite
                            by the main process when the stage ends (or the next one begins, after a kill)
-      llm_cache.jsonl      a run made before the database: its replies, imported once into results.sqlite
+      explanations.jsonl   a run made before the database: its explanation lines, scores.jsonl its score lines
+      scores.jsonl         and llm_cache.jsonl its replies, each imported once into results.sqlite on the first
+      llm_cache.jsonl      command that writes (a read-only one is browsed in place, in memory)
       summary.json         coder statistics, the default SAE's held-out quality, explanation counts, scores
       plots/               plots of the run's own explainer's scores; plots/<explainer>/ of another explainer's
       compare/<A>--<B>/    comparisons of one of its coders with another coder (interp compare)
@@ -33,6 +35,8 @@ resumes.
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,26 +47,26 @@ from .cache import TOKENS_FILE, is_finished, load_stats, read_cache_stats, read_
 from .config import FIXED_SECTIONS, RunConfig, check_config, read_config_file
 from .errors import InterpError, NotARunDirError, ReadOnlyRunError, RunConfigMismatchError
 from .explain import EXPLAINERS
-from .jsonl import append_jsonl, latest_rows, read_json, read_jsonl
+from .jsonl import iter_jsonl, read_json
 from .llm.response_cache import legacy_replies
 from .records import CacheView, RecordBuilder, logit_lens
-from .results_db import ResultsDB
+from .results_db import EXPLANATION_KEY, SCORE_KEY, ResultsDB
 from .scoring.results import CurrentScores, current_scores
 
 CONFIG = "config.json"
 EXPLANATIONS = "explanations.jsonl"
+"""A run made before the results database: its explanation lines."""
 SCORES = "scores.jsonl"
+"""A run made before the results database: its score lines."""
 LLM_CACHE = "llm_cache.jsonl"
+"""A run made before the results database: its LLM replies."""
 RESULTS_DB = "results.sqlite"
 SUMMARY = "summary.json"
 LOCKS = "locks"
 
 log = logging.getLogger(__name__)
 
-EXPLANATION_KEY = ("coder", "latent", "explainer")
-"""What identifies a line of explanations.jsonl; a later line with the same key replaces an earlier one."""
-SCORE_KEY = ("scorer", "coder", "latent", "explainer", "baseline")
-"""What identifies a line of scores.jsonl; a later line with the same key replaces an earlier one."""
+__all__ = ["EXPLANATION_KEY", "SCORE_KEY", "RunDir", "fixed_differences", "not_a_run"]
 
 
 def not_a_run(shown: str, hint: str) -> str:
@@ -95,20 +99,19 @@ class RunDir:
         return self.path / "cache"
 
     @property
-    def explanations_file(self) -> Path:
-        return self.path / EXPLANATIONS
-
-    @property
-    def scores_file(self) -> Path:
-        return self.path / SCORES
-
-    @property
-    def llm_cache_file(self) -> Path:
-        return self.path / LLM_CACHE
-
-    @property
     def results_file(self) -> Path:
         return self.path / RESULTS_DB
+
+    def legacy_files(self) -> dict[str, Path]:
+        """What a run made before the results database holds of its results (kind -> file), the files there."""
+        files = {"replies": LLM_CACHE, "explanations": EXPLANATIONS, "scores": SCORES}
+        return {kind: self.path / name for kind, name in files.items() if (self.path / name).is_file()}
+
+    def results_stamp(self) -> tuple:
+        """When the results were last written and how large they are (the database, its journal, legacy files),
+        read from the files alone: what changes whenever a line is added."""
+        paths = [self.results_file, self.path / f"{RESULTS_DB}-wal", *self.legacy_files().values()]
+        return tuple((s.st_mtime_ns, s.st_size) if (s := _stat(p)) else () for p in paths)
 
     @property
     def summary_file(self) -> Path:
@@ -209,9 +212,14 @@ class RunDir:
     # --- what the stages wrote ----------------------------------------------------------------
 
     def explanations(self, explainer: str | None = None) -> list[dict]:
-        """The latest line per (coder, latent, explainer), of ``explainer`` alone when given."""
-        rows = latest_rows(read_jsonl(self.explanations_file), EXPLANATION_KEY)
-        return rows if explainer is None else [r for r in rows if r.get("explainer") == explainer]
+        """The current line per (coder, latent, explainer), of ``explainer`` alone when given."""
+        with self.reading() as db:
+            return db.explanations(explainer)
+
+    def status_counts(self) -> dict[str, dict[str, int]]:
+        """Explainer -> status -> current explanation lines (counted in the database)."""
+        with self.reading() as db:
+            return db.status_counts()
 
     def usable_explanations(self, explainer: str | None = None) -> list[dict]:
         """The latest lines that hold an explanation (status ok), of ``explainer`` alone when given."""
@@ -222,34 +230,74 @@ class RunDir:
         ]
 
     def add_explanations(self, rows: list[dict]) -> None:
-        """Append explanation lines (whole lines, synced)."""
-        append_jsonl(self.explanations_file, rows)
+        """Store explanation lines (one transaction)."""
+        with self.writing() as db:
+            db.add_explanations(rows)
 
-    def scores(self) -> list[dict]:
-        """The latest line per (scorer, coder, latent, explainer, baseline): a re-score replaces the old line.
+    def scores(self, explainer: str | None = None, *, examples: bool = True) -> list[dict]:
+        """The current line per (scorer, coder, latent, explainer, baseline): a re-score replaces the old line. Without
+        ``examples``, each line's examples are left unread (``n_examples`` counts them).
 
         Lines of explanations replaced since are among them; what is reported as a score goes through
         ``current_scores``.
         """
-        return latest_rows(read_jsonl(self.scores_file), SCORE_KEY)
+        with self.reading() as db:
+            return db.scores(explainer, examples=examples)
 
-    def current_scores(self, explainer: str | None = None) -> CurrentScores:
+    def current_scores(self, explainer: str | None = None, *, examples: bool = True) -> CurrentScores:
         """The latest score lines that belong to the current explanations (of ``explainer`` alone when given), and
         those left out: the score lines every summary, table and published row reads."""
-        return current_scores(self.explanations(), self.scores(), explainer)
+        with self.reading() as db:
+            return current_scores(db.explanations(explainer), db.scores(explainer, examples=examples), explainer)
 
     def add_scores(self, rows: list[dict]) -> None:
-        """Append score lines (whole lines, synced)."""
-        append_jsonl(self.scores_file, rows)
+        """Store score lines (one transaction)."""
+        with self.writing() as db:
+            db.add_scores(rows)
 
     def results_db(self) -> ResultsDB:
         """The run's results database, for a stage that writes: a run made before it had one has its
-        ``llm_cache.jsonl`` imported into it first (once; the JSONL is left as it was)."""
+        ``llm_cache.jsonl``, ``explanations.jsonl`` and ``scores.jsonl`` imported into it first (each once, in one
+        transaction; the JSONL is left as it was)."""
         db = ResultsDB(self.results_file)
-        if self.llm_cache_file.is_file():
-            if db.import_once(LLM_CACHE, legacy_replies(self.llm_cache_file)):
-                log.info("imported %s into %s", self.llm_cache_file, self.results_file)
+        legacy = self.legacy_files()
+        if legacy:
+            for kind, path in legacy.items():
+                rows = legacy_replies(path) if kind == "replies" else iter_jsonl(path)
+                if db.import_once(path.name, rows, kind):
+                    log.info("imported %s into %s", path, self.results_file)
         return db
+
+    @contextmanager
+    def writing(self) -> Iterator[ResultsDB]:
+        """The run's results database for one write, closed after it."""
+        db = self.results_db()
+        try:
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def reading(self) -> Iterator[ResultsDB]:
+        """The run's results for one read, closed after it: the database (its legacy files imported first) where the
+        run can be written; where it cannot, the database as it is, or, for a run whose legacy files were never
+        imported, those files read into a database in memory (nothing is written)."""
+        if self.writable():
+            db = self.results_db()
+        else:
+            db = ResultsDB(self.results_file, read_only=True) if self.results_file.is_file() else None
+            legacy = {p.name for p in self.legacy_files().values()}
+            if db is None or not _holds_results(db) or legacy - db.imported():
+                if db is not None:
+                    db.close()
+                db = ResultsDB(None)
+                for kind, path in self.legacy_files().items():
+                    if kind != "replies":
+                        db.import_once(path.name, iter_jsonl(path), kind)
+        try:
+            yield db
+        finally:
+            db.close()
 
     def process_results_db(self, process: int) -> ResultsDB:
         """The results database process ``process`` of a launch writes in a stage (``results.p<process>.sqlite``),
@@ -326,6 +374,18 @@ class RunDir:
             return RecordBuilder(view, cfg.records)
         decoder = sparse_coder.decoder_weight().detach()
         return RecordBuilder(view, cfg.records, decoder, logit_lens(lm.model, decoder))
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        return None
+
+
+def _holds_results(db: ResultsDB) -> bool:
+    """Whether ``db`` has the tables of explanations and scores (a database made before them has replies alone)."""
+    return bool(db.tables() >= {"explanations", "scores", "score_examples"})
 
 
 def fixed_differences(saved: RunConfig, cfg: RunConfig) -> list[str]:

@@ -16,8 +16,9 @@ from .diskspace import still_needs
 from .jsonl import read_json
 from .locks import Work, hold
 from .records import select_latents
-from .rundir import SCORE_KEY, RunDir
+from .rundir import RunDir
 from .scoring.registry import line_name
+from .scoring.results import STANDINGS
 
 DOING = {"cache": "caching", "explain": "explaining", "score": "scoring"}
 LINE_BYTES = {"explain": 4096, "score": 16384}
@@ -29,10 +30,14 @@ def replaced_lines(run: RunDir, cfg: RunConfig) -> dict[str, set[tuple]]:
     scorer that ``cfg.score`` does not run itself (those score every explanation anyway): what a bare
     ``interp score`` scores again, so the score stage locks these scorers too."""
     given = {line_name(name, cfg.score.score_mode) for name in cfg.score.scorers}
+    explainer = cfg.explain.explainer
     out: dict[str, set[tuple]] = {}
-    for r in run.current_scores(cfg.explain.explainer).replaced:
-        if r["scorer"] not in given:
-            out.setdefault(r["scorer"], set()).add(tuple(r[k] for k in SCORE_KEY))
+    with run.reading() as db:
+        for coder, scorer, lines in db.current_metrics(explainer):
+            replaced = lines[lines["standing"] == STANDINGS.index("replaced")]
+            if scorer not in given and len(replaced):
+                keys = zip(replaced["latent"].tolist(), replaced["baseline"].tolist(), strict=True)
+                out.setdefault(scorer, set()).update((scorer, coder, k, explainer, bool(b)) for k, b in keys)
     return out
 
 
@@ -63,10 +68,6 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else 0
 
 
-def _lines(path: Path) -> int:
-    return path.read_bytes().count(b"\n") if path.is_file() else 0
-
-
 def bytes_left(stage: str, run: RunDir, cfg: RunConfig) -> int | None:
     """About how many bytes ``stage`` still has to write into ``run`` (read from what it holds now)."""
     if stage == "cache":
@@ -90,12 +91,11 @@ def bytes_left(stage: str, run: RunDir, cfg: RunConfig) -> int | None:
             )
         ]
         left = sum(key not in done for key in chosen)
-        written = _size(run.explanations_file) + _size(run.results_file)  # the replies, most of the rest
-        lines = _lines(run.explanations_file)
+        written = _size(run.results_file)  # the replies are most of it
+        lines = len(rows)
     else:
-        scored = {
-            (r["scorer"], r["coder"], r["latent"], r["baseline"]) for r in run.scores() if r["explainer"] == explainer
-        }
+        scored_rows = run.scores(explainer, examples=False)
+        scored = {(r["scorer"], r["coder"], r["latent"], r["baseline"]) for r in scored_rows}
         names = [line_name(s, cfg.score.score_mode) for s in cfg.score.scorers]
         todo = [
             (s, r["coder"], r["latent"], b)
@@ -104,8 +104,8 @@ def bytes_left(stage: str, run: RunDir, cfg: RunConfig) -> int | None:
             for b in ((False, True) if cfg.score.baseline else (False,))
         ]
         left = sum(key not in scored for key in todo)
-        written = _size(run.scores_file)
-        lines = _lines(run.scores_file)
+        written = _size(run.results_file)
+        lines = len(scored_rows)
     return left * (written // lines if lines else LINE_BYTES[stage])
 
 

@@ -33,17 +33,18 @@ from .rundir import SCORE_KEY, RunDir
 from .scoring.base import ScoreResult
 from .scoring.plots import plot_coder_scores, plot_diagnostics, plot_scores, score_plot
 from .scoring.registry import make_scorers, needs_llm, scorer_settings
-from .scoring.results import (
-    all_failed,
-    baseline_explanations,
-    has_failures,
-    scored_explainers,
-    summarize_scores,
-)
+from .scoring.results import all_failed, baseline_explanations, columns_table, has_failures, summarize_columns
 from .stage_guard import writing_stage
 from .steer_effects import PromptEffect, explainer_steer_prompts, latent_effects
 from .subject import Subject, open_coders, open_subject
-from .views import ExplainerView, explainer_view, made_with_leaking_prompts, scored_view, validation_view
+from .views import (
+    LEAKING_BEFORE,
+    ExplainerView,
+    explainer_view,
+    made_with_leaking_prompts,
+    scored_view,
+    validation_view,
+)
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +165,9 @@ def run_explain(
     subject = subject or open_subject(on_own_device(cfg), run)
     lm = subject.lm
     explainer = cfg.explain.explainer
+    db = client.db if isinstance(client, CachedClient) else stage_results(run)
     if client is None and explainer != "tokens":  # not `client or`: an empty CachedClient is falsy
-        client = run_client(on_own_device(cfg), lm, stage_results(run))
+        client = run_client(on_own_device(cfg), lm, db)
     text = TokenText(lm.tokenizer)
     params = GenerationParams(max_tokens=cfg.explain.max_new_tokens)
     model = client.model if client is not None else None
@@ -206,13 +208,13 @@ def run_explain(
                 results = search.explain(seen, [validation_view(r) for r in records], effects)
             else:
                 results = explain_batch(seen, explainer, text, client, params, cfg.explain.max_retries, effects)
-            run.add_explanations([r.to_dict() for r in results])
+            db.add_explanations([r.to_dict() for r in results])
             now.update(r.status for r in results)
             failure = failure or next((r.note for r in results if r.status == "failed"), None)
             bar.update(len(records))
             bar.set_postfix(per_min=f"{60 * bar.n / (time.perf_counter() - start):.1f}")
     bar.close()
-    stage_done(run, client)
+    stage_done(run, db)
     asked = now["ok"] + now["flagged"] + now["failed"]
     if asked and now["failed"] == asked:
         raise StageFailedError(
@@ -220,7 +222,7 @@ def run_explain(
             "command retries them once the LLM answers."
         )
     return {
-        "explanations": dict(Counter(str(r.get("status")) for r in run.explanations(explainer))),
+        "explanations": run.status_counts().get(explainer, {}),
         "explainer": explainer,
         "failed_now": now["failed"],
     }
@@ -239,13 +241,12 @@ def stage_results(run: RunDir) -> ResultsDB:
     return run.process_results_db(state.process_index)
 
 
-def stage_done(run: RunDir, client: LLMClient | None) -> None:
-    """The end of a stage in every process: each closes its results database, so the file on disk is whole and
-    still when the command returns (SQLite folds its journal into it as the last connection closes); in a launch,
+def stage_done(run: RunDir, db: ResultsDB) -> None:
+    """The end of a stage in every process: each closes the results database it wrote, so the file on disk is whole
+    and still when the command returns (SQLite folds its journal into it as the last connection closes); in a launch,
     the main process then merges the processes' databases into the run's."""
     state = launch_state()
-    if isinstance(client, CachedClient):
-        client.db.close()  # reopened if the next stage asks again
+    db.close()  # reopened if the next stage asks again
     everyone_done()
     if state.num_processes > 1:
         if state.is_main_process:
@@ -313,19 +314,20 @@ def run_score(
     lm = subject.lm
     again = rescore or {}  # found before the locks were taken, so no scorer is written unlocked
     others = [replace(cfg, score=scorer_settings(cfg.score, name)) for name in again]
+    db = client.db if isinstance(client, CachedClient) else stage_results(run)
     if client is None and any(needs_llm(c.score.scorers) for c in [cfg, *others]):
-        client = run_client(on_own_device(cfg), lm, stage_results(run))
+        client = run_client(on_own_device(cfg), lm, db)
     scorers = make_scorers(cfg, client, lm, subject.coders)
     for other in others:
         scorers += make_scorers(other, client, lm, subject.coders)
-    previous = {tuple(r[k] for k in SCORE_KEY): r for r in run.scores()}
-    drawn = [r for r in previous.values() if r["baseline"] and r["explainer"] == explainer]  # kept while still current
+    previous = {tuple(r[k] for k in SCORE_KEY): r for r in run.scores(explainer, examples=False)}
+    drawn = [r for r in previous.values() if r["baseline"]]  # kept while still current
     baseline = baseline_explanations(explained, cfg.records.records_seed, drawn) if cfg.score.baseline else {}
     done = {
         (key, r["explanation"]) for key, r in previous.items() if not has_failures(r)
     }  # a new explanation is rescored
     chosen = subject.only(coders)
-    new_lines: list[dict] = []
+    scored_now = judged_now = 0
     bar = tqdm(
         total=sum(r["coder"] in chosen for r in explained) * len(scorers),
         unit="score",
@@ -354,17 +356,33 @@ def run_score(
                     ScoreResult(scorer.name, name, latent, explainer, is_baseline, text, metrics, outcomes).to_dict()
                     for (latent, is_baseline, text), (metrics, outcomes) in zip(chunk, results, strict=True)
                 ]
-                run.add_scores([r for r in new if previous.get(tuple(r[k] for k in SCORE_KEY)) != r])
-                new_lines += new
+                db.add_scores([r for r in new if not _same_line(previous.get(tuple(r[k] for k in SCORE_KEY)), r)])
+                scored_now += len(new)
+                judged_now += sum(not all_failed(r) for r in new)
                 bar.update(sum(not b for _, b, _ in chunk))
     bar.close()
-    stage_done(run, client)
-    if new_lines and all(all_failed(r) for r in new_lines):
+    stage_done(run, db)
+    if scored_now and not judged_now:
         raise StageFailedError(
             f"Every score of this command failed: no reply of the LLM ({cfg.explain.llm}) could be read. They are "
             "recorded, and the same command scores them again once the LLM answers."
         )
     return summarize_run(run.path, explainer)
+
+
+def _same_line(stored: dict | None, line: dict) -> bool:
+    """Whether a new score line says what the stored one (read without its examples) says: not written again."""
+    return (
+        stored is not None
+        and stored["explanation"] == line["explanation"]
+        and stored["metrics"] == line["metrics"]
+        and stored["n_examples"] == len(line["examples"])
+    )
+
+
+PLOT_LATENTS = 20_000
+"""Latents per coder drawn in the frequency and agreement plots at most (a seeded sample beyond): a million dots
+are a blot, and slow."""
 
 
 def summarize_run(run_dir: Path, explainer: str | None = None) -> dict:
@@ -378,26 +396,26 @@ def summarize_run(run_dir: Path, explainer: str | None = None) -> dict:
     run = RunDir(run_dir)
     own = run.read_config().explain.explainer
     explainer = explainer or own
-    current = run.current_scores(explainer)
-    summary = summarize_scores(current.rows)
-    left_out = current.left_out()
+    with run.reading() as db:  # each query reads its columns alone: no score line's JSON, no example
+        columns = list(db.current_metrics(explainer))
+        leaked = sum(map(made_with_leaking_prompts, db.count_leaking(explainer, LEAKING_BEFORE)))
+        scored = db.scored_explainers()
+    summary, left_out = summarize_columns(columns)
     if not summary and not left_out:
-        rows = run.scores()
-        if rows:
+        if scored:
             raise InterpError(
                 f"No scores of the {explainer!r} explainer in {run.path}; it has scores of "
-                f"{', '.join(scored_explainers(rows))}: pick one with --explainer."
+                f"{', '.join(scored)}: pick one with --explainer."
             )
         raise InterpError(f"No scores in {run.path}: run `interp score {run.path}` first.")
-    leaked = sum(map(made_with_leaking_prompts, run.explanations(explainer)))
     plots = run.plots_dir(explainer, own)
     writable = run.writable()  # a read-only run is summarized as it is: its plots stay as they were
-    for r in current.replaced + current.withdrawn:  # a plot of old scores only would show them as current
-        if writable and r["scorer"] not in summary.get(r["coder"], {}):
-            score_plot(plots, r["coder"], r["scorer"]).unlink(missing_ok=True)
+    for coder, scorer, lines in columns:  # a plot of old scores only would show them as current
+        if writable and scorer not in summary.get(coder, {}) and (lines["standing"] > 0).any():
+            score_plot(plots, coder, scorer).unlink(missing_ok=True)
     if summary and writable:
         plot_scores(summary, plots)
-        plot_diagnostics(current.rows, run.firing_frequencies(set(summary)), plots)
+        plot_diagnostics(columns_table(columns, PLOT_LATENTS), run.firing_frequencies(set(summary)), plots)
         plot_coder_scores(summary, plots)
     return {"scores": summary, "explainer": explainer, "left_out": left_out, "leaked": leaked}
 

@@ -182,10 +182,12 @@ def explain(
     wanted = set(chosen_latents(run, coder, latents))
     cfg = replace(run.cfg, explain=_explain_config(run, explainer, llm, latents, search, redo))
     summary = run_explain(cfg, run.path, coders=[coder], progress=progress)
+    with run.dir.reading() as db:
+        lines = db.explanations_of(coder, sorted(wanted))
     rows = [
         [r["latent"], r["status"], r["explanation"] or "", r.get("model") or "", r.get("note") or ""]
-        for r in run.explanations()
-        if r["coder"] == coder and r["explainer"] == explainer and r["latent"] in wanted
+        for r in lines
+        if r["explainer"] == explainer
     ]
     return summary, Table(EXPLAINED_HEADERS, sorted(rows))
 
@@ -196,14 +198,9 @@ def other_searches(run: OpenRun, coder: str, explainer: str, latents: str, searc
     wanted = set(chosen_latents(run, coder, latents))
     cfg = replace(run.cfg.explain, **search._asdict())
     settings = SearchSettings.of(cfg).to_dict() if cfg.search != "none" else None
-    return sum(
-        r["coder"] == coder
-        and r["explainer"] == explainer
-        and r["latent"] in wanted
-        and r["status"] == "ok"
-        and r.get("search") != settings
-        for r in run.explanations()
-    )
+    with run.dir.reading() as db:
+        lines = db.explanations_of(coder, sorted(wanted))
+    return sum(r["explainer"] == explainer and r["status"] == "ok" and r.get("search") != settings for r in lines)
 
 
 def score(
@@ -301,14 +298,11 @@ def _verdicts(examples: list[dict]) -> list[bool | None]:
 
 def outcomes(run: OpenRun, coder: str, latent: int, scorer: str, explainer: str) -> Outcomes:
     """Each held-out example the scorer judged for the explanation of ``latent``: label, call, score, text."""
-    row = next(
-        (
-            r
-            for r in run.scores()
-            if (r["coder"], r["latent"], r["scorer"], r["explainer"], r["baseline"])
-            == (coder, int(latent), scorer, explainer, False)
-        ),
-        None,
+    with run.dir.reading() as db:
+        lines = db.scores_of(coder, int(latent))
+    row, standing = next(
+        ((r, s) for r, s in lines if (r["scorer"], r["explainer"], r["baseline"]) == (scorer, explainer, False)),
+        (None, None),
     )
     if row is None:
         raise InterpError(
@@ -335,7 +329,7 @@ def outcomes(run: OpenRun, coder: str, latent: int, scorer: str, explainer: str)
         f"**{markdown_text(scorer)}** on the *{markdown_text(explainer)}* explanation of latent {latent}: {metric} "
         f"**{'n/a' if value is None else f'{value:.3g}'}**  \n{values}"
     )
-    if row not in run.current_scores(explainer).rows:
+    if standing != "current":
         md += (
             f"  \n**stale**: this scored {markdown_text(repr(row['explanation']))}, which is no longer the latent's "
             "explanation; score again to judge the current one"
@@ -347,6 +341,6 @@ def outcomes(run: OpenRun, coder: str, latent: int, scorer: str, explainer: str)
 
 def explainers(run: OpenRun) -> list[str]:
     """Explainers with lines in the run, the run's own first."""
-    found = {r["explainer"] for r in run.explanations()}
+    found = set(run.status_counts())
     own = run.cfg.explain.explainer
     return [own] * (own in found) + sorted(found - {own})

@@ -9,6 +9,7 @@ import math
 from dataclasses import fields
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 
@@ -16,7 +17,7 @@ from ..errors import InterpError
 from ..explain.search import Candidate, best
 from ..hooks import capture_tokens
 from ..records import HISTOGRAM_BINS, LatentRecord
-from ..scoring.results import score_table, scored_explainers, summarize_scores
+from ..scoring.results import summarize_columns
 from .render import examples_html, markdown_code, markdown_text
 from .session import OpenRun
 
@@ -135,10 +136,7 @@ def describe(run: OpenRun) -> str:
             )
         else:
             lines.append(f"- coder {markdown_code(name)}")
-    counts: dict[str, dict[str, int]] = {}
-    for r in run.explanations():
-        by_status = counts.setdefault(r["explainer"], {})
-        by_status[r["status"]] = by_status.get(r["status"], 0) + 1
+    counts = run.status_counts()
     for explainer, by_status in sorted(counts.items()):
         lines.append(
             f"- explanations ({markdown_text(explainer)}): "
@@ -146,9 +144,9 @@ def describe(run: OpenRun) -> str:
         )
     if not counts:
         lines.append("- no explanations yet: use the Explain tab")
-    for explainer in scored_explainers(run.scores()):  # each explainer's apart, as its explanations are counted above
-        current = run.current_scores(explainer)
-        for coder, scorers in summarize_scores(current.rows).items():
+    for explainer in run.scored_explainers():  # each explainer's apart, as its explanations are counted above
+        summary, left_out = summarize_columns(run.metric_columns(explainer))
+        for coder, scorers in summary.items():
             for scorer, e in scorers.items():
                 mean, base = e["explanation"]["mean"], e["baseline"]["mean"]
                 shown = "n/a" if mean is None else f"{mean:.3f}"
@@ -159,7 +157,7 @@ def describe(run: OpenRun) -> str:
                     + (f" (random explanation {base:.3f})" if base is not None else "")
                     + f", {e['explanation']['n']} latents"
                 )
-        for scorer, n in current.left_out().items():
+        for scorer, n in left_out.items():
             lines.append(
                 f"- left out: {n['replaced'] + n['withdrawn']} {markdown_text(scorer)} scores of "
                 f"{markdown_text(explainer)} explanations since replaced, flagged or failed"
@@ -172,7 +170,13 @@ def sort_choices(run: OpenRun) -> list[str]:
     """Ways to sort the latent table: by latent, frequency, or any scorer's main metric (of the
     run's own explainer).
     """
-    scorers = sorted({r["scorer"] for r in run.current_scores(run.cfg.explain.explainer).rows})
+    scorers = sorted(
+        {
+            scorer
+            for _, scorer, lines in run.metric_columns(run.cfg.explain.explainer)
+            if (lines["standing"] == 0).any()
+        }
+    )
     return [*SORTS, *(SCORE_SORT + s for s in scorers)]
 
 
@@ -182,69 +186,94 @@ def _best_explanation(lines: list[dict], preferred: str) -> str:
     return chosen["explanation"] if chosen else ""
 
 
-def latent_table(run: OpenRun, coder: str, query: str = "", sort: str = "latent") -> Table:
-    """One row per explained latent of ``coder``: status, explanation, frequency and each scorer's main metric
-    (the scores of the run's own explainer, whose explanation the row prefers; a score of an explanation since
-    replaced or flagged is left out, as ``RunDir.current_scores`` says).
+def _score_columns(run: OpenRun, coder: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Scorer -> (latents, main metric) of the current true-explanation scores of the run's own explainer on
+    ``coder``, sorted by latent: the table's score columns."""
+    out = {}
+    for name, scorer, lines in run.metric_columns(run.cfg.explain.explainer):
+        keep = lines[(lines["standing"] == 0) & (lines["baseline"] == 0) & ~np.isnan(lines["value"])]
+        if name == coder and len(lines[lines["standing"] == 0]):
+            out[scorer] = (keep["latent"], keep["value"])
+    return dict(sorted(out.items()))
 
-    ``query`` keeps the latents one of whose explanations contains it (case-insensitive);
-    ``sort`` is one of ``sort_choices`` (frequency and scores sort strongest first).
-    """
+
+def _latent_order(run: OpenRun, coder: str, query: str, sort: str) -> np.ndarray:
+    """The explained latents of ``coder`` that ``query`` keeps, in the order of ``sort``: what the pages cut."""
+    with run.dir.reading() as db:
+        latents = db.explained_latents(coder, query)
+    if sort == "latent":
+        return latents
+    if sort == "frequency":
+        counts = run.dir.latent_counts(coder).numpy()
+        return latents[np.argsort(-counts[latents], kind="stable")]
+    scorer = sort[len(SCORE_SORT) :]
+    scored, values = _score_columns(run, coder)[scorer]
+    has = np.isin(latents, scored)
+    at = np.searchsorted(scored, latents[has])
+    return np.concatenate([latents[has][np.argsort(-values[at], kind="stable")], latents[~has]])
+
+
+def _check_table(run: OpenRun, coder: str, query: str, sort: str) -> None:
     if coder not in run.coder_names():
         raise InterpError(f"The run {run.name} has no coder {coder!r}; its coders are {', '.join(run.coder_names())}.")
-    lines: dict[int, list[dict]] = {}
-    for r in run.explanations():
-        if r["coder"] == coder:
-            lines.setdefault(r["latent"], []).append(r)
     if len(query) > MAX_QUERY_CHARS:
         raise InterpError(
             f"The search has {len(query):,} characters; the limit is {MAX_QUERY_CHARS}. Search for a word or phrase."
         )
-    needle = query.strip().lower()
-    if needle:
-        lines = {k: v for k, v in lines.items() if any(needle in (r["explanation"] or "").lower() for r in v)}
-    table = score_table(run.current_scores(run.cfg.explain.explainer).rows).get(coder, {})
-    scorers = sorted(table)
-    freq = run.dir.firing_frequencies({coder})
-    rows = []
-    for latent, group in lines.items():
-        status = next((r["status"] for r in group if r["status"] == "ok"), group[-1]["status"])
-        rows.append(
-            [
-                latent,
-                status,
-                _best_explanation(group, run.cfg.explain.explainer),
-                freq.get((coder, latent), 0.0),
-                *(table[s].get(latent) for s in scorers),
-            ]
-        )
-    if sort == "frequency":
-        rows.sort(key=lambda row: -row[3])
-    elif sort.startswith(SCORE_SORT) and sort[len(SCORE_SORT) :] in scorers:
-        column = 4 + scorers.index(sort[len(SCORE_SORT) :])
-        rows.sort(key=lambda row: (row[column] is None, -(row[column] or 0.0)))
-    elif sort == "latent":
-        rows.sort(key=lambda row: row[0])
-    else:
+    if sort not in sort_choices(run):
         raise InterpError(f"Cannot sort by {sort!r}: use {', '.join(sort_choices(run))}.")
-    return Table([*LATENT_HEADERS, *scorers], rows)
+
+
+def _table_rows(run: OpenRun, coder: str, latents: list[int]) -> Table:
+    """The latent table's rows of ``latents``, in that order: each a query of those latents alone."""
+    with run.dir.reading() as db:
+        found = db.explanations_of(coder, latents)
+    lines: dict[int, list[dict]] = {}
+    for r in found:
+        lines.setdefault(r["latent"], []).append(r)
+    columns = _score_columns(run, coder)
+    counts, tokens = run.dir.latent_counts(coder), run.dir.cache_stats(coder)["num_tokens"]
+    rows = []
+    for latent in latents:
+        group = lines.get(latent, [])
+        status = next((r["status"] for r in group if r["status"] == "ok"), group[-1]["status"] if group else "")
+        scores = []
+        for scored, values in columns.values():
+            at = np.searchsorted(scored, latent)
+            scores.append(float(values[at]) if at < len(scored) and scored[at] == latent else None)
+        frequency = counts[latent].item() / tokens
+        rows.append([latent, status, _best_explanation(group, run.cfg.explain.explainer), frequency, *scores])
+    return Table([*LATENT_HEADERS, *columns], rows)
+
+
+def latent_table(run: OpenRun, coder: str, query: str = "", sort: str = "latent") -> Table:
+    """Every row of the latent table at once (``latent_page`` cuts it into pages, as the app shows it)."""
+    whole = latent_page(run, coder, query, sort, page=1, page_size=1)
+    return latent_page(run, coder, query, sort, page=1, page_size=max(whole.total, 1)).table
 
 
 def latent_page(
     run: OpenRun, coder: str, query: str = "", sort: str = "latent", page: int = 1, page_size: int = PAGE_SIZE
 ) -> LatentPage:
-    """Page ``page`` (1-based) of ``latent_table(run, coder, query, sort)``, ``page_size`` rows: the query and the sort
-    apply to every latent before the page is cut, so page 1 of a search is its best matches.
+    """Page ``page`` (1-based), ``page_size`` rows, of the latent table: one row per explained latent of ``coder``,
+    with its status, explanation, frequency and each scorer's main metric (the scores of the run's own explainer,
+    whose explanation the row prefers; a score of an explanation since replaced or flagged is left out, as
+    ``RunDir.current_scores`` says).
 
-    A page below 1 is the first and one past the last is the last, so "next" on the last page stays there. The
-    whole table is kept until the run's lines change (``OpenRun.derived``), so turning pages only slices it.
+    ``query`` keeps the latents one of whose explanations holds its words (a full-text search in the run's database:
+    the words as a phrase, the last one a prefix, case-insensitive); ``sort`` is one of ``sort_choices`` (frequency
+    and scores sort strongest first). The query and the sort apply to every latent before the page is cut, so page 1
+    of a search is its best matches. A page below 1 is the first and one past the last is the last, so "next" on the
+    last page stays there. Only the order of the latents is kept (``OpenRun.derived``: until the run's results
+    change); a page's rows are read for its latents alone.
     """
-    table = run.derived(("latent_table", coder, query, sort), lambda: latent_table(run, coder, query, sort))
-    total = len(table.rows)
+    _check_table(run, coder, query, sort)
+    order = run.derived(("latent_order", coder, query, sort), lambda: _latent_order(run, coder, query, sort))
+    total = len(order)
     pages = max(1, math.ceil(total / page_size))
     shown = min(max(page, 1), pages)
     start = (shown - 1) * page_size
-    return LatentPage(Table(table.headers, table.rows[start : start + page_size]), shown, pages, total)
+    return LatentPage(_table_rows(run, coder, order[start : start + page_size].tolist()), shown, pages, total)
 
 
 def _histogram(record: LatentRecord) -> Figure:
@@ -276,10 +305,10 @@ def _token_table(run: OpenRun, pairs: list[tuple[int, float]]) -> Table:
 
 
 def _explanations(run: OpenRun, coder: str, latent: int) -> Table:
+    with run.dir.reading() as db:
+        lines = db.explanations_of(coder, [latent])
     rows = [
-        [r["explainer"], r["status"], r["explanation"] or "", r.get("model") or "", r.get("note") or ""]
-        for r in run.explanations()
-        if r["coder"] == coder and r["latent"] == latent
+        [r["explainer"], r["status"], r["explanation"] or "", r.get("model") or "", r.get("note") or ""] for r in lines
     ]
     return Table(EXPLANATION_HEADERS, rows)
 
@@ -289,13 +318,15 @@ def _scores(run: OpenRun, coder: str, latent: int) -> Table:
     marked stale with the text they scored."""
     from publish.dataset import score_entries  # the app is the last stage: it may read how publishing pairs scores
 
-    split = run.current_scores()
-    mine = [(r, "") for r in split.rows if (r["coder"], r["latent"]) == (coder, latent)]
-    for lines, why in ((split.replaced, "since replaced"), (split.withdrawn, "the latent has no usable one now")):
-        for r in lines:
-            if (r["coder"], r["latent"]) == (coder, latent):
+    with run.dir.reading() as db:
+        lines = db.scores_of(coder, latent)
+    why = {"replaced": "since replaced", "withdrawn": "the latent has no usable one now"}
+    mine = [(r, "") for r, standing in lines if standing == "current"]
+    for standing in ("replaced", "withdrawn"):
+        for r, s in lines:
+            if s == standing:
                 scored = "random explanation" if r["baseline"] else "explanation"
-                mine.append((r, f"stale: of the {scored} {r['explanation']!r}, {why}"))
+                mine.append((r, f"stale: of the {scored} {r['explanation']!r}, {why[standing]}"))
     rows = []
     for note in dict.fromkeys(n for _, n in mine):
         for e in score_entries([r for r, n in mine if n == note]):
@@ -321,15 +352,17 @@ def _scores(run: OpenRun, coder: str, latent: int) -> Table:
 
 def candidates_table(run: OpenRun, coder: str, latent: int) -> Table:
     """Every candidate each searched explanation of ``latent`` considered (``interp explain --search``), as its
-    ``explanations.jsonl`` line holds them: explainer, round, source, text, validation score, the judge, status,
+    explanation line holds them: explainer, round, source, text, validation score, the judge, status,
     whether it is the one kept, and why a candidate failed or was flagged. No rows when no explanation was searched.
 
     The kept one is marked by the search's own rule (``explain.search.best``), so two candidates with the same text
     are not both marked.
     """
     rows = []
-    for r in run.explanations():
-        if (r["coder"], r["latent"]) != (coder, latent) or not r.get("candidates"):
+    with run.dir.reading() as db:
+        lines = db.explanations_of(coder, [latent])
+    for r in lines:
+        if not r.get("candidates"):
             continue
         candidates = [Candidate(**{k: v for k, v in c.items() if k in SAVED_FIELDS}) for c in r["candidates"]]
         chosen = best(candidates) if r.get("status") != "failed" else None
@@ -422,11 +455,12 @@ def text_latents(run: OpenRun, coder: str, text: str, latent: int | None = None)
                 if value > entry[0]:
                     entry[0], entry[2] = value, position
     pieces = run.text()(ids)
-    explained: dict[int, str] = {}
-    for r in run.explanations():
-        if r["coder"] == coder and r["status"] == "ok":
-            explained.setdefault(r["latent"], r["explanation"])
     ranked = sorted(best.items(), key=lambda item: -item[1][0])[:TEXT_LATENTS]
+    explained: dict[int, str] = {}
+    with run.dir.reading() as db:
+        for r in db.explanations_of(coder, [k for k, _ in ranked]):
+            if r["status"] == "ok":
+                explained.setdefault(r["latent"], r["explanation"])
     rows = [[k, v, n, pieces[p], explained.get(k, "")] for k, (v, n, p) in ranked]
     shade = latent if latent is not None else (ranked[0][0] if ranked else None)
     per_token = [0.0] * len(ids)

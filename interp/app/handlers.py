@@ -100,7 +100,7 @@ class Handlers:
         page = explore.latent_page(run, coder) if coder else explore.LatentPage(NO_LATENTS, 1, 1, 0)
         first = page.table.rows[0][0] if page.table.rows else 0
         explainers = explain_score.explainers(run)
-        scorers = sorted({r["scorer"] for r in run.scores()})
+        scorers = run.scorer_names()
         return (
             explore.describe(run),
             gr.Dropdown(choices=coders, value=coder),
@@ -258,7 +258,7 @@ class Handlers:
         table = explain_score.score(
             run, coder, explainer, scorers or [], mode, self.llm(backend, local_model, url, server_model)
         )
-        names = sorted({r["scorer"] for r in run.scores()})
+        names = run.scorer_names()
         return (
             frame(table),
             explain_score.plots(run, coder, explainer),

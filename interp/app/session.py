@@ -9,8 +9,8 @@ its coders are loaded once per process. Every lock and cache the app's visitors 
 - ``OpenRun.lock`` (re-entrant) lets one thread at a time load the model and the record
   builders, and makes forward passes on the shared model take turns: a steering hook
   registered for one user must never act on another user's pass (``intervene``, ``explore``).
-- ``OpenRun`` reads ``explanations.jsonl`` and ``scores.jsonl`` again only when their size or
-  time of writing has changed, so the CLI or another visitor writing lines shows up at once; what
+- ``OpenRun`` reads the run's explanations and scores again only when its results database (or an
+  old run's JSONL) has changed on disk, so the CLI or another visitor writing lines shows up at once; what
   is computed from them (``OpenRun.derived``: the current scores, the latent table of a search)
   is kept on the same terms, so turning the table's pages on a run of 50,000 latents costs a slice.
 - ``Runs.build_default`` builds the default run once however many visitors ask at the same time.
@@ -20,14 +20,14 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
+
 from ..coders import SparseCoder
 from ..config import RunConfig
 from ..errors import InterpError
 from ..explain import TokenText
-from ..jsonl import latest_rows, read_jsonl
 from ..records import RecordBuilder
-from ..rundir import EXPLANATION_KEY, SCORE_KEY, RunDir
-from ..scoring.results import CurrentScores, current_scores
+from ..rundir import RunDir
 from ..stages import run
 from ..subject import Subject, open_subject
 from .workspace import Workspace
@@ -50,7 +50,6 @@ class OpenRun:
         self._loaded: Subject | None = None
         self._builders: dict[str, RecordBuilder] = {}
         self._text: TokenText | None = None
-        self._lines: dict[str, tuple[tuple, list[dict]]] = {}
         self._derived: OrderedDict[tuple, tuple[tuple, object]] = OrderedDict()
         self._derived_lock = threading.Lock()
 
@@ -89,17 +88,11 @@ class OpenRun:
                 self._builders[name] = self.dir.record_builder(name, self.cfg, self.model().lm, self.coder(name))
             return self._builders[name]
 
-    @staticmethod
-    def _stamp(path: Path) -> tuple:
-        """When ``path`` was written and its size; () when it does not exist."""
-        stat = path.stat() if path.is_file() else None
-        return (stat.st_mtime_ns, stat.st_size) if stat else ()
-
     def derived(self, key: tuple, make):
-        """``make()``, kept under ``key`` until ``explanations.jsonl`` or ``scores.jsonl`` changes: for what is
-        computed from the lines alone. The files are looked at before ``make`` reads them, so a value is never kept
-        past a change (at worst it is computed once more). Callers must not change what they are given."""
-        stamps = (self._stamp(self.dir.explanations_file), self._stamp(self.dir.scores_file))
+        """``make()``, kept under ``key`` until the run's results change on disk: for what is computed from the lines
+        alone. The files are looked at before ``make`` reads them, so a value is never kept past a change (at worst
+        it is computed once more). Callers must not change what they are given."""
+        stamps = self.dir.results_stamp()
         with self._derived_lock:
             kept = self._derived.get(key)
             if kept is not None and kept[0] == stamps:
@@ -113,31 +106,27 @@ class OpenRun:
                 self._derived.popitem(last=False)
         return value
 
-    def _read(self, path: Path) -> list[dict]:
-        """Lines of a JSONL file of the run, read again only when the file has changed."""
-        key = self._stamp(path)
-        cached = self._lines.get(path.name)
-        if cached is None or cached[0] != key:
-            cached = self._lines[path.name] = (key, read_jsonl(path) if key else [])
-        return cached[1]
+    def status_counts(self) -> dict[str, dict[str, int]]:
+        """Explainer -> status -> current explanation lines (a count in the database)."""
+        return self.derived(("status_counts",), lambda: self._read(lambda db: db.status_counts()))
 
-    def explanations(self) -> list[dict]:
-        """The latest line of ``explanations.jsonl`` per (coder, latent, explainer)."""
-        return self.derived(
-            ("explanations",), lambda: latest_rows(self._read(self.dir.explanations_file), EXPLANATION_KEY)
-        )
+    def scored_explainers(self) -> list[str]:
+        """The explainers with current score lines."""
+        return self.derived(("scored_explainers",), lambda: self._read(lambda db: db.scored_explainers()))
 
-    def scores(self) -> list[dict]:
-        """The latest line of ``scores.jsonl`` per (scorer, coder, latent, explainer, baseline), current or not."""
-        return self.derived(("scores",), lambda: latest_rows(self._read(self.dir.scores_file), SCORE_KEY))
+    def scorer_names(self) -> list[str]:
+        """The scorers with current score lines, sorted."""
+        return self.derived(("scorer_names",), lambda: self._read(lambda db: db.scorer_names()))
 
-    def current_scores(self, explainer: str | None = None) -> CurrentScores:
-        """The latest score lines split by whether they belong to the current explanations, as
-        ``RunDir.current_scores`` splits them (from the lines this run holds read)."""
-        return self.derived(
-            ("current_scores", explainer),
-            lambda: current_scores(self.explanations(), self.scores(), explainer),
-        )
+    def metric_columns(self, explainer: str) -> list[tuple[str, str, np.ndarray]]:
+        """``ResultsDB.current_metrics(explainer)``: every current score line's latent, baseline, main metric and
+        standing, per coder and scorer; what the overview, the score columns and their sorting read."""
+        key = ("metric_columns", explainer)
+        return self.derived(key, lambda: self._read(lambda db: list(db.current_metrics(explainer))))
+
+    def _read(self, query):
+        with self.dir.reading() as db:
+            return query(db)
 
 
 class Runs:

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..atomic import save_figure_atomic
 from ..pyplot import pyplot
-from .results import main_metric, score_table, scorer_agreement
+from .results import main_metric, scorer_agreement
 
 
 def _bins(metric: str) -> list[float]:
@@ -44,12 +44,13 @@ def plot_scores(summary: dict, out_dir: Path) -> list[Path]:
     return paths
 
 
-def plot_diagnostics(rows: list[dict], frequencies: dict[tuple[str, int], float], out_dir: Path) -> list[Path]:
-    """Per coder: each scorer's score against firing frequency, and the scorers' agreement matrix."""
+def plot_diagnostics(table: dict, frequencies: dict[tuple[str, int], float], out_dir: Path) -> list[Path]:
+    """Per coder: each scorer's score against firing frequency, and the scorers' agreement matrix, from a score table
+    (``results.score_table``: coder -> scorer -> latent -> main metric)."""
     plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for coder, scorers in score_table(rows).items():
+    for coder, scorers in table.items():
         fig, ax = plt.subplots(figsize=(5.5, 3.5))
         for scorer, values in sorted(scorers.items()):
             pairs = [(frequencies[(coder, k)], v) for k, v in values.items() if frequencies.get((coder, k))]

@@ -3,7 +3,10 @@
 import random
 import statistics
 from collections import Counter
+from collections.abc import Iterable
 from typing import NamedTuple
+
+import numpy as np
 
 from .metrics import correlation
 
@@ -52,9 +55,34 @@ def _one_explainer(rows: list[dict]) -> None:
         )
 
 
+COLUMNS = np.dtype([("latent", "<i8"), ("baseline", "u1"), ("value", "<f8"), ("standing", "u1")])
+"""One (coder, scorer)'s score lines as columns: the latent, whether the line is of a random explanation, its main
+metric (NaN where undefined) and its standing (``STANDINGS``), ordered by latent and then baseline."""
+STANDINGS = ("current", "replaced", "withdrawn")
+"""A score line's standing, as ``current_scores`` splits them, coded by position."""
+
+
 def summarize_scores(rows: list[dict]) -> dict:
     """``{coder: {scorer: {"metric", "explanation": stats, "baseline": stats, "margin", "margin_ci", "margin_n",
-    "above_chance"}}}`` from one explainer's score rows.
+    "above_chance"}}}`` from one explainer's score rows (``summarize_columns`` of them, each counted)."""
+    _one_explainer(rows)
+    grouped: dict[tuple[str, str], list[tuple]] = {}
+    for row in rows:
+        value = metric_value(row, main_metric(row["scorer"]))
+        grouped.setdefault((row["coder"], row["scorer"]), []).append(
+            (row["latent"], row["baseline"], float("nan") if value is None else value, 0)
+        )
+    columns = [
+        (coder, scorer, np.sort(np.array(lines, COLUMNS), order=["latent", "baseline"]))
+        for (coder, scorer), lines in grouped.items()
+    ]
+    return summarize_columns(columns)[0]
+
+
+def summarize_columns(columns: Iterable[tuple[str, str, np.ndarray]]) -> tuple[dict, dict[str, dict[str, int]]]:
+    """The summary ``summarize_scores`` gives, and the lines left out (scorer -> ``{"replaced": n, "withdrawn": n}``,
+    for the scorers that have any), from each (coder, scorer)'s lines as ``COLUMNS``: what a run's database
+    answers without a line read whole.
 
     ``margin`` is the mean, over the ``margin_n`` latents scored both ways, of each latent's explanation's score minus
     its random explanation's (paired), and ``margin_ci`` its 95% interval, on the same latents; ``above_chance`` says
@@ -63,27 +91,31 @@ def summarize_scores(rows: list[dict]) -> dict:
     over every latent scored that way, so after a partial re-explaining they may describe different latents: their
     difference is not the margin.
     """
-    _one_explainer(rows)
     out: dict = {}
-    paired: dict = {}
-    for row in rows:
-        metric = main_metric(row["scorer"])
-        value = _metric(row, metric)
-        entry = out.setdefault(row["coder"], {}).setdefault(
-            row["scorer"], {"metric": metric, "explanation": [], "baseline": []}
-        )
-        if value is not None:
-            entry["baseline" if row["baseline"] else "explanation"].append(value)
-            paired.setdefault((row["coder"], row["scorer"], row["latent"]), {})[row["baseline"]] = value
-    for coder, scorers in out.items():
-        for scorer, entry in scorers.items():
-            entry["explanation"], entry["baseline"] = _describe(entry["explanation"]), _describe(entry["baseline"])
-            both = [v[False] - v[True] for (c, s, _), v in paired.items() if (c, s) == (coder, scorer) and len(v) == 2]
-            entry["margin"] = statistics.fmean(both) if both else None
-            entry["margin_n"] = len(both)
-            entry["margin_ci"] = mean_interval(both)
-            entry["above_chance"] = None if entry["margin_ci"] is None else entry["margin_ci"][0] > 0
-    return out
+    left: dict[str, Counter] = {}
+    for coder, scorer, lines in columns:
+        standing = np.bincount(lines["standing"], minlength=len(STANDINGS))
+        if standing[1] or standing[2]:
+            left.setdefault(scorer, Counter()).update(replaced=int(standing[1]), withdrawn=int(standing[2]))
+        now = lines[lines["standing"] == 0]
+        if not len(now):
+            continue
+        known = now[~np.isnan(now["value"])]
+        true, base = known[known["baseline"] == 0], known[known["baseline"] == 1]
+        both = np.intersect1d(true["latent"], base["latent"], assume_unique=True)
+        diffs = (true["value"][np.isin(true["latent"], both)] - base["value"][np.isin(base["latent"], both)]).tolist()
+        ci = mean_interval(diffs)
+        out.setdefault(coder, {})[scorer] = {
+            "metric": main_metric(scorer),
+            "explanation": _describe(true["value"].tolist()),
+            "baseline": _describe(base["value"].tolist()),
+            "margin": statistics.fmean(diffs) if diffs else None,
+            "margin_n": len(diffs),
+            "margin_ci": ci,
+            "above_chance": None if ci is None else ci[0] > 0,
+        }
+    left_out = {s: {"replaced": c["replaced"], "withdrawn": c["withdrawn"]} for s, c in sorted(left.items())}
+    return out, left_out
 
 
 def mean_interval(values: list[float]) -> list[float] | None:
@@ -94,7 +126,7 @@ def mean_interval(values: list[float]) -> list[float] | None:
     return [mean - half, mean + half]
 
 
-def _metric(row: dict, name: str) -> float | None:
+def metric_value(row: dict, name: str) -> float | None:
     """The metric ``name`` of a score line, or None where it is undefined (or the line was mangled by hand)."""
     metrics = row.get("metrics")
     value = metrics.get(name) if isinstance(metrics, dict) else None
@@ -106,9 +138,26 @@ def score_table(rows: list[dict]) -> dict[str, dict[str, dict[int, float]]]:
     _one_explainer(rows)
     out: dict = {}
     for row in rows:
-        value = _metric(row, main_metric(row["scorer"]))
+        value = metric_value(row, main_metric(row["scorer"]))
         if not row["baseline"] and value is not None:
             out.setdefault(row["coder"], {}).setdefault(row["scorer"], {})[row["latent"]] = value
+    return out
+
+
+def columns_table(columns: Iterable[tuple[str, str, np.ndarray]], limit: int | None = None, seed: int = 0) -> dict:
+    """``score_table`` of lines as ``COLUMNS`` (the current ones): with ``limit``, of at most that many latents per
+    coder, a seeded sample shared by its scorers (so their agreement is over the same latents), for a plot."""
+    out: dict = {}
+    for coder, scorer, lines in columns:
+        keep = lines[(lines["standing"] == 0) & (lines["baseline"] == 0) & ~np.isnan(lines["value"])]
+        out.setdefault(coder, {})[scorer] = keep
+    for scorers in out.values():
+        latents = np.unique(np.concatenate([k["latent"] for k in scorers.values()]))
+        if limit is not None and len(latents) > limit:
+            latents = np.sort(np.random.default_rng(seed).choice(latents, limit, replace=False))
+        for scorer, keep in scorers.items():
+            keep = keep[np.isin(keep["latent"], latents)]
+            scorers[scorer] = dict(zip(keep["latent"].tolist(), keep["value"].tolist(), strict=True))
     return out
 
 
