@@ -1,40 +1,45 @@
-"""A run with tens of thousands of explained latents: how long reading its results, ``interp summary`` and
-``interp publish --dry-run`` take, and how long ``interp explain --explainer tokens --latents all`` takes on a
-1M-token cache.
+"""Every reader of a run's results at 50,000 to 1,000,000 explained latents: the results database against the JSONL
+files of the version before it, on the same lines.
 
-Each run directory is made the way real runs are: ``interp cache`` (a random sparsify TopK SAE ``N`` latents wide,
-k=32, at block 1 of a random 2-block Llama with the embedded SmolLM2's tokenizer and 49,152-token vocabulary, as
-``records_throughput.py`` uses: caching SmolLM2-135M itself is slow on 2 CPU cores, and what these steps cost
-depends on the number of latents and examples, not on the weights), then ``interp explain --explainer tokens
---latents all`` (no LLM). Its ``scores.jsonl`` is written by the embedding scorer's own ``score`` (each latent's
-records, its explanation and the seeded random baseline's, ``ScoreResult`` lines appended by ``RunDir.add_scores``)
-with a bag-of-words embedder in place of all-MiniLM-L6-v2, whose 2 million example texts at 50,000 latents would
-take hours here; the lines are the stage's, only the similarities differ. Then, at each size:
+Each size is a run directory made the way real runs are: ``interp cache`` of a random sparsify TopK SAE ``N``
+latents wide (k=32, at block 1 of a random 2-block Llama with the embedded SmolLM2's tokenizer, as
+``records_throughput.py`` uses), so the app and the summary read a real cache of that width. Its results are real
+lines repeated: a small run (``--source`` latents, default 4,096, over the same corpus) is explained by ``interp
+explain --explainer tokens --latents all`` and scored by the embedding scorer's own ``score`` (a bag-of-words
+embedder in place of all-MiniLM-L6-v2, whose millions of example texts would take hours here); its explanation
+lines and score lines (31 examples each) are then written for every latent of the large run with the keys changed,
+through ``RunDir.add_explanations`` and ``add_scores`` as the stages write them, the random-explanation lines with
+the text ``baseline_explanations`` assigns there, and a second scorer's lines (the embedding lines again, named
+``surprisal``): two scorers with baselines, four score rows a latent, 4M at 1M latents.
 
-* reading ``explanations.jsonl`` (the latest line per key: ``RunDir.explanations``),
-* reading ``scores.jsonl`` (``RunDir.scores``) and splitting it by the current explanations (``current_scores``),
-* the app's Explore table: its first page from a freshly opened run (``latent_page``: every latent's row made, sorted
-  and cut to a page of 100) and the next page (a slice of the kept table),
-* ``interp summary RUN`` and ``interp publish RUN --dry-run --out DIR``, whole commands (their Python start
-  included: ``python -c 'import interp.cli'`` is timed beside them).
+Each reader then runs in a fresh process, timed from outside, with its peak resident memory (``wait4``):
 
-Runs are kept under ``--work`` and reused. With ``--explain-tokens T`` it also makes a run of ``T`` cached tokens
-(``--explain-latents`` wide, default 4,608: SmolLM2's 576 x 8) and times ``interp explain RUN --explainer tokens
---latents all`` on it, from no explanations. ``--model embedded`` makes those runs with the embedded SmolLM2 and
-its default trained SAE instead (about an hour of caching at 1M tokens on 2 CPU cores).
+* ``interp summary RUN``, the whole command;
+* the app opening the run: overview, sort choices, explainers, scorers and the latent table's first page (``open``,
+  what ``Handlers.open_run`` shows), then in the same process its next page, the table sorted by a score, a word
+  searched, and one latent's explanations, scores and candidates (the page of a latent but its record, which is
+  read from the cache as before and costs the same at any size);
+* ``interp export RUN --jsonl DIR``, every line streamed out (``--export``, at the sizes given);
+* ``interp publish RUN --dry-run`` (``--publish``, at the sizes given: it builds every latent's record).
 
-Run from the repository root::
+``--previous DIR`` (a checkout of the commit before the database, ``git worktree add /tmp/prev 0d18f6a``) also runs
+that version's own readers on the same lines as JSONL (the run's export, history and all, in a copy of the run without
+its database), up to ``--jsonl-max`` latents: it reads each file whole, about 45 GB at 1M latents, which does not fit
+this machine. The database's size on disk, per score row, is reported beside the JSONL's.
 
-    python benchmarks/run_scale.py                                  # 5,000 and 50,000 latents
-    python benchmarks/run_scale.py --latents 5000 --explain-tokens 1048576
+    python benchmarks/run_scale.py --latents 50000 200000 1000000 --previous /tmp/prev
 """
 
 import argparse
 import json
 import os
-import resource
+import random
+import re
+import shutil
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -42,12 +47,8 @@ from pathlib import Path
 import torch
 
 from cache_throughput import model_skeleton, random_sae_targets
-from common import table
-from interp.app.explore import latent_page
-from interp.app.session import OpenRun
-from interp.app.workspace import Workspace
+from common import mib, table
 from interp.config import ModelConfig
-from interp.jsonl import read_jsonl
 from interp.models import load_model
 from interp.rundir import RunDir
 from interp.scoring.base import ScoreResult
@@ -56,13 +57,15 @@ from interp.scoring.results import baseline_explanations
 from interp.views import scored_view
 from records_throughput import random_model
 
-INTERP = [sys.executable, "-m", "interp"]
+ROOT = Path(__file__).resolve().parents[1]
 EXPLAINER = "tokens"
+WRITE_BATCH = 4096
+"""Score lines per ``add_scores`` call while filling a large run (a score stage writes a batch of latents' lines)."""
 
 
 class BagOfWords:
     """An embedder with sentence-transformers' ``encode``: hashed word counts, normalised. It stands in for
-    all-MiniLM-L6-v2 so that 50,000 latents' score lines can be written in minutes; only similarities differ."""
+    all-MiniLM-L6-v2 so that the source run's score lines are written in minutes; only similarities differ."""
 
     dim = 256
 
@@ -79,243 +82,308 @@ def load() -> str:
     return Path("/proc/loadavg").read_text().split()[0]
 
 
-def interp(*args: str) -> float:
-    """Run ``interp ARGS`` to its end (failing loudly); its wall time in seconds."""
+PEAK = r"""
+import atexit, os, sys
+def peak():
+    hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    with open(os.environ["PEAK_FILE"], "w") as f:
+        f.write(hwm.split()[1])
+atexit.register(peak)
+"""
+"""Prepended to a child's code: its peak resident set (VmHWM, of its own memory map: not the parent's that a fork
+copies, which ``wait4`` would count) written where ``PEAK_FILE`` says when it exits."""
+CLI = PEAK + "import sys\nfrom interp.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+
+
+def child(args: list[str], env: dict | None = None, stdout=subprocess.DEVNULL) -> tuple[float, float, str]:
+    """Run ``args`` (``python -c CODE ...``, CODE starting with ``PEAK``) to its end in a fresh process, failing
+    loudly: wall seconds, peak resident MiB, its stdout."""
+    peak = Path(tempfile.mkstemp(suffix=".peak")[1])
     start = time.perf_counter()
-    subprocess.run([*INTERP, *args], check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    done = subprocess.run(args, stdout=stdout, env={**os.environ, **(env or {}), "PEAK_FILE": str(peak)}, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args[:4])} ... failed")
+    kib = int(peak.read_text())
+    peak.unlink()
+    return seconds, kib / 1024, done.stdout or ""
 
 
-def make_run(work: Path, model: str, latents: int, tokens: int, *, explain: bool) -> RunDir:
-    """A cached run of ``latents`` latents over ``tokens`` tokens under ``work`` (reused when finished); with
-    ``explain``, its tokens explanations of every latent too."""
-    run = RunDir(work / f"run-{model}-{latents}-{tokens}")
-    if not (run.path / "cached").exists():
-        args = ["cache", str(run.path), "--num-tokens", str(tokens), "--explainer", EXPLAINER, "--quiet"]
-        args += ["--batch-size", "128", "--shard-windows", "512"]  # the tiny model: fewer, larger forward passes
-        if model == "random":
-            folder = work / "model"
-            if not folder.exists():
-                random_model(folder, 128, 2)
-            ns = argparse.Namespace(hookpoint=None, layers=[1], latents=latents, k=32, seed=0)
-            target = random_sae_targets(model_skeleton(ModelConfig(model=str(folder))), ns, work / f"sae-{latents}")
-            args += ["--model", str(folder), "--dtype", "float32", "--coders", target[0].spec]
-        seconds = interp(*args)
-        print(f"cached {tokens:,} tokens of {latents:,} latents in {seconds:.0f} s (load {load()})", flush=True)
-        (run.path / "cached").write_text(f"{seconds:.1f}\n")
-    if explain and not (run.path / "explained").exists():
-        seconds = interp("explain", str(run.path), "--explainer", EXPLAINER, "--latents", "all", "--quiet")
-        n = len(run.usable_explanations(EXPLAINER))
-        print(f"explained {n:,} latents in {seconds:.0f} s (load {load()})", flush=True)
-        (run.path / "explained").write_text(f"{seconds:.1f}\n")
+def interp(*args: str) -> float:
+    """``interp ARGS`` run to its end; its wall time."""
+    return child([sys.executable, "-c", CLI, *args])[0]
+
+
+def cached_run(work: Path, latents: int, tokens: int) -> RunDir:
+    """A cached run of ``latents`` latents over ``tokens`` tokens under ``work`` (reused when finished)."""
+    run = RunDir(work / f"run-{latents}-{tokens}")
+    if (run.path / "cached").exists():
+        return run
+    folder = work / "model"
+    if not folder.exists():
+        random_model(folder, 128, 2)
+    ns = argparse.Namespace(hookpoint=None, layers=[1], latents=latents, k=32, seed=0)
+    batch = max(1, min(128, 2**28 // (latents * 4 * 64)))  # pre-activations of windows of 64 tokens: 256 MiB
+    target = random_sae_targets(model_skeleton(ModelConfig(model=str(folder))), ns, work / f"sae-{latents}")
+    seconds = interp(
+        *["cache", str(run.path), "--num-tokens", str(tokens), "--explainer", EXPLAINER, "--quiet"],
+        *["--batch-size", str(batch), "--shard-windows", "512", "--model", str(folder), "--dtype", "float32"],
+        *["--coders", target[0].spec],
+    )
+    print(f"cached {tokens:,} tokens of {latents:,} latents in {seconds:.0f} s (load {load()})", flush=True)
+    (run.path / "cached").write_text(f"{seconds:.1f}\n")
     return run
 
 
-def write_scores(run: RunDir, batch: int = 512) -> None:
-    """Every usable explanation's embedding-scorer line and its random baseline's, through the scorer's own
-    ``score`` and ``RunDir.add_scores`` (as ``interp score`` writes them), once."""
+def source_run(work: Path, latents: int, tokens: int) -> RunDir:
+    """The small run whose lines are repeated: explained by the tokens explainer, scored by the embedding scorer
+    (a bag-of-words embedder) through its own ``score``, with random explanations."""
+    run = cached_run(work, latents, tokens)
     if (run.path / "scored").exists():
-        return
-    run.scores_file.unlink(missing_ok=True)
+        return run
+    interp("explain", str(run.path), "--explainer", EXPLAINER, "--latents", "all", "--quiet")
     cfg = run.read_config()
     lm = load_model(cfg.model)
     scorer = EmbeddingScorer(lm.tokenizer, embedder=BagOfWords())
     explained = run.usable_explanations(EXPLAINER)
     baseline = baseline_explanations(explained, cfg.records.records_seed)
-    start = time.perf_counter()
-    for coder in run.finished_coders():
-        texts = {r["latent"]: r["explanation"] for r in explained if r["coder"] == coder}
-        chunk: list = []
-        for whole in run.record_builder(coder, cfg, lm).build(coder, list(texts)):
-            record = scored_view(whole)
-            chunk += [(record, False, texts[record.latent]), (record, True, baseline[(coder, record.latent)])]
-            if len(chunk) >= 2 * batch:
-                add_scores(run, scorer, coder, chunk)
-                chunk = []
-        add_scores(run, scorer, coder, chunk)
-    print(f"wrote {len(read_jsonl(run.scores_file)):,} score lines in {time.perf_counter() - start:.0f} s", flush=True)
-    (run.path / "scored").write_text("done\n")
-
-
-def replicate(source: RunDir, run: RunDir) -> None:
-    """``run``'s explanation and score lines: ``source``'s (real ones), repeated over ``run``'s latents with the keys
-    changed, through ``RunDir.add_explanations`` and ``add_scores``; each random-explanation line gets the text that
-    ``baseline_explanations`` assigns in ``run``, so the lines count as current. For sizes whose ``interp explain``
-    would take longer than this machine has (about 26 ms a latent under load)."""
-    if (run.path / "scored").exists():
-        return
-    run.explanations_file.unlink(missing_ok=True)
-    run.scores_file.unlink(missing_ok=True)
     (coder,) = run.finished_coders()
-    count = run.latent_counts(coder)
-    latents = [i for i in range(len(count)) if count[i] >= run.read_config().records.min_examples]
+    texts = {r["latent"]: r["explanation"] for r in explained}
+    jobs = []
+    for whole in run.record_builder(coder, cfg, lm).build(coder, list(texts)):
+        record = scored_view(whole)
+        jobs += [(record, False, texts[record.latent]), (record, True, baseline[(coder, record.latent)])]
+    scoring = writing = 0.0
+    for i in range(0, len(jobs), 1024):
+        chunk = jobs[i : i + 1024]
+        start = time.perf_counter()
+        results = scorer.score([(record, text) for record, _, text in chunk])
+        lines = [
+            ScoreResult(scorer.name, coder, record.latent, EXPLAINER, b, text, metrics, examples).to_dict()
+            for (record, b, text), (metrics, examples) in zip(chunk, results, strict=True)
+        ]
+        scoring += time.perf_counter() - start
+        start = time.perf_counter()
+        run.add_scores(lines)
+        writing += time.perf_counter() - start
+    note = (
+        f"source run: {len(explained):,} latents, {len(jobs):,} score lines; scoring (bag-of-words embedder, the "
+        f"fastest scorer there is) {scoring:.1f} s, writing the lines {writing:.2f} s "
+        f"({100 * writing / (scoring + writing):.1f}% of the two)"
+    )
+    print(note, flush=True)
+    (run.path / "scored").write_text(note + "\n")
+    return run
+
+
+def fill(source: RunDir, run: RunDir) -> str:
+    """Every latent of ``run`` explained and scored with ``source``'s lines, repeated (once: reused after)."""
+    done = run.path / "filled"
+    if done.exists():
+        return done.read_text().strip()
+    run.results_file.unlink(missing_ok=True)
+    (coder,) = run.finished_coders()
+    n = len(run.latent_counts(coder))
     lines = source.usable_explanations(EXPLAINER)
-    made = [{**lines[i % len(lines)], "coder": coder, "latent": latent} for i, latent in enumerate(latents)]
-    run.add_explanations(made)
+    made = [{**lines[i % len(lines)], "coder": coder, "latent": i} for i in range(n)]
+    start = time.perf_counter()
+    for i in range(0, n, 50_000):
+        run.add_explanations(made[i : i + 50_000])
+    explaining = time.perf_counter() - start
     baseline = baseline_explanations(made, run.read_config().records.records_seed)
-    scored: dict[int, dict] = {}
+    pairs: dict[int, dict] = {}
     for r in source.current_scores(EXPLAINER).rows:
-        scored.setdefault(r["latent"], {})[r["baseline"]] = r
-    pairs = [(v[False], v[True]) for v in scored.values() if len(v) == 2]
-    for start in range(0, len(made), 2048):
+        pairs.setdefault(r["latent"], {})[r["baseline"]] = r
+    pairs = [(v[False], v[True]) for v in pairs.values() if len(v) == 2]
+    start = time.perf_counter()
+    rows = 0
+    for scorer in ("embedding", "surprisal"):
         out = []
-        for i, row in enumerate(made[start : start + 2048], start):
+        for i, row in enumerate(made):
             texts = (row["explanation"], baseline[(coder, row["latent"])])
             for line, text in zip(pairs[i % len(pairs)], texts, strict=True):
-                out.append({**line, "coder": coder, "latent": row["latent"], "explanation": text})
+                out.append({**line, "scorer": scorer, "coder": coder, "latent": row["latent"], "explanation": text})
+            if len(out) >= WRITE_BATCH:
+                run.add_scores(out)
+                rows, out = rows + len(out), []
         run.add_scores(out)
-    print(f"replicated {len(made):,} explanations of {source.path.name} in {run.path.name}", flush=True)
-    (run.path / "scored").write_text("replicated\n")
-
-
-def add_scores(run: RunDir, scorer: EmbeddingScorer, coder: str, jobs: list) -> None:
-    """Score ``jobs`` (record, baseline?, text) and append their lines."""
-    results = scorer.score([(record, text) for record, _, text in jobs])
-    run.add_scores(
-        [
-            ScoreResult(scorer.name, coder, record.latent, EXPLAINER, baseline, text, metrics, examples).to_dict()
-            for (record, baseline, text), (metrics, examples) in zip(jobs, results, strict=True)
-        ]
+        rows += len(out)
+    scoring = time.perf_counter() - start
+    note = (
+        f"{n:,} explanations written in {explaining:.0f} s, {rows:,} score rows in {scoring:.0f} s "
+        f"({1e3 * scoring / rows:.2f} ms a row, batches of {WRITE_BATCH:,}; load {load()})"
     )
+    print(note, flush=True)
+    done.write_text(note + "\n")
+    return note
 
 
-def timed(fn) -> tuple[float, object]:
-    """Seconds ``fn()`` takes, and what it returned."""
+APP = (
+    PEAK
+    + r"""
+import json, sys, time
+from pathlib import Path
+from interp.app import explain_score, explore
+from interp.app.session import OpenRun
+from interp.app.workspace import Workspace
+path, word = Path(sys.argv[1]), sys.argv[2]
+out = {}
+def timed(name, fn):
     start = time.perf_counter()
     value = fn()
-    return time.perf_counter() - start, value
+    out[name] = time.perf_counter() - start
+    return value
+def opened():
+    run = OpenRun(path, Workspace(path.parent))
+    (coder,) = run.coder_names()
+    explore.describe(run), explore.sort_choices(run), explain_score.explainers(run)
+    if hasattr(run, "scorer_names"):
+        run.scorer_names()
+    else:  # the version before the database: its Handlers.open_run listed them so
+        sorted({r["scorer"] for r in run.scores()})
+    return run, coder, explore.latent_page(run, coder)
+run, coder, first = timed("open", opened)
+timed("next page", lambda: explore.latent_page(run, coder, page=2))
+timed("sort by score", lambda: explore.latent_page(run, coder, sort="score: embedding"))
+found = timed("search", lambda: explore.latent_page(run, coder, query=word))
+latent = first.table.rows[len(first.table.rows) // 2][0]
+timed("one latent", lambda: (explore._explanations(run, coder, latent), explore._scores(run, coder, latent),
+                             explore.candidates_table(run, coder, latent)))
+out["found"] = found.total
+print(json.dumps(out))
+"""
+)
 
 
-def measure(run: RunDir, out: Path) -> dict:
-    """The reads and the two commands on ``run``."""
-    fresh = RunDir(run.path)
-    t_expl, expl = timed(lambda: fresh.explanations(EXPLAINER))
-    t_scores, scores = timed(fresh.scores)
-    t_current, current = timed(lambda: fresh.current_scores(EXPLAINER))
-    t_page, t_next = app_pages(run)
-    t_import = interp_import()
-    t_summary = interp("summary", str(run.path), "--explainer", EXPLAINER)
-    t_publish = interp("publish", str(run.path), "bench/run-scale", "--dry-run", "--out", str(out), "--quiet")
-    return {
-        "latents": len(expl),
-        "score lines": len(scores),
-        "current": len(current.rows),
-        "explanations.jsonl MiB": run.explanations_file.stat().st_size / 2**20,
-        "scores.jsonl MiB": run.scores_file.stat().st_size / 2**20,
-        "explanations s": t_expl,
-        "scores s": t_scores,
-        "current_scores s": t_current,
-        "app first page s": t_page,
-        "app next page s": t_next,
-        "import s": t_import,
-        "summary s": t_summary,
-        "publish s": t_publish,
-        "load": load(),
-    }
+def app_times(run: RunDir, word: str, env: dict | None = None) -> dict:
+    """The app's reads of ``run`` in one fresh process: each step's seconds, and the process's peak memory."""
+    seconds, peak, out = child([sys.executable, "-c", APP, str(run.path), word], env, stdout=subprocess.PIPE)
+    return {**json.loads(out.strip().splitlines()[-1]), "peak MiB": peak}
 
 
-def app_pages(run: RunDir) -> tuple[float, float]:
-    """Seconds for the app's latent table to show its first page from a freshly opened run, and then the next."""
-    opened = OpenRun(run.path, Workspace(run.path.parent))
-    (coder,) = opened.coder_names()
-    first, _ = timed(lambda: latent_page(opened, coder))
-    second, _ = timed(lambda: latent_page(opened, coder, page=2))
-    return first, second
+def legacy_copy(run: RunDir, work: Path) -> RunDir:
+    """``run`` as the version before the database kept it: its lines (every one) as JSONL, no results.sqlite."""
+    legacy = RunDir(work / f"{run.path.name}-jsonl")
+    if (legacy.path / "exported").exists():
+        return legacy
+    shutil.rmtree(legacy.path, ignore_errors=True)
+    shutil.copytree(run.path, legacy.path, ignore=shutil.ignore_patterns("results.sqlite*", "locks", "publish"))
+    interp("export", str(run.path), "--jsonl", str(legacy.path / "flat"), "--history")
+    for name in ("explanations.jsonl", "scores.jsonl"):
+        with open(legacy.path / "flat" / name) as f, open(legacy.path / name, "w") as g:
+            for line in f:
+                row = json.loads(line)
+                del row["current"]
+                g.write(json.dumps(row) + "\n")
+    shutil.rmtree(legacy.path / "flat")
+    (legacy.path / "exported").write_text("done\n")
+    return legacy
 
 
-def interp_import() -> float:
-    """Seconds for a Python process to start and import the CLI (part of every command's time)."""
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import interp.cli"], check=True)
-    return time.perf_counter() - start
+def search_word(run: RunDir) -> str:
+    """A word of one explanation in the middle of the run: what a user types in the search box."""
+    with run.reading() as db:
+        (coder,) = run.finished_coders()
+        (line,) = db.explanations_of(coder, [len(run.latent_counts(coder)) // 2])
+    words = [re.sub(r"\W", "", w) for w in line["explanation"].split()[2:]]
+    return max(words, key=len)
 
 
-def scale_table(rows: list[dict]) -> str:
-    """One row per size, and the growth from the first size to each other."""
+def measure(run: RunDir, work: Path, word: str, publish: bool, export: bool, env: dict | None = None) -> dict:
+    """Every reader of ``run`` in fresh processes (the version on ``env``'s PYTHONPATH): seconds and peak MiB."""
+    out = {"load before": load()}
+    exe = [sys.executable, "-c", CLI]
+    out["summary"] = child([*exe, "summary", str(run.path), "--explainer", EXPLAINER], env)[:2]
+    out["app"] = app_times(run, word, env)
+    if export:
+        out["export"] = child([*exe, "export", str(run.path), "--jsonl", str(work / "export")], env)[:2]
+    if publish:
+        dest = work / f"publish-{run.path.name}"
+        out["publish"] = child(
+            [*exe, "publish", str(run.path), "bench/x", "--dry-run", "--out", str(dest), "--quiet"], env
+        )[:2]
+    out["load after"] = load()
+    return out
+
+
+def sizes(run: RunDir) -> dict:
+    """The database's bytes on disk, and its score rows (replaced ones too)."""
+    with sqlite3.connect(f"{run.results_file.absolute().as_uri()}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT count(*) FROM scores").fetchone()[0]
+    db_bytes = sum(p.stat().st_size for p in run.path.glob("results.sqlite*"))
+    return {"score rows": rows, "disk MiB": db_bytes / 2**20}
+
+
+def report(rows: list[dict]) -> str:
+    """The table: one line per size and store."""
     head = [
         "explained latents",
-        "score lines",
-        "explanations.jsonl / scores.jsonl MiB",
-        "explanations s",
-        "scores s",
-        "current_scores s",
-        "app table: first page / next s",
-        "`interp summary` s",
-        "`interp publish --dry-run` s",
-        "load avg",
+        "store",
+        "results on disk MiB (a score row)",
+        "`interp summary` s / peak MiB",
+        "app: open + first page s",
+        "next page / sort by score / search / one latent s",
+        "app peak MiB",
+        "`interp export` s / MiB",
+        "`publish --dry-run` s / MiB",
+        "load",
     ]
-    body = [
-        [
-            f"{r['latents']:,}",
-            f"{r['score lines']:,}",
-            f"{r['explanations.jsonl MiB']:,.1f} / {r['scores.jsonl MiB']:,.0f}",
-            f"{r['explanations s']:.2f}",
-            f"{r['scores s']:.2f}",
-            f"{r['current_scores s']:.2f}",
-            f"{r['app first page s']:.2f} / {r['app next page s']:.3f}",
-            f"{r['summary s']:.1f}",
-            f"{r['publish s']:.1f}",
-            r["load"],
-        ]
-        for r in rows
-    ]
-    if len(rows) > 1:
-        a, b = rows[0], rows[-1]
-        keys = ["explanations s", "scores s", "current_scores s", "app first page s", "summary s", "publish s"]
-        body.append([f"x{b['latents'] / a['latents']:.1f}", "", ""] + [f"x{b[k] / a[k]:.1f}" for k in keys] + [""])
-    start = rows[-1]["import s"]
-    return table(head, body) + f"\n\n(Python start + `import interp.cli`: {start:.1f} s of each command.)"
-
-
-def time_explain(work: Path, model: str, latents: int, tokens: int) -> str:
-    """``interp explain RUN --explainer tokens --latents all`` on a run of ``tokens`` cached tokens, from none."""
-    run = make_run(work, model, latents, tokens, explain=False)
-    run.explanations_file.unlink(missing_ok=True)
-    before, cpu = load(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    seconds = interp("explain", str(run.path), "--explainer", EXPLAINER, "--latents", "all", "--quiet")
-    used = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu_s = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
-    n = len(run.usable_explanations(EXPLAINER))
-    return (
-        f"`interp explain --explainer tokens --latents all`, {tokens:,} cached tokens, {latents:,} latents "
-        f"({model} model): {n:,} explained in {seconds:.1f} s wall, {cpu_s:.1f} s CPU "
-        f"(load average {before} before, {load()} after)"
-    )
+    body = []
+    for r in rows:
+        a = r["app"]
+        pair = lambda v: f"{v[0]:.1f} / {mib(v[1])}" if v else "—"  # noqa: E731
+        body.append(
+            [
+                f"{r['latents']:,}",
+                r["store"],
+                f"{r['disk MiB']:,.0f} ({r['disk MiB'] * 2**20 / r['score rows']:,.0f} B)",
+                pair(r["summary"]),
+                f"{a['open']:.2f}",
+                f"{a['next page']:.2f} / {a['sort by score']:.2f} / {a['search']:.2f} / {a['one latent']:.2f}",
+                mib(a["peak MiB"]),
+                pair(r.get("export")),
+                pair(r.get("publish")),
+                f"{r['load before']}-{r['load after']}",
+            ]
+        )
+    return table(head, body)
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, default=Path("/tmp/interp-run-scale"), help="where runs are made and reused")
-    p.add_argument("--model", default="random", choices=["random", "embedded"], help="random (default) or embedded")
-    p.add_argument("--latents", type=int, nargs="*", default=[5000, 50000], help="explained-run sizes (latents)")
-    p.add_argument(
-        "--tokens", type=int, default=131072, help="cached tokens of those runs (default: 131,072: every latent fires)"
-    )
-    p.add_argument(
-        "--replicate",
-        action="store_true",
-        help="the larger runs' lines are the first run's, repeated over their latents (their caches are real)",
-    )
-    p.add_argument("--explain-tokens", type=int, default=None, help="also time explain on a cache this large")
-    p.add_argument("--explain-latents", type=int, default=4608, help="latents of that run (default: 4,608)")
+    p.add_argument("--latents", type=int, nargs="*", default=[50_000, 200_000], help="explained-run sizes")
+    p.add_argument("--tokens", type=int, default=16_384, help="cached tokens of each run (default: 16,384)")
+    p.add_argument("--source", type=int, default=4096, help="latents of the run whose lines are repeated")
+    p.add_argument("--source-tokens", type=int, default=131_072, help="cached tokens of that run")
+    p.add_argument("--previous", type=Path, default=None, help="a checkout of the version before the database")
+    p.add_argument("--jsonl-max", type=int, default=200_000, help="largest run the previous version reads")
+    p.add_argument("--publish", type=int, nargs="*", default=[], help="sizes at which publish --dry-run is timed")
+    p.add_argument("--export", type=int, nargs="*", default=[], help="sizes at which interp export is timed")
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+    random.seed(0)
+    source = source_run(args.work, args.source, args.source_tokens)
+    print((source.path / "scored").read_text().strip(), flush=True)
     rows = []
-    first = None
     for n in args.latents:
-        run = make_run(args.work, args.model, n, args.tokens, explain=first is None or not args.replicate)
-        if first is not None and args.replicate:
-            replicate(first, run)
-        else:
-            write_scores(run)
-        first = first or run
-        rows.append(measure(run, args.work / f"publish-{n}"))
-        print(json.dumps(rows[-1]), flush=True)
-    if rows:
-        print(scale_table(rows))
-    if args.explain_tokens:
-        print(time_explain(args.work, args.model, args.explain_latents, args.explain_tokens))
+        run = cached_run(args.work, n, args.tokens)
+        print(fill(source, run), flush=True)
+        word = search_word(run)
+        row = {"latents": n, "store": "database", **sizes(run)}
+        row.update(measure(run, args.work, word, n in args.publish, n in args.export))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.previous and n <= args.jsonl_max:
+            legacy = legacy_copy(run, args.work)
+            env = {"PYTHONPATH": str(args.previous)}
+            old = {"latents": n, "store": "JSONL (previous version)", "score rows": row["score rows"]}
+            old.update(measure(legacy, args.work, word, n in args.publish, False, env))
+            old["disk MiB"] = sum(f.stat().st_size for f in legacy.path.glob("*.jsonl")) / 2**20
+            rows.append(old)
+            print(json.dumps(old), flush=True)
+    print(report(rows))
 
 
 if __name__ == "__main__":

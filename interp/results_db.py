@@ -26,6 +26,7 @@ main process merges theirs into the run's when the stage ends, or when the next 
 import json
 import logging
 import re
+import shutil
 import sqlite3
 import threading
 import uuid
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from .diskspace import disk_full
 from .errors import CorruptFileError, InterpError
@@ -48,6 +50,8 @@ BUSY_SECONDS = 60.0
 LOOKUP_CHUNK = 500
 """Keys per ``IN (...)`` lookup: below SQLite's limit on bound parameters."""
 
+LOW_SPACE = 1 << 20
+"""Free bytes below which an I/O error of the database is taken for a full disk."""
 PAGE = 1000
 """Lines per page of a read that streams."""
 WRITE_CHUNK = 2000
@@ -118,12 +122,19 @@ class ResultsDB:
         self.base = Path(base) if base is not None else None
         """A database this one's lookups also read (the run's, for a process of a launch), never written."""
         self.read_only = read_only
+        self._in_use: FileLock | None = None
+        """A process's database (one with a ``base``) is held by an OS lock while open, so no merge takes it from
+        under a process still writing it (a single-process command beside a live launch)."""
         self._conn: sqlite3.Connection | None = None
         self._based = False
         self._lock = threading.RLock()
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
+            if self.base is not None and self.path is not None and self._in_use is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._in_use = FileLock(_in_use(self.path))
+                self._in_use.acquire()
             conn = self._connect()
             try:
                 if not self.read_only:
@@ -156,15 +167,16 @@ class ResultsDB:
     def _error(self, e: sqlite3.Error) -> InterpError:
         """The one-line error of a failed statement: a full disk says so, a damaged file is named, a lock held too
         long says so."""
-        code = getattr(e, "sqlite_errorcode", None)
-        if code == sqlite3.SQLITE_FULL:
+        code = getattr(e, "sqlite_errorcode", None) or 0
+        if _disk_full(code, self.path):
             return disk_full(self.path)
-        if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+        if code & 0xFF in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
             return CorruptFileError(
-                f"{self.path} is not a readable results database ({e}); move it away to start the response cache "
-                "afresh (the run's explanations and scores are not in it)."
+                f"{self.path} is not a readable results database ({e}); it holds the run's explanations, scores and "
+                "LLM replies: restore it from a copy, or move it away to start them afresh (a run made before the "
+                "database imports its JSONL files again)."
             )
-        if code == sqlite3.SQLITE_BUSY:
+        if code & 0xFF == sqlite3.SQLITE_BUSY:
             return InterpError(
                 f"{self.path} stayed locked by another process for {BUSY_SECONDS:.0f} s ({e}); run the command again "
                 "once it has finished."
@@ -261,6 +273,12 @@ class ResultsDB:
                 db.execute("INSERT INTO imported VALUES (?, ?)", (source, added[-1]))
 
         for other in others:
+            in_use = FileLock(_in_use(other))
+            try:
+                in_use.acquire(timeout=0)
+            except Timeout:
+                log.info("%s is being written by a process of a launch still running: left for its own merge", other)
+                continue
             with self._lock:  # re-entrant: the attached file stays this merge's until it is detached
                 self._query("ATTACH DATABASE ? AS other", (_uri(other, "mode=ro"),))
                 try:
@@ -269,6 +287,8 @@ class ResultsDB:
                     self._query("DETACH DATABASE other")
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{other}{suffix}").unlink(missing_ok=True)
+            in_use.release()
+            Path(_in_use(other)).unlink(missing_ok=True)
         return sum(added)
 
     # --- explanations and scores --------------------------------------------------------------
@@ -382,11 +402,11 @@ class ResultsDB:
             )
             params = [coder, words.strip()]
         else:
-            sql = (
-                "SELECT DISTINCT x.latent FROM explanation_words w JOIN explanations x ON x.id = w.rowid "
-                "WHERE explanation_words MATCH ? AND x.current AND x.coder = ? ORDER BY x.latent"
+            sql = (  # the match first, then its rows: joined the other way, the planner matched once per row
+                "SELECT DISTINCT latent FROM explanations WHERE current AND coder = ? AND id IN "
+                "(SELECT rowid FROM explanation_words WHERE explanation_words MATCH ?) ORDER BY latent"
             )
-            params = [_phrase(words), coder]
+            params = [coder, _phrase(words)]
         return np.array([latent for (latent,) in self._query(sql, params)], dtype=np.int64)
 
     def explanations_of(self, coder: str, latents: list[int]) -> list[dict]:
@@ -399,15 +419,58 @@ class ResultsDB:
             out += self._query(sql, [coder, *chunk])
         return [json.loads(line) for _, line in sorted(out)]
 
-    def scores_of(self, coder: str, latent: int) -> list[tuple[dict, str]]:
-        """Each current score line of one latent (every explainer's, with its examples) and its standing (a name of
-        ``scoring.results.STANDINGS``), in the order written."""
+    def scores_of(self, coder: str, latents: list[int], *, examples: bool = True) -> list[tuple[dict, str]]:
+        """Each current score line of ``latents`` of ``coder`` (every explainer's; its examples only when asked) and
+        its standing (a name of ``scoring.results.STANDINGS``), in the order written."""
+        blob = "x.data" if examples else "NULL"
+        join = "LEFT JOIN score_examples x ON x.score = s.id " if examples else ""
+        out = []
+        for i in range(0, len(latents), LOOKUP_CHUNK):
+            chunk = [int(k) for k in latents[i : i + LOOKUP_CHUNK]]
+            sql = (
+                f"SELECT s.id, {LINE_COLUMNS}, {blob}, {STANDING} FROM scores s {STANDING_JOIN} {join}"
+                f"WHERE s.current AND s.coder = ? AND s.latent IN ({','.join('?' * len(chunk))})"
+            )
+            out += self._query(sql, (coder, *chunk))
+        return [(_score_line(row[1:11], examples), STANDINGS[row[11]]) for row in sorted(out)]
+
+    def usable_texts(self) -> list[tuple[str, int, str, str]]:
+        """(coder, latent, explainer, explanation) of every current usable explanation (status ok, a text)."""
         sql = (
-            f"SELECT {LINE_COLUMNS}, x.data, {STANDING} FROM scores s {STANDING_JOIN} "
-            "LEFT JOIN score_examples x ON x.score = s.id WHERE s.current AND s.coder = ? AND s.latent = ? "
-            "ORDER BY s.id"
+            "SELECT coder, latent, explainer, explanation FROM explanations WHERE current AND status = 'ok' "
+            "AND explanation IS NOT NULL ORDER BY id"
         )
-        return [(_score_line(row[:10], True), STANDINGS[row[10]]) for row in self._query(sql, (coder, int(latent)))]
+        return self._query(sql)
+
+    def latent_counts(self) -> dict[str, int]:
+        """Coder -> latents with a current explanation line (of any explainer, whatever its status)."""
+        sql = "SELECT coder, count(DISTINCT latent) FROM explanations WHERE current GROUP BY coder"
+        return dict(self._query(sql))
+
+    def explainer_models(self) -> dict[str, list[str]]:
+        """Explainer -> the LLMs its current explanation lines name, sorted."""
+        out: dict[str, list[str]] = {}
+        sql = (
+            "SELECT DISTINCT explainer, json_extract(line, '$.model') AS m FROM explanations WHERE current "
+            "AND m IS NOT NULL AND m != '' ORDER BY explainer, m"
+        )
+        for explainer, model in self._query(sql):
+            out.setdefault(explainer, []).append(str(model))
+        return out
+
+    def searches(self) -> dict[tuple[str, str], int]:
+        """(explainer, search settings as sorted JSON) -> current explanation lines made by that search."""
+        out: dict[tuple[str, str], int] = {}
+        sql = (
+            "SELECT explainer, json_extract(line, '$.search') AS s, count(*) FROM explanations WHERE current "
+            "AND s IS NOT NULL GROUP BY explainer, s"
+        )
+        for explainer, settings, n in self._query(sql):
+            value = json.loads(settings)
+            if value:
+                key = (explainer, json.dumps(value, sort_keys=True))
+                out[key] = out.get(key, 0) + n
+        return out
 
     def count_leaking(self, explainer: str, leaking_before: tuple[str, ...]) -> list[dict]:
         """The current ok explanation lines of ``explainer`` that may have been made from what their scorers score
@@ -428,11 +491,19 @@ class ResultsDB:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            if self._in_use is not None:
+                self._in_use.release()
+                self._in_use = None
 
 
 def _uri(path: Path, query: str = "") -> str:
     """``path`` as the ``file:`` URI SQLite opens (any character of a folder's name escaped), with ``query``."""
     return Path(path).absolute().as_uri() + (f"?{query}" if query else "")
+
+
+def _in_use(path: Path) -> str:
+    """The lock a process holds on its database ``path`` while it has it open."""
+    return f"{path}.lock"
 
 
 def _chunks(rows: Iterable) -> Iterator[list]:
@@ -569,6 +640,19 @@ def _score_line(row: tuple, examples: bool) -> dict:
     if extra:
         line.update(json.loads(extra))
     return line
+
+
+def _disk_full(code: int, path: Path | None) -> bool:
+    """Whether an SQLite error code says the disk is full: ``SQLITE_FULL``, the shared-memory file that could not be
+    sized (``SQLITE_IOERR_SHMSIZE``: the first open on a full disk), or any I/O error with no space left there."""
+    if code & 0xFF == sqlite3.SQLITE_FULL or code == sqlite3.SQLITE_IOERR_SHMSIZE:
+        return True
+    if code & 0xFF != sqlite3.SQLITE_IOERR or path is None:
+        return False
+    try:
+        return shutil.disk_usage(path.parent).free < LOW_SPACE
+    except OSError:
+        return False
 
 
 def _phrase(words: str) -> str:

@@ -223,11 +223,8 @@ class RunDir:
 
     def usable_explanations(self, explainer: str | None = None) -> list[dict]:
         """The latest lines that hold an explanation (status ok), of ``explainer`` alone when given."""
-        return [
-            r
-            for r in self.explanations(explainer)
-            if r.get("status") == "ok" and isinstance(r.get("explanation"), str)
-        ]
+        with self.reading() as db:
+            return db.explanations(explainer, usable=True)
 
     def add_explanations(self, rows: list[dict]) -> None:
         """Store explanation lines (one transaction)."""

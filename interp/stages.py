@@ -229,11 +229,13 @@ def run_explain(
 
 
 def stage_results(run: RunDir) -> ResultsDB:
-    """The results database this process writes in a stage: the run's own, alone; in a launch of several processes
+    """The results database this process writes in a stage: the run's own, alone (the databases of a launch killed
+    partway merged into it first); in a launch of several processes
     (machines may share the run over a network filesystem), one of its own that also reads the run's as it is now,
     which nobody writes until the stage ends (the main process first merges what a killed launch left)."""
     state = launch_state()
     if state.num_processes == 1:
+        run.merge_process_results()  # what a killed launch left, before this process reads or writes
         return run.results_db()
     if state.is_main_process:
         run.merge_process_results()

@@ -8,15 +8,13 @@ baseline, how to load it, and its limitations.
 """
 
 import json
-from collections import Counter
 
 from datasets import DatasetInfo, SplitDict, SplitInfo
 from datasets.info import DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCardData
 
-from interp.scoring.results import explainer_rows, scored_explainers, summarize_scores
-from interp.views import EXPLAINER_SEES, made_with_leaking_prompts
+from interp.views import EXPLAINER_SEES
 
 from .dataset import EMBEDDED_ID, FEATURES, SCHEMA_VERSION, SPLIT, RunData, data_file, model_id, rows_per_config
 
@@ -143,25 +141,17 @@ def _made_with(run: RunData) -> str:
         f"Latents with fewer than {r.min_examples} activating examples are `rare` and not explained; "
         f"activations on BOS {'are ignored' if r.skip_bos else 'are kept'}.",
     ]
-    explainers: dict[str, Counter] = {}
-    llms: dict[str, set] = {}
-    leaked: Counter = Counter()
-    for row in run.explanations:
-        explainers.setdefault(row["explainer"], Counter())[row["status"]] += 1
-        leaked[row["explainer"]] += made_with_leaking_prompts(row)
-        if row.get("model"):
-            llms.setdefault(row["explainer"], set()).add(row["model"])
-    for name, counts in explainers.items():
-        by = ", ".join(f"`{m}`" for m in sorted(llms.get(name, ()))) or "no LLM (the most frequent firing tokens)"
+    for name, counts in run.explainers.items():
+        by = ", ".join(f"`{m}`" for m in run.llms.get(name, ())) or "no LLM (the most frequent firing tokens)"
         status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         lines.append(f"* **Explainer `{name}`**: {by}; {status}. It saw {_seen(name, cfg)}.")
-        if leaked[name]:
+        if run.leaked.get(name):
             lines.append(
-                f"  * {leaked[name]} of these explanations were made with an earlier version's prompts, which held "
-                "examples or steering prompts their scorers score: their scores are optimistic."
+                f"  * {run.leaked[name]} of these explanations were made with an earlier version's prompts, which "
+                "held examples or steering prompts their scorers score: their scores are optimistic."
             )
     lines += _searches(run)
-    scorers = sorted({row["scorer"] for row in run.scores})
+    scorers = sorted({scorer for summary in run.scores.values() for by in summary.values() for scorer in by})
     if scorers:
         lines.append(
             "* **Scorers** (settings of the run's last `interp score`), each also scoring a random explanation "
@@ -184,14 +174,9 @@ def _seen(explainer: str, cfg) -> str:
 
 def _searches(run: RunData) -> list[str]:
     """One line per search setting the run's explanations were made with, and how its choosing was kept honest."""
-    searches: dict[tuple[str, str], int] = {}
-    for row in run.explanations:
-        if row.get("search"):
-            key = (row["explainer"], json.dumps(row["search"], sort_keys=True))
-            searches[key] = searches.get(key, 0) + 1
     r = run.config.records
     lines = []
-    for (explainer, settings), n in sorted(searches.items()):
+    for (explainer, settings), n in sorted(run.searches.items()):
         s = json.loads(settings)
         rounds = f", then {s['rounds']} refinement rounds of {s['candidates']} each" if s["search"] == "refine" else ""
         tokens = " plus the firing-token list" if s["tokens_candidate"] else ""
@@ -224,8 +209,7 @@ def _scores(run: RunData) -> str:
         "| latents |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for explainer in scored_explainers(run.scores):
-        summary = summarize_scores(explainer_rows(run.scores, explainer))
+    for explainer, summary in sorted(run.scores.items()):
         for coder, scorers in summary.items():
             for scorer, e in scorers.items():
                 lines.append(

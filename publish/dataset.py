@@ -13,12 +13,11 @@ On disk (and on the Hub) each config is one Parquet file, ``data/<coder>/train-0
 import json
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-import datasets
 import pyarrow as pa
+import pyarrow.parquet as pq
 from datasets import Dataset, Features, List, Value
 from tqdm.auto import tqdm
 
@@ -27,12 +26,12 @@ from interp.config import ModelConfig, RunConfig
 from interp.errors import InterpError
 from interp.explain import TokenText
 from interp.explain.search import Candidate, best
-from interp.gcpause import cycle_collection_paused
 from interp.models import EMBEDDED, LoadedModel, load_model
 from interp.records import LatentRecord
 from interp.rundir import RunDir
-from interp.scoring.results import main_metric
+from interp.scoring.results import main_metric, summarize_columns
 from interp.subject import open_coders
+from interp.views import LEAKING_BEFORE, made_with_leaking_prompts
 
 SCHEMA_VERSION = "interp-explanations/2"
 """Name and major version of the row schema below (2 added ``search`` and ``candidates``)."""
@@ -203,15 +202,12 @@ class PublishError(InterpError):
 
 
 class RunData(NamedTuple):
-    """What publishing reads from a run directory, read once."""
+    """What publishing reads of a run directory besides its rows, each a count or a summary the database answers
+    (``read_run``): nothing here grows with the latents. The rows themselves are read a chunk of latents at a time
+    (``dataset_rows``)."""
 
     run: RunDir
     config: RunConfig
-    explanations: list[dict]
-    """The latest line of ``explanations.jsonl`` for each (coder, latent, explainer)."""
-    scores: list[dict]
-    """The latest line of ``scores.jsonl`` for each (scorer, coder, latent, explainer, baseline) that belongs to the
-    latent's current explanation (``RunDir.current_scores``): an explanation's row never shows another's score."""
     coders: dict[str, dict]
     """Coder name -> its ``cache/<coder>/coder.json``, for the coders that have explanations."""
     stats: dict[str, dict]
@@ -219,21 +215,58 @@ class RunData(NamedTuple):
     summary: dict
     """``summary.json`` (the default SAE's held-out quality, when the run trained one), or {}."""
     left_out: dict[str, dict[str, int]]
-    """Scorer -> score lines left out as of replaced (or since flagged) explanations (``CurrentScores.left_out``)."""
+    """Scorer -> score lines left out as of replaced (or since flagged) explanations, over every explainer."""
+    rows: dict[str, int]
+    """Coder name -> rows of its config: latents with an explanation line, whatever its status."""
+    explainers: dict[str, dict[str, int]]
+    """Explainer -> status -> explanation lines."""
+    llms: dict[str, list[str]]
+    """Explainer -> the LLMs its explanations name."""
+    leaked: dict[str, int]
+    """Explainer -> explanations made from what their scorers score (``views.made_with_leaking_prompts``)."""
+    searches: dict[tuple[str, str], int]
+    """(explainer, search settings as sorted JSON) -> explanations that search chose."""
+    scores: dict[str, dict]
+    """Explainer -> its score summary (``scoring.results.summarize_columns``) of the current explanations' lines: an
+    explanation's row never shows another's score."""
 
 
 def read_run(run_dir: str | Path) -> RunData:
-    """Read a run directory's config, explanations, scores and coder descriptions."""
+    """Read a run directory's config, coder descriptions, and the counts and summaries of its results."""
     run = RunDir(run_dir)
     config = run.read_config()
-    explanations = run.explanations()
-    if not explanations:
-        raise PublishError(f"{run.path} has no explanations to publish: run `interp explain {run.path}` first.")
-    names = list(dict.fromkeys(r["coder"] for r in explanations))
-    coders = {name: run.coder_description(name) for name in names}
-    stats = {name: run.cache_stats(name) for name in names}
-    scores = run.current_scores()
-    return RunData(run, config, explanations, scores.rows, coders, stats, run.summary(), scores.left_out())
+    with run.reading() as db:
+        rows = db.latent_counts()
+        if not rows:
+            raise PublishError(f"{run.path} has no explanations to publish: run `interp explain {run.path}` first.")
+        explainers = db.status_counts()
+        leaked = {e: sum(map(made_with_leaking_prompts, db.count_leaking(e, LEAKING_BEFORE))) for e in explainers}
+        scores, left_out = {}, {}
+        for explainer in db.scored_explainers():
+            summary, left = summarize_columns(db.current_metrics(explainer))
+            if summary:
+                scores[explainer] = summary
+            for scorer, n in left.items():
+                counts = left_out.setdefault(scorer, {"replaced": 0, "withdrawn": 0})
+                counts["replaced"] += n["replaced"]
+                counts["withdrawn"] += n["withdrawn"]
+        llms, searches = db.explainer_models(), db.searches()
+    coders = {name: run.coder_description(name) for name in rows}
+    stats = {name: run.cache_stats(name) for name in rows}
+    return RunData(
+        run,
+        config,
+        coders,
+        stats,
+        run.summary(),
+        dict(sorted(left_out.items())),
+        rows,
+        explainers,
+        llms,
+        leaked,
+        searches,
+        scores,
+    )
 
 
 def model_id(cfg: ModelConfig) -> str:
@@ -328,14 +361,13 @@ def latent_row(
 
 def rows_per_config(run: RunData) -> dict[str, int]:
     """Config (coder) name -> rows it has: one per latent with an explanation line, whatever its status."""
-    return {name: len({r["latent"] for r in run.explanations if r["coder"] == name}) for name in run.coders}
+    return dict(run.rows)
 
 
-def _group(rows: list[dict], coder: str) -> dict[int, list[dict]]:
+def _group(rows: list[dict]) -> dict[int, list[dict]]:
     out: dict[int, list[dict]] = {}
     for r in rows:
-        if r["coder"] == coder:
-            out.setdefault(r["latent"], []).append(r)
+        out.setdefault(r["latent"], []).append(r)
     return out
 
 
@@ -344,51 +376,104 @@ def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
         yield items[i : i + size]
 
 
-def build_dataset(
-    run: RunData | str | Path, *, lm: LoadedModel | None = None, limit: int | None = None, progress: bool = True
-) -> dict[str, Dataset]:
-    """Config (coder) name -> a ``Dataset`` with one row per explained latent, in latent order.
+class _Rows(NamedTuple):
+    """What building a run's rows needs loaded once: the model's text, and each coder."""
 
-    Loads the subject model (for the tokenizer and the unembedding that gives promoted tokens)
-    unless ``lm`` is given; ``limit`` keeps the first latents of each coder (for a preview).
+    lm: LoadedModel
+    loaded: dict
+    text: TokenText
 
-    >>> tables = build_dataset("runs/demo")
-    >>> tables["model.layers.6"][0]["explanation"]
-    """
-    run = run if isinstance(run, RunData) else read_run(run)
+
+def _open(run: RunData, lm: LoadedModel | None) -> _Rows:
     cfg = run.config
     lm = lm or load_model(cfg.model)
     loaded = open_coders(cfg, lm, run.run)
     missing = sorted(set(run.coders) - set(loaded))
     if missing:
         raise PublishError(f"Coders {missing} have explanations but are not in {run.run.config_file}.")
-    text = TokenText(lm.tokenizer)
-    model = model_id(cfg.model)
-    tables = {}
-    for name, info in run.coders.items():
-        explanations, scores = _group(run.explanations, name), _group(run.scores, name)
-        latents = sorted(explanations)[:limit]
-        builder = run.run.record_builder(name, cfg, lm, loaded[name])
-        rows = []
+    return _Rows(lm, loaded, TokenText(lm.tokenizer))
+
+
+def dataset_rows(
+    run: RunData, name: str, opened: _Rows, *, limit: int | None = None, progress: bool = True
+) -> Iterator[list[dict]]:
+    """The rows of coder ``name``'s config in latent order, a chunk of ``RECORD_CHUNK`` latents at a time: each chunk
+    reads its latents' explanation and score lines alone, so a million latents never sit in memory."""
+    cfg, info, model = run.config, run.coders[name], model_id(run.config.model)
+    builder = run.run.record_builder(name, cfg, opened.lm, opened.loaded[name])
+    with run.run.reading() as db:
+        latents = db.explained_latents(name).tolist()[:limit]
         bar = tqdm(total=len(latents), desc=f"dataset rows ({name})", unit="latent", disable=not progress)
-        with bar, cycle_collection_paused():  # the rows kept: collector passes over them grew faster than the rows
+        with bar:
             for chunk in _chunks(latents, RECORD_CHUNK):
-                for record in builder.build(name, chunk, top_only=True):  # a row holds no sampled split
-                    rows.append(
-                        latent_row(
-                            record,
-                            info,
-                            model,
-                            explanations[record.latent],
-                            scores.get(record.latent, []),
-                            cfg.explain.explainer,
-                            text,
-                        )
+                explanations = _group(db.explanations_of(name, chunk))
+                scores = _group(
+                    [r for r, standing in db.scores_of(name, chunk, examples=False) if standing == "current"]
+                )
+                rows = [
+                    latent_row(
+                        record,
+                        info,
+                        model,
+                        explanations[record.latent],
+                        scores.get(record.latent, []),
+                        cfg.explain.explainer,
+                        opened.text,
                     )
+                    for record in builder.build(name, chunk, top_only=True)  # a row holds no sampled split
+                ]
                 bar.update(len(chunk))
+                yield rows
+
+
+def build_dataset(
+    run: RunData | str | Path, *, lm: LoadedModel | None = None, limit: int | None = None, progress: bool = True
+) -> dict[str, Dataset]:
+    """Config (coder) name -> a ``Dataset`` with one row per explained latent, in latent order, in memory: for a
+    preview (``limit`` keeps the first latents of each coder) and for reading; ``write_dataset`` streams a whole run
+    to Parquet instead.
+
+    Loads the subject model (for the tokenizer and the unembedding that gives promoted tokens)
+    unless ``lm`` is given.
+
+    >>> tables = build_dataset("runs/demo", limit=5)
+    >>> tables["model.layers.6"][0]["explanation"]
+    """
+    run = run if isinstance(run, RunData) else read_run(run)
+    opened = _open(run, lm)
+    tables = {}
+    for name in run.coders:
+        rows = [row for chunk in dataset_rows(run, name, opened, limit=limit, progress=progress) for row in chunk]
         # straight to Arrow in the features' schema: the same table as Dataset.from_list, a third of its time
         tables[name] = Dataset(pa.Table.from_pylist(rows, schema=FEATURES.arrow_schema))
     return tables
+
+
+def write_dataset(
+    run: RunData, out_dir: str | Path, *, lm: LoadedModel | None = None, progress: bool = True
+) -> tuple[list[str], dict[str, int]]:
+    """Write each config as Parquet under ``out_dir``, its rows streamed a chunk of latents at a time (each file
+    replaced whole once written: ``write_atomic``); the paths written (relative) and the rows of each config.
+
+    Config folders under ``data/`` that the run no longer has are removed, so the folder holds exactly this dataset.
+    """
+    out_dir = Path(out_dir)
+    opened = _open(run, lm)
+    written, counts = [], {}
+    for name in run.coders:
+        rel = data_file(name)
+        counts[name] = 0
+
+        def write(path: Path, name: str = name) -> None:
+            with pq.ParquetWriter(str(path), FEATURES.arrow_schema) as writer:
+                for rows in dataset_rows(run, name, opened, progress=progress):
+                    writer.write_table(pa.Table.from_pylist(rows, schema=FEATURES.arrow_schema))
+                    counts[name] += len(rows)
+
+        write_atomic(out_dir / rel, write)
+        written.append(rel)
+    _remove_stale_configs(out_dir, set(run.coders))
+    return written, counts
 
 
 def data_file(config: str) -> str:
@@ -396,33 +481,11 @@ def data_file(config: str) -> str:
     return f"{DATA_DIR}/{config}/{SPLIT}-00000-of-00001.parquet"
 
 
-@contextmanager
-def _progress_bars(show: bool) -> Iterator[None]:
-    """datasets' progress bars on or off for a block, as they were before afterwards."""
-    was = datasets.is_progress_bar_enabled()
-    (datasets.enable_progress_bars if show else datasets.disable_progress_bars)()
-    try:
-        yield
-    finally:
-        (datasets.enable_progress_bars if was else datasets.disable_progress_bars)()
-
-
-def save_dataset(tables: dict[str, Dataset], out_dir: str | Path, *, progress: bool = True) -> list[str]:
-    """Write each config as Parquet under ``out_dir`` (atomically); return the paths written, relative.
-
-    Config folders under ``data/`` that ``tables`` no longer has are removed, so the folder
-    holds exactly this dataset.
-    """
-    out_dir = Path(out_dir)
-    written = []
-    with _progress_bars(progress):
-        for name, table in tables.items():
-            rel = data_file(name)
-            write_atomic(out_dir / rel, lambda p, t=table: t.to_parquet(str(p)))
-            written.append(rel)
-    for stale in [p for p in (out_dir / DATA_DIR).iterdir() if p.name not in tables]:
+def _remove_stale_configs(out_dir: Path, keep: set[str]) -> None:
+    """Remove the config folders under ``out_dir/data`` not in ``keep``."""
+    folder = out_dir / DATA_DIR
+    for stale in [p for p in folder.iterdir() if p.name not in keep] if folder.is_dir() else []:
         if stale.is_dir():
             shutil.rmtree(stale)
         else:
             stale.unlink()
-    return written

@@ -20,7 +20,7 @@ from interp.atomic import remove_stale_temps, write_atomic
 from interp.models import LoadedModel
 
 from .card import make_card
-from .dataset import DATA_DIR, PublishError, RunData, build_dataset, read_run, save_dataset
+from .dataset import DATA_DIR, PublishError, RunData, build_dataset, read_run, write_dataset
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,10 @@ def write_folder(
     run = run if isinstance(run, RunData) else read_run(run)
     out = Path(out_dir) if out_dir is not None else run.run.publish_dir
     remove_stale_temps(out)  # what an interrupted publish was writing
-    tables = build_dataset(run, lm=lm, progress=progress)
-    data_files = save_dataset(tables, out, progress=progress)
+    data_files, counts = write_dataset(run, out, lm=lm, progress=progress)
     card = make_card(run, repo_id=repo_id, license=license)
     write_atomic(out / CARD, lambda p: p.write_text(card, encoding="utf-8"))
-    return Folder(out, [CARD, *data_files], {name: len(t) for name, t in tables.items()})
+    return Folder(out, [CARD, *data_files], counts)
 
 
 def preview(run_dir: str | Path, *, n: int = 5, repo_id: str = "USER/REPO", lm: LoadedModel | None = None) -> Preview:

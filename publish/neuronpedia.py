@@ -27,7 +27,7 @@ from interp.models import LoadedModel, load_model
 from interp.records import LatentRecord
 from interp.subject import open_coders
 
-from .dataset import PublishError, read_run
+from .dataset import RECORD_CHUNK, PublishError, read_run
 from .delphi_results import activating_examples, read_delphi
 
 MAX_FEATURES = 128
@@ -198,16 +198,20 @@ def run_features(
     text = TokenText(lm.tokenizer)
     out = {}
     for name, description in run.coders.items():
-        lines: dict[int, list[dict]] = {}
-        for r in run.explanations:
-            if r["coder"] == name:
-                lines.setdefault(r["latent"], []).append(r)
         builder = run.run.record_builder(name, cfg, lm, coders[name])
-        features = [
-            record_feature(record, lines[record.latent], text, names)
-            for record in builder.build(name, sorted(lines))
-            if record.top
-        ]
+        features = []
+        with run.run.reading() as db:
+            latents = db.explained_latents(name).tolist()
+            for i in range(0, len(latents), RECORD_CHUNK):  # a chunk's explanation lines at a time
+                chunk = latents[i : i + RECORD_CHUNK]
+                lines: dict[int, list[dict]] = {}
+                for r in db.explanations_of(name, chunk):
+                    lines.setdefault(r["latent"], []).append(r)
+                features += [
+                    record_feature(record, lines[record.latent], text, names)
+                    for record in builder.build(name, chunk)
+                    if record.top
+                ]
         out[name] = (description, features)
     return out
 

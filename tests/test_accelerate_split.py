@@ -1,13 +1,14 @@
 """Explaining and scoring across processes (``accelerate launch --cpu --num_processes 2``): each process takes its
 share of the selected latents, and the run ends with exactly the lines one process writes (same keys and texts for
-the deterministic tokens explainer and the embedding scorer; no key twice). One process killed partway: a rerun
-finishes the rest, and the run ends the same.
+the deterministic tokens explainer and the embedding scorer; no key twice), in the run's results database, the
+processes' own databases merged into it and gone. One process killed inside the commit of its first batch (the other
+having committed its share): nothing of that batch is stored, nothing committed is lost, a rerun finishes the rest,
+and the run ends the same.
 
 Both tests start from one cached run and one uninterrupted single-process reference (a module fixture): the
 launches are what takes the time.
 """
 
-import fcntl
 import json
 import math
 import os
@@ -17,15 +18,17 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import NamedTuple
 
-import psutil
 import pytest
 
 from interp.cli import main
 from tests.helpers.models import save_tiny_model
 from tests.helpers.pipeline import scripted_reply
+from tests.helpers.results import explanation_lines, score_lines
+from tests.test_crash_resume import check_whole, traced_connect
 
 pytestmark = pytest.mark.reliability  # three accelerate launches: a minute or two on 2 busy cores
 
@@ -36,6 +39,10 @@ EXPLAIN = ["--explainer", "tokens", "--latents", "0-39", "--quiet"]
 SCORE = ["--explainer", "tokens", "--scorers", "embedding", "--quiet"]
 EKEY, SKEY = ("coder", "latent", "explainer"), ("scorer", "coder", "latent", "explainer", "baseline")
 TIMING = ("batch_seconds_per_latent",)
+ROOT = Path(__file__).resolve().parents[1]
+KILLED_RANK = "INTERP_TEST_KILLED_RANK"
+"""The rank of the launch's process that dies inside the commit of its first batch of explanation lines, once every
+other process has committed its own (``python -m tests.test_accelerate_split`` as the launch's program)."""
 
 
 class Runs(NamedTuple):
@@ -61,10 +68,12 @@ def runs(tmp_path_factory, smollm_tokenizer) -> Runs:
     return Runs(cached, one)
 
 
-def _lines(path: Path, drop: tuple[str, ...] = ()) -> list[dict]:
-    data = path.read_text()
-    assert data.endswith("\n"), "a torn last line"
-    rows = [json.loads(line) for line in data.splitlines()]
+def _lines(run_dir: Path, table: str, drop: tuple[str, ...] = ()) -> list[dict]:
+    """Every line of ``table`` (explanations or scores) the run's database ever stored, in the order written, each
+    without ``drop``; the database whole (no torn row) and no process's database left beside it."""
+    assert not check_whole(run_dir), check_whole(run_dir)
+    assert not list(run_dir.glob("results.p*")), "a process's database was left unmerged"
+    rows = explanation_lines(run_dir) if table == "explanations" else score_lines(run_dir)
     return [{k: v for k, v in r.items() if k not in drop} for r in rows]
 
 
@@ -81,10 +90,8 @@ def test_two_processes_explain_and_score_exactly_what_one_does(runs, tmp_path):
         done = subprocess.run([*LAUNCH, stage, str(two), *args], capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
     one = runs.one
-    assert _keyed(_lines(two / "explanations.jsonl", TIMING), EKEY) == _keyed(
-        _lines(one / "explanations.jsonl", TIMING), EKEY
-    )
-    scores, want = _keyed(_lines(two / "scores.jsonl"), SKEY), _keyed(_lines(one / "scores.jsonl"), SKEY)
+    assert _keyed(_lines(two, "explanations", TIMING), EKEY) == _keyed(_lines(one, "explanations", TIMING), EKEY)
+    scores, want = _keyed(_lines(two, "scores"), SKEY), _keyed(_lines(one, "scores"), SKEY)
     assert scores.keys() == want.keys()
     # The random baselines too: their texts are drawn from the explanations sorted by key, not in the order the two
     # processes appended them (before, every baseline line of a split run differed from one process's).
@@ -103,56 +110,70 @@ def _close(a, b) -> bool:
     return a == b
 
 
-def _blocked_on(path: Path) -> set[int]:
-    """The pids waiting for the OS lock (flock) of ``path``, as /proc/locks lists them (``N: -> FLOCK ...``)."""
-    inode = f":{os.stat(path).st_ino}"
-    pids = set()
-    for line in Path("/proc/locks").read_text().splitlines():
-        fields = line.split()
-        if len(fields) > 5 and fields[1] == "->" and fields[2] == "FLOCK" and fields[6].endswith(inode):
-            pids.add(int(fields[5]))
-    return pids
+def _count(path: Path, table: str) -> int:
+    """Rows of ``table`` that the database at ``path`` has committed (0 where it or the table does not exist). Not
+    through a read-only connection: a database closed cleanly has no -shm file, which one would need to read it."""
+    if not path.is_file():
+        return 0
+    with closing(sqlite3.connect(path)) as con:
+        try:
+            return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        except sqlite3.OperationalError:  # created, its tables not yet
+            return 0
 
 
-def _rank(pid: int) -> int | None:
-    try:
-        rank = psutil.Process(pid).environ().get("RANK")
-    except psutil.Error:
-        return None
-    return int(rank) if rank is not None else None
+def _die_inside_the_first_commit(run_dir: Path, others: list[Path], timeout: float = 300) -> None:
+    """Make this process SIGKILL itself at the COMMIT of its first transaction of explanation lines (written into
+    it, not committed), once each database of ``others`` holds committed explanation lines (the other processes'
+    shares), so the point is the same every time."""
+    inserted = []
+
+    def on_statement(sql: str) -> None:
+        sql = sql.lstrip()
+        if sql.startswith("BEGIN"):
+            inserted.clear()
+        elif sql.startswith("INSERT INTO explanations"):
+            inserted.append(True)
+        elif sql.startswith("COMMIT") and inserted:
+            deadline = time.monotonic() + timeout
+            while not all(_count(p, "explanations") for p in others) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    sqlite3.connect = traced_connect(run_dir, on_statement)
 
 
-def test_one_process_killed_partway_a_rerun_finishes_the_rest(runs, tmp_path):
-    """Rank 1 is SIGKILLed once it has built its records and explained its first batch, as it waits to append them
-    (the test holds the file's append lock, as another appender would, so the point is the same every time)."""
+def test_one_process_killed_inside_a_commit_keeps_what_was_committed_and_a_rerun_finishes_the_rest(runs, tmp_path):
+    """Rank 1 is SIGKILLed at the commit of its first batch of explanations, once it has built its records and
+    explained them, and once rank 0 has committed its share (into its own database, as every process of a launch
+    writes): the point is the same every time. Rank 1's batch leaves nothing; rank 0's lines are kept, not redone,
+    by the same command run again in one process."""
     run = tmp_path / "killed"
     shutil.copytree(runs.cached, run)
-    lines = run / "explanations.jsonl"
-    lines.touch()
-    with open(lines, "ab") as held:
-        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
-        launch = subprocess.Popen(
-            [*LAUNCH, "explain", str(run), *EXPLAIN], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        deadline = time.monotonic() + 600
-        while len(waiting := _blocked_on(lines)) < 2:
-            assert launch.poll() is None, launch.stderr.read()[-3000:]
-            assert time.monotonic() < deadline, "the two processes never reached their first append"
-            time.sleep(0.05)
-        (victim,) = [pid for pid in waiting if _rank(pid) == 1]
-        os.kill(victim, signal.SIGKILL)
-        fcntl.flock(held.fileno(), fcntl.LOCK_UN)  # rank 0 may append before accelerate tears it down
-    launch.communicate(timeout=600)
-    assert launch.returncode != 0
-    want = _keyed(_lines(runs.one / "explanations.jsonl", TIMING), EKEY)
-    whole = [line for line in lines.read_text().splitlines(keepends=True) if line.endswith("\n")]
-    assert len(whole) < len(want)  # rank 1 wrote nothing (a line rank 0 was cut in is not counted)
+    mine, theirs = run / "results.p0.sqlite", run / "results.p1.sqlite"
+    program = [*LAUNCH[:-1], "tests.test_accelerate_split"]  # interp, as each process of the launch runs it
+    launch = subprocess.run(
+        [*program, "explain", str(run), *EXPLAIN],
+        env={**os.environ, KILLED_RANK: "1"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert launch.returncode != 0, launch.stderr[-3000:]
+    assert _count(theirs, "explanations") == 0  # killed inside its commit: nothing of its batch stored
+    with closing(sqlite3.connect(mine)) as con:
+        committed = [json.loads(line) for (line,) in con.execute("SELECT line FROM explanations ORDER BY id")]
+    want = _keyed(_lines(runs.one, "explanations", TIMING), EKEY)
+    assert 0 < len(committed) < len(want) and _count(run / "results.sqlite", "explanations") == 0
     assert main(["explain", str(run), *EXPLAIN]) == 0  # the same command, in one process
-    assert _keyed(_lines(lines, TIMING), EKEY) == want
+    lines = _lines(run, "explanations")
+    assert _keyed([{k: v for k, v in r.items() if k not in TIMING} for r in lines], EKEY) == want
+    assert lines[: len(committed)] == committed  # rank 0's lines, timing and all: kept, not explained again
 
 
 def _replies(run_dir: Path) -> list[tuple]:
-    with sqlite3.connect(f"file:{run_dir / 'results.sqlite'}?mode=ro", uri=True) as con:
+    with closing(sqlite3.connect(run_dir / "results.sqlite")) as con:
         return con.execute("SELECT key, method, value FROM replies ORDER BY key").fetchall()
 
 
@@ -176,4 +197,12 @@ def test_two_processes_cache_the_llms_replies_in_databases_of_their_own_merged_i
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert not server.requests  # every process read the run's replies
-    assert _lines(two / "explanations.jsonl", TIMING)[-12:] and not list(two.glob("results.p*"))
+    assert len(_lines(two, "explanations")) == 2 * 12  # each latent explained again once, its old line history
+
+
+if __name__ == "__main__":  # a process of the launch in the killed test: interp, one rank of it dying in a commit
+    killed, _run = os.environ[KILLED_RANK], Path(sys.argv[2])
+    if os.environ.get("RANK") == killed:
+        others = [r for r in range(int(os.environ["WORLD_SIZE"])) if str(r) != killed]
+        _die_inside_the_first_commit(_run, [_run / f"results.p{r}.sqlite" for r in others])
+    sys.exit(main(sys.argv[1:]))

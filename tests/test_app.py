@@ -9,9 +9,12 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
+import unicodedata
+from contextlib import closing
 
 import pytest
 from gradio_client import Client
@@ -25,11 +28,11 @@ from interp.app.workspace import Workspace, WorkspaceError
 from interp.cache import iter_shards, load_stats
 from interp.cli import main
 from interp.errors import InterpError
-from interp.jsonl import read_jsonl
 from interp.steer_side_by_side import generate_side_by_side
 from tests.helpers.app import CODER, INJECTION, RUN, TOKEN, copy_workspace, everything_written, free_port, serve_app
 from tests.helpers.hub_server import local_hub
 from tests.helpers.openai_server import serving
+from tests.helpers.results import explanation_lines
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # gradio_client would report to its makers otherwise
 
@@ -103,9 +106,25 @@ def test_rendered_text_is_escaped_and_shows_each_activation():
 # --------------------------------------------------------------------------- the panels as functions
 
 
+def words(text: str) -> list[str]:
+    """``text``'s words as the run database's full-text index splits them: runs of letters and digits, case and
+    accents folded."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return re.findall(r"[^\W_]+", plain.lower())
+
+
+def holds(text: str, query: str) -> bool:
+    """What the latent table's search keeps: ``query``'s words as a phrase in ``text``, its last word a prefix, in
+    any case."""
+    q, t = words(query), words(text)
+    return any(
+        t[i : i + len(q) - 1] == q[:-1] and t[i + len(q) - 1].startswith(q[-1]) for i in range(len(t) - len(q) + 1)
+    )
+
+
 def test_the_latent_table_searches_and_sorts_what_the_run_holds(run, workspace):
     table = explore.latent_table(run, CODER)
-    lines = [r for r in read_jsonl(workspace / RUN / "explanations.jsonl") if r["coder"] == CODER]
+    lines = [r for r in explanation_lines(workspace / RUN) if r["coder"] == CODER]
     assert table.headers == ["latent", "status", "explanation", "frequency", "embedding"]
     assert [row[0] for row in table.rows] == sorted(r["latent"] for r in lines)
     count = load_stats(workspace / RUN / "cache" / CODER)["count"]
@@ -113,15 +132,20 @@ def test_the_latent_table_searches_and_sorts_what_the_run_holds(run, workspace):
         line = next(r for r in lines if r["latent"] == latent)
         assert (status, text) == (line["status"], line["explanation"]) and frequency == count[latent].item() / 2048
         assert auroc == next(
-            r["metrics"]["auroc"] for r in run.scores() if r["latent"] == latent and not r["baseline"]
+            r["metrics"]["auroc"] for r in run.dir.scores() if r["latent"] == latent and not r["baseline"]
         )
     by_score = explore.latent_table(run, CODER, sort="score: embedding")
     assert [row[4] for row in by_score.rows] == sorted((row[4] for row in table.rows), reverse=True)
     by_freq = explore.latent_table(run, CODER, sort="frequency")
     assert [row[3] for row in by_freq.rows] == sorted((row[3] for row in table.rows), reverse=True)
-    word = table.rows[0][2].split('"')[1]
-    found = explore.latent_table(run, CODER, query=word.upper())
-    assert found.rows and all(word.lower() in row[2].lower() for row in found.rows)
+    word = next(w for row in table.rows for w in words(row[2])[2:] if len(w) > 1)  # a word of a listed token
+    found = {}
+    for query in (word.upper(), word[:-1], "The TOKENS", "tokens the", "okens"):
+        found[query] = [row[0] for row in explore.latent_table(run, CODER, query=query).rows]
+        assert found[query] == [row[0] for row in table.rows if holds(row[2], query)], query
+    assert found[word.upper()] and set(found[word.upper()]) <= set(found[word[:-1]])  # any case; the last a prefix
+    assert found["The TOKENS"] == [row[0] for row in table.rows]  # "The tokens ...": a phrase every one begins with
+    assert found["tokens the"] == found["okens"] == []  # the words in another order; not a word's beginning
     assert explore.latent_table(run, CODER, query="no explanation says this").rows == []
     assert explore.sort_choices(run) == ["latent", "frequency", "score: embedding"]
     with pytest.raises(InterpError, match="Cannot sort by 'score: fuzzing': use latent, frequency, score: embedding"):
@@ -209,7 +233,7 @@ def test_explain_one_latent_or_a_selection_with_a_server_and_find_it_in_the_run(
         assert len(srv.requests) == 1 and "<<" in json.loads(srv.requests[0]["body"])["messages"][-1]["content"]
         summary, table = explain_score.explain(run, CODER, "default", llm, "7,9,11", progress=False)
         assert [row[0] for row in table.rows] == [7, 9, 11] and len(srv.requests) == 3  # 7 was done already
-        lines = [r for r in read_jsonl(ws / RUN / "explanations.jsonl") if r["explainer"] == "default"]
+        lines = [r for r in explanation_lines(ws / RUN) if r["explainer"] == "default"]
         assert sorted(r["latent"] for r in lines) == [7, 9, 11] and {r["explanation"] for r in lines} == {
             "cats and dogs"
         }
@@ -283,8 +307,11 @@ def test_a_model_named_in_the_page_never_runs_its_own_code(tmp_path, workspace):
 
 def test_score_shows_every_examples_outcome_and_the_plots(tmp_path, workspace):
     ws = copy_workspace(workspace, tmp_path)
-    (ws / RUN / "scores.jsonl").unlink()  # score again, here
+    with closing(sqlite3.connect(ws / RUN / "results.sqlite")) as db, db:  # score again, here
+        db.execute("DELETE FROM score_examples")
+        db.execute("DELETE FROM scores")
     run = Runs(Workspace(ws)).get(RUN)
+    assert run.dir.scores() == [] and run.dir.explanations()
     summary = explain_score.score(
         run, CODER, "tokens", ["embedding"], "logprob", explain_score.LLMChoice("local"), progress=False
     )
@@ -295,7 +322,9 @@ def test_score_shows_every_examples_outcome_and_the_plots(tmp_path, workspace):
     }
     latent = explore.latent_table(run, CODER).rows[0][0]
     o = explain_score.outcomes(run, CODER, latent, "embedding", "tokens")
-    row = next(r for r in run.scores() if r["latent"] == latent and r["scorer"] == "embedding" and not r["baseline"])
+    row = next(
+        r for r in run.dir.scores() if r["latent"] == latent and r["scorer"] == "embedding" and not r["baseline"]
+    )
     assert len(o.table.rows) == len(row["examples"]) == o.right + o.wrong
     positives = sum(e["label"] for e in row["examples"])
     called = [
@@ -363,9 +392,9 @@ def test_publish_previews_and_pushes_with_a_typed_token_that_goes_nowhere_else(
     ws = copy_workspace(workspace, tmp_path)
     run = Runs(Workspace(ws)).get(RUN)
     table, card = publishing.preview_table(run)
-    assert [row[1] for row in table.rows] == sorted(r["latent"] for r in run.explanations()) and "auroc" in table.rows[
-        0
-    ][7]
+    assert [row[1] for row in table.rows] == sorted(
+        r["latent"] for r in run.dir.explanations()
+    ) and "auroc" in table.rows[0][7]
     assert card.startswith("---") and "embedding" in card
     caplog.set_level(logging.DEBUG)
     with local_hub(monkeypatch, tmp_path, TOKEN) as hub:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from interp.app import AppConfig, launch
+from interp.rundir import RunDir
 from tests.helpers.app import CODER, INJECTION, RUN, TOKEN, free_port
 from tests.helpers.hub_server import local_hub
 from tests.helpers.openai_server import serving
@@ -47,8 +48,7 @@ def app(workspace, tmp_path_factory):
         "status": "ok",
         "model": "planted",
     }
-    with open(root / RUN / "explanations.jsonl", "a") as f:
-        f.write(json.dumps(line) + "\n")
+    RunDir(root / RUN).add_explanations([line])
     llm = serving()
     llm.reply = lambda content: " cats and dogs"  # continues the short explainer's "Fires on"
     llm.script = ["sleep"]  # the first request is slow enough to watch the progress

@@ -9,7 +9,6 @@ ordinary refusals (a ``../`` run, a missing run, a latent past the end); this fi
 """
 
 import html
-import json
 import re
 import shutil
 import statistics
@@ -28,6 +27,7 @@ from markdown_it import MarkdownIt
 from interp.app.explore import MAX_QUERY_CHARS, MAX_TEXT_CHARS
 from interp.app.intervene import MAX_PROMPT_CHARS
 from interp.app.workspace import MAX_PATH_CHARS
+from interp.rundir import RunDir
 from tests.helpers.app import CODER, INJECTION, RUN, copy_workspace, serve_app
 
 pytestmark = pytest.mark.reliability
@@ -94,13 +94,11 @@ def _plant(root: Path, outside: Path) -> None:
             "model": "planted",
         },
     ]
-    with open(run / "explanations.jsonl", "a") as f:
-        f.writelines(json.dumps(line) + "\n" for line in lines)
+    RunDir(run).add_explanations(lines)
     named = shutil.copytree(run, root / "runs" / MARKUP_NAME)
     shutil.copytree(named / "cache" / CODER, named / "cache" / MARKUP_NAME)
     elsewhere = shutil.copytree(run, outside / "run")
-    with open(elsewhere / "explanations.jsonl", "a") as f:
-        f.write(json.dumps({**lines[0], "explanation": SECRET}) + "\n")
+    RunDir(elsewhere).add_explanations([{**lines[0], "explanation": SECRET}])
     (outside / "secret.txt").write_text(SECRET)
     (root / "runs" / "escape").symlink_to(elsewhere, target_is_directory=True)
     (root / "models" / "escape").symlink_to(outside, target_is_directory=True)

@@ -2,8 +2,9 @@
 
 The search goes through the app's own handler (``Handlers.explain``, what the Explain tab's button calls) to the
 scripted OpenAI-compatible server and the real embedding judge, so what the tab's controls say is what the explain
-stage does; the Explore panel's candidates table is read against ``explanations.jsonl``; each page of the latent table
-against the whole table.
+stage does; the Explore panel's candidates table is read against the explanation lines of the run's results database;
+each page of the latent table against the whole table, and its search against what a word search of the explanations
+means.
 """
 
 import json
@@ -20,8 +21,9 @@ from interp.app.session import Runs
 from interp.app.workspace import Workspace
 from interp.errors import ConfigError
 from interp.explain.explainers import Explanation
-from interp.jsonl import append_jsonl, read_jsonl
+from interp.rundir import RunDir
 from tests.helpers.app import CODER, RUN, copy_workspace, serve_app
+from tests.helpers.results import explanation_lines
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # gradio_client would report to its makers otherwise
 
@@ -35,11 +37,11 @@ def explainer_reply(body: dict) -> str:
 
 def explained_latents(ws) -> list[int]:
     """The latents the small run's tokens explainer explained (they fire often enough to have examples)."""
-    return sorted(r["latent"] for r in read_jsonl(ws / RUN / "explanations.jsonl") if r["status"] == "ok")
+    return sorted(r["latent"] for r in explanation_lines(ws / RUN) if r["status"] == "ok")
 
 
 def searched_lines(ws, explainer: str = "short") -> dict[int, dict]:
-    return {r["latent"]: r for r in read_jsonl(ws / RUN / "explanations.jsonl") if r["explainer"] == explainer}
+    return {r["latent"]: r for r in explanation_lines(ws / RUN) if r["explainer"] == explainer}
 
 
 def test_the_explain_tabs_search_reaches_the_explain_stage_and_explore_shows_its_candidates(
@@ -136,13 +138,13 @@ def test_the_search_settings_are_checked_as_the_cli_checks_them(tmp_path, worksp
             run, CODER, "tokens", explain_score.LLMChoice("local"), "0", search=explain_score.SearchChoice("refine", 0)
         )
     assert explain_score.search_spec() == explain_score.SearchChoice()
-    assert len(read_jsonl(ws / RUN / "explanations.jsonl")) == len(read_jsonl(workspace / RUN / "explanations.jsonl"))
+    assert explanation_lines(ws / RUN) == explanation_lines(workspace / RUN)  # refused: not a line written
 
 
 def write_tokens_lines(ws, latents, text=lambda latent: f'"w{latent % 5}"') -> None:
     """Tokens-explainer lines for ``latents``, as ``interp explain --explainer tokens`` writes them."""
     lines = [Explanation(CODER, latent, "tokens", text(latent), "ok").to_dict() for latent in latents]
-    append_jsonl(ws / RUN / "explanations.jsonl", lines)
+    RunDir(ws / RUN).add_explanations(lines)
 
 
 def test_the_latent_table_sends_one_page_with_the_search_and_sort_applied_first(tmp_path, workspace):
@@ -182,6 +184,42 @@ def test_the_latent_table_sends_one_page_with_the_search_and_sort_applied_first(
         h.latents(RUN, CODER, "", "latent", "two")
 
 
+SEARCHED = {
+    0: "cats and dogs",
+    1: "Dogs, and CATS",
+    2: "hotdogs on a stand",
+    3: "the dog days",
+    4: '"w3" "x5"',
+    5: "C++ templates",
+    6: "Café au lait",
+}
+"""Explanations of the first latents, each with something a word search must find, or must not."""
+
+
+def test_the_search_finds_the_words_as_a_phrase_its_last_word_a_prefix_in_any_case(tmp_path, workspace):
+    ws = copy_workspace(workspace, tmp_path)
+    write_tokens_lines(ws, range(128), text=lambda latent: SEARCHED.get(latent, "nothing here"))
+    run = Runs(Workspace(ws)).get(RUN)
+
+    def found(query: str) -> list[int]:
+        return [row[0] for row in explore.latent_table(run, CODER, query=query).rows]
+
+    assert found("DOGS") == [0, 1]  # a word, in any case; not inside another word (hotdogs)
+    assert found("dog") == [0, 1, 3]  # the last word a prefix: dog, dogs
+    assert found("og") == found("otdogs") == []  # no word begins so
+    assert found("hot") == [2]
+    assert found("and cats") == found("AND ca") == [1]  # the words as a phrase, in their order
+    assert found("cats dogs") == []  # not side by side anywhere
+    assert found("  dogs   AND  ") == [1]  # spaces between the words count as one
+    assert found('"w3" "x5"') == found("w3 x") == [4]  # quotes are punctuation, never search syntax
+    assert found("c++ TEMP") == [5]  # punctuation between words is no part of them: "c", "temp"
+    assert found("++") == [5] and found(",") == [1]  # a query of punctuation alone is looked for as it is written
+    assert found("cafe") == found("CAFÉ") == [6]  # accents and case folded alike
+    assert found("no explanation says this") == []
+    assert found("") == found("   ") == list(range(128))
+    assert explore.latent_page(run, CODER, query="dog", page_size=2).line() == "page 1 of 2 (3 latents)"
+
+
 def test_fifty_thousand_explained_latents_send_one_page_and_turning_it_recomputes_nothing(tmp_path, workspace):
     ws = copy_workspace(workspace, tmp_path)
     write_tokens_lines(ws, range(50_000), text=lambda latent: f'"w{latent % 7}" "x{latent % 11}"')
@@ -195,12 +233,12 @@ def test_fifty_thousand_explained_latents_send_one_page_and_turning_it_recompute
     later = explore.latent_page(run, CODER, page=500)
     turned = time.perf_counter() - start
     assert [row[0] for row in later.table.rows] == list(range(49_900, 50_000))
-    run.derived(("latent_table", CODER, "", "latent"), lambda: pytest.fail("the whole table was built again"))
+    run.derived(("latent_order", CODER, "", "latent"), lambda: pytest.fail("the order was computed again"))
     start = time.perf_counter()
     searched = explore.latent_page(run, CODER, query='"w3" "x5"')
     queried = time.perf_counter() - start
     assert searched.total == len([i for i in range(50_000) if i % 7 == 3 and i % 11 == 5])
-    write_tokens_lines(ws, [50_000])  # a new line: the table is built again from it
+    write_tokens_lines(ws, [50_000])  # a new line: the order is computed again with it
     assert explore.latent_page(run, CODER).total == 50_001
     print(
         f"\n50,000 latents: first page {built:.2f} s, page 500 {turned * 1000:.1f} ms, a search {queried:.2f} s "

@@ -2,10 +2,13 @@
 
 A real tiny tmpfs (where the test may mount one) for the cache: refused at once when clearly too small, stopped
 in one line when it fills mid-way, and resumed to the uninterrupted cache byte for byte once it has room; and for
-the results database, full when the LLM's replies are committed. Then ENOSPC at every other write site of a whole
-run (and of publish), raised by a wrapper of the ``fsync`` that every write of files shares (SQLite syncs its own
-files, beneath Python: the tmpfs test is its), at the first write of each site in turn: each stops in one line
-with exit 2, leaves no partial file or line, and the resumed run ends equal to an uninterrupted one.
+the results database: full when the LLM's replies are committed, and filled inside the transaction of a batch of
+explanation or score lines (the lines written into it, its commit still to come): one line, every batch committed
+before it kept, nothing of it stored, and the same command resumes to the uninterrupted run. Then ENOSPC at every
+other write site of a whole run (and of publish), raised by a wrapper of the ``fsync`` that every write of files
+shares (SQLite syncs its own files, beneath Python: the tmpfs tests are its), at the first write of each site in
+turn: each stops in one line with exit 2, leaves no partial file or line, and the resumed run ends equal to an
+uninterrupted one.
 """
 
 import errno
@@ -13,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -25,7 +29,7 @@ from interp.errors import DiskFullError
 from interp.results_db import ResultsDB
 from tests.helpers.models import save_tiny_model
 from tests.helpers.pipeline import scripted_reply, tiny_run_args
-from tests.test_crash_resume import differences, mid_write
+from tests.test_crash_resume import check_whole, differences, mid_write, stored, traced_connect
 from tests.test_crash_resume import normalised as files
 
 CODER = "model.layers.1.mlp.topk-neurons"
@@ -107,8 +111,6 @@ SITES = {
     "stats.safetensors": "statistics",
     "stats.json": "statistics totals",
     "summary.json": "summary",
-    "explanations.jsonl": "explanations",
-    "scores.jsonl": "scores",
 }
 
 
@@ -147,6 +149,77 @@ def test_a_full_disk_at_the_results_database_is_one_line_and_the_same_command_re
     assert "run the same command: it resumes" in line and not mid_write(run_dir)
     filler.unlink()
     assert main(tiny_run_args(run_dir, model, server.base_url)) == 0
+    assert differences(normalised(reference), normalised(run_dir)) == []
+
+
+class FillsAt:
+    """A trace callback of the run's database connections (``traced_connect``) that fills the disk, a real tmpfs,
+    inside the ``nth`` transaction that stores ``table`` lines: at its first row, so the commit finds no room."""
+
+    def __init__(self, disk: Path, table: str, nth: int):
+        self.disk, self.table, self.nth = disk, table, nth
+        self.filler = disk / "filler"
+        self.transactions = 0
+        self.inside = False
+        self.filled_at = ""
+
+    def __call__(self, sql: str) -> None:
+        sql = sql.lstrip()
+        if sql.startswith("BEGIN"):
+            self.inside = False
+        elif sql.startswith(f"INSERT INTO {self.table} ") and not self.inside:
+            self.inside = True
+            self.transactions += 1
+            if self.transactions == self.nth:
+                self.fill()
+                self.filled_at = sql[:60]
+
+    def fill(self) -> None:
+        """Write zeros until not one more byte fits."""
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        size = 1 << 20
+        while size:
+            try:
+                os.write(fd, bytes(size))
+            except OSError:
+                size //= 2
+        os.close(fd)
+
+
+def _lines(run_dir: Path, table: str) -> list:
+    """Every explanation or score line the database has committed, in the order written, as a read-only connection
+    reads them (the killed or failed command's files as it left them): explanation lines without their timing,
+    score rows without their id."""
+    rows = stored(run_dir)[table]
+    if table == "explanations":
+        return [{k: v for k, v in json.loads(line).items() if k != "batch_seconds_per_latent"} for _, line in rows]
+    return [row[1:] for row in rows]
+
+
+@pytest.mark.parametrize("table", ["explanations", "scores"])
+def test_a_disk_that_fills_inside_a_commit_of_results_is_one_line_keeps_every_earlier_batch_and_resumes(
+    tmp_path, model, tmpfs, server, monkeypatch, capsys, table
+):
+    server.reply = scripted_reply
+    args = lambda run_dir: [*tiny_run_args(run_dir, model, server.base_url), "--concurrency", "3"]  # noqa: E731
+    reference = tmp_path / "reference"  # 6 latents: two batches of 3 explanations, four of 3 score lines
+    assert main(args(reference)) == 0
+    disk = tmpfs(16 * 1024)
+    run_dir = disk / "run"
+    fills = FillsAt(disk, table, nth=2)
+    monkeypatch.setattr(sqlite3, "connect", traced_connect(run_dir, fills))
+    assert main(args(run_dir)) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert fills.filled_at, "the disk never filled"
+    assert line.startswith(f"error: No space left on the device writing {run_dir}/results.sqlite"), line
+    assert "run the same command: it resumes" in line and not mid_write(run_dir)
+    monkeypatch.undo()
+    fills.filler.unlink()
+    assert not check_whole(run_dir), check_whole(run_dir)  # the database whole, no torn row
+    assert _lines(run_dir, table) == _lines(reference, table)[:3]  # the first batch kept, nothing of the second
+    if table == "scores":
+        assert _lines(run_dir, "explanations") == _lines(reference, "explanations")
+    assert main(args(run_dir)) == 0
     assert differences(normalised(reference), normalised(run_dir)) == []
 
 
@@ -208,7 +281,7 @@ def test_enospc_at_every_write_site_is_one_line_and_the_resumed_run_equals_an_un
         pytest.fail("the run never finished")
     assert set(full.failed) >= {
         "config", "token windows", "coder description", "shard", "shard sidecar", "statistics", "statistics totals",
-        "summary", "explanations", "scores", "plot", "lock holder", "latent offset index",
+        "summary", "plot", "lock holder", "latent offset index",
     }  # fmt: skip
     assert differences(normalised(reference), normalised(run_dir)) == []
     out = tmp_path / "published"

@@ -28,7 +28,7 @@ from interp.config import CacheConfig, CorpusConfig, RecordsConfig, RunConfig, r
 from interp.corpus import corpus_windows, cut_windows
 from interp.errors import CacheCorruptError, ConfigError, CorpusError, CorruptFileError
 from interp.explain import LLM_EXPLAINERS, TokenText, explain_batch, explain_prompt, flag, highlight, parse_explanation
-from interp.jsonl import read_jsonl
+from interp.jsonl import append_jsonl
 from interp.llm import GenerationParams, LLMError, OpenAIClient
 from interp.models import LoadedModel
 from interp.records import CacheView, RecordBuilder
@@ -39,6 +39,7 @@ from interp.views import explainer_view, scored_view
 from tests.helpers.models import save_tiny_model, tiny_llama
 from tests.helpers.openai_server import serving
 from tests.helpers.pipeline import scripted_reply, tiny_run_args
+from tests.helpers.results import explanation_lines, score_lines
 from tests.helpers.text import is_plain_line
 
 pytestmark = pytest.mark.reliability
@@ -327,34 +328,40 @@ CASES = [
     (f"{SHARDS}/shard-00001.json", "wrong JSON", RECOVERS),
     (f"{SHARDS}/stats.safetensors", "garbage", RECOVERS),
     (f"{SHARDS}/stats.json", "wrong JSON", RECOVERS),
-    ("explanations.jsonl", "missing", RECOVERS),
-    ("explanations.jsonl", "truncated", RECOVERS),
-    ("explanations.jsonl", "wrong JSON", RECOVERS),
-    ("scores.jsonl", "missing", RECOVERS),
-    ("scores.jsonl", "truncated", RECOVERS),
-    ("scores.jsonl", "garbage", RECOVERS),
-    ("results.sqlite", "missing", RECOVERS),
-    ("results.sqlite", "truncated", RECOVERS),  # a finished run asks the LLM nothing: its cache is never opened
-    ("results.sqlite", "garbage", RECOVERS),  # (where it is, the file is named: test_llm.py)
+    ("results.sqlite", "missing", RECOVERS),  # every explanation and score made again, each once
+    ("results.sqlite", "truncated", NAMED),  # the run's explanations and scores: not redone over a damaged file
+    ("results.sqlite", "garbage", NAMED),
     ("summary.json", "garbage", RECOVERS),
 ]
 """(file, damage, outcome): the run either rebuilds what it needs and ends as the undamaged run did,
 or stops with one line naming the file (where the file's content cannot be redone from the rest)."""
+LEGACY = ("explanations.jsonl", "scores.jsonl", "llm_cache.jsonl")
+"""The files that held a run's results before the results database: imported once, then left as they were."""
+LEGACY_CASES = [
+    ("explanations.jsonl", "missing"),
+    ("explanations.jsonl", "truncated"),
+    ("explanations.jsonl", "wrong JSON"),
+    ("scores.jsonl", "missing"),
+    ("scores.jsonl", "truncated"),
+    ("scores.jsonl", "garbage"),
+]
+"""(file, damage) of a run made before the results database: the lines that can be read are imported, the rest is
+made again, and the run ends as the undamaged run did."""
 
 
 def outputs(run_dir: Path) -> dict:
-    """What a run produced, ignoring timing, the line order of appended files, plots (redrawn from the
-    scores) and the results database (the LLM response cache: a lost reply is fetched again only when needed)."""
+    """What a run produced, ignoring timing, the order lines were written in, plots (redrawn from the scores), the
+    LLM response cache (a lost reply is fetched again only when needed) and a legacy run's JSONL (left as it was):
+    its files, and every explanation and score line its results database ever stored."""
     out = {}
     for p in sorted(run_dir.rglob("*")):
         rel = str(p.relative_to(run_dir))
-        if not p.is_file() or rel.startswith(("plots/", "results.sqlite")):
+        if not p.is_file() or rel.startswith(("plots/", "results.sqlite")) or rel in LEGACY:
             continue
-        if p.suffix == ".jsonl":
-            rows = [{k: v for k, v in r.items() if k != "batch_seconds_per_latent"} for r in read_jsonl(p)]
-            out[rel] = sorted(json.dumps(r, sort_keys=True) for r in rows)
-        else:
-            out[rel] = p.read_bytes()
+        out[rel] = p.read_bytes()
+    for table, lines in (("explanations", explanation_lines(run_dir)), ("scores", score_lines(run_dir))):
+        rows = [{k: v for k, v in r.items() if k != "batch_seconds_per_latent"} for r in lines]
+        out[f"results.sqlite: {table}"] = sorted(json.dumps(r, sort_keys=True) for r in rows)
     return out
 
 
@@ -374,6 +381,33 @@ def test_a_damaged_run_directory_recovers_or_names_the_file(
     else:
         assert rc == 0, err
         assert outputs(run_dir) == outputs(finished_run)
+
+
+@pytest.fixture(scope="module")
+def legacy_run(tmp_path_factory, finished_run) -> Path:
+    """``finished_run`` as a run made before the results database kept it: its explanation and score lines, every one
+    in the order written, in explanations.jsonl and scores.jsonl, and no database (its replies not kept)."""
+    run_dir = tmp_path_factory.mktemp("legacy") / "run"
+    shutil.copytree(finished_run, run_dir, ignore=shutil.ignore_patterns("results.sqlite*"))
+    append_jsonl(run_dir / "explanations.jsonl", explanation_lines(finished_run))
+    append_jsonl(run_dir / "scores.jsonl", score_lines(finished_run))
+    return run_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rel, damage", LEGACY_CASES, ids=[f"{r}-{d}" for r, d in LEGACY_CASES])
+def test_a_damaged_jsonl_of_a_run_made_before_the_database_is_imported_as_far_as_it_reads_and_recovers(
+    tmp_path, legacy_run, finished_run, tiny_model, llm, capsys, rel, damage
+):
+    llm.body, llm.reply = None, scripted_reply
+    run_dir = tmp_path / "run"
+    shutil.copytree(legacy_run, run_dir)
+    DAMAGE[damage](run_dir / rel)
+    left = {name: (run_dir / name).read_bytes() for name in LEGACY if (run_dir / name).is_file()}
+    rc = main(tiny_run_args(run_dir, tiny_model, llm.base_url) + ["--neuron-k", "4"])
+    assert rc == 0, capsys.readouterr().err
+    assert outputs(run_dir) == outputs(finished_run)
+    assert {name: (run_dir / name).read_bytes() for name in LEGACY if (run_dir / name).is_file()} == left
 
 
 @pytest.mark.slow
@@ -527,8 +561,8 @@ def _writes(call: ast.Call, writers: set[str]) -> bool:
 
 
 def test_every_library_write_is_atomic_or_an_append():
-    """A source audit: each call that writes a file sits inside ``write_atomic`` (or is the JSONL appender, or the
-    results database's transactions)."""
+    """A source audit: each call that writes a file sits inside ``write_atomic`` (in its arguments, or in a function
+    handed to it by name), or is the JSONL appender, or the results database's transactions."""
     root = Path(__file__).resolve().parents[1]
     writers = {
         "savefig",
@@ -557,7 +591,10 @@ def test_every_library_write_is_atomic_or_an_append():
             continue
         tree = ast.parse(path.read_text())
         calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
-        inside = {id(n) for call in calls if _name(call) == "write_atomic" for n in ast.walk(call)}
+        atomic = [call for call in calls if _name(call) == "write_atomic"]
+        writers_given = {a.id for call in atomic for a in call.args if isinstance(a, ast.Name)}  # a function by name
+        given = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name in writers_given]
+        inside = {id(n) for node in [*atomic, *given] for n in ast.walk(node)}
         found += [
             f"{rel}:{c.lineno}: {ast.unparse(c)[:90]}" for c in calls if id(c) not in inside and _writes(c, writers)
         ]

@@ -12,12 +12,12 @@ import random
 import pytest
 
 from interp.config import CacheConfig, CoderConfig, CorpusConfig, ExplainConfig, ModelConfig, RunConfig, ScoreConfig
-from interp.jsonl import latest_rows, read_jsonl
 from interp.llm import GenerationParams, OpenAIClient, make_client
-from interp.rundir import EXPLANATION_KEY, EXPLANATIONS, SCORE_KEY, SCORES, RunDir
+from interp.rundir import EXPLANATION_KEY, RunDir
 from interp.stages import run_cache, run_explain, run_score, summarize_run
 from tests.helpers.models import save_tiny_model
 from tests.helpers.pipeline import scripted_reply
+from tests.helpers.results import explanation_lines, score_lines
 
 pytestmark = pytest.mark.reliability
 
@@ -85,9 +85,9 @@ def client(server, run_dir):
     )
 
 
-def latest(path, key, fields=None) -> list[dict]:
-    """The latest line per key (``fields`` of it, or all but timing), in a stable order."""
-    rows = latest_rows(read_jsonl(path), key)
+def latest(rows: list[dict], fields=None) -> list[dict]:
+    """The current lines (``RunDir.explanations`` or ``RunDir.scores``: one per key), ``fields`` of each (or all but
+    timing), in a stable order."""
     return sorted(
         ({k: v for k, v in r.items() if (k in fields if fields else k != "batch_seconds_per_latent")} for r in rows),
         key=json.dumps,
@@ -110,7 +110,7 @@ def test_a_run_against_a_flaky_server_completes_and_resumes_to_the_healthy_resul
     run_explain(
         cfg, run_dir, client=client(server, run_dir), progress=False
     )  # completes: failures are recorded, not raised
-    rows = read_jsonl(run_dir / EXPLANATIONS)
+    rows = explanation_lines(run_dir)  # every line stored: one per latent so far
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(rows) == 8 and 0 < len(failed) < 8
     assert all("gave up after 3 tries" in r["note"] and r["attempts"] == 2 for r in failed)
@@ -122,16 +122,17 @@ def test_a_run_against_a_flaky_server_completes_and_resumes_to_the_healthy_resul
     assert summary["explanations"] == {"ok": 8}
     # the same explanations; a latent whose first try failed shows its sampled retry's attempts and parameters
     what = (*EXPLANATION_KEY, "explanation", "status", "model", "prompt_sha")
-    assert latest(run_dir / EXPLANATIONS, EXPLANATION_KEY, what) == latest(ref / EXPLANATIONS, EXPLANATION_KEY, what)
+    assert latest(RunDir(run_dir).explanations(), what) == latest(RunDir(ref).explanations(), what)
+    assert len(explanation_lines(run_dir)) == 8 + len(failed)  # each failure replaced once, kept as history
 
     flaky(server, seed=2)
     run_score(cfg, run_dir, client=client(server, run_dir), progress=False)
-    scored = read_jsonl(run_dir / SCORES)
+    scored = score_lines(run_dir)
     assert len(scored) == 16 and any(r["metrics"]["failed"] for r in scored)
 
     healthy(server)
     sent = len(server.requests)
     summary = run_score(cfg, run_dir, client=client(server, run_dir), progress=False)
     assert 0 < len(server.requests) - sent < asked_by_reference / 2  # cached replies are not asked again
-    assert latest(run_dir / SCORES, SCORE_KEY) == latest(ref / SCORES, SCORE_KEY)
+    assert latest(RunDir(run_dir).scores()) == latest(RunDir(ref).scores())
     assert summary == summarize_run(ref)  # each re-score replaced its failed line: nothing is counted twice

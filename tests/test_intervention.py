@@ -21,6 +21,7 @@ from interp.scoring.intervention import InterventionScorer, statement_parts
 from interp.steer_effects import latent_effects, load_steer_prompts
 from interp.views import ExplainerView, HeldOut
 from tests.helpers.coders import planted_word_coder
+from tests.helpers.results import explanation_lines, score_lines
 
 PROMPTS = 4
 TRUE, RANDOM = "cats", "legal contracts and court cases"
@@ -140,7 +141,7 @@ def test_explain_and_score_stages_run_the_intervention_explainer_and_scorer(tiny
     ]
     assert main(["run", *base, "--explainer", "tokens", "--scorers", "intervention"]) == 0
     assert re.search(r"intervention\s+auroc\s+[\d.]+\s+\[[\d.]+\]\s+n=2", capsys.readouterr().out)
-    rows = [json.loads(line) for line in (run_dir / "scores.jsonl").read_text().splitlines()]
+    rows = score_lines(run_dir)
     assert len(rows) == 4 and {r["scorer"] for r in rows} == {"intervention"} and sum(r["baseline"] for r in rows) == 2
     for r in rows:
         m = r["metrics"]
@@ -152,12 +153,12 @@ def test_explain_and_score_stages_run_the_intervention_explainer_and_scorer(tiny
     assert all(len(s) == 1 for s in by_latent.values())
 
     assert main(["score", *base, "--explainer", "tokens", "--scorers", "intervention"]) == 0  # resumes: nothing to add
-    assert len((run_dir / "scores.jsonl").read_text().splitlines()) == 4
+    assert score_lines(run_dir) == rows
 
     server.reply = consensus_reply
     llm = ["--llm", server.base_url, "--llm-model", "scripted-model", "--explainer", "intervention"]
     assert main(["explain", *base, *llm]) == 0
-    explained = [json.loads(line) for line in (run_dir / "explanations.jsonl").read_text().splitlines()]
+    explained = explanation_lines(run_dir)
     mine = [r for r in explained if r["explainer"] == "intervention"]
     assert len(mine) == 2 and all(r["status"] == "ok" and r["explanation"].startswith("The word") for r in mine)
     sent = [json.loads(q["body"])["messages"][1]["content"] for q in server.requests]

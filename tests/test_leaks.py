@@ -15,6 +15,7 @@ from interp.rundir import RunDir
 from interp.steer_effects import load_steer_prompts
 from tests.helpers import leaks as mutants
 from tests.helpers.leaks import leaks
+from tests.helpers.results import explanation_lines
 from tests.helpers.search import cache_tiny_run, copy_of, explain_args, explainer_reply, records_of, spy_on_judges
 
 STEERING = "--target-kl 0.003 --num-steer-prompts 3 --steer-new-tokens 5"
@@ -68,9 +69,11 @@ def test_a_contrastive_run_made_before_says_its_scores_leaked_until_explained_ag
     run = copy_of(cached[1], tmp_path)
     server.request_reply = reply
     assert main(explain_args(run, server.base_url, "--explainer", "contrastive")) == 0
-    lines = [json.loads(line) for line in (run / "explanations.jsonl").read_text().splitlines()]
-    assert all(r["separated"] for r in lines)
+    lines = explanation_lines(run)
+    assert lines and all(r["separated"] for r in lines)
     old = [{k: v for k, v in r.items() if k != "separated"} for r in lines]  # as the previous version wrote them
+    for path in run.glob("results.sqlite*"):  # a run made before the results database: its lines in the JSONL
+        path.unlink()
     (run / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
     score = ["score", str(run), "--quiet", "--explainer", "contrastive", "--scorers", "embedding"]
     capsys.readouterr()

@@ -13,7 +13,6 @@ from transformers import Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHead
 
 from interp.config import CacheConfig, CoderConfig, CorpusConfig, ExplainConfig, ModelConfig, RunConfig
 from interp.errors import CorruptFileError
-from interp.jsonl import read_jsonl
 from interp.llm import (
     CachedClient,
     Completion,
@@ -27,11 +26,12 @@ from interp.llm.local import prefix_chunks
 from interp.llm.response_cache import legacy_replies
 from interp.models import LoadedModel
 from interp.results_db import ResultsDB
-from interp.rundir import EXPLANATIONS
+from interp.rundir import RunDir
 from interp.stages import run_cache, run_explain
 from tests.helpers.models import save_tiny_model, tiny_llama
 from tests.helpers.openai_server import ScriptedServer, serving
 from tests.helpers.pipeline import scripted_reply
+from tests.helpers.results import explanation_lines
 
 SECRET = "sk-test-5ecret-do-not-leak"
 
@@ -155,7 +155,7 @@ def test_a_run_whose_server_dies_records_the_rest_as_failed_at_once_and_the_next
     start = time.monotonic()
     run_explain(cfg, run, progress=False)  # the run's own client, with the default retries (5 tries over 7.5 s)
     assert time.monotonic() - start < 5  # records, 4 replies, then failures at once: not 8 x 7.5 s
-    rows = read_jsonl(run / EXPLANATIONS)
+    rows = explanation_lines(run)
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(rows) == 12 and 4 <= 12 - len(failed) <= 8
     assert all("is unreachable" in r["note"] or "ConnectionRefusedError" in r["note"] for r in failed)
@@ -165,7 +165,7 @@ def test_a_run_whose_server_dies_records_the_rest_as_failed_at_once_and_the_next
     try:
         run_explain(cfg, run, progress=False)
         assert len(back.requests) == len(failed)
-        assert {r["latent"]: r["status"] for r in read_jsonl(run / EXPLANATIONS)} == {r["latent"]: "ok" for r in rows}
+        assert {r["latent"]: r["status"] for r in RunDir(run).explanations()} == {r["latent"]: "ok" for r in rows}
     finally:
         back.stop()
 

@@ -15,6 +15,7 @@ from interp.config import ModelConfig
 from interp.llm import local
 from interp.models import loads_alike
 from tests.helpers.models import save_tiny_model
+from tests.helpers.results import explanation_lines, score_lines
 
 TINY_RUN = "--num-tokens 1024 --ctx-len 32 --shard-windows 8 --batch-size 8 --quiet".split()
 CODER = ["--coders", "topk-neurons@model.layers.1.mlp"]
@@ -48,10 +49,6 @@ def cached_run(tmp_path_factory, tiny_model) -> Path:
     return run_dir
 
 
-def lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def test_the_llm_settings_reach_from_pretrained_config_json_and_each_explanation(tmp_path, tiny_model, loaded):
     run_dir = tmp_path / "run"
     args = ["run", str(run_dir), "--model", str(tiny_model), *TINY_RUN, *CODER, *FEW_EXAMPLES]
@@ -67,9 +64,9 @@ def test_the_llm_settings_reach_from_pretrained_config_json_and_each_explanation
 
     saved = json.loads((run_dir / "config.json").read_text())["explain"]
     assert (saved["llm_dtype"], saved["llm_quantization"], saved["llm_device_map"]) == ("bfloat16", "none", "cpu")
-    asked = [e for e in lines(run_dir / "explanations.jsonl") if e["status"] not in ("dead", "rare")]
+    asked = [e for e in explanation_lines(run_dir) if e["status"] not in ("dead", "rare")]
     assert len(asked) == 2 and {e["model"] for e in asked} == {f"{tiny_model} (bfloat16, device_map=cpu)"}
-    scores = lines(run_dir / "scores.jsonl")
+    scores = score_lines(run_dir)
     assert scores and {s["scorer"] for s in scores} == {"detection-logprob"}  # log-prob scoring on the bfloat16 LLM
 
 
@@ -79,7 +76,7 @@ def test_a_subject_model_that_is_its_own_llm_with_the_same_settings_loads_once(t
     work = ["--llm", f"local:{tiny_model}", *"--explainer tokens --latents sample:2 --scorers detection".split()]
     assert main(args + work) == 0
     assert [source for source, _ in loaded] == [str(tiny_model)]  # the subject, the detection scorer's LLM too
-    assert lines(run_dir / "scores.jsonl")
+    assert score_lines(run_dir)
 
 
 def test_auto_settings_are_resolved_before_two_loads_are_compared(monkeypatch):
@@ -101,7 +98,7 @@ def test_a_quantized_llm_without_cuda_is_refused_in_one_line(cached_run, tiny_mo
     assert capsys.readouterr().err == (
         "error: 4bit quantization needs CUDA (bitsandbytes); this machine has none. Use --llm-quantization none.\n"
     )
-    assert not (cached_run / "explanations.jsonl").exists()
+    assert explanation_lines(cached_run) == []  # refused before anything was explained
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")

@@ -25,6 +25,7 @@ from interp.locks import Work, hold
 from interp.rundir import RunDir
 from tests.helpers.models import save_tiny_model
 from tests.helpers.pipeline import scripted_reply, tiny_run_args
+from tests.helpers.results import explanation_lines, score_lines
 
 CODER = "model.layers.1.mlp.topk-neurons"
 LATENTS = "0-11"
@@ -146,7 +147,7 @@ def test_a_second_explain_stops_in_one_line_or_waits_and_asks_nothing_again(cach
     assert first.finish()[0] == 0
     code, err = waiting.finish()
     assert code == 0, err[-2000:]
-    rows = [json.loads(line) for line in run.explanations_file.read_text().splitlines()]
+    rows = explanation_lines(cached)  # every line stored, none replaced
     keys = [(r["coder"], r["latent"], r["explainer"]) for r in rows]
     assert len(keys) == len(set(keys)) == 12  # every latent explained once: the waiting process found them done
     prompts = _prompts(server)
@@ -178,7 +179,7 @@ def test_a_second_score_stops_and_a_waiting_one_scores_nothing_again(cached, ser
     for job in (first, parallel, waiting):
         code, err = job.finish()
         assert code == 0, err[-2000:]
-    rows = [json.loads(line) for line in run.scores_file.read_text().splitlines()]
+    rows = score_lines(cached)  # every line stored, none replaced
     keys = [(r["scorer"], r["coder"], r["latent"], r["explainer"], r["baseline"]) for r in rows]
     assert len(keys) == len(set(keys)) == 2 * 2 * 12  # two explainers, with their baselines, each line once
     prompts = _prompts(server)

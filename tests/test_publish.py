@@ -19,8 +19,8 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from interp.cli import main
 from interp.errors import InterpError
-from interp.jsonl import read_jsonl
 from interp.records import CacheView
+from interp.rundir import RunDir
 from interp.scoring.metrics import classification
 from publish.dataset import FEATURES, SCHEMA_VERSION, PublishError, build_dataset, data_file, read_run, score_entries
 from publish.hub import preview, publish_run, push_folder, write_folder
@@ -73,9 +73,9 @@ def test_explanation_rows_match_the_run_files_and_the_cache(run_dir, folder, smo
     tables = load_published(folder.path)
     assert list(tables) == [CODER] and folder.rows == {CODER: 4}
     rows = tables[CODER].to_list()
-    explained = {r["latent"]: r for r in read_jsonl(run_dir / "explanations.jsonl")}
+    explained = {r["latent"]: r for r in RunDir(run_dir).explanations()}
     assert [r["latent"] for r in rows] == sorted(explained)
-    scores = read_jsonl(run_dir / "scores.jsonl")
+    scores = RunDir(run_dir).scores()
     bos = smollm_tokenizer.bos_token_id
     view = CacheView.open(run_dir / "cache", CODER, bos_token_id=bos)
     for row in rows:

@@ -97,7 +97,7 @@ def test_frequencies_come_from_the_cache_stats_and_plots_are_written(tmp_path):
     (coder_dir / "stats.json").write_text(json.dumps({"num_tokens": 100}))
     freq = RunDir(tmp_path).firing_frequencies({"sae", "missing-coder"})
     assert freq == {("sae", 0): 0.1, ("sae", 1): 0.05, ("sae", 2): 0.01, ("sae", 3): 0.0}
-    paths = plot_diagnostics(ROWS, freq, tmp_path / "plots")
+    paths = plot_diagnostics(score_table(ROWS), freq, tmp_path / "plots")
     assert [p.name for p in paths] == ["frequency_sae.png", "agreement_sae.png"]
     assert all(p.stat().st_size > 5000 for p in paths)
 

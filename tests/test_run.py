@@ -9,6 +9,7 @@ import pytest
 
 from interp.cli import main
 from interp.rundir import RunDir
+from tests.helpers.results import explanation_lines, score_lines
 
 SMALL = ["--num-tokens", "2048", "--ctx-len", "32", "--shard-windows", "16", "--batch-size", "8", "--quiet"]
 
@@ -140,7 +141,7 @@ def test_explain_over_an_openai_server_resumes_and_records_failures(tmp_path, se
         "sample:6",
     ]
     assert main(["explain", *base, *llm]) == 0
-    rows = [json.loads(line) for line in (tmp_path / "run" / "explanations.jsonl").read_text().splitlines()]
+    rows = explanation_lines(run_dir)
     assert len(rows) == 6 and {r["status"] for r in rows} == {"ok"}
     assert all(r["explanation"].startswith('The token "') and r["model"] == "scripted-model" for r in rows)
     sent = len(server.requests)
@@ -152,7 +153,7 @@ def test_explain_over_an_openai_server_resumes_and_records_failures(tmp_path, se
     server.script = ["400"] * 1000  # the server refuses everything: failures are recorded, the run goes on
     before = len(rows) + 3
     assert main(["explain", *base, *llm[:-1], "0-20", "--max-retries", "1"]) == 2  # every one failed: loud, not exit 0
-    new = [json.loads(line) for line in (tmp_path / "run" / "explanations.jsonl").read_text().splitlines()][before:]
+    new = explanation_lines(run_dir)[before:]
     asked = [r for r in new if r["status"] not in ("dead", "rare")]
     assert asked and all(r["status"] == "failed" and "400" in r["note"] and r["attempts"] == 2 for r in asked)
     err = capsys.readouterr().err.strip()
@@ -164,7 +165,7 @@ def test_explain_over_an_openai_server_resumes_and_records_failures(tmp_path, se
 
     server.script = []  # the server recovers: a resumed run fills in exactly the failures
     assert main(["explain", *base, *llm[:-1], "0-20"]) == 0
-    rows = [json.loads(line) for line in (tmp_path / "run" / "explanations.jsonl").read_text().splitlines()]
+    rows = explanation_lines(run_dir)
     refilled = rows[before + len(new) :]
     assert sorted(r["latent"] for r in refilled) == sorted(r["latent"] for r in asked)
     assert {r["status"] for r in refilled} == {"ok"}
@@ -182,7 +183,7 @@ def test_explain_with_the_embedded_llm_and_the_token_baseline(tmp_path, capsys):
         )
         == 0
     )
-    rows = [json.loads(line) for line in (tmp_path / "run" / "explanations.jsonl").read_text().splitlines()]
+    rows = explanation_lines(run_dir)
     assert [r["explainer"] for r in rows] == ["tokens", "tokens", "default", "default"]
     llm_rows = rows[2:]
     assert {r["latent"] for r in llm_rows} == {r["latent"] for r in rows[:2]}
@@ -198,7 +199,7 @@ def test_score_stage_appends_resumes_and_summarises_against_the_baseline(tmp_pat
     assert main(["run", *base, "--explainer", "tokens", "--scorers", "embedding"]) == 0
     out = capsys.readouterr().out
     assert "embedding" in out and "auroc" in out
-    rows = [json.loads(line) for line in (run_dir / "scores.jsonl").read_text().splitlines()]
+    rows = score_lines(run_dir)
     assert len(rows) == 8 and sum(r["baseline"] for r in rows) == 4
     explanations = {r["latent"]: r["explanation"] for r in rows if not r["baseline"]}
     for r in rows:
@@ -211,7 +212,7 @@ def test_score_stage_appends_resumes_and_summarises_against_the_baseline(tmp_pat
     llm = ["--llm", server.base_url, "--llm-model", "scripted-model", "--explainer", "tokens"]
     scorers = ["--scorers", "embedding", "detection", "--score-mode", "generative"]
     assert main(["score", *base, *llm, *scorers]) == 0
-    rows = [json.loads(line) for line in (run_dir / "scores.jsonl").read_text().splitlines()]
+    rows = score_lines(run_dir)
     assert len(rows) == 16  # embedding was done already: only detection ran
     assert {r["scorer"] for r in rows[8:]} == {"detection"}
     detection = [r for r in rows if r["scorer"] == "detection"]

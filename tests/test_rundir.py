@@ -17,6 +17,7 @@ from tests.helpers.coders import random_dense_weights, write_saelens
 from tests.helpers.models import D_MODEL, save_tiny_model
 from tests.helpers.openai_server import serving
 from tests.helpers.pipeline import scripted_reply
+from tests.helpers.results import explanation_lines, score_lines
 
 NEURONS, SAE = "model.layers.1.mlp.topk-neurons", "model.layers.2"
 SMALL = ["--num-tokens", "1024", "--ctx-len", "32", "--shard-windows", "8", "--batch-size", "8", "--quiet"]
@@ -77,9 +78,10 @@ def test_a_users_run_loads_its_model_once_and_resumes_from_the_run_directory_alo
     run_dir = tmp_path / "run"
     assert main(users_run(run_dir, tiny_model, saelens_dir)) == 0
     assert loads == [str(tiny_model)]  # cache, explain and score share one model
-    lines = {p: p.read_bytes() for p in (run_dir / "explanations.jsonl", run_dir / "scores.jsonl")}
+    lines = explanation_lines(run_dir), score_lines(run_dir)
+    assert all(lines)
     assert main(["run", str(run_dir), "--quiet"]) == 0  # the run's own settings, from its config.json
-    assert {p: p.read_bytes() for p in lines} == lines
+    assert (explanation_lines(run_dir), score_lines(run_dir)) == lines  # resumed: not a line written again
     assert loads == [str(tiny_model)] * 2
 
 
@@ -136,6 +138,16 @@ def test_every_stage_on_an_existing_run_takes_the_run_directory_alone(
     assert subject.coders[SAE].kind == "saelens" and subject.coders[NEURONS].kind == "topk-neurons"
 
 
+def drop_scores(run: RunDir) -> None:
+    """Leave ``run`` with its current explanations and no score line (as deleting its scores.jsonl did): its results
+    database made again from the explanations alone."""
+    kept = run.explanations()
+    for path in run.path.glob("results.sqlite*"):
+        path.unlink()
+    run.add_explanations(kept)
+    assert run.explanations() == kept and not run.scores()
+
+
 def test_a_stage_started_from_the_app_touches_only_the_chosen_coder(tmp_path, made_run):
     shutil.copytree(made_run, tmp_path / "run")
     run, lines = Runs(Workspace(tmp_path)).get("run"), RunDir(tmp_path / "run")
@@ -143,7 +155,7 @@ def test_a_stage_started_from_the_app_touches_only_the_chosen_coder(tmp_path, ma
     explain_score.explain(run, SAE, "tokens", explain_score.LLMChoice("local"), "0-9", progress=False)
     new = lines.explanations()[explained:]
     assert len(new) == 10 and {r["coder"] for r in new} == {SAE}
-    lines.scores_file.unlink()
+    drop_scores(lines)
     explain_score.score(run, SAE, "tokens", ["embedding"], "logprob", explain_score.LLMChoice("local"), progress=False)
     assert {r["coder"] for r in lines.scores()} == {SAE}
     with pytest.raises(InterpError, match="no finished coder 'model.layers.3'"):

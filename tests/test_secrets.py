@@ -25,6 +25,7 @@ from interp.models import load_model, model_load_kwargs
 from tests.helpers.models import save_tiny_model
 from tests.helpers.neuronpedia_server import FakeNeuronpedia, serving
 from tests.helpers.pipeline import scripted_reply, tiny_run_args
+from tests.helpers.results import explanation_lines, score_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENAI_KEY = "sk-INTERPFAKE-" + "0123456789abcdef" * 16  # long: a server message cut at 200 characters cuts through it
@@ -76,9 +77,7 @@ def test_api_keys_and_hub_tokens_appear_in_no_output(tmp_path, server, smollm_to
         assert done.returncode == 0, done.stderr[-2000:]
         outputs += [done.stdout, done.stderr]
 
-    notes = [
-        r["note"] for r in map(json.loads, (run_dir / "explanations.jsonl").read_text().splitlines()) if r["note"]
-    ]
+    notes = [r["note"] for r in explanation_lines(run_dir) if r["note"]]
     assert any('HTTP 400: {"error": "bad key Bearer ***' in n for n in notes)  # the echo happened, and was redacted
     assert (run_dir / "publish" / "README.md").is_file()
     np_server.shutdown()
@@ -89,6 +88,8 @@ def test_api_keys_and_hub_tokens_appear_in_no_output(tmp_path, server, smollm_to
     assert len(files) > 15
     for p in files:
         assert not leaks(p.read_bytes().decode("latin-1")), p
+    for line in explanation_lines(run_dir) + score_lines(run_dir):  # score examples are stored compressed: read them
+        assert not leaks(json.dumps(line, ensure_ascii=False)), line
     for text in outputs:
         assert not leaks(text)
 

@@ -44,6 +44,7 @@ from pathlib import Path
 import pytest
 
 from interp.config import ExplainConfig
+from tests.helpers.results import explanation_lines
 
 ROOT = Path(__file__).parents[1]
 DOCKERFILE = ROOT / "space" / "Dockerfile"
@@ -315,9 +316,7 @@ def watch_until_listed(page, proc: subprocess.Popen, log: Path, timeout: float) 
 
 
 def explained(run: Path) -> set[int]:
-    return {
-        json.loads(line)["latent"] for line in (run / "explanations.jsonl").read_text().splitlines() if line.strip()
-    }
+    return {line["latent"] for line in explanation_lines(run)}
 
 
 @pytest.mark.slow

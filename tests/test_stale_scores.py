@@ -18,6 +18,7 @@ from publish.card import make_card
 from publish.dataset import build_dataset, read_run
 from tests.helpers.models import save_tiny_model
 from tests.helpers.pipeline import first_marked_token, scripted_reply, tiny_run_args
+from tests.helpers.results import score_lines
 
 CODER = "model.layers.1.mlp.topk-neurons"
 DETECT = ["--scorers", "detection", "--score-mode", "generative", "--quiet"]
@@ -67,7 +68,7 @@ def test_scores_of_replaced_explanations_are_left_out_named_and_rescored_by_one_
     before = {r["latent"]: r["explanation"] for r in run.explanations("default")}
     assert len(before) >= 3 and {r["status"] for r in run.explanations("default")} == {"ok"}
     old = sorted(r["metrics"]["auroc"] for r in run.current_scores().rows if r["scorer"] == "embedding")
-    lines = run.scores_file.read_text().splitlines()
+    lines = score_lines(run_dir)
 
     flagged_token = before[min(before)].split('"')[1]  # 'The token "X"': one latent's token is now flagged
     flagged = {k for k, text in before.items() if text.split('"')[1] == flagged_token}
@@ -76,7 +77,7 @@ def test_scores_of_replaced_explanations_are_left_out_named_and_rescored_by_one_
     now = {r["latent"]: r for r in run.explanations("default")}
     assert {k for k, r in now.items() if r["status"] == "flagged"} == flagged
     assert all(now[k]["explanation"] != before[k] for k in set(now) - flagged)
-    assert run.scores_file.read_text().splitlines() == lines  # re-explaining leaves scores.jsonl as it was
+    assert score_lines(run_dir) == lines  # re-explaining leaves the score lines as they were
 
     # The summary: no old score counts; the left-out lines are named with the command that rescores them.
     capsys.readouterr()
@@ -109,7 +110,7 @@ def test_scores_of_replaced_explanations_are_left_out_named_and_rescored_by_one_
 
     # Publishing: the rows of the new explanations carry no score of the old ones; the card says what was left out.
     data = read_run(run_dir)
-    assert data.scores == [] and data.left_out == left_out
+    assert not data.scores and data.left_out == left_out  # no line is of a current explanation
     rows = build_dataset(data, progress=False)[CODER].to_list()
     assert all(row["scores"] == [] for row in rows)
     assert f"{4 * len(now)} older score lines" in make_card(data, repo_id="someone/run")

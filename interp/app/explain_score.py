@@ -299,7 +299,7 @@ def _verdicts(examples: list[dict]) -> list[bool | None]:
 def outcomes(run: OpenRun, coder: str, latent: int, scorer: str, explainer: str) -> Outcomes:
     """Each held-out example the scorer judged for the explanation of ``latent``: label, call, score, text."""
     with run.dir.reading() as db:
-        lines = db.scores_of(coder, int(latent))
+        lines = db.scores_of(coder, [int(latent)])
     row, standing = next(
         ((r, s) for r, s in lines if (r["scorer"], r["explainer"], r["baseline"]) == (scorer, explainer, False)),
         (None, None),

@@ -197,6 +197,16 @@ def _score_columns(run: OpenRun, coder: str) -> dict[str, tuple[np.ndarray, np.n
     return dict(sorted(out.items()))
 
 
+def _counts(run: OpenRun, coder: str, latents: np.ndarray) -> np.ndarray:
+    """How many cached tokens each of ``latents`` fires on; 0 for a latent the coder does not have (a line written
+    by hand, or of a coder since made narrower)."""
+    counts = run.dir.latent_counts(coder).numpy()
+    inside = (latents >= 0) & (latents < len(counts))
+    out = np.zeros(len(latents), dtype=np.int64)
+    out[inside] = counts[latents[inside]]
+    return out
+
+
 def _latent_order(run: OpenRun, coder: str, query: str, sort: str) -> np.ndarray:
     """The explained latents of ``coder`` that ``query`` keeps, in the order of ``sort``: what the pages cut."""
     with run.dir.reading() as db:
@@ -204,8 +214,7 @@ def _latent_order(run: OpenRun, coder: str, query: str, sort: str) -> np.ndarray
     if sort == "latent":
         return latents
     if sort == "frequency":
-        counts = run.dir.latent_counts(coder).numpy()
-        return latents[np.argsort(-counts[latents], kind="stable")]
+        return latents[np.argsort(-_counts(run, coder, latents), kind="stable")]
     scorer = sort[len(SCORE_SORT) :]
     scored, values = _score_columns(run, coder)[scorer]
     has = np.isin(latents, scored)
@@ -232,16 +241,19 @@ def _table_rows(run: OpenRun, coder: str, latents: list[int]) -> Table:
     for r in found:
         lines.setdefault(r["latent"], []).append(r)
     columns = _score_columns(run, coder)
-    counts, tokens = run.dir.latent_counts(coder), run.dir.cache_stats(coder)["num_tokens"]
+    counts, tokens = (
+        _counts(run, coder, np.array(latents, dtype=np.int64)).tolist(),
+        run.dir.cache_stats(coder)["num_tokens"],
+    )
     rows = []
-    for latent in latents:
+    for latent, count in zip(latents, counts, strict=True):
         group = lines.get(latent, [])
         status = next((r["status"] for r in group if r["status"] == "ok"), group[-1]["status"] if group else "")
         scores = []
         for scored, values in columns.values():
             at = np.searchsorted(scored, latent)
             scores.append(float(values[at]) if at < len(scored) and scored[at] == latent else None)
-        frequency = counts[latent].item() / tokens
+        frequency = count / tokens
         rows.append([latent, status, _best_explanation(group, run.cfg.explain.explainer), frequency, *scores])
     return Table([*LATENT_HEADERS, *columns], rows)
 
@@ -319,7 +331,7 @@ def _scores(run: OpenRun, coder: str, latent: int) -> Table:
     from publish.dataset import score_entries  # the app is the last stage: it may read how publishing pairs scores
 
     with run.dir.reading() as db:
-        lines = db.scores_of(coder, latent)
+        lines = db.scores_of(coder, [latent])
     why = {"replaced": "since replaced", "withdrawn": "the latent has no usable one now"}
     mine = [(r, "") for r, standing in lines if standing == "current"]
     for standing in ("replaced", "withdrawn"):

@@ -76,7 +76,9 @@ def load_side(text: str, explainer: str | None = None) -> Side:
     ``explainer`` None takes the only explainer that explained this coder.
     """
     run_dir, coder = parse_side(text)
-    rows = [r for r in RunDir(run_dir).usable_explanations() if r["explanation"]]
+    with RunDir(run_dir).reading() as db:
+        found = db.usable_texts()
+    rows = [{"coder": c, "latent": k, "explainer": e, "explanation": t} for c, k, e, t in found if t]
     if not rows:
         raise InterpError(f"{run_dir} has no usable explanations: run `interp explain --run-dir {run_dir}` first.")
     coder = _pick("coder", coder, rows, str(run_dir), f"pick one as {run_dir}:CODER")

@@ -15,6 +15,7 @@ import pytest
 
 from interp.app import AppConfig, launch
 from interp.cli import main
+from interp.rundir import RunDir
 from tests.helpers.models import tiny_llama
 
 CODER = "model.layers.1.mlp.topk-neurons"
@@ -27,7 +28,7 @@ INJECTION = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned
 def make_workspace(root: Path, tokenizer) -> Path:
     """A workspace holding a tiny model and a finished small run (built on first call, then reused)."""
     run_dir = root / RUN
-    if (run_dir / "summary.json").is_file() and (run_dir / "scores.jsonl").is_file():
+    if "scores" in RunDir(run_dir).summary():  # scored: the run is finished (its lines are in results.sqlite)
         return root
     model_dir = root / "models" / "tiny-llama"
     lm = tiny_llama(tokenizer, layers=2, hidden=64)
