@@ -3,7 +3,7 @@
 A served run asks about 140 requests a latent (``benchmarks/served_scale.py``), so a million explained latents leave
 over a hundred million replies in the response cache. The response cache used to be ``llm_cache.jsonl``, read whole
 into a dict when a command started (``CachedClient``); it is now a table of the run's results database
-(``interp.results_db``), looked up by key. For each size, a cache of that many replies (shaped as the explainer's:
+(``interp.results.db``), looked up by key. For each size, a cache of that many replies (shaped as the explainer's:
 a sha256 key and a reply of ~200 bytes) is made once; then, each in a fresh process, the time from opening it to the
 answers of one batch of 64 lookups (half of them cached), and the process's peak resident set:
 
@@ -33,7 +33,7 @@ CHILD = r"""
 import json, resource, sys, time
 kind, path, keys = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 if kind == "database":
-    from interp.results_db import ResultsDB
+    from interp.results.db import ResultsDB
 else:
     from interp.llm.response_cache import CachedClient
 
@@ -71,7 +71,7 @@ def make_database(path: Path, n: int) -> None:
     """A results database holding ``n`` replies (made once, in one transaction)."""
     if path.is_file():
         return
-    from interp.results_db import ResultsDB
+    from interp.results.db import ResultsDB
 
     db = ResultsDB(path)
     db.count_replies()  # creates the tables

@@ -233,7 +233,7 @@ def _export_parser(sub) -> None:
 
 
 def _export(ns: argparse.Namespace) -> int:
-    from .export import export_jsonl
+    from .results.export import export_jsonl
 
     counts = export_jsonl(RunDir(_run_dir(ns)), ns.jsonl, history=ns.history)
     for name, n in counts.items():

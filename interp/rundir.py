@@ -10,7 +10,7 @@
                            and its flags override them.
       coders/<hookpoint>/  the default SAE, when the run trained one (sparsify format + train.json)
       cache/               the token windows, and per coder its sparse latents and statistics (see interp.cache)
-      results.sqlite       the results database (interp.results_db; with its -wal and -shm files while it is
+      results.sqlite       the results database (interp.results; with its -wal and -shm files while it is
                            open): explanations, one current row per (coder, latent, explainer); scores, one
                            per (scorer, coder, latent, explainer, baseline), their examples apart and compact
                            (a score counts only while the text it scored is the latent's current
@@ -50,7 +50,8 @@ from .explain import EXPLAINERS
 from .jsonl import iter_jsonl, read_json
 from .llm.response_cache import legacy_replies
 from .records import CacheView, RecordBuilder, logit_lens
-from .results_db import EXPLANATION_KEY, SCORE_KEY, ResultsDB
+from .results.db import ResultsDB
+from .results.rows import EXPLANATION_KEY, SCORE_KEY
 from .scoring.results import CurrentScores, current_scores
 
 CONFIG = "config.json"

@@ -28,7 +28,7 @@ from .llm import CachedClient, GenerationParams, LLMClient, run_client, runs_loc
 from .models import LoadedModel, load_model, resolve_hookpoint
 from .processes import everyone_done, launch_state, on_own_device, share
 from .records import select_latents
-from .results_db import ResultsDB
+from .results.db import ResultsDB
 from .rundir import SCORE_KEY, RunDir
 from .scoring.base import ScoreResult
 from .scoring.plots import plot_coder_scores, plot_diagnostics, plot_scores, score_plot

@@ -53,7 +53,7 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
-from interp.example_codec import decode_examples
+from interp.results.examples import decode_examples
 from interp.rundir import RunDir
 from tests.helpers.openai_server import serving
 from tests.helpers.pipeline import scripted_reply
@@ -116,7 +116,7 @@ REAL_CONNECT = sqlite3.connect
 
 
 def database_file(database) -> str:
-    """The file a ``sqlite3.connect`` argument names: a path, or a ``file:`` URI (as ``results_db`` opens it)."""
+    """The file a ``sqlite3.connect`` argument names: a path, or a ``file:`` URI (as ``results.db`` opens it)."""
     name = os.fspath(database)
     return unquote(urlparse(name).path) if isinstance(name, str) and name.startswith("file:") else str(name)
 

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from interp.cache import covering_shards
 from interp.cli import main
 from interp.errors import DiskFullError
-from interp.results_db import ResultsDB
+from interp.results.db import ResultsDB
 from tests.helpers.models import save_tiny_model
 from tests.helpers.pipeline import scripted_reply, tiny_run_args
 from tests.test_crash_resume import check_whole, differences, mid_write, stored, traced_connect

@@ -576,10 +576,10 @@ def test_every_library_write_is_atomic_or_an_append():
         "to_csv",
         "to_json",
         "dump",
-        "connect",  # sqlite3: a database written outside results_db.py would escape its transactions
+        "connect",  # sqlite3: a database written outside results/db.py would escape its transactions
     }
     allowed = {
-        "interp/results_db.py": "the results database: every write is one SQLite transaction",
+        "interp/results/db.py": "the results database: every write is one SQLite transaction",
         "interp/atomic.py": "the atomic writer itself",
         "interp/jsonl.py": "the JSONL appender itself: whole lines, flushed and synced",
         "interp/models.py": "the embedded model is converted into a staging folder that is renamed into place whole",

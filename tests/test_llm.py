@@ -25,7 +25,7 @@ from interp.llm import (
 from interp.llm.local import prefix_chunks
 from interp.llm.response_cache import legacy_replies
 from interp.models import LoadedModel
-from interp.results_db import ResultsDB
+from interp.results.db import ResultsDB
 from interp.rundir import RunDir
 from interp.stages import run_cache, run_explain
 from tests.helpers.models import save_tiny_model, tiny_llama

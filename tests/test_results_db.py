@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from interp.cli import main
-from interp.example_codec import decode_examples, encode_examples
-from interp.results_db import ResultsDB
+from interp.results.db import ResultsDB
+from interp.results.examples import decode_examples, encode_examples
 from interp.rundir import RunDir
 from interp.stages import summarize_run
 from tests.helpers.models import save_tiny_model

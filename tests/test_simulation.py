@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from interp.errors import InterpError
 from interp.llm import CachedClient, TransformersClient
-from interp.results_db import ResultsDB
+from interp.results.db import ResultsDB
 from interp.scoring.simulation import SimulationScorer, expected_value, parse_activations
 from tests.helpers.scoring import keyword, scripted
 

@@ -4,7 +4,7 @@ from dataclasses import replace
 
 from ..config import ExplainConfig, ModelConfig, RunConfig
 from ..models import EMBEDDED, LoadedModel, loads_alike
-from ..results_db import ResultsDB
+from ..results.db import ResultsDB
 from .base import LLMClient
 from .errors import LLMError
 from .local import TransformersClient

@@ -1,6 +1,6 @@
 """A response cache in front of any LLM client, so an interrupted or repeated run pays once.
 
-Each successful response is a row of the run's results database (``interp.results_db``), keyed by the sha256 of
+Each successful response is a row of the run's results database (``interp.results.db``), keyed by the sha256 of
 ``[method, model, prompt, params or answers]``; a batch's new replies are one transaction. Only the keys a batch asks
 for are looked up: nothing is read whole, so a command starts as fast with millions of cached replies as with none.
 Failed requests are not stored, so a re-run retries exactly those. ``legacy_replies`` reads the ``llm_cache.jsonl``
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CorruptFileError
-from ..results_db import ResultsDB
+from ..results.db import ResultsDB
 from .base import AnswerLogprobs, Completion, GenerationParams, LLMClient, Prompt
 
 log = logging.getLogger(__name__)

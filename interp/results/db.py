@@ -30,84 +30,40 @@ import shutil
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from itertools import islice
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from filelock import FileLock, Timeout
 
-from .diskspace import disk_full
-from .errors import CorruptFileError, InterpError
-from .example_codec import decode_examples, encode_examples
-from .scoring.results import COLUMNS, STANDINGS, main_metric, metric_value
+from ..diskspace import disk_full
+from ..errors import CorruptFileError, InterpError
+from ..scoring.results import COLUMNS, STANDINGS
+from .rows import (
+    chunks,
+    explanation_line,
+    insert_explanations,
+    insert_replies,
+    insert_scores,
+    merge_lines,
+    score_line,
+)
+from .schema import INSERT_REPLY, LINE_COLUMNS, METRIC_COLUMNS_SQL, SCHEMA, STANDING, STANDING_JOIN
 
 log = logging.getLogger(__name__)
 
 BUSY_SECONDS = 60.0
 """How long a write waits for another process's transaction before it fails."""
+
 LOOKUP_CHUNK = 500
 """Keys per ``IN (...)`` lookup: below SQLite's limit on bound parameters."""
 
 LOW_SPACE = 1 << 20
 """Free bytes below which an I/O error of the database is taken for a full disk."""
+
 PAGE = 1000
 """Lines per page of a read that streams."""
-WRITE_CHUNK = 2000
-"""Lines per ``executemany`` inside one transaction: a large import never holds its rows whole."""
-
-EXPLANATION_KEY = ("coder", "latent", "explainer")
-"""What identifies an explanation line; a later line with the same key replaces an earlier one."""
-SCORE_KEY = ("scorer", "coder", "latent", "explainer", "baseline")
-"""What identifies a score line; a later line with the same key replaces an earlier one."""
-SCORE_FIELDS = ("scorer", "coder", "latent", "explainer", "baseline", "explanation", "metrics", "examples")
-"""The fields of a score line (``scoring.base.ScoreResult``); any other a line has is kept in ``extra``."""
-
-STANDING = f"""CASE WHEN e.explanation IS NULL THEN {STANDINGS.index("withdrawn")}
-    WHEN NOT s.baseline THEN (CASE WHEN s.explanation = e.explanation THEN 0 ELSE 1 END)
-    WHEN EXISTS (SELECT 1 FROM explanations h WHERE h.current AND h.explainer = s.explainer
-        AND h.explanation = s.explanation AND h.status = 'ok' AND NOT (h.coder = s.coder AND h.latent = s.latent))
-    THEN 0 ELSE 1 END"""
-"""A current score line's standing (``scoring.results.STANDINGS``: 0 counts, 1 replaced, 2 withdrawn), as
-``scoring.results.current_scores`` decides it, over ``scores s`` joined with ``STANDING_JOIN``."""
-STANDING_JOIN = """LEFT JOIN explanations e ON e.current AND e.explainer = s.explainer AND e.coder = s.coder
-    AND e.latent = s.latent AND e.status = 'ok'"""
-METRIC_COLUMNS_SQL = f"""SELECT s.latent, s.baseline, coalesce(s.value, 9e999), {STANDING}
-FROM scores s {STANDING_JOIN}
-WHERE s.current AND s.explainer = ? AND s.coder = ? AND s.scorer = ? ORDER BY s.latent, s.baseline"""
-"""Each current score line of one (explainer, coder, scorer): latent, baseline, main metric (infinity where it has
-none: every main metric is bounded) and standing."""
-LINE_COLUMNS = "s.scorer, s.coder, s.latent, s.explainer, s.baseline, s.explanation, s.metrics, s.n_examples, s.extra"
-"""The columns ``_score_line`` reads, before the examples' blob."""
-
-INSERT_REPLY = "INSERT OR IGNORE INTO replies (key, method, value) VALUES (?, ?, ?)"
-EXPLANATION_COLUMNS = "coder, latent, explainer, status, explanation, current, line"
-SCORE_COLUMNS = (
-    "id, scorer, coder, latent, explainer, baseline, explanation, metrics, value, n_examples, extra, current"
-)
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, method TEXT NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS imported (source TEXT PRIMARY KEY, rows INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS explanations (
-    id INTEGER PRIMARY KEY, coder TEXT NOT NULL, latent INTEGER NOT NULL, explainer TEXT NOT NULL, status TEXT,
-    explanation TEXT, current INTEGER NOT NULL, line TEXT NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS explanation_now ON explanations (explainer, coder, latent) WHERE current;
-CREATE INDEX IF NOT EXISTS explanation_text ON explanations (explainer, explanation) WHERE current;
-CREATE TABLE IF NOT EXISTS scores (
-    id INTEGER PRIMARY KEY, scorer TEXT NOT NULL, coder TEXT NOT NULL, latent INTEGER NOT NULL,
-    explainer TEXT NOT NULL, baseline INTEGER NOT NULL, explanation TEXT, metrics TEXT NOT NULL, value REAL,
-    n_examples INTEGER NOT NULL, extra TEXT, current INTEGER NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS score_now ON scores (explainer, coder, latent, scorer, baseline) WHERE current;
-CREATE INDEX IF NOT EXISTS score_latent ON scores (coder, latent) WHERE current;
-CREATE TABLE IF NOT EXISTS score_examples (score INTEGER PRIMARY KEY, data BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS explanation_latent ON explanations (coder, latent) WHERE current;
-CREATE VIRTUAL TABLE IF NOT EXISTS explanation_words
-    USING fts5(explanation, content='explanations', content_rowid='id');
-CREATE TRIGGER IF NOT EXISTS explanation_words_added AFTER INSERT ON explanations WHEN new.explanation IS NOT NULL
-    BEGIN INSERT INTO explanation_words (rowid, explanation) VALUES (new.id, new.explanation); END;
-"""
 
 
 class ResultsDB:
@@ -242,11 +198,11 @@ class ResultsDB:
         they were imported now."""
         if source in self.imported():
             return False
-        store = {"replies": _insert_replies, "explanations": _insert_explanations, "scores": _insert_scores}[kind]
+        store = {"replies": insert_replies, "explanations": insert_explanations, "scores": insert_scores}[kind]
 
         def work(db: sqlite3.Connection) -> None:
             n = 0
-            for chunk in _chunks(rows):
+            for chunk in chunks(rows):
                 store(db, chunk)
                 n += len(chunk)
             db.execute("INSERT OR REPLACE INTO imported VALUES (?, ?)", (source, n))
@@ -267,7 +223,7 @@ class ResultsDB:
                 return
             before = db.total_changes
             db.execute("INSERT OR IGNORE INTO replies SELECT key, method, value FROM other.replies")
-            _merge_lines(db)
+            merge_lines(db)
             added.append(db.total_changes - before)
             if name is not None:
                 db.execute("INSERT INTO imported VALUES (?, ?)", (source, added[-1]))
@@ -296,13 +252,13 @@ class ResultsDB:
     def add_explanations(self, rows: list[dict]) -> None:
         """Store explanation lines in one transaction; each replaces the current line of its key (kept as history)."""
         if rows:
-            self._write(lambda db: _insert_explanations(db, rows))
+            self._write(lambda db: insert_explanations(db, rows))
 
     def add_scores(self, rows: list[dict]) -> None:
         """Store score lines (their examples apart, compact) in one transaction; each replaces the current line of its
         key (kept as history)."""
         if rows:
-            self._write(lambda db: _insert_scores(db, rows))
+            self._write(lambda db: insert_scores(db, rows))
 
     def explanations(
         self, explainer: str | None = None, *, usable: bool = False, limit: int | None = None
@@ -326,7 +282,7 @@ class ResultsDB:
             "SELECT s.scorer, s.coder, s.latent, s.explainer, s.baseline, s.explanation, s.metrics, s.n_examples, "
             f"s.extra{blob} FROM scores s{join} WHERE s.current{where} ORDER BY s.id"
         )
-        return [_score_line(row, examples) for row in self._query(sql, params)]
+        return [score_line(row, examples) for row in self._query(sql, params)]
 
     def history(self, table: str, *, examples: bool = False) -> list[dict]:
         """Every line ever stored in ``table`` (explanations or scores), replaced ones too, in the order written,
@@ -340,14 +296,14 @@ class ResultsDB:
         now = " AND current" if current_only else ""
         if table == "explanations":
             sql = f"SELECT id, line, current FROM explanations WHERE id > ?{now} ORDER BY id LIMIT {PAGE}"
-            decode: Callable[[tuple], dict] = _explanation_line
+            decode: Callable[[tuple], dict] = explanation_line
         elif table == "scores":
             blob = "(SELECT data FROM score_examples WHERE score = s.id)" if examples else "NULL"
             sql = (
                 "SELECT id, scorer, coder, latent, explainer, baseline, explanation, metrics, n_examples, extra, "
                 f"{blob}, current FROM scores s WHERE id > ?{now} ORDER BY id LIMIT {PAGE}"
             )
-            decode = lambda row: {**_score_line(row[:10], examples), "current": bool(row[10])}  # noqa: E731
+            decode = lambda row: {**score_line(row[:10], examples), "current": bool(row[10])}  # noqa: E731
         else:
             raise InterpError(f"No table {table!r} of lines: explanations or scores.")
         after = 0
@@ -432,7 +388,7 @@ class ResultsDB:
                 f"WHERE s.current AND s.coder = ? AND s.latent IN ({','.join('?' * len(chunk))})"
             )
             out += self._query(sql, (coder, *chunk))
-        return [(_score_line(row[1:11], examples), STANDINGS[row[11]]) for row in sorted(out)]
+        return [(score_line(row[1:11], examples), STANDINGS[row[11]]) for row in sorted(out)]
 
     def usable_texts(self) -> list[tuple[str, int, str, str]]:
         """(coder, latent, explainer, explanation) of every current usable explanation (status ok, a text)."""
@@ -506,140 +462,9 @@ def _in_use(path: Path) -> str:
     return f"{path}.lock"
 
 
-def _chunks(rows: Iterable) -> Iterator[list]:
-    """``rows`` in lists of ``WRITE_CHUNK``."""
-    it = iter(rows)
-    while chunk := list(islice(it, WRITE_CHUNK)):
-        yield chunk
-
-
 def _only(explainer: str | None, prefix: str = "") -> tuple[str, tuple]:
     """The ``AND`` clause and parameters that keep one explainer's rows (none when ``explainer`` is None)."""
     return ("", ()) if explainer is None else (f" AND {prefix}explainer = ?", (explainer,))
-
-
-def _latest_of_batch(rows: list[dict], key: tuple[str, ...]) -> list[tuple[tuple, dict, bool]]:
-    """(key, row, is it the last of its key in ``rows``) for each row that has every ``key`` field; those that do
-    not (a hand-edited legacy line) are skipped with a warning."""
-    keyed = []
-    for r in rows:
-        try:
-            keyed.append((tuple(r[k] for k in key), r))
-        except (KeyError, TypeError):
-            log.warning("skipped a result line without the fields %s: %.80s", ", ".join(key), json.dumps(r))
-    last = {k: i for i, (k, _) in enumerate(keyed)}
-    return [(k, r, last[k] == i) for i, (k, r) in enumerate(keyed)]
-
-
-def _insert_replies(db: sqlite3.Connection, rows: list[tuple[str, str, Any]]) -> None:
-    db.executemany(INSERT_REPLY, ((k, m, json.dumps(v)) for k, m, v in rows))
-
-
-def _insert_explanations(db: sqlite3.Connection, rows: list[dict]) -> None:
-    """Insert explanation lines; the last of each key becomes current, its earlier rows history."""
-    keyed = _latest_of_batch(rows, EXPLANATION_KEY)
-    db.executemany(
-        "UPDATE explanations SET current = 0 WHERE current AND explainer = ? AND coder = ? AND latent = ?",
-        ((k[2], k[0], k[1]) for k, _, last in keyed if last),
-    )
-    db.executemany(
-        f"INSERT INTO explanations ({EXPLANATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (
-            (
-                r["coder"],
-                r["latent"],
-                r["explainer"],
-                r.get("status"),
-                _text(r.get("explanation")),
-                last,
-                json.dumps(r, ensure_ascii=False),
-            )
-            for _, r, last in keyed
-        ),
-    )
-
-
-def _insert_scores(db: sqlite3.Connection, rows: list[dict]) -> None:
-    """Insert score lines and their examples; the last of each key becomes current, its earlier rows history."""
-    keyed = _latest_of_batch(rows, SCORE_KEY)
-    db.executemany(
-        "UPDATE scores SET current = 0 WHERE current AND explainer = ? AND coder = ? AND latent = ? AND scorer = ? "
-        "AND baseline = ?",
-        ((k[3], k[1], k[2], k[0], bool(k[4])) for k, _, last in keyed if last),
-    )
-    (first,) = db.execute("SELECT coalesce(max(id), 0) + 1 FROM scores").fetchone()
-    lines, blobs = [], []
-    for i, (_, r, last) in enumerate(keyed):
-        examples = r.get("examples") or []
-        extra = {k: v for k, v in r.items() if k not in SCORE_FIELDS}
-        lines.append(
-            (
-                first + i,
-                r["scorer"],
-                r["coder"],
-                r["latent"],
-                r["explainer"],
-                bool(r["baseline"]),
-                _text(r.get("explanation")),
-                json.dumps(r.get("metrics")),
-                metric_value(r, main_metric(r["scorer"])),
-                len(examples),
-                json.dumps(extra, ensure_ascii=False) if extra else None,
-                last,
-            )
-        )
-        blobs.append((first + i, encode_examples(examples)))
-    db.executemany(f"INSERT INTO scores ({SCORE_COLUMNS}) VALUES ({', '.join('?' * 12)})", lines)
-    db.executemany("INSERT INTO score_examples (score, data) VALUES (?, ?)", blobs)
-
-
-def _merge_lines(db: sqlite3.Connection) -> None:
-    """Take the explanation and score lines of the attached database ``other`` in, after this one's: its current
-    lines replace this one's of the same key."""
-    db.execute(
-        "UPDATE explanations SET current = 0 WHERE current AND EXISTS (SELECT 1 FROM other.explanations o WHERE "
-        "o.current AND o.explainer = explanations.explainer AND o.coder = explanations.coder AND o.latent = "
-        "explanations.latent)"
-    )
-    db.execute(
-        f"INSERT INTO explanations ({EXPLANATION_COLUMNS}) SELECT {EXPLANATION_COLUMNS} FROM other.explanations "
-        "ORDER BY id"
-    )
-    (offset,) = db.execute("SELECT coalesce(max(id), 0) FROM scores").fetchone()
-    db.execute(
-        "UPDATE scores SET current = 0 WHERE current AND EXISTS (SELECT 1 FROM other.scores o WHERE o.current AND "
-        "o.explainer = scores.explainer AND o.coder = scores.coder AND o.latent = scores.latent AND o.scorer = "
-        "scores.scorer AND o.baseline = scores.baseline)"
-    )
-    shifted = SCORE_COLUMNS.replace("id,", "id + ?,", 1)
-    db.execute(f"INSERT INTO scores ({SCORE_COLUMNS}) SELECT {shifted} FROM other.scores ORDER BY id", (offset,))
-    db.execute("INSERT INTO score_examples SELECT score + ?, data FROM other.score_examples", (offset,))
-
-
-def _explanation_line(row: tuple) -> dict:
-    line, current = row
-    return {**json.loads(line), "current": bool(current)}
-
-
-def _score_line(row: tuple, examples: bool) -> dict:
-    """A score line as ``ScoreResult.to_dict`` wrote it, from a row of ``scores`` (and its blob)."""
-    scorer, coder, latent, explainer, baseline, text, metrics, n, extra, blob = row
-    line = {
-        "scorer": scorer,
-        "coder": coder,
-        "latent": latent,
-        "explainer": explainer,
-        "baseline": bool(baseline),
-        "explanation": text,
-        "metrics": json.loads(metrics),
-    }
-    if examples:
-        line["examples"] = decode_examples(blob) if blob is not None else []
-    else:
-        line["n_examples"] = n
-    if extra:
-        line.update(json.loads(extra))
-    return line
 
 
 def _disk_full(code: int, path: Path | None) -> bool:
@@ -658,8 +483,3 @@ def _disk_full(code: int, path: Path | None) -> bool:
 def _phrase(words: str) -> str:
     """``words`` as an FTS5 query: one phrase (quotes doubled, so nothing in it is syntax), its last word a prefix."""
     return '"' + " ".join(words.split()).replace('"', '""') + '"*'
-
-
-def _text(value: Any) -> str | None:
-    """An explanation's text column: the text, or None where a line holds none (failed) or not a string."""
-    return value if isinstance(value, str) else None

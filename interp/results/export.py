@@ -9,9 +9,9 @@ whole (``write_atomic``), so an export of a million latents holds a page, and a 
 import json
 from pathlib import Path
 
-from .atomic import write_atomic
-from .errors import InterpError
-from .rundir import EXPLANATIONS, SCORES, RunDir
+from ..atomic import write_atomic
+from ..errors import InterpError
+from ..rundir import EXPLANATIONS, SCORES, RunDir
 
 
 def export_jsonl(run: RunDir, out: Path, *, history: bool = False) -> dict[str, int]:
