@@ -6,9 +6,11 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -201,3 +203,26 @@ def test_a_kill_during_the_import_leaves_the_jsonl_as_it_was_and_the_next_open_i
     db.close()
     assert len(RunDir(legacy).scores(examples=False)) == len(lines)
     assert RunDir(legacy).scores()[:2] == lines[:2]
+
+
+def test_the_standing_of_each_score_line_is_kept_until_a_line_is_written_and_then_read_afresh(tmp_path):
+    path = tmp_path / "results.sqlite"
+    db = ResultsDB(path)
+    db.add_explanations([explanation(1, "one"), explanation(2, "two")])
+    db.add_scores([score_line(1, "one", auroc=0.9), score_line(1, "two", baseline=True, auroc=0.4)])
+    db.add_scores([score_line(2, "two", auroc=0.8), score_line(2, "one", baseline=True, auroc=0.3)])
+    [(coder, scorer, first)] = db.current_metrics("default")
+    assert (coder, scorer) == ("c", "embedding") and first["standing"].tolist() == [0, 0, 0, 0]
+    assert first["value"].tolist() == [0.9, 0.4, 0.8, 0.3]
+    with closing(sqlite3.connect(path)) as con, con:
+        kept = con.execute("SELECT version, data FROM metric_columns WHERE explainer = 'default'").fetchall()
+        assert len(kept) == 1 and kept[0][1] == first.tobytes()
+        con.execute("UPDATE metric_columns SET data = ?", (first[:1].tobytes(),))
+    assert len(db.current_metrics("default")[0][2]) == 1  # read back, not computed again, while nothing is written
+    db.add_explanations([explanation(1, "one, redone")])  # latent 1's text changes: its line, and 2's random one
+    [(_, _, after)] = db.current_metrics("default")
+    assert after["standing"].tolist() == [1, 0, 0, 1]  # 1's true line replaced; 2's random "one" is nobody's now
+    db.close()
+    [(_, _, read_only)] = ResultsDB(path, read_only=True).current_metrics("default")
+    assert read_only.tobytes() == after.tobytes()
+    assert ResultsDB(path).current_metrics("nobody") == []

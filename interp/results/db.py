@@ -46,6 +46,7 @@ from .rows import (
     insert_explanations,
     insert_replies,
     insert_scores,
+    lines_version,
     merge_lines,
     score_line,
 )
@@ -323,18 +324,52 @@ class ResultsDB:
         """The scorers with current score lines, sorted."""
         return [s for (s,) in self._query("SELECT DISTINCT scorer FROM scores WHERE current ORDER BY scorer")]
 
-    def current_metrics(self, explainer: str) -> Iterator[tuple[str, str, np.ndarray]]:
+    def current_metrics(self, explainer: str) -> list[tuple[str, str, np.ndarray]]:
         """(coder, scorer, lines as ``scoring.results.COLUMNS``) for each coder and scorer with current score lines
         of ``explainer``: each line's latent, baseline, main metric and standing (``current_scores``'s rule, in SQL),
-        ordered by latent then baseline. Neither a line's JSON nor its examples is read."""
+        ordered by latent then baseline. Neither a line's JSON nor its examples is read.
+
+        Deciding each line's standing joins it to the explanations (about a second a million lines), so the answer
+        is kept in the database (table ``metric_columns``, with the count of transactions of lines it was read at:
+        ``rows.lines_version``) and read back, whole, until a line is written: after ``interp score`` (whose summary
+        computes it), ``interp summary`` and the app open a run of a million latents from it. A read-only run
+        computes it each time."""
+        with self._lock:
+            db = self._db()
+            try:
+                db.execute("BEGIN")  # one snapshot: the version and the lines it describes
+                version = lines_version(db) if "meta" in self.tables() else 0
+                kept = (
+                    self._query(
+                        "SELECT coder, scorer, data FROM metric_columns WHERE explainer = ? AND version = ?",
+                        (explainer, version),
+                    )
+                    if not self.read_only
+                    else []
+                )
+                out = [(c, s, np.frombuffer(d, COLUMNS).copy()) for c, s, d in kept if c is not None]
+                if not kept:
+                    out = self._metric_columns(explainer)
+                db.execute("COMMIT")
+            except sqlite3.Error as e:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise self._error(e) from e
+        if not kept and not self.read_only and self.path is not None:
+            self._write(lambda db: _keep_metric_columns(db, explainer, version, out))
+        return out
+
+    def _metric_columns(self, explainer: str) -> list[tuple[str, str, np.ndarray]]:
         pairs = self._query(
             "SELECT DISTINCT coder, scorer FROM scores WHERE current AND explainer = ? ORDER BY coder, scorer",
             (explainer,),
         )
+        out = []
         for coder, scorer in pairs:
             lines = np.array(self._query(METRIC_COLUMNS_SQL, (explainer, coder, scorer)), COLUMNS)
             lines["value"][np.isinf(lines["value"])] = np.nan
-            yield coder, scorer, lines
+            out.append((coder, scorer, lines))
+        return out
 
     def status_counts(self) -> dict[str, dict[str, int]]:
         """Explainer -> status -> current explanation lines."""
@@ -450,6 +485,16 @@ class ResultsDB:
             if self._in_use is not None:
                 self._in_use.release()
                 self._in_use = None
+
+
+def _keep_metric_columns(db: sqlite3.Connection, explainer: str, version: int, columns: list) -> None:
+    """Store ``columns`` (``current_metrics`` of ``explainer`` at ``version``) in place of any older ones; a row with
+    no coder marks an explainer with none."""
+    db.execute("DELETE FROM metric_columns WHERE explainer = ?", (explainer,))
+    rows = [(explainer, version, c, s, lines.tobytes()) for c, s, lines in columns] or [
+        (explainer, version, None, None, None)
+    ]
+    db.executemany("INSERT INTO metric_columns VALUES (?, ?, ?, ?, ?)", rows)
 
 
 def _uri(path: Path, query: str = "") -> str:

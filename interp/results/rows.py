@@ -56,8 +56,22 @@ def insert_replies(db: sqlite3.Connection, rows: list[tuple[str, str, Any]]) -> 
     db.executemany(INSERT_REPLY, ((k, m, json.dumps(v)) for k, m, v in rows))
 
 
+def lines_version(db: sqlite3.Connection) -> int:
+    """How many transactions have written lines into ``db``: what a result derived from the lines is valid for."""
+    row = db.execute("SELECT value FROM meta WHERE key = 'lines'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _written(db: sqlite3.Connection) -> None:
+    """Count one more transaction of lines (inside it): every result derived from the earlier lines is now old."""
+    db.execute(
+        "INSERT INTO meta VALUES ('lines', '1') ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+    )
+
+
 def insert_explanations(db: sqlite3.Connection, rows: list[dict]) -> None:
     """Insert explanation lines; the last of each key becomes current, its earlier rows history."""
+    _written(db)
     keyed = _latest_of_batch(rows, EXPLANATION_KEY)
     db.executemany(
         "UPDATE explanations SET current = 0 WHERE current AND explainer = ? AND coder = ? AND latent = ?",
@@ -82,6 +96,7 @@ def insert_explanations(db: sqlite3.Connection, rows: list[dict]) -> None:
 
 def insert_scores(db: sqlite3.Connection, rows: list[dict]) -> None:
     """Insert score lines and their examples; the last of each key becomes current, its earlier rows history."""
+    _written(db)
     keyed = _latest_of_batch(rows, SCORE_KEY)
     db.executemany(
         "UPDATE scores SET current = 0 WHERE current AND explainer = ? AND coder = ? AND latent = ? AND scorer = ? "
@@ -117,6 +132,7 @@ def insert_scores(db: sqlite3.Connection, rows: list[dict]) -> None:
 def merge_lines(db: sqlite3.Connection) -> None:
     """Take the explanation and score lines of the attached database ``other`` in, after this one's: its current
     lines replace this one's of the same key."""
+    _written(db)
     db.execute(
         "UPDATE explanations SET current = 0 WHERE current AND EXISTS (SELECT 1 FROM other.explanations o WHERE "
         "o.current AND o.explainer = explanations.explainer AND o.coder = explanations.coder AND o.latent = "

@@ -51,6 +51,8 @@ CREATE TABLE IF NOT EXISTS scores (
 CREATE UNIQUE INDEX IF NOT EXISTS score_now ON scores (explainer, coder, latent, scorer, baseline) WHERE current;
 CREATE INDEX IF NOT EXISTS score_latent ON scores (coder, latent) WHERE current;
 CREATE TABLE IF NOT EXISTS score_examples (score INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS metric_columns (
+    explainer TEXT NOT NULL, version INTEGER NOT NULL, coder TEXT, scorer TEXT, data BLOB);
 CREATE INDEX IF NOT EXISTS explanation_latent ON explanations (coder, latent) WHERE current;
 CREATE VIRTUAL TABLE IF NOT EXISTS explanation_words
     USING fts5(explanation, content='explanations', content_rowid='id');
