@@ -188,7 +188,11 @@ def _best_explanation(lines: list[dict], preferred: str) -> str:
 
 def _score_columns(run: OpenRun, coder: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Scorer -> (latents, main metric) of the current true-explanation scores of the run's own explainer on
-    ``coder``, sorted by latent: the table's score columns."""
+    ``coder``, sorted by latent: the table's score columns (kept until the run's results change)."""
+    return run.derived(("score_columns", coder), lambda: _current_true_scores(run, coder))
+
+
+def _current_true_scores(run: OpenRun, coder: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     out = {}
     for name, scorer, lines in run.metric_columns(run.cfg.explain.explainer):
         keep = lines[(lines["standing"] == 0) & (lines["baseline"] == 0) & ~np.isnan(lines["value"])]

@@ -115,8 +115,8 @@ class OpenRun:
         return self.derived(("scored_explainers",), lambda: self._read(lambda db: db.scored_explainers()))
 
     def scorer_names(self) -> list[str]:
-        """The scorers with current score lines, sorted."""
-        return self.derived(("scorer_names",), lambda: self._read(lambda db: db.scorer_names()))
+        """The scorers with current score lines (of any explainer's explanations, current or not), sorted."""
+        return sorted({s for e in self.scored_explainers() for _, s, _ in self.metric_columns(e)})
 
     def metric_columns(self, explainer: str) -> list[tuple[str, str, np.ndarray]]:
         """``ResultsDB.current_metrics(explainer)``: every current score line's latent, baseline, main metric and

@@ -320,10 +320,6 @@ class ResultsDB:
         """The explainers whose explanations have current score lines, sorted."""
         return [e for (e,) in self._query("SELECT DISTINCT explainer FROM scores WHERE current ORDER BY explainer")]
 
-    def scorer_names(self) -> list[str]:
-        """The scorers with current score lines, sorted."""
-        return [s for (s,) in self._query("SELECT DISTINCT scorer FROM scores WHERE current ORDER BY scorer")]
-
     def current_metrics(self, explainer: str) -> list[tuple[str, str, np.ndarray]]:
         """(coder, scorer, lines as ``scoring.results.COLUMNS``) for each coder and scorer with current score lines
         of ``explainer``: each line's latent, baseline, main metric and standing (``current_scores``'s rule, in SQL),
@@ -398,7 +394,8 @@ class ResultsDB:
                 "(SELECT rowid FROM explanation_words WHERE explanation_words MATCH ?) ORDER BY latent"
             )
             params = [coder, _phrase(words)]
-        return np.array([latent for (latent,) in self._query(sql, params)], dtype=np.int64)
+        ((listed,),) = self._query(f"SELECT group_concat(latent) FROM ({sql})", params)  # one string, not 1M rows
+        return np.fromstring(listed or "", dtype=np.int64, sep=",")
 
     def explanations_of(self, coder: str, latents: list[int]) -> list[dict]:
         """The current explanation lines (every explainer's) of ``latents`` of ``coder``, in the order written."""
@@ -470,7 +467,7 @@ class ResultsDB:
         marks = ",".join("?" * len(leaking_before))
         rows = self._query(
             "SELECT line FROM explanations WHERE current AND explainer = ? AND status = 'ok' AND ("
-            "json_extract(line, '$.judge.scorer') = 'intervention' OR (explainer IN "
+            "(instr(line, '\"judge\"') AND json_extract(line, '$.judge.scorer') = 'intervention') OR (explainer IN "
             f"({marks}) AND NOT coalesce(json_extract(line, '$.separated'), 0)))",
             (explainer, *leaking_before),
         )

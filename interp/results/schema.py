@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS score_examples (score INTEGER PRIMARY KEY, data BLOB 
 CREATE TABLE IF NOT EXISTS metric_columns (
     explainer TEXT NOT NULL, version INTEGER NOT NULL, coder TEXT, scorer TEXT, data BLOB);
 CREATE INDEX IF NOT EXISTS explanation_latent ON explanations (coder, latent) WHERE current;
+CREATE INDEX IF NOT EXISTS explanation_status ON explanations (explainer, status) WHERE current;
 CREATE VIRTUAL TABLE IF NOT EXISTS explanation_words
     USING fts5(explanation, content='explanations', content_rowid='id');
 CREATE TRIGGER IF NOT EXISTS explanation_words_added AFTER INSERT ON explanations WHEN new.explanation IS NOT NULL

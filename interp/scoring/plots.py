@@ -9,6 +9,9 @@ from ..atomic import save_figure_atomic
 from ..pyplot import pyplot
 from .results import main_metric, scorer_agreement
 
+DOTS = 5000
+"""Latents drawn as dots beside each box at most (a seeded sample beyond): the box is over every latent."""
+
 
 def _bins(metric: str) -> list[float]:
     """Histogram bins over the metric's range: correlations run from -1, the rest from 0."""
@@ -30,8 +33,8 @@ def plot_scores(summary: dict, out_dir: Path) -> list[Path]:
         for scorer, entry in scorers.items():
             fig, ax = plt.subplots(figsize=(5, 3.2))
             bins = _bins(entry["metric"])
-            ax.hist(entry["explanation"]["values"], bins=bins, alpha=0.7, label="explanation")
-            ax.hist(entry["baseline"]["values"], bins=bins, alpha=0.6, label="random explanation")
+            for key, alpha, label in (("explanation", 0.7, "explanation"), ("baseline", 0.6, "random explanation")):
+                ax.hist(np.asarray(entry[key]["values"], dtype=float), bins=bins, alpha=alpha, label=label)
             ax.set_xlabel(entry["metric"])
             ax.set_ylabel("latents")
             ax.set_title(f"{scorer} — {coder}", fontsize=9)
@@ -89,7 +92,8 @@ def plot_coder_scores(summary: dict, out_dir: Path) -> Path:
     """``scores_by_coder.png``: per scorer, each coder's explanation scores beside its random-explanation baseline.
 
     ``summary`` is ``summarize_scores`` output: ``{coder: {scorer: {"metric", "explanation", "baseline"}}}``.
-    Box plots with every latent as a dot, so SAE latents and neurons can be read off one figure.
+    Box plots with the latents as dots (at most ``DOTS``, a seeded sample), so SAE latents and neurons can be read
+    off one figure.
     """
     plt = pyplot()
     coders = list(summary)
@@ -118,8 +122,8 @@ def plot_coder_scores(summary: dict, out_dir: Path) -> Path:
                     color="tab:red",
                 )
             for offset, key, color in ((-0.18, "explanation", "tab:blue"), (0.18, "baseline", "tab:gray")):
-                values = entry[key]["values"]
-                if not values:
+                values = np.asarray(entry[key]["values"], dtype=float)
+                if not len(values):
                     continue
                 x = i + offset
                 ax.boxplot(
@@ -131,7 +135,8 @@ def plot_coder_scores(summary: dict, out_dir: Path) -> Path:
                     boxprops={"facecolor": color, "alpha": 0.35},
                     medianprops={"color": color},
                 )
-                ax.scatter(x + rng.uniform(-0.07, 0.07, len(values)), values, s=9, color=color, alpha=0.8, zorder=3)
+                dots = values if len(values) <= DOTS else rng.choice(values, DOTS, replace=False)
+                ax.scatter(x + rng.uniform(-0.07, 0.07, len(dots)), dots, s=9, color=color, alpha=0.8, zorder=3)
         ax.set_xticks(range(len(coders)), [c.replace(".", ".\u200b") for c in coders], fontsize=7, rotation=15)
         ax.set_xlim(-0.6, len(coders) - 0.4)
         ax.set_title(scorer, fontsize=10)

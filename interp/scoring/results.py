@@ -1,5 +1,6 @@
 """Summaries of a run's score lines: per scorer and coder, true explanations beside the random baseline."""
 
+import math
 import random
 import statistics
 from collections import Counter
@@ -30,10 +31,17 @@ def main_metric(scorer: str) -> str:
     return MAIN_METRIC.get(base, "auroc")
 
 
-def _describe(values: list[float]) -> dict:
-    if not values:
+def _describe(values: np.ndarray) -> dict:
+    """Count, mean (``math.fsum``, as ``statistics.fmean``) and median of ``values``, and the values as a list."""
+    if not len(values):
         return {"n": 0, "mean": None, "median": None, "values": []}
-    return {"n": len(values), "mean": statistics.fmean(values), "median": statistics.median(values), "values": values}
+    listed = values.tolist()
+    return {
+        "n": len(listed),
+        "mean": math.fsum(listed) / len(listed),
+        "median": float(np.median(values)),
+        "values": listed,
+    }
 
 
 def explainer_rows(rows: list[dict], explainer: str) -> list[dict]:
@@ -107,8 +115,8 @@ def summarize_columns(columns: Iterable[tuple[str, str, np.ndarray]]) -> tuple[d
         ci = mean_interval(diffs)
         out.setdefault(coder, {})[scorer] = {
             "metric": main_metric(scorer),
-            "explanation": _describe(true["value"].tolist()),
-            "baseline": _describe(base["value"].tolist()),
+            "explanation": _describe(true["value"]),
+            "baseline": _describe(base["value"]),
             "margin": statistics.fmean(diffs) if diffs else None,
             "margin_n": len(diffs),
             "margin_ci": ci,
@@ -122,7 +130,7 @@ def mean_interval(values: list[float]) -> list[float] | None:
     """A 95% normal interval of the mean of ``values``; None with fewer than two."""
     if len(values) < 2:
         return None
-    mean, half = statistics.fmean(values), 1.96 * statistics.stdev(values) / len(values) ** 0.5
+    mean, half = statistics.fmean(values), 1.96 * float(np.std(values, ddof=1)) / len(values) ** 0.5
     return [mean - half, mean + half]
 
 
