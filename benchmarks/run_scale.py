@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 import zlib
+from contextlib import closing
 from pathlib import Path
 
 import torch
@@ -295,6 +296,9 @@ def measure(run: RunDir, work: Path, word: str, publish: bool, export: bool, env
     out = {"load before": load()}
     exe = [sys.executable, "-c", CLI]
     summary = [*exe, "summary", str(run.path), "--explainer", EXPLAINER]
+    if run.results_file.exists():  # as right after lines were written: no kept standing (an earlier measure's)
+        with closing(sqlite3.connect(run.results_file)) as db, db:
+            db.execute("DELETE FROM metric_columns")
     out["summary, first"] = child(summary, env)[:2]  # the database: each line's standing decided, then kept
     out["summary"] = child(summary, env)[:2] if env is None else out["summary, first"]  # read back
     out["app"] = app_times(run, word, env)
