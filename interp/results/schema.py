@@ -9,14 +9,17 @@ from ..scoring.results import STANDINGS
 
 STANDING = f"""CASE WHEN e.explanation IS NULL THEN {STANDINGS.index("withdrawn")}
     WHEN NOT s.baseline THEN (CASE WHEN s.explanation = e.explanation THEN 0 ELSE 1 END)
-    WHEN EXISTS (SELECT 1 FROM explanations h WHERE h.current AND h.explainer = s.explainer
-        AND h.explanation = s.explanation AND h.status = 'ok' AND NOT (h.coder = s.coder AND h.latent = s.latent))
+    WHEN EXISTS (SELECT 1 FROM explanations h INDEXED BY explanation_text WHERE h.current
+        AND h.explainer = s.explainer AND h.explanation = s.explanation AND h.status = 'ok'
+        AND NOT (h.coder = s.coder AND h.latent = s.latent))
     THEN 0 ELSE 1 END"""
 """A current score line's standing (``scoring.results.STANDINGS``: 0 counts, 1 replaced, 2 withdrawn), as
-``scoring.results.current_scores`` decides it, over ``scores s`` joined with ``STANDING_JOIN``."""
+``scoring.results.current_scores`` decides it, over ``scores s`` joined with ``STANDING_JOIN``. Its indexes are
+named: left to choose, the planner took the (explainer, status) index for the holders of a text, and went through
+every explanation for each random-explanation line."""
 
-STANDING_JOIN = """LEFT JOIN explanations e ON e.current AND e.explainer = s.explainer AND e.coder = s.coder
-    AND e.latent = s.latent AND e.status = 'ok'"""
+STANDING_JOIN = """LEFT JOIN explanations e INDEXED BY explanation_now ON e.current AND e.explainer = s.explainer
+    AND e.coder = s.coder AND e.latent = s.latent AND e.status = 'ok'"""
 
 METRIC_COLUMNS_SQL = f"""SELECT s.latent, s.baseline, coalesce(s.value, 9e999), {STANDING}
 FROM scores s {STANDING_JOIN}
