@@ -47,6 +47,7 @@ from .rows import (
     insert_replies,
     insert_scores,
     lines_version,
+    lines_written,
     merge_lines,
     score_line,
 )
@@ -226,6 +227,7 @@ class ResultsDB:
             db.execute("INSERT OR IGNORE INTO replies SELECT key, method, value FROM other.replies")
             merge_lines(db)
             added.append(db.total_changes - before)
+            lines_written(db)
             if name is not None:
                 db.execute("INSERT INTO imported VALUES (?, ?)", (source, added[-1]))
 

@@ -62,7 +62,7 @@ def lines_version(db: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def _written(db: sqlite3.Connection) -> None:
+def lines_written(db: sqlite3.Connection) -> None:
     """Count one more transaction of lines (inside it): every result derived from the earlier lines is now old."""
     db.execute(
         "INSERT INTO meta VALUES ('lines', '1') ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
@@ -71,7 +71,7 @@ def _written(db: sqlite3.Connection) -> None:
 
 def insert_explanations(db: sqlite3.Connection, rows: list[dict]) -> None:
     """Insert explanation lines; the last of each key becomes current, its earlier rows history."""
-    _written(db)
+    lines_written(db)
     keyed = _latest_of_batch(rows, EXPLANATION_KEY)
     db.executemany(
         "UPDATE explanations SET current = 0 WHERE current AND explainer = ? AND coder = ? AND latent = ?",
@@ -96,7 +96,7 @@ def insert_explanations(db: sqlite3.Connection, rows: list[dict]) -> None:
 
 def insert_scores(db: sqlite3.Connection, rows: list[dict]) -> None:
     """Insert score lines and their examples; the last of each key becomes current, its earlier rows history."""
-    _written(db)
+    lines_written(db)
     keyed = _latest_of_batch(rows, SCORE_KEY)
     db.executemany(
         "UPDATE scores SET current = 0 WHERE current AND explainer = ? AND coder = ? AND latent = ? AND scorer = ? "
@@ -131,8 +131,7 @@ def insert_scores(db: sqlite3.Connection, rows: list[dict]) -> None:
 
 def merge_lines(db: sqlite3.Connection) -> None:
     """Take the explanation and score lines of the attached database ``other`` in, after this one's: its current
-    lines replace this one's of the same key."""
-    _written(db)
+    lines replace this one's of the same key (the caller counts the transaction: ``lines_written``)."""
     db.execute(
         "UPDATE explanations SET current = 0 WHERE current AND EXISTS (SELECT 1 FROM other.explanations o WHERE "
         "o.current AND o.explainer = explanations.explainer AND o.coder = explanations.coder AND o.latent = "
